@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny in-process models, the real-data directory, a scratch cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHS = REPO / "medtune" / "archs"
+
+
+def tiny_config(arch: str, **overrides):
+    """A transformers config for a tiny architecture shipped in medtune/archs."""
+    from transformers import AutoConfig
+
+    spec = json.loads((ARCHS / f"{arch}.json").read_text())
+    spec.pop("_source", None)
+    model_type = spec.pop("model_type")
+    spec.update(overrides)
+    return AutoConfig.for_model(model_type, **spec)
+
+
+def tiny_model(arch: str = "tiny_llama", seed: int = 0, attn_implementation: str = "eager", **overrides):
+    """A float32 random model of a tiny architecture, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = tiny_config(arch, **overrides)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real datasets (../shared/data or $MEDTUNE_DATA_DIR); skipped only when neither is configured."""
+    env = os.environ.get("MEDTUNE_DATA_DIR")
+    path = Path(env) if env else REPO.parent / "shared" / "data"
+    if not path.is_dir():
+        if env:
+            pytest.fail(f"MEDTUNE_DATA_DIR={env} is not a directory")
+        pytest.skip("no real data: set MEDTUNE_DATA_DIR to the shared data directory")
+    return path
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private MEDTUNE_CACHE_DIR so tests never touch ~/.cache/medtune (except the model conversion)."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("MEDTUNE_CACHE_DIR", str(path))
+    return path
