@@ -9,6 +9,7 @@ This module imports no torch: `python -m medtune.train` validates the config in 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,30 +147,49 @@ class DataMixConfig:
 
     # language -> {"<source>:<split>": weight inside that language}
     sources: dict[str, dict[str, float]] = field(default_factory=dict)
-    weights: dict[str, float] = field(default_factory=dict)  # language -> weight, e.g. {en: 10, ko: 3}
+    # language -> weight, e.g. {en: 10, ko: 3}: each language's share of the *unit* in the training set
+    weights: dict[str, float] = field(default_factory=dict)
     ratio: str | None = None  # shorthand "en:ko" such as "10:3"; overrides weights when set
-    unit: str = "tokens"  # examples | tokens
-    budget: int | None = None  # total examples or tokens; None = as much as the scarcest language allows
-    upsample: bool = False  # allow repeating rows to meet the request
-    max_repeat: float = 1.0  # with upsample: at most this many copies of a row on average per source
-    heldout_frac: float = 0.02  # of the selected rows, kept out of training for the eval-loss pass
+    unit: str = "tokens"  # examples | tokens: what the weights and the budget count
+    budget: int | None = None  # total training examples or tokens; None = as much as the scarcest source allows
+    upsample: bool = False  # allow repeating rows (whole passes over a source) to meet the request
+    # with upsample: a source may give at most this many times its rows (or tokens); ~4 epochs of repeated data
+    # cost little against unique data (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models")
+    max_repeat: float = 4.0
+    heldout_frac: float = 0.02  # of each source's selected rows, kept out of training for the eval-loss pass
     seed: int = 0
 
     def __post_init__(self) -> None:
         _choice("data_mix.unit", self.unit, ("examples", "tokens"))
         if self.ratio is not None:
             self.weights = parse_ratio(self.ratio, list(self.sources) or ["en", "ko"])
-        unknown = set(self.weights) - set(self.sources)
+        if any(not w >= 0 for w in self.weights.values()):
+            raise ConfigError(f"data_mix.weights={dict(self.weights)} has a negative weight; weights must be >= 0.")
+        if self.weights and sum(self.weights.values()) <= 0:
+            raise ConfigError("data_mix.weights are all zero; give at least one language a positive weight.")
+        unknown = {lang for lang, w in self.weights.items() if w > 0} - set(self.sources)
         if self.sources and unknown:
             raise ConfigError(
                 f"data_mix.weights names {sorted(unknown)} but data_mix.sources has only {sorted(self.sources)}; "
-                "add those languages to data_mix.sources or drop them from the weights."
+                "add those languages to data_mix.sources or give them weight 0."
             )
-        if self.weights and sum(self.weights.values()) <= 0:
-            raise ConfigError("data_mix.weights are all zero; give at least one language a positive weight.")
-        if any(w < 0 for w in self.weights.values()):
-            raise ConfigError(f"data_mix.weights={self.weights} has a negative weight; weights must be >= 0.")
+        missing = set(self.sources) - set(self.weights)
+        if self.sources and missing:
+            raise ConfigError(
+                f"data_mix.sources has {sorted(missing)} but data_mix.weights gives them no weight; "
+                "set data_mix.weights (or data_mix.ratio), with 0 to leave a language out."
+            )
+        for lang, specs in self.sources.items():
+            if any(not w >= 0 for w in specs.values()):
+                raise ConfigError(f"data_mix.sources.{lang}={dict(specs)} has a negative weight; use >= 0.")
+            if self.weights.get(lang, 0) > 0 and sum(specs.values()) <= 0:
+                raise ConfigError(
+                    f"data_mix.sources.{lang} has no source with a positive weight but data_mix.weights.{lang}="
+                    f"{self.weights[lang]}; add a source or set the language's weight to 0."
+                )
         _positive("data_mix.budget", self.budget, allow_none=True)
+        if not self.max_repeat >= 1.0:
+            raise ConfigError(f"data_mix.max_repeat={self.max_repeat} must be >= 1 (1 = every row at most once).")
         if not 0.0 <= self.heldout_frac < 0.5:
             raise ConfigError(f"data_mix.heldout_frac={self.heldout_frac} must be in [0, 0.5).")
 
@@ -182,9 +202,11 @@ def parse_ratio(ratio: str, languages: list[str]) -> dict[str, float]:
         values = [float(p) for p in parts]
     except ValueError:
         values = []
-    if len(values) != len(order):
+    if len(values) != len(order) or not all(math.isfinite(v) and v >= 0 for v in values):
+        hint = " (an unquoted 10:3 in YAML is the base-60 number 603: quote it)" if ":" not in str(ratio) else ""
         raise ConfigError(
-            f"data_mix.ratio={ratio!r} is not of the form 'en:ko' such as '10:3' (languages in that order: {order})."
+            f"data_mix.ratio={ratio!r} is not of the form 'en:ko' such as '10:3' (non-negative numbers, "
+            f"languages in that order: {order}){hint}."
         )
     return dict(zip(order, values, strict=True))
 
@@ -288,12 +310,18 @@ class LoggerConfig:
     project: str = "medtune"
     entity: str | None = None
     mode: str = "offline"  # offline | online (online needs WANDB_API_KEY or a prior `wandb login`)
-    group: str | None = None
+    group: str | None = None  # None: the Hydra sweep (`<date>_<time>`) in a multirun, no group otherwise
     tags: list[str] = field(default_factory=list)
+    name: str | None = None  # W&B run name; None: the run directory's name
+    job_type: str | None = None  # W&B job type, e.g. train | eval | report
+    init_timeout_s: float = 30.0  # longest wait for W&B to start (and per request); then local files only
+    finish_timeout_s: float = 30.0  # longest wait for the upload at the end of an online run
 
     def __post_init__(self) -> None:
         _choice("logger.backend", self.backend, ("wandb", "csv", "jsonl", "none"))
         _choice("logger.mode", self.mode, ("offline", "online"))
+        _positive("logger.init_timeout_s", self.init_timeout_s)
+        _positive("logger.finish_timeout_s", self.finish_timeout_s)
 
 
 @dataclass
