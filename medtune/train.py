@@ -2,16 +2,21 @@
 
     python -m medtune.train                              # the demo: Gemma 3 270M on the built-in sample, CPU
     python -m medtune.train +experiment=mix_10_3         # one experiment
-    python -m medtune.train -m +experiment=mix_sweep seed=0,1,2   # a sweep
+    python -m medtune.train -m +experiment=mix_sweep seed=0,1,2   # a sweep (a failed job does not stop the others)
+    torchrun --nproc-per-node 2 -m medtune.train sharding=fsdp quantization=nf4   # several GPUs
     python -m medtune.train --help                       # groups and their choices
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from medtune.config import ConfigError, register_configs, to_train_config
@@ -21,7 +26,7 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(dict_cfg: DictConfig) -> float | None:
+def _hydra_main(dict_cfg: DictConfig) -> float | None:
     """Validate the composed config, then run the recipe (train and/or eval)."""
     try:
         cfg = to_train_config(dict_cfg)
@@ -30,7 +35,20 @@ def main(dict_cfg: DictConfig) -> float | None:
         sys.exit(2)
     from medtune.recipe import run
 
-    return run(cfg, dict_cfg)
+    hydra_cfg = HydraConfig.get()
+    summary = run(cfg, dict_cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.mode == RunMode.MULTIRUN)
+    loss = summary.get("eval/loss")
+    return float(loss) if loss is not None else None
+
+
+def main() -> None:
+    """Console entry: fix the run directory's timestamp (shared by all torchrun ranks), then let Hydra run."""
+    if "MEDTUNE_RUN_STAMP" not in os.environ and not any(a in ("--help", "-h", "--cfg", "-c") for a in sys.argv):
+        from medtune.distributed import shared_run_stamp
+
+        os.environ["MEDTUNE_RUN_STAMP"] = shared_run_stamp()
+    os.environ.setdefault("MEDTUNE_RUN_STAMP", "now")
+    _hydra_main()
 
 
 if __name__ == "__main__":
