@@ -1,0 +1,297 @@
+"""Experiment tracking that never stops training: W&B (offline unless asked), plus local files, always.
+
+    tracker = build_tracker(cfg.logger, config_dict, run_dir, rank)
+    tracker.log({"train/loss": 2.1, "train/tokens_per_s": 5300.0}, step=10)
+    tracker.log_table("forgetting", ["lang", "delta_pp"], [["ko", -1.2], ["en", 0.4]])
+    tracker.summary({"eval/lang/ko/acc": 0.41})
+    tracker.finish(exit_code=0)
+
+Whatever the backend, every run dir gets `metrics.jsonl` (one line per `log` call), `summary.json` (the last value
+of every logged metric plus what `summary` was given), `tables/<name>.json` and `config.yaml`, so
+`python -m medtune.report` never needs W&B. A W&B failure (no network, bad key, server down) is logged once and the
+tracker carries on with the local files only. Ranks other than 0 get a tracker that does nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import netrc
+import os
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from medtune.config import LoggerConfig
+
+log = logging.getLogger("medtune.tracking")
+
+
+def _scalar(value: Any) -> Any:
+    """A JSON-friendly scalar: tensors and numpy numbers become Python numbers."""
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    return str(value)
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    """Write through a temporary file so a reader (or a crash) never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+
+
+def wandb_api_key_present() -> bool:
+    """True when W&B has a key: WANDB_API_KEY, or a netrc entry for the W&B host (what `wandb login` writes)."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        auth = netrc.netrc(os.environ.get("NETRC") or None).authenticators(host or "")
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+    return bool(auth and auth[2])
+
+
+def hydra_sweep_id() -> str | None:
+    """`<date>_<time>` of the Hydra multirun sweep this job belongs to, or None outside a multirun."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:
+        return None
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    # The default sweep dir is runs/multirun/<date>/<time>: the time alone would join sweeps of different days.
+    return "_".join(Path(hc.sweep.dir).parts[-2:])
+
+
+class Tracker:
+    """Local files always, plus an optional W&B run that is dropped (not fatal) at its first error."""
+
+    def __init__(self, run_dir: Path, backend: str, wandb_run: Any = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.backend = backend
+        self._wandb = wandb_run
+        self._summary: dict[str, Any] = {}
+        self._start_s = time.monotonic()
+        self._finished = False
+        self._jsonl = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
+        self._csv = None
+        if backend == "csv":
+            path = self.run_dir / "metrics.csv"
+            new = not path.exists() or path.stat().st_size == 0
+            self._csv = path.open("a", encoding="utf-8", newline="")
+            if new:  # long format (one row per metric) because the set of keys changes from step to step
+                csv.writer(self._csv).writerow(["step", "elapsed_s", "key", "value"])
+
+    @property
+    def wandb_run(self) -> Any:
+        """The live W&B run, or None (local-only, or W&B failed)."""
+        return self._wandb
+
+    def _wandb_call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        if self._wandb is None:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as err:  # any W&B failure must leave training running
+            log.warning("W&B %s failed (%s: %s); continuing with local files only.", what, type(err).__name__, err)
+            self._wandb = None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Record metrics at `step`: one line of metrics.jsonl (and metrics.csv, W&B when enabled)."""
+        clean = {k: _scalar(v) for k, v in metrics.items()}
+        elapsed_s = round(time.monotonic() - self._start_s, 3)
+        self._jsonl.write(json.dumps({"step": int(step), "elapsed_s": elapsed_s, **clean}, default=str) + "\n")
+        self._jsonl.flush()
+        if self._csv is not None:
+            writer = csv.writer(self._csv)
+            writer.writerows([step, elapsed_s, k, v] for k, v in clean.items())
+            self._csv.flush()
+        self._summary.update(clean)
+        self._wandb_call("log", lambda: self._wandb.log(clean, step=int(step)))
+
+    def log_table(self, name: str, columns: list[str], rows: list[list]) -> None:
+        """Record a table: tables/<name>.json locally, a W&B Table when W&B is on."""
+        for i, row in enumerate(rows):
+            if len(row) != len(columns):
+                raise ValueError(f"log_table({name!r}): row {i} has {len(row)} values for {len(columns)} columns")
+        clean_rows = [[_scalar(v) for v in row] for row in rows]
+        table_dir = self.run_dir / "tables"
+        table_dir.mkdir(exist_ok=True)
+        _write_json_atomic(table_dir / f"{name.replace('/', '_')}.json", {"columns": columns, "rows": clean_rows})
+
+        def _send() -> None:
+            import wandb
+
+            self._wandb.log({name: wandb.Table(columns=list(columns), data=clean_rows)})
+
+        self._wandb_call("log_table", _send)
+
+    def summary(self, metrics: dict) -> None:
+        """Merge `metrics` into summary.json (and the W&B run summary); written at once."""
+        clean = {k: _scalar(v) for k, v in metrics.items()}
+        self._summary.update(clean)
+        self._write_summary()
+        self._wandb_call("summary", lambda: self._wandb.summary.update(clean))
+
+    def _write_summary(self) -> None:
+        _write_json_atomic(self.run_dir / "summary.json", self._summary)
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Write the final summary.json (with run/status and run/wall_s) and close W&B; safe to call twice."""
+        if self._finished:
+            return
+        self._finished = True
+        self._summary.setdefault("run/status", "ok" if exit_code == 0 else "failed")
+        self._summary.setdefault("run/wall_s", round(time.monotonic() - self._start_s, 3))
+        self._write_summary()
+        self._jsonl.close()
+        if self._csv is not None:
+            self._csv.close()
+        final = {k: self._summary[k] for k in ("run/status", "run/wall_s")}
+        self._wandb_call("summary", lambda: self._wandb.summary.update(final))
+        self._wandb_call("finish", lambda: self._wandb.finish(exit_code=exit_code))
+        self._wandb = None
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> None:
+        self.finish(exit_code=0 if exc_type is None else 1)
+
+
+class NullTracker:
+    """What ranks other than 0 get: same methods, no files, no network."""
+
+    run_dir = None
+    backend = "none"
+    wandb_run = None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        """Do nothing (not rank 0)."""
+
+    def log_table(self, name: str, columns: list[str], rows: list[list]) -> None:
+        """Do nothing (not rank 0)."""
+
+    def summary(self, metrics: dict) -> None:
+        """Do nothing (not rank 0)."""
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Do nothing (not rank 0)."""
+
+    def __enter__(self) -> NullTracker:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _write_config(run_dir: Path, config: dict) -> None:
+    """config.yaml of the resolved config, unless the caller already wrote one."""
+    path = run_dir / "config.yaml"
+    if path.exists():
+        return
+    from omegaconf import OmegaConf
+
+    path.write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+
+
+def _wandb_mode(logger_cfg: LoggerConfig) -> str:
+    if logger_cfg.mode != "online":
+        return "offline"
+    if wandb_api_key_present():
+        return "online"
+    log.warning(
+        "logger.mode=online but no W&B key (WANDB_API_KEY or `wandb login`); logging offline instead. "
+        "Sync later with `wandb sync <run_dir>/wandb/offline-run-*`."
+    )
+    return "offline"
+
+
+def _init_wandb(logger_cfg: LoggerConfig, config: dict, run_dir: Path, mode: str) -> Any:
+    """wandb.init with settings that bound every wait; raises whatever wandb raises."""
+    import wandb
+
+    timeout_s = float(logger_cfg.init_timeout_s)
+    settings = wandb.Settings(
+        silent=True,  # our own logging says what matters; W&B's banner would interleave with Hydra's
+        console="off",  # no stdout/stderr capture thread to hang on at exit
+        init_timeout=timeout_s,
+        x_service_wait=timeout_s,
+        login_timeout=timeout_s,
+        finish_timeout=float(logger_cfg.finish_timeout_s),
+        # Without these, an unreachable server is retried for minutes at each request.
+        x_graphql_retry_max=2,
+        x_graphql_timeout_seconds=max(1.0, timeout_s / 3),
+        x_file_stream_retry_max=3,
+        x_file_stream_timeout_seconds=max(1.0, timeout_s / 3),
+    )
+    # wandb reads the environment once per process (wandb.setup); a later job of a multirun must see changes too.
+    for env_var, key in (("WANDB_BASE_URL", "base_url"), ("WANDB_API_KEY", "api_key")):
+        if os.environ.get(env_var):
+            setattr(settings, key, os.environ[env_var])
+    sweep_id = hydra_sweep_id()
+    tags = list(logger_cfg.tags) + ([f"sweep:{sweep_id}"] if sweep_id else [])
+    return wandb.init(
+        project=logger_cfg.project,
+        entity=logger_cfg.entity,
+        group=logger_cfg.group or sweep_id,
+        tags=tags,
+        name=logger_cfg.name or run_dir.name,
+        job_type=logger_cfg.job_type,
+        config=config,
+        dir=str(run_dir),
+        mode=mode,
+        reinit="finish_previous",  # multirun jobs share one process: never log into the previous job's run
+        settings=settings,
+    )
+
+
+def _start_wandb(logger_cfg: LoggerConfig, config: dict, run_dir: Path) -> Any:
+    """A W&B run, falling back online -> offline -> None; never raises."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        log.warning("logger.backend=wandb but wandb is not installed; logging to local files only.")
+        return None
+    modes = [_wandb_mode(logger_cfg)]
+    if modes[0] == "online":
+        modes.append("offline")
+    for mode in modes:
+        start_s = time.monotonic()
+        try:
+            run = _init_wandb(logger_cfg, config, run_dir, mode)
+        except Exception as err:  # wandb raises CommError, UsageError, TimeoutError... none may stop training
+            log.warning(
+                "W&B init (%s) failed after %.1f s (%s: %s).",
+                mode,
+                time.monotonic() - start_s,
+                type(err).__name__,
+                str(err).splitlines()[0] if str(err) else "",
+            )
+            continue
+        log.info("W&B run %s (%s) in %s", run.name, mode, run.dir)
+        return run
+    log.warning("W&B is unavailable; logging to %s (metrics.jsonl, summary.json) only.", run_dir)
+    return None
+
+
+def build_tracker(logger_cfg: LoggerConfig, config: dict, run_dir: Path, rank: int = 0) -> Tracker | NullTracker:
+    """The tracker of `logger_cfg.backend` for rank 0 (a no-op one for other ranks); never raises for W&B."""
+    if rank != 0:
+        return NullTracker()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_config(run_dir, config)
+    wandb_run = _start_wandb(logger_cfg, config, run_dir) if logger_cfg.backend == "wandb" else None
+    return Tracker(run_dir, logger_cfg.backend, wandb_run)
