@@ -293,10 +293,20 @@ class EvalConfig:
     compare_base: bool = True  # also score the base model (cached) and report forgetting
     bootstrap_samples: int = 2000
     confidence: float = 0.95
-    seed: int = 0
+    seed: int = 0  # also picks the `limit` subset, so runs with one seed are scored on the same questions
+    adapter: str | None = None  # python -m medtune.evaluate: a saved peft adapter dir to load onto the model
+    sanity: str = "error"  # error | warn | off: identical letter logits, one letter everywhere, below chance
+    cache_base: bool = True  # reuse the base model's scores across a sweep (keyed on model, data, settings)
+    cache_dir: str = "${oc.env:MEDTUNE_CACHE_DIR,${oc.env:HOME}/.cache/medtune}/eval_base"
+    max_length: int | None = None  # lm-eval context length; None: from the model config
 
     def __post_init__(self) -> None:
         _choice("eval.scoring", self.scoring, ("letter", "cloze"))
+        _choice("eval.sanity", self.sanity, ("error", "warn", "off"))
+        _positive("eval.batch_size", self.batch_size)
+        _positive("eval.bootstrap_samples", self.bootstrap_samples)
+        if self.num_fewshot < 0:
+            raise ConfigError(f"eval.num_fewshot={self.num_fewshot} must be >= 0.")
         _positive("eval.limit", self.limit, allow_none=True)
         if not 0.5 < self.confidence < 1.0:
             raise ConfigError(f"eval.confidence={self.confidence} must be in (0.5, 1).")

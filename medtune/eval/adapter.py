@@ -1,0 +1,87 @@
+"""The adapter-active check and a fingerprint of the base weights, both from the logits of one probe prompt.
+
+A LoRA adapter that never trained (B = 0), or one that failed to attach, leaves the logits exactly as the base
+model's: its "evaluation" would silently re-score the base. `check_adapter_active` compares the probe logits with
+the adapter on and off and raises AdapterInactiveError when they do not differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PROBE_PROMPT = (
+    "Question: Which organ produces insulin?\nA. Liver\nB. Pancreas\nC. Kidney\nD. Spleen\nAnswer:"
+    "\n질문: 인슐린을 분비하는 기관은?\nA. 간\nB. 췌장\nC. 신장\nD. 비장\n정답:"
+)
+ACTIVE_TOL = 1e-6
+
+
+class AdapterInactiveError(RuntimeError):
+    """Loading the adapter did not change the model's output."""
+
+
+def is_peft_model(model: Any) -> bool:
+    """True for a peft model (one with an adapter that can be switched off)."""
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def probe_logits(model: Any, tokenizer: Any, prompt: str = PROBE_PROMPT) -> Any:
+    """Float32 next-token logits at the last position of the probe prompt."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(input_ids=ids).logits[0, -1].float().cpu()
+    finally:
+        model.train(was_training)
+
+
+def base_probe_logits(model: Any, tokenizer: Any) -> Any:
+    """Probe logits of the base model: with the adapter disabled when there is one."""
+    if is_peft_model(model):
+        with model.disable_adapter():
+            return probe_logits(model, tokenizer)
+    return probe_logits(model, tokenizer)
+
+
+def fingerprint(logits: Any) -> str:
+    """A short hash of rounded logits: identifies the base weights in a cache key (random inits differ)."""
+    rounded = (logits * 1000).round().to(dtype=logits.dtype).numpy().tobytes()
+    return hashlib.sha256(rounded).hexdigest()[:16]
+
+
+def check_adapter_active(model: Any, tokenizer: Any) -> float:
+    """Max |logit change| the adapter causes on the probe prompt; raises AdapterInactiveError when ~0."""
+    if not is_peft_model(model):
+        raise AdapterInactiveError("check_adapter_active needs a peft model; this model has no adapter.")
+    on = probe_logits(model, tokenizer)
+    off = base_probe_logits(model, tokenizer)
+    diff = float((on - off).abs().max())
+    if not diff > ACTIVE_TOL:
+        names = list(getattr(model, "peft_config", {}))
+        raise AdapterInactiveError(
+            f"the adapter {names} does not change the logits of the probe prompt (max |diff| = {diff:.2e}): it is "
+            "untrained (LoRA B = 0), not attached to the layers the model uses, or disabled. Evaluating it would "
+            "re-score the base model; check eval.adapter and that training updated the adapter weights."
+        )
+    log.info("adapter active: max |logit change| on the probe prompt = %.4f", diff)
+    return diff
+
+
+def load_adapter(model: Any, path: str) -> Any:
+    """Attach a saved peft adapter (a directory with adapter_config.json) to a loaded base model."""
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"eval.adapter={path}: no adapter_config.json there; point it at a saved adapter dir.")
+    return PeftModel.from_pretrained(model, path, is_trainable=False)

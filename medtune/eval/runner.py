@@ -1,0 +1,149 @@
+"""Drive lm-eval on an in-memory model and turn its per-sample logs into one prediction row per question.
+
+    rows = score(model, tokenizer, tasks, task_dir, scoring="letter", batch_size=8, out_dir=run_dir / "eval/base")
+
+The model (a transformers model or a peft model) is wrapped in lm-eval's `HFLM` as it is: no reload, no hub.
+Each row: task, id, language, subject, gold, pred, correct, choice_lls, letter_lls, gold_ll_letter, gold_ll_text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medtune.eval.tasks import LETTERS, TaskData
+
+log = logging.getLogger(__name__)
+
+# Nothing in an evaluation may reach the hub: the datasets are local JSON files and the model is in memory.
+# lm-eval still asks the hub for a model SHA when it records its config; offline mode makes that fail at once.
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _lls(sample: dict[str, Any]) -> list[float]:
+    return [float(resp[0]) for resp in sample["filtered_resps"]]
+
+
+def _by_id(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {s["doc"]["id"]: s for s in samples}
+
+
+def _rows_for_task(task: TaskData, main: list[dict], aux: list[dict], scoring: str) -> list[dict[str, Any]]:
+    """Join the main multiple-choice pass with the auxiliary pass on the question id."""
+    aux_by_id = _by_id(aux)
+    rows = []
+    for sample in main:
+        doc = sample["doc"]
+        gold = int(doc["answer_index"])
+        choice_lls = _lls(sample)
+        # lm-eval's own per-sample verdict: acc (argmax log-likelihood) or acc_norm (per byte, for cloze).
+        metric = "acc" if scoring == "letter" else "acc_norm"
+        correct = bool(sample[metric])
+        if scoring == "cloze":
+            norm = [ll / len((" " + t).encode()) for ll, t in zip(choice_lls, doc["texts"], strict=True)]
+            pred = max(range(len(norm)), key=norm.__getitem__)
+        else:
+            pred = max(range(len(choice_lls)), key=choice_lls.__getitem__)
+        other = aux_by_id[doc["id"]]
+        if scoring == "letter":
+            letter_lls, gold_ll_text = choice_lls, _lls(other)[0]
+        else:
+            letter_lls, gold_ll_text = _lls(other), choice_lls[gold]
+        rows.append(
+            {
+                "task": task.name,
+                "id": doc["id"],
+                "language": doc["language"],
+                "subject": doc["subject"],
+                "gold": LETTERS[gold],
+                "pred": LETTERS[pred],
+                "correct": correct,
+                "n_choices": len(choice_lls),
+                "choice_lls": choice_lls,
+                "letter_lls": letter_lls,
+                "gold_ll_letter": letter_lls[gold],
+                "gold_ll_text": gold_ll_text,
+            }
+        )
+    return rows
+
+
+def _write_samples(path: Path, samples: dict[str, list[dict]]) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for task_name, items in samples.items():
+            for s in items:
+                keep = {k: s[k] for k in ("doc_id", "target", "arguments", "filtered_resps", "doc") if k in s}
+                f.write(json.dumps({"task": task_name, **keep}, ensure_ascii=False, default=str) + "\n")
+
+
+def write_predictions(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """One JSON line per question."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """Rows written by write_predictions."""
+    with Path(path).open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def score(
+    model: Any,
+    tokenizer: Any,
+    tasks: Sequence[TaskData],
+    task_dir: Path,
+    names: dict[str, dict[str, str]],
+    scoring: str,
+    batch_size: int,
+    out_dir: Path,
+    seed: int = 0,
+    max_length: int | None = None,
+) -> list[dict[str, Any]]:
+    """Score every task through lm-eval; write predictions.jsonl and lm-eval's samples.jsonl under out_dir."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    was_training = getattr(model, "training", False)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+    # include_defaults=False: only our generated tasks are indexed (lm-eval's thousands of YAMLs take seconds).
+    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+    requested = [n for t in tasks for n in (names[t.name]["main"], names[t.name]["aux"])]
+    started = time.perf_counter()
+    try:
+        results = simple_evaluate(
+            model=lm,
+            tasks=requested,
+            task_manager=manager,
+            log_samples=True,
+            bootstrap_iters=0,  # our own intervals (Wilson, paired bootstrap) replace lm-eval's stderr
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
+    finally:
+        model.train(was_training)
+    elapsed_s = time.perf_counter() - started
+    samples = results["samples"]
+    rows = []
+    for task in tasks:
+        rows += _rows_for_task(task, samples[names[task.name]["main"]], samples[names[task.name]["aux"]], scoring)
+    n_questions = max(len(rows), 1)
+    log.info("lm-eval scored %d questions in %.1f s (%.3f s/question)", len(rows), elapsed_s, elapsed_s / n_questions)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_predictions(out_dir / "predictions.jsonl", rows)
+    _write_samples(out_dir / "samples.jsonl", samples)
+    (out_dir / "lm_eval_results.json").write_text(
+        json.dumps({"results": results["results"], "elapsed_s": elapsed_s}, indent=1, default=str)
+    )
+    return rows

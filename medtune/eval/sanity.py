@@ -1,0 +1,87 @@
+"""Checks that stop a broken evaluation before its numbers are believed.
+
+- identical letter logits: every question gives every answer letter the same log-likelihood (a mis-converted model:
+  transformers 5.17 turned Gemma 3 270M's GGUF into exactly that, see ../shared/GPU.md);
+- one letter everywhere: every prediction of a task is the same letter while the gold answers are not;
+- below the random-guess floor: even the upper end of a 99.9% interval is under the chance rate (a scoring bug,
+  or an answer key that does not match the options).
+
+`check_predictions(rows, mode)` raises EvalSanityError (mode "error"), logs loudly (mode "warn"), or does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from medtune.eval.stats import wilson_interval
+
+log = logging.getLogger(__name__)
+MIN_QUESTIONS_ONE_LETTER = 20
+FLOOR_CONFIDENCE = 0.999
+IDENTICAL_TOL = 1e-6
+
+
+class EvalSanityError(RuntimeError):
+    """The evaluation is broken; the message says which check failed and on which task."""
+
+
+def identical_letter_logits(rows: Sequence[dict[str, Any]]) -> bool:
+    """True when every question gives all its answer letters the same log-likelihood."""
+    return bool(rows) and all(max(r["letter_lls"]) - min(r["letter_lls"]) < IDENTICAL_TOL for r in rows)
+
+
+def one_letter_everywhere(rows: Sequence[dict[str, Any]]) -> str | None:
+    """The letter predicted for every question when the gold answers vary; None otherwise."""
+    preds = {r["pred"] for r in rows}
+    golds = {r["gold"] for r in rows}
+    if len(rows) >= MIN_QUESTIONS_ONE_LETTER and len(preds) == 1 and len(golds) > 1:
+        return next(iter(preds))
+    return None
+
+
+def below_chance_floor(rows: Sequence[dict[str, Any]]) -> tuple[float, float] | None:
+    """(accuracy, chance) when the 99.9% Wilson upper bound of accuracy is below chance; None otherwise."""
+    if not rows:
+        return None
+    correct = sum(bool(r["correct"]) for r in rows)
+    chance = sum(1.0 / r["n_choices"] for r in rows) / len(rows)
+    _, high = wilson_interval(correct, len(rows), FLOOR_CONFIDENCE)
+    return (correct / len(rows), chance) if high < chance else None
+
+
+def problems(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Every failed check, per task, as a sentence."""
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_task.setdefault(row["task"], []).append(row)
+    found = []
+    for task, members in by_task.items():
+        if identical_letter_logits(members):
+            found.append(
+                f"{task}: every answer letter has the same log-likelihood on all {len(members)} questions; the "
+                "model is broken (e.g. a bad GGUF conversion: use transformers >= 5.24) or its logits are constant."
+            )
+        if (letter := one_letter_everywhere(members)) is not None:
+            found.append(f"{task}: the model predicts '{letter}' for all {len(members)} questions.")
+        if (floor := below_chance_floor(members)) is not None:
+            found.append(
+                f"{task}: accuracy {100 * floor[0]:.1f}% is below the random-guess floor {100 * floor[1]:.1f}% "
+                f"beyond a {100 * FLOOR_CONFIDENCE:.1f}% interval; check the answer key and the scoring."
+            )
+    return found
+
+
+def check_predictions(rows: Sequence[dict[str, Any]], mode: str, label: str) -> list[str]:
+    """Run every check on one model's predictions; raise (error), log (warn) or skip (off)."""
+    if mode == "off":
+        return []
+    found = problems(rows)
+    if not found:
+        return []
+    message = f"evaluation sanity check failed for '{label}':\n  - " + "\n  - ".join(found)
+    if mode == "error":
+        raise EvalSanityError(message + "\n(set eval.sanity=warn to record the numbers anyway)")
+    log.error("!" * 80 + "\n%s\n" + "!" * 80, message)
+    return found

@@ -1,0 +1,140 @@
+"""Small-sample statistics for accuracy and paired comparisons, in numpy and the standard library only.
+
+At 239 questions one question is 0.42 pp, so every accuracy carries an interval and every difference between two
+models on the same questions carries a paired interval and a paired test:
+
+    wilson_interval(correct=191, n=239)            -> (low, high) for one accuracy
+    bootstrap_mean_ci(values)                      -> (low, high) for a mean (e.g. gold log-likelihood)
+    paired_bootstrap_ci(base, run)                 -> (low, high) for mean(run - base) over the same items
+    mcnemar_test(base_correct, run_correct)        -> McNemarResult(b, c, p_exact, p_mid)
+    sign_flip_test(base, run)                      -> two-sided p for mean(run - base) == 0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+
+def z_value(confidence: float) -> float:
+    """Two-sided normal quantile: 0.95 -> 1.95996."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence={confidence} must be in (0, 1)")
+    return NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
+
+
+def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion; (nan, nan) when n == 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    if not 0 <= correct <= n:
+        raise ValueError(f"correct={correct} must be within [0, n={n}]")
+    z = z_value(confidence)
+    p = correct / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _percentile_ci(stats: np.ndarray, confidence: float) -> tuple[float, float]:
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def _bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    n = len(values)
+    # Chunked so that n_boot x n index matrices stay small for 10k-question sets.
+    chunk = max(1, 2_000_000 // max(n, 1))
+    means = []
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+        means.append(values[idx].mean(axis=1))
+    return np.concatenate(means)
+
+
+def bootstrap_mean_ci(
+    values: Sequence[float], confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of a mean; (nan, nan) for an empty sample."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return float("nan"), float("nan")
+    return _percentile_ci(_bootstrap_means(arr, n_boot, seed), confidence)
+
+
+def _paired(base: Sequence[float], run: Sequence[float]) -> np.ndarray:
+    b = np.asarray(base, dtype=np.float64)
+    r = np.asarray(run, dtype=np.float64)
+    if b.shape != r.shape:
+        raise ValueError(f"paired samples differ in length: base {b.shape}, run {r.shape}")
+    return r - b
+
+
+def paired_bootstrap_ci(
+    base: Sequence[float], run: Sequence[float], confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """Interval of mean(run - base) resampling items (questions), keeping each pair together."""
+    diff = _paired(base, run)
+    if diff.size == 0:
+        return float("nan"), float("nan")
+    return _percentile_ci(_bootstrap_means(diff, n_boot, seed), confidence)
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """Discordant counts and two-sided p-values of McNemar's exact (binomial) test."""
+
+    b: int  # base right, run wrong
+    c: int  # base wrong, run right
+    p_exact: float
+    p_mid: float
+
+
+def _log_binom_pmf_half(k: int, n: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) - n * math.log(2.0)
+
+
+def _binom_cdf_half(k: int, n: int) -> float:
+    """P(X <= k) for X ~ Binomial(n, 1/2), summed in log space so that n in the thousands does not underflow."""
+    if k < 0:
+        return 0.0
+    logs = [_log_binom_pmf_half(i, n) for i in range(k + 1)]
+    top = max(logs)
+    return min(1.0, math.exp(top) * sum(math.exp(v - top) for v in logs))
+
+
+def mcnemar_test(base_correct: Sequence[bool], run_correct: Sequence[bool]) -> McNemarResult:
+    """McNemar's exact test and its mid-p variant over paired right/wrong outcomes."""
+    if len(base_correct) != len(run_correct):
+        raise ValueError(f"paired samples differ in length: {len(base_correct)} vs {len(run_correct)}")
+    b = sum(1 for x, y in zip(base_correct, run_correct, strict=True) if x and not y)
+    c = sum(1 for x, y in zip(base_correct, run_correct, strict=True) if y and not x)
+    n, k = b + c, min(b, c)
+    if n == 0:
+        return McNemarResult(b, c, 1.0, 1.0)
+    p_exact = min(1.0, 2.0 * _binom_cdf_half(k, n))
+    # mid-p: count only half of the observed outcome's probability (less conservative, closer to nominal size).
+    p_mid = min(1.0, 2.0 * (_binom_cdf_half(k, n) - 0.5 * math.exp(_log_binom_pmf_half(k, n))))
+    return McNemarResult(b, c, p_exact, p_mid)
+
+
+def sign_flip_test(base: Sequence[float], run: Sequence[float], n_perm: int = 2000, seed: int = 0) -> float:
+    """Two-sided randomisation p-value for mean(run - base) = 0, flipping the sign of each paired difference."""
+    diff = _paired(base, run)
+    if diff.size == 0 or not np.any(diff):
+        return 1.0
+    rng = np.random.default_rng(seed)
+    observed = abs(diff.mean())
+    chunk = max(1, 2_000_000 // diff.size)
+    hits = 0
+    for start in range(0, n_perm, chunk):
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(min(chunk, n_perm - start), diff.size))
+        hits += int(np.sum(np.abs((signs * diff).mean(axis=1)) >= observed - 1e-12))
+    return (hits + 1) / (n_perm + 1)

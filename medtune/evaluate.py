@@ -1,0 +1,208 @@
+"""Evaluate a model (and optionally a trained adapter) on local medical tasks through lm-eval, offline.
+
+    python -m medtune.evaluate model=gemma3_270m eval=medical eval.limit=50     # the base model, a subset
+    python -m medtune.evaluate eval.adapter=runs/.../adapter                     # an adapter vs the (cached) base
+
+The config is conf/train.yaml (same groups, same overrides); only the evaluation stage runs. Writes, under the run
+dir: eval/tasks/ (generated lm-eval tasks), eval/<label>/predictions.jsonl and samples.jsonl, eval/metrics.json,
+eval/report.md. From Python (the eval stage of medtune.train):
+
+    metrics = evaluate(model, tokenizer, cfg.eval, cfg.data, run_dir, label="adapter")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from medtune.config import ConfigError, DataConfig, EvalConfig, TrainConfig, register_configs, to_train_config
+
+log = logging.getLogger("medtune.evaluate")
+BASE_PREFIX = "base/eval"  # base-model metrics next to an adapter's: base/eval/<task>/acc, base/eval/lang/ko/acc
+TABLE_COLUMNS = ["acc", "acc_ci_low", "acc_ci_high", "n", "gold_ll_letter", "gold_ll_text", "delta_pp", "p_mcnemar"]
+register_configs()
+
+
+def _resolve(path: str) -> Path:
+    """Resolve ${oc.env:...} in a path given outside Hydra (a dataclass built in Python keeps the raw string)."""
+    if "${" in path:
+        path = OmegaConf.create({"p": path}).p
+    return Path(path).expanduser()
+
+
+def base_cache_key(model: Any, base_fingerprint: str, tasks: list, eval_cfg: EvalConfig) -> str:
+    """Hash of everything the base model's scores depend on."""
+    import lm_eval
+
+    from medtune.eval.tasks import PROMPT_VERSION
+
+    config = getattr(getattr(model, "base_model", model), "config", None) or getattr(model, "config", None)
+    parts = {
+        "model": getattr(config, "_name_or_path", "") or type(model).__name__,
+        "weights": base_fingerprint,
+        "tasks": {t.name: t.fingerprint() for t in tasks},
+        "fewshot": eval_cfg.num_fewshot,
+        "scoring": eval_cfg.scoring,
+        "prompt": PROMPT_VERSION,
+        "seed": eval_cfg.seed,
+        "lm_eval": lm_eval.__version__,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _score_base(model: Any, tokenizer: Any, score_fn: Any, out_dir: Path, cache: Path | None) -> list[dict]:
+    """Score the base model (adapter disabled), reusing <cache>/<key>/predictions.jsonl when present."""
+    from medtune.eval.adapter import is_peft_model
+    from medtune.eval.runner import read_predictions
+
+    if cache is not None and (cache / "predictions.jsonl").is_file():
+        log.info("base model scores reused from %s", cache)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(cache / "predictions.jsonl", out_dir / "predictions.jsonl")
+        return read_predictions(cache / "predictions.jsonl")
+    if is_peft_model(model):
+        with model.disable_adapter():
+            rows = score_fn(model, out_dir)
+    else:
+        rows = score_fn(model, out_dir)
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = cache / "predictions.jsonl.tmp"
+        shutil.copy(out_dir / "predictions.jsonl", tmp)
+        tmp.replace(cache / "predictions.jsonl")  # atomic: a concurrent sweep job never reads half a file
+    return rows
+
+
+def _base_rows(model: Any, tokenizer: Any, eval_cfg: EvalConfig, tasks: list, score_fn: Any, out: Path) -> list[dict]:
+    """The base model's predictions (adapter disabled), from the cache when the same base was scored before."""
+    from medtune.eval.adapter import base_probe_logits, fingerprint
+    from medtune.eval.sanity import check_predictions
+
+    cache = None
+    if eval_cfg.cache_base:
+        key = base_cache_key(model, fingerprint(base_probe_logits(model, tokenizer)), tasks, eval_cfg)
+        cache = _resolve(eval_cfg.cache_dir) / key
+    rows = _score_base(model, tokenizer, score_fn, out / "base", cache)
+    check_predictions(rows, eval_cfg.sanity, "base")
+    return rows
+
+
+def _compare(base_rows: list[dict], rows: list[dict], eval_cfg: EvalConfig, out: Path) -> tuple[dict, str]:
+    """Forgetting metrics and table of rows against base_rows; forgetting.json under out."""
+    from medtune.eval.forgetting import forgetting, forgetting_metrics, format_forgetting
+
+    cmp = forgetting(base_rows, rows, eval_cfg.confidence, eval_cfg.bootstrap_samples, eval_cfg.seed)
+    (out / "forgetting.json").write_text(json.dumps(cmp, indent=1))
+    return forgetting_metrics(cmp), format_forgetting(cmp, eval_cfg.confidence)
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    eval_cfg: EvalConfig,
+    data_cfg: DataConfig,
+    run_dir: Path,
+    label: str = "adapter",
+    loader: Any = None,
+) -> dict[str, float]:
+    """Score the model (and the base, for forgetting) on eval_cfg.tasks; returns flat metrics, writes run_dir/eval.
+
+    A peft model is checked to be active, scored as `label`, and compared with itself with the adapter disabled
+    (the base, cached). A plain model with label="base" is the base; with another label it is scored alone.
+    `loader` replaces medtune.data.load_records (tests).
+    """
+    from medtune.eval.adapter import check_adapter_active, is_peft_model
+    from medtune.eval.runner import score
+    from medtune.eval.sanity import check_predictions
+    from medtune.eval.summary import format_table, summarise
+    from medtune.eval.tasks import build_task_data, write_task_files
+
+    out = Path(run_dir) / "eval"
+    tasks = build_task_data(eval_cfg.tasks, data_cfg, eval_cfg.limit, eval_cfg.num_fewshot, eval_cfg.seed, loader)
+    names = write_task_files(tasks, out / "tasks", eval_cfg.scoring, eval_cfg.num_fewshot)
+
+    def score_fn(m: Any, where: Path) -> list[dict]:
+        args = (tasks, out / "tasks", names, eval_cfg.scoring, eval_cfg.batch_size, where, eval_cfg.seed)
+        return score(m, tokenizer, *args, max_length=eval_cfg.max_length)
+
+    has_adapter = is_peft_model(model)
+    if has_adapter:
+        check_adapter_active(model, tokenizer)
+    elif label != "base":
+        log.warning("'%s' has no adapter to switch off: scored alone, without a base comparison", label)
+    metrics: dict[str, float] = {}
+    report: list[str] = []
+    base_rows = None
+    if label == "base" or (has_adapter and eval_cfg.compare_base):
+        base_rows = _base_rows(model, tokenizer, eval_cfg, tasks, score_fn, out)
+        prefix = "eval" if label == "base" else BASE_PREFIX
+        metrics |= summarise(base_rows, prefix, eval_cfg.confidence)
+        report += ["## base model", format_table(metrics, prefix)]
+    if label != "base":
+        rows = score_fn(model, out / label)
+        check_predictions(rows, eval_cfg.sanity, label)
+        metrics |= summarise(rows, "eval", eval_cfg.confidence)
+        report += [f"## {label}", format_table(metrics, "eval")]
+        if base_rows is not None:
+            flat, table = _compare(base_rows, rows, eval_cfg, out)
+            metrics |= flat
+            report += [f"## {label} - base (paired, same questions)", table]
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    (out / "report.md").write_text("\n\n".join(report) + "\n", encoding="utf-8")
+    return metrics
+
+
+def evaluate_run(model: Any, tokenizer: Any, cfg: TrainConfig, run_dir: Path, tracker: Any) -> dict[str, float]:
+    """The eval stage of medtune.train: evaluate the trained adapter, log metrics and tables to the tracker."""
+    label = "adapter" if cfg.lora.enabled else "full_finetune"
+    metrics = evaluate(model, tokenizer, cfg.eval, cfg.data, run_dir, label=label)
+    tracker.log(metrics, step=cfg.trainer.max_steps)
+    per_group = sorted({k.rsplit("/", 1)[0] for k in metrics if k.startswith(("eval/", "forgetting/"))})
+    rows = [[g, *(metrics.get(f"{g}/{c}") for c in TABLE_COLUMNS)] for g in per_group]
+    tracker.log_table("eval/summary", ["group", *TABLE_COLUMNS], rows)
+    return metrics
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(dict_cfg: DictConfig) -> None:
+    """Load the model (plus eval.adapter), evaluate, print the tables."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        cfg = to_train_config(dict_cfg)
+    except ConfigError as err:
+        log.error("invalid config: %s", err)
+        sys.exit(2)
+    from medtune.eval.adapter import load_adapter
+    from medtune.models import build_model
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg, resolve=True))
+    model, tokenizer = build_model(cfg.model, cfg.quantization, _device(cfg.trainer.device))
+    label = "base"
+    if cfg.eval.adapter:
+        model = load_adapter(model, cfg.eval.adapter)
+        label = "adapter"
+    evaluate(model, tokenizer, cfg.eval, cfg.data, run_dir, label=label)
+    print((run_dir / "eval" / "report.md").read_text(encoding="utf-8"))
+    print(f"written: {run_dir / 'eval'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Paired comparisons between two prediction sets: deltas, intervals, McNemar, the table and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medtune.eval.forgetting import forgetting, forgetting_metrics, format_forgetting, main
+from medtune.eval.summary import summarise
+
+
+def _rows(task: str, language: str, correct: list[bool], ll: float) -> list[dict]:
+    return [
+        {
+            "task": task,
+            "id": f"{task}:{i}",
+            "language": language,
+            "correct": c,
+            "n_choices": 4,
+            "gold_ll_letter": ll + 0.01 * i,
+            "gold_ll_text": 2 * ll,
+            "gold": "A",
+            "pred": "A" if c else "B",
+        }
+        for i, c in enumerate(correct)
+    ]
+
+
+def _pair() -> tuple[list[dict], list[dict]]:
+    # Korean: the run loses 12 questions and gains none (real forgetting); English: 1 lost, 1 gained.
+    base = _rows("kormed_law", "ko", [True] * 30 + [False] * 30, -2.0) + _rows(
+        "medqa_4opt", "en", [True, False] * 20, -1
+    )
+    run_ko = [True] * 18 + [False] * 42
+    run_en = [False, False] + [True, False] * 18 + [True, True]
+    run = _rows("kormed_law", "ko", run_ko, -2.5) + _rows("medqa_4opt", "en", run_en, -1.0)
+    return base, run
+
+
+def test_forgetting_rows_and_verdicts() -> None:
+    base, run = _pair()
+    rows = {r["group"]: r for r in forgetting(base, run, n_boot=500)}
+    ko, en = rows["lang/ko"], rows["lang/en"]
+    assert ko["delta_pp"] == pytest.approx(-20.0) and (ko["b_base_only"], ko["c_run_only"]) == (12, 0)
+    assert ko["p_mcnemar"] == pytest.approx(2 * 0.5**12) and ko["significant"]
+    assert ko["delta_pp_ci_low"] < -20.0 < ko["delta_pp_ci_high"] < 0.0
+    assert ko["gold_ll_letter_delta"] == pytest.approx(-0.5) and ko["gold_ll_letter_significant"]
+    assert en["delta_pp"] == pytest.approx(0.0) and not en["significant"] and en["p_mcnemar"] == 1.0
+    assert not en["gold_ll_letter_significant"]
+    table = format_forgetting(list(rows.values()))
+    assert "| lang/en |" in table and "not significant" in table
+
+
+def test_flat_keys() -> None:
+    base, run = _pair()
+    flat = forgetting_metrics(forgetting(base, run, n_boot=200))
+    for key in ("delta_pp", "delta_pp_ci_low", "delta_pp_ci_high", "p_mcnemar", "gold_ll_text_delta"):
+        assert f"forgetting/ko/{key}" in flat and f"forgetting/en/{key}" in flat
+    assert "forgetting/kormed_law/delta_pp" in flat  # per task too
+
+
+def test_summary_pools_languages_but_not_general_probe() -> None:
+    base, _ = _pair()
+    general = _rows("mmlu_general", "en", [True] * 10, -1.0)
+    metrics = summarise(base + general)
+    assert metrics["eval/lang/en/n"] == 40 and metrics["eval/mmlu_general/n"] == 10
+    assert metrics["eval/lang/ko/acc"] == pytest.approx(0.5)
+
+
+def test_cli_compares_two_prediction_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    base, run = _pair()
+    for name, rows in (("a.jsonl", base), ("b.jsonl", run)):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    main([str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"), "--n-boot", "100"])
+    assert "lang/ko" in capsys.readouterr().out
+
+
+def test_disjoint_sets_are_refused() -> None:
+    base, run = _pair()
+    for r in run:
+        r["id"] += "x"
+    with pytest.raises(ValueError, match="share no"):
+        forgetting(base, run)

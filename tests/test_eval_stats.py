@@ -1,0 +1,82 @@
+"""Intervals and paired tests against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from medtune.eval.stats import (
+    bootstrap_mean_ci,
+    mcnemar_test,
+    paired_bootstrap_ci,
+    sign_flip_test,
+    wilson_interval,
+    z_value,
+)
+
+
+def test_wilson_matches_hand_computation() -> None:
+    # 8/10 at 95%: z = 1.959964; centre = (0.8 + z^2/20) / (1 + z^2/10); half = z*sqrt(.016 + z^2/400) / (1 + z^2/10)
+    z = 1.959963984540054
+    denom = 1 + z * z / 10
+    centre = (0.8 + z * z / 20) / denom
+    half = z * math.sqrt(0.8 * 0.2 / 10 + z * z / 400) / denom
+    low, high = wilson_interval(8, 10)
+    assert (low, high) == pytest.approx((centre - half, centre + half), abs=1e-12)
+    assert (low, high) == pytest.approx((0.4902, 0.9433), abs=1e-4)  # the textbook value
+
+
+def test_wilson_edges() -> None:
+    assert wilson_interval(0, 20)[0] == pytest.approx(0.0, abs=1e-12)
+    assert wilson_interval(20, 20)[1] == pytest.approx(1.0, abs=1e-12)
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+    with pytest.raises(ValueError):
+        wilson_interval(5, 3)
+    assert z_value(0.95) == pytest.approx(1.959964, abs=1e-6)
+
+
+def test_mcnemar_exact_and_mid_p_by_hand() -> None:
+    # 9 questions: b = 1 (base only right), c = 6 (run only right), 2 concordant.
+    base = [1, 0, 0, 0, 0, 0, 0, 1, 0]
+    run = [0, 1, 1, 1, 1, 1, 1, 1, 0]
+    result = mcnemar_test([bool(x) for x in base], [bool(x) for x in run])
+    assert (result.b, result.c) == (1, 6)
+    # P(X <= 1), X ~ Bin(7, 1/2) = (1 + 7) / 128; two-sided exact p = 16/128; mid-p subtracts P(X = 1) = 7/128
+    assert result.p_exact == pytest.approx(16 / 128)
+    assert result.p_mid == pytest.approx(16 / 128 - 7 / 128)
+
+
+def test_mcnemar_no_discordant_pairs_and_large_n() -> None:
+    assert mcnemar_test([True, False], [True, False]).p_exact == 1.0
+    n = 5000  # lgamma path: no underflow, symmetric counts give p close to 1
+    base = [i % 2 == 0 for i in range(n)]
+    run = [not x for x in base]
+    result = mcnemar_test(base, run)
+    assert result.b == result.c == n // 2
+    assert 0.95 < result.p_exact <= 1.0
+
+
+def test_bootstrap_mean_ci_matches_normal_theory() -> None:
+    rng = np.random.default_rng(1)
+    values = rng.normal(0.3, 1.0, size=2000)
+    low, high = bootstrap_mean_ci(values, n_boot=2000, seed=0)
+    se = values.std(ddof=1) / math.sqrt(len(values))
+    assert low == pytest.approx(values.mean() - 1.96 * se, abs=0.2 * se)
+    assert high == pytest.approx(values.mean() + 1.96 * se, abs=0.2 * se)
+
+
+def test_paired_bootstrap_uses_pairs() -> None:
+    rng = np.random.default_rng(2)
+    base = rng.normal(0.0, 5.0, size=500)
+    run = base + 0.5 + rng.normal(0.0, 0.1, size=500)  # a tiny, consistent gain hidden in large item variance
+    low, high = paired_bootstrap_ci(base, run, seed=0)
+    diff = run - base
+    se = diff.std(ddof=1) / math.sqrt(len(diff))
+    assert low == pytest.approx(diff.mean() - 1.96 * se, abs=0.25 * se)
+    assert 0.45 < low < high < 0.55  # unpaired, the interval would span about +-0.9
+    assert sign_flip_test(base, run, n_perm=500) < 0.01
+    assert sign_flip_test(base, base, n_perm=50) == 1.0
+    with pytest.raises(ValueError):
+        paired_bootstrap_ci([1.0], [1.0, 2.0])
