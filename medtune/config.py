@@ -211,6 +211,20 @@ def parse_ratio(ratio: str, languages: list[str]) -> dict[str, float]:
     return dict(zip(order, values, strict=True))
 
 
+# Splits that only ever evaluate: training loads drop rows duplicating their questions (see medtune/data/leakage.py)
+DEFAULT_EVAL_SPLITS = (
+    "kormedmcqa:test",
+    "kormed_law:test",
+    "medqa_4opt:test",
+    "medqa_5opt:test",
+    "mmlu:test",
+    "pubmedqa:test",
+    "kmmlu_criminal_law:test",
+    "sample_ko:test",
+    "sample_en:test",
+)
+
+
 @dataclass
 class DataConfig:
     """Where the raw and prepared data live, and how records become prompts and labels."""
@@ -221,11 +235,20 @@ class DataConfig:
     loss_on: str = "answer"  # answer (prompt masked with -100) | all
     answer_format: str = "letter_text"  # letter | letter_text: what an MCQ's training target looks like
     exclude_eval_overlap: bool = True  # drop training rows whose question duplicates an eval question
+    hub: bool = False  # load sources that have a hub copy by their hub id (datasets.load_dataset) instead of data_dir
+    eval_splits: list[str] = field(default_factory=lambda: list(DEFAULT_EVAL_SPLITS))  # "<source>:<split>"
+    exclude_law_from_train: bool = True  # keep every KorMedMCQA law row (block and regex) out of training loads
+    near_dup_threshold: float = 0.9  # character 5-gram Jaccard at or above which a question is a near duplicate
 
     def __post_init__(self) -> None:
         _choice("data.on_bad_row", self.on_bad_row, ("error", "skip"))
         _choice("data.loss_on", self.loss_on, ("answer", "all"))
         _choice("data.answer_format", self.answer_format, ("letter", "letter_text"))
+        if not 0.5 <= self.near_dup_threshold <= 1.0:
+            raise ConfigError(f"data.near_dup_threshold={self.near_dup_threshold} must be in [0.5, 1].")
+        bad = [s for s in self.eval_splits if s.count(":") != 1]
+        if bad:
+            raise ConfigError(f"data.eval_splits has {bad}; write each as '<source>:<split>', e.g. 'mmlu:test'.")
 
 
 @dataclass

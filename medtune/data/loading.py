@@ -1,0 +1,120 @@
+"""`load_records`: prepared records of one split, with the leakage guard applied to training loads.
+
+A (source, split) listed in data.eval_splits is evaluation data and is returned as is. Any other split is a
+training candidate: KorMedMCQA loses its law rows (data.exclude_law_from_train) and every row duplicating an
+evaluation question, exactly or nearly, is dropped (data.exclude_eval_overlap). The drops are logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from medtune.config import DataConfig
+from medtune.data.adapters_ko import is_law_block, law_uids
+from medtune.data.leakage import DupIndex, Overlap
+from medtune.data.prepare import read_prepared, resolve_dir, use_hub, version_key
+from medtune.data.schema import Record
+from medtune.data.sources import SOURCES, parse_spec, resolve
+
+log = logging.getLogger(__name__)
+_INDEX_CACHE: dict[tuple, tuple[DupIndex, list[str]]] = {}
+
+
+def eval_split_specs(data_cfg: DataConfig) -> list[str]:
+    """The "<source>:<split>" specs that only ever evaluate (data.eval_splits)."""
+    return list(data_cfg.eval_splits)
+
+
+def is_eval_split(source: str, split: str, data_cfg: DataConfig) -> bool:
+    """True when `source:split` (or the source a view reads) is an evaluation split."""
+    base, _ = resolve(source)
+    return f"{base.name}:{split}" in set(data_cfg.eval_splits)
+
+
+def assert_trainable(spec: str, data_cfg: DataConfig) -> None:
+    """Raise when a training source spec names an evaluation split."""
+    source, split = parse_spec(spec)
+    if is_eval_split(source, split, data_cfg):
+        raise ValueError(
+            f"training source {spec!r} is an evaluation split (data.eval_splits); train on another split, or "
+            "remove it from data.eval_splits if you really mean to train on it."
+        )
+
+
+def _available(source: str, data_cfg: DataConfig) -> bool:
+    try:
+        version_key(SOURCES[source], data_cfg)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def eval_index(data_cfg: DataConfig) -> tuple[DupIndex, list[str]]:
+    """A duplicate index over every available evaluation split (cached per data version), and the missing specs."""
+    specs = [parse_spec(s) for s in data_cfg.eval_splits]
+    present = [(name, split) for name, split in specs if _available(name, data_cfg)]
+    missing = [f"{name}:{split}" for name, split in specs if (name, split) not in present]
+    key = (
+        tuple((n, s, version_key(SOURCES[n], data_cfg)) for n, s in present),
+        data_cfg.near_dup_threshold,
+        str(resolve_dir(data_cfg.cache_dir)),
+    )
+    if key not in _INDEX_CACHE:
+        records = [r for name, split in present for r in read_prepared(SOURCES[name], split, data_cfg)]
+        _INDEX_CACHE[key] = (DupIndex(records, data_cfg.near_dup_threshold), missing)
+        if missing:
+            log.warning("leakage guard: eval splits %s have no data here and are not checked", missing)
+    return _INDEX_CACHE[key]
+
+
+def law_filter(records: list[Record], data_cfg: DataConfig) -> list[Record]:
+    """KorMedMCQA records without the law rows (uids from law_subset.jsonl, else the block position rule)."""
+    uids = set() if use_hub(SOURCES["kormedmcqa"], data_cfg) else law_uids(resolve_dir(data_cfg.data_dir))
+    if uids:
+        return [r for r in records if r.id.rsplit(":", 1)[1] not in uids]
+    log.warning("law_subset.jsonl not found: excluding KorMedMCQA law rows by the block position rule only")
+
+    def in_block(record: Record) -> bool:
+        subject, year, period, q_number = record.id.rsplit(":", 1)[1].rsplit("-", 3)
+        return is_law_block(subject, int(year), int(period), int(q_number))
+
+    return [r for r in records if not in_block(r)]
+
+
+def overlaps(records: list[Record], data_cfg: DataConfig) -> list[Overlap]:
+    """Rows of `records` that duplicate an evaluation question (exact or near)."""
+    index, _ = eval_index(data_cfg)
+    return index.match(records)
+
+
+def load_records(source: str, split: str, data_cfg: DataConfig, report: dict[str, Any] | None = None) -> list[Record]:
+    """Records of `source:split` (preparing it first if needed); training loads pass the leakage guard.
+
+    `report`, when given, receives flat counts: data/<source>:<split>/{loaded,dropped_law,dropped_exact,
+    dropped_near,kept}.
+    """
+    base, keep = resolve(source)
+    records = read_prepared(base, split, data_cfg)
+    if keep is not None:
+        records = [r for r in records if keep(r)]
+        if not records:
+            raise ValueError(f"view {source!r} selects no records of {base.name}:{split}; check the subject name.")
+    counts = {"loaded": len(records), "dropped_law": 0, "dropped_exact": 0, "dropped_near": 0}
+    if not is_eval_split(source, split, data_cfg):
+        if base.name == "kormedmcqa" and data_cfg.exclude_law_from_train:
+            kept = law_filter(records, data_cfg)
+            counts["dropped_law"] = len(records) - len(kept)
+            records = kept
+        if data_cfg.exclude_eval_overlap:
+            found = overlaps(records, data_cfg)
+            dropped = {o.train_id for o in found}
+            counts["dropped_exact"] = sum(o.kind == "exact" for o in found)
+            counts["dropped_near"] = sum(o.kind == "near" for o in found)
+            records = [r for r in records if r.id not in dropped]
+        if counts["loaded"] != len(records):
+            log.info("%s:%s training load: %s, kept %d", source, split, counts, len(records))
+    counts["kept"] = len(records)
+    if report is not None:
+        report.update({f"data/{source}:{split}/{k}": v for k, v in counts.items()})
+    return records

@@ -1,0 +1,182 @@
+"""Prepared splits: each source read once into parquet, keyed by its raw files and the adapter version.
+
+Layout: `<cache_dir>/prepared/<source>-<version key>/{<split>.parquet, manifest.json}`. The key hashes the
+adapter version and the size and mtime of every raw file (or the hub id), so changed data re-prepares and an
+unchanged source is read straight from parquet. A source is written to a temporary folder and renamed into place,
+so ranks that prepare the same source at once cannot see half-written files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from medtune.config import DataConfig
+from medtune.data.schema import BadRowError, Record, RowSink
+from medtune.data.sources import HUB_SPLITS, SOURCES, Source, hub_reader, sample_dir
+
+log = logging.getLogger(__name__)
+
+# Bump when an adapter's output changes for the same raw files: every prepared split is then rebuilt.
+ADAPTER_VERSION = 1
+
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("language", pa.string()),
+        ("subject", pa.string()),
+        ("split", pa.string()),
+        ("kind", pa.string()),
+        ("question", pa.string()),
+        ("choices", pa.list_(pa.string())),
+        ("answer_index", pa.int32()),
+        ("answer_text", pa.string()),
+        ("context", pa.string()),
+    ]
+)
+
+
+def resolve_dir(value: str) -> Path:
+    """A config path that may still hold ${oc.env:...} interpolations (a DataConfig built outside Hydra)."""
+    if "${" in value:
+        from omegaconf import OmegaConf
+
+        value = str(OmegaConf.create({"v": value}).v)
+    return Path(value).expanduser()
+
+
+def use_hub(source: Source, data_cfg: DataConfig) -> bool:
+    """True when this source is read from the hub (data.hub=true and the source has a hub copy)."""
+    return bool(getattr(data_cfg, "hub", False)) and hub_reader(source.name) is not None
+
+
+def source_splits(source: Source, data_cfg: DataConfig) -> tuple[str, ...]:
+    """The splits a source provides (the hub copy may have more)."""
+    return HUB_SPLITS.get(source.name, source.splits) if use_hub(source, data_cfg) else source.splits
+
+
+def raw_files(source: Source, data_cfg: DataConfig) -> list[Path]:
+    """The raw files a local source reads; an error names the folder when there are none."""
+    root = sample_dir() if source.builtin else resolve_dir(data_cfg.data_dir)
+    files = sorted(p for pattern in source.files for p in root.glob(pattern) if p.is_file())
+    if not files:
+        raise FileNotFoundError(
+            f"no raw files for source {source.name!r} under {root} (looked for {list(source.files)}); set "
+            "data.data_dir (or MEDTUNE_DATA_DIR) to the dataset folder described in ../shared/data/README.md"
+            + ("" if hub_reader(source.name) is None else ", or set data.hub=true to load it from the hub")
+            + "."
+        )
+    return files
+
+
+def version_key(source: Source, data_cfg: DataConfig) -> str:
+    """'<source>-<12 hex>': hashes the adapter version and the raw files' names, sizes and mtimes (or the hub)."""
+    digest = hashlib.sha256(f"adapter-v{ADAPTER_VERSION}".encode())
+    if use_hub(source, data_cfg):
+        digest.update(f"hub:{source.name}".encode())
+    else:
+        for path in raw_files(source, data_cfg):
+            stat = path.stat()
+            digest.update(f"{path.name}:{path.parent.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return f"{source.name}-{digest.hexdigest()[:12]}"
+
+
+def prepared_dir(source: Source, data_cfg: DataConfig) -> Path:
+    """Where this version of the source is (or will be) prepared."""
+    return resolve_dir(data_cfg.cache_dir) / "prepared" / version_key(source, data_cfg)
+
+
+def read_source(source: Source, data_cfg: DataConfig) -> tuple[dict[str, list[Record]], list[dict[str, str]]]:
+    """Run the adapter over every split: ({split: records}, skipped bad rows). Duplicate ids are bad rows."""
+    sink = RowSink(on_bad_row=data_cfg.on_bad_row)
+    reader = hub_reader(source.name) if use_hub(source, data_cfg) else source.read
+    data_dir = resolve_dir(data_cfg.data_dir)
+    by_split: dict[str, list[Record]] = {}
+    for split in source_splits(source, data_cfg):
+        start = len(sink.records)
+        reader(data_dir, split, sink)
+        by_split[split] = sink.records[start:]
+    seen: set[str] = set()
+    for records in by_split.values():
+        for record in records:
+            if record.id in seen:
+                raise ValueError(f"source {source.name!r} produced the id {record.id!r} twice; fix its adapter.")
+            seen.add(record.id)
+    return by_split, sink.skipped
+
+
+def prepare_source(source: Source, data_cfg: DataConfig, force: bool = False) -> dict[str, Any]:
+    """Prepare one source if its version is not cached yet; returns its manifest (counts, skipped rows)."""
+    target = prepared_dir(source, data_cfg)
+    manifest_path = target / "manifest.json"
+    if manifest_path.is_file() and not force:
+        manifest = json.loads(manifest_path.read_text())
+        manifest["up_to_date"] = True
+        return manifest
+    start_s = time.perf_counter()
+    by_split, skipped = read_source(source, data_cfg)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for split, records in by_split.items():
+        table = pa.Table.from_pylist([r.to_row() for r in records], schema=SCHEMA)
+        pq.write_table(table, tmp / f"{split}.parquet")
+    manifest = {
+        "source": source.name,
+        "language": source.language,
+        "version_key": target.name,
+        "hub": use_hub(source, data_cfg),
+        "counts": {split: len(records) for split, records in by_split.items()},
+        "skipped": skipped,
+        "prepare_s": round(time.perf_counter() - start_s, 3),
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1))
+    if force:
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process won the race with an identical result
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("prepared %s: %s (%d bad rows skipped)", source.name, manifest["counts"], len(skipped))
+    manifest["up_to_date"] = False
+    return manifest
+
+
+def read_prepared(source: Source, split: str, data_cfg: DataConfig) -> list[Record]:
+    """The prepared records of one split, preparing the source first if needed."""
+    manifest = prepare_source(source, data_cfg)
+    if manifest["skipped"] and data_cfg.on_bad_row == "error":
+        first = manifest["skipped"][0]  # prepared earlier with on_bad_row=skip: do not hide those rows now
+        raise BadRowError(first["location"], first["field"], first["reason"])
+    if split not in manifest["counts"]:
+        raise ValueError(f"source {source.name!r} has no split {split!r}; its splits are {sorted(manifest['counts'])}.")
+    table = pq.read_table(prepared_dir(source, data_cfg) / f"{split}.parquet")
+    return [Record.from_row(row) for row in table.to_pylist()]
+
+
+def prepare(data_cfg: DataConfig, sources: list[str] | None = None, force: bool = False) -> dict[str, dict[str, Any]]:
+    """Prepare the named sources (default: every source whose raw files are present); {source: manifest}."""
+    if sources is None:
+        sources = [name for name, source in SOURCES.items() if source.builtin or _present(source, data_cfg)]
+    unknown = [name for name in sources if name not in SOURCES]
+    if unknown:
+        raise KeyError(f"unknown data sources {unknown}; known: {', '.join(SOURCES)}.")
+    return {name: prepare_source(SOURCES[name], data_cfg, force=force) for name in sources}
+
+
+def _present(source: Source, data_cfg: DataConfig) -> bool:
+    try:
+        version_key(source, data_cfg)
+    except FileNotFoundError:
+        return False
+    return True

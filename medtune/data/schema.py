@@ -1,0 +1,171 @@
+"""One record type for every source, and the bad-row machinery shared by all adapters.
+
+An adapter turns a raw row into a `Record` or raises `RowError(field, reason)`; `RowSink` adds the file and line
+and either raises `BadRowError` (data.on_bad_row=error) or counts the row as skipped (data.on_bad_row=skip), so no
+row is ever dropped without a trace in the prepare report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+LETTERS = "ABCDEFGHIJ"
+LANGUAGES = ("ko", "en")
+KINDS = ("mcq", "open")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One question (MCQ or open QA) from any source, in one schema."""
+
+    id: str  # "<source>:<split>:<native id>", unique
+    source: str
+    language: str  # ko | en
+    subject: str
+    split: str
+    kind: str  # mcq | open
+    question: str
+    choices: tuple[str, ...]  # empty for open QA
+    answer_index: int | None  # 0-based; None for open QA
+    answer_text: str
+    context: str = ""  # e.g. the PubMedQA abstract
+
+    @property
+    def answer_letter(self) -> str:
+        """The answer's letter (A, B, ...) of an MCQ; empty for open QA."""
+        return "" if self.answer_index is None else LETTERS[self.answer_index]
+
+    def to_row(self) -> dict[str, Any]:
+        """A plain dict for a columnar file (choices as a list)."""
+        row = asdict(self)
+        row["choices"] = list(self.choices)
+        return row
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Record:
+        """Inverse of `to_row`."""
+        answer = row["answer_index"]
+        return cls(
+            **{**row, "choices": tuple(row["choices"] or ()), "answer_index": None if answer is None else int(answer)}
+        )
+
+
+class RowError(ValueError):
+    """A raw row that cannot become a Record; carries the offending field."""
+
+    def __init__(self, field_name: str, reason: str) -> None:
+        super().__init__(f"field {field_name!r}: {reason}")
+        self.field_name = field_name
+        self.reason = reason
+
+
+class BadRowError(ValueError):
+    """A malformed row, located by file and line (or item), with the fix."""
+
+    def __init__(self, location: str, field_name: str, reason: str) -> None:
+        super().__init__(
+            f"{location}: field {field_name!r}: {reason}. Fix the row, or set data.on_bad_row=skip to skip such "
+            "rows (they are counted in the prepare report)."
+        )
+        self.location = location
+        self.field_name = field_name
+        self.reason = reason
+
+
+@dataclass
+class RowSink:
+    """Collects Records; routes bad rows to an error or to the skipped list per `on_bad_row`."""
+
+    on_bad_row: str = "error"
+    records: list[Record] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    def add(self, location: str, build: Any, *args: Any) -> None:
+        """Call `build(*args)`; keep its Record, or handle its RowError at `location` (e.g. 'a.csv:12')."""
+        try:
+            record = build(*args)
+        except RowError as err:
+            if self.on_bad_row == "error":
+                raise BadRowError(location, err.field_name, err.reason) from None
+            self.skipped.append({"location": location, "field": err.field_name, "reason": err.reason})
+            return
+        self.records.append(record)
+
+    def bad(self, location: str, field_name: str, reason: str) -> None:
+        """Report a bad row found outside a builder (e.g. a line that is not JSON)."""
+        if self.on_bad_row == "error":
+            raise BadRowError(location, field_name, reason)
+        self.skipped.append({"location": location, "field": field_name, "reason": reason})
+
+
+def text_field(row: dict[str, Any], key: str, allow_empty: bool = False) -> str:
+    """row[key] as a stripped string; RowError when missing, empty, or holding undecodable bytes."""
+    if key not in row or row[key] is None:
+        raise RowError(key, "missing")
+    value = row[key]
+    if isinstance(value, float) and value != value:  # NaN from a reader that maps empty cells to NaN
+        raise RowError(key, "missing")
+    text = str(value).strip()
+    # surrogateescape decoding turns bytes that are not UTF-8 into lone surrogates: find them here, per field
+    if any("\udc80" <= ch <= "\udcff" for ch in text):
+        raise RowError(key, "undecodable bytes (the file is not valid UTF-8 here)")
+    if not text and not allow_empty:
+        raise RowError(key, "empty")
+    return text
+
+
+def letter_index(value: Any, n_choices: int, key: str = "answer") -> int:
+    """'C' -> 2, checked against the number of choices."""
+    letter = str(value).strip().upper()
+    if len(letter) != 1 or letter not in LETTERS[:n_choices]:
+        raise RowError(key, f"{value!r} is not a letter in {LETTERS[0]}-{LETTERS[n_choices - 1]}")
+    return LETTERS.index(letter)
+
+
+def int_index(value: Any, n_choices: int, base: int, key: str = "answer") -> int:
+    """An integer answer (1-based when base=1, 0-based when base=0) -> 0-based, range-checked."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise RowError(key, f"{value!r} is not an integer") from None
+    index = number - base
+    if not 0 <= index < n_choices:
+        raise RowError(key, f"{number} is out of range {base}-{n_choices - 1 + base}")
+    return index
+
+
+def mcq(
+    source: str, split: str, native_id: str, language: str, subject: str, question: str, choices: list[str],
+    answer_index: int, context: str = "",
+) -> Record:  # fmt: skip
+    """Build an MCQ Record (answer_text = the correct choice)."""
+    return Record(
+        id=f"{source}:{split}:{native_id}",
+        source=source,
+        language=language,
+        subject=subject,
+        split=split,
+        kind="mcq",
+        question=question,
+        choices=tuple(choices),
+        answer_index=answer_index,
+        answer_text=choices[answer_index],
+        context=context,
+    )
+
+
+def open_qa(source: str, split: str, native_id: str, language: str, subject: str, question: str, answer: str) -> Record:
+    """Build an open-QA Record (no choices)."""
+    return Record(
+        id=f"{source}:{split}:{native_id}",
+        source=source,
+        language=language,
+        subject=subject,
+        split=split,
+        kind="open",
+        question=question,
+        choices=(),
+        answer_index=None,
+        answer_text=answer,
+    )
