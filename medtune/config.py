@@ -158,9 +158,13 @@ class DataMixConfig:
     max_repeat: float = 4.0
     heldout_frac: float = 0.02  # of each source's selected rows, kept out of training for the eval-loss pass
     seed: int = 0
+    # how a language's share is split between its sources: by the weights in `sources` (given), or by each source's
+    # size in the unit, so the language's rows are drawn evenly from all its sources (proportional; weight 0 = out)
+    source_weighting: str = "given"
 
     def __post_init__(self) -> None:
         _choice("data_mix.unit", self.unit, ("examples", "tokens"))
+        _choice("data_mix.source_weighting", self.source_weighting, ("given", "proportional"))
         if self.ratio is not None:
             self.weights = parse_ratio(self.ratio, list(self.sources) or ["en", "ko"])
         if any(not w >= 0 for w in self.weights.values()):
@@ -175,13 +179,9 @@ class DataMixConfig:
             )
         missing = set(self.sources) - set(self.weights)
         if self.sources and missing:
-    # how a language's share is split between its sources: by the weights in `sources` (given), or by each source's
-    # size in the unit, so the language's rows are drawn evenly from all its sources (proportional; weight 0 = out)
-    source_weighting: str = "given"
             raise ConfigError(
                 f"data_mix.sources has {sorted(missing)} but data_mix.weights gives them no weight; "
                 "set data_mix.weights (or data_mix.ratio), with 0 to leave a language out."
-        _choice("data_mix.source_weighting", self.source_weighting, ("given", "proportional"))
             )
         for lang, specs in self.sources.items():
             if any(not w >= 0 for w in specs.values()):
