@@ -112,3 +112,24 @@ def test_tokenizer_without_eos_is_refused(tokenizer) -> None:
 
     with pytest.raises(ValueError, match="eos_token"):
         encode_example(EN, NoEos(), CFG)
+
+
+@pytest.mark.slow
+def test_real_gemma_tokenizer_single_bos_and_exact_answer() -> None:
+    """The converted Gemma 3 tokenizer (python -m medtune.train converts it once into the cache)."""
+    import os
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    cache = Path(os.environ.get("MEDTUNE_CACHE_DIR", Path.home() / ".cache" / "medtune")) / "models" / "gemma3_270m"
+    if not (cache / "tokenizer.json").is_file():
+        pytest.skip(f"no converted Gemma tokenizer in {cache}")
+    tok = AutoTokenizer.from_pretrained(str(cache))
+    tok.chat_template = tok.chat_template or GEMMA_LIKE_CHAT
+    for chat, tail in ((False, " B. 약사"), (True, "B. 약사<end_of_turn>\n")):
+        example = encode_example(KO, tok, CFG, chat_template=chat)
+        ids, labels = example["input_ids"], example["labels"]
+        unmasked = [i for i, lab in zip(ids, labels, strict=True) if lab != IGNORE_INDEX]
+        assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
+        assert tok.decode(unmasked[:-1]) == tail and unmasked[-1] == tok.eos_token_id
