@@ -238,10 +238,10 @@ def efficiency_table(df: pd.DataFrame) -> pd.DataFrame:
     return eff
 
 
-def publish_wandb(rep: Any, sweep_dir: Path, out_dir: Path) -> bool:
+def publish_wandb(rep: Any, sweep_dir: Path, out_dir: Path, init_timeout_s: float = 30.0) -> bool:
     """Log the report's plots and tables as one W&B run (job_type=report) in the sweep's group; False offline."""
     from medtune.config import LoggerConfig
-    from medtune.tracking import build_tracker, wandb_api_key_present
+    from medtune.tracking import Tracker, _init_wandb, wandb_api_key_present
 
     if not wandb_api_key_present():
         print("--wandb: no W&B key (WANDB_API_KEY or `wandb login`): skipped; the local report is complete.")
@@ -251,18 +251,19 @@ def publish_wandb(rep: Any, sweep_dir: Path, out_dir: Path) -> bool:
     group = runs["wandb_group"].dropna().mode()
     cfg = LoggerConfig(
         backend="wandb", mode="online", job_type="report", name=f"report-{Path(sweep_dir).name}",
+        init_timeout_s=init_timeout_s,
         project=str(project.iloc[0]) if len(project) else "medtune",
         group=str(group.iloc[0]) if len(group) else Path(sweep_dir).name,
     )  # fmt: skip
-    tracker = build_tracker(cfg, {"sweep_dir": str(sweep_dir)}, out_dir / "wandb_report")
-    run = tracker.wandb_run
-    if run is None or run.settings.mode != "online":
-        print("--wandb: W&B is unreachable: skipped; the local report is complete.")
-        tracker.finish()
+    run_dir = out_dir / "wandb_report"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:  # online or nothing: an offline copy of a report is of no use
+        run = _init_wandb(cfg, {"sweep_dir": str(sweep_dir)}, run_dir, "online")
+    except Exception as err:  # any W&B failure: the local report is already written
+        print(f"--wandb: W&B is unreachable: skipped; the local report is complete ({type(err).__name__}).")
         return False
-    import wandb
-
-    tracker._wandb_call("images", lambda: run.log({p.stem: wandb.Image(str(p)) for p in out_dir.glob("*.png")}))
+    tracker = Tracker(run_dir, "wandb", run)
+    tracker.log_images({p.stem: p for p in sorted(out_dir.glob("*.png"))})
     for name, frame in (("forgetting", rep.forgetting), ("efficiency", rep.efficiency)):
         tracker.log_table(name, [str(c) for c in frame.columns], frame.astype(object).values.tolist())
     cols = [c for c in runs.columns if c in ("run", "ratio", "en_share", "seed", "status") or c.startswith("eval/lang")]

@@ -176,8 +176,8 @@ def markdown(rep: SweepReport, sweep_dir: Path, figs: dict[str, Any]) -> str:
 
 def write(sweep_dir: Path, out_dir: Path, confidence: float = 0.95) -> SweepReport:
     """Write report.md, the PNGs and runs.csv / forgetting.csv / efficiency.csv / by_share.csv into out_dir."""
+    rep = build(sweep_dir, confidence)  # first: a wrong path must not leave an empty report dir behind
     out_dir.mkdir(parents=True, exist_ok=True)
-    rep = build(sweep_dir, confidence)
     figs = figures(rep)
     for stem, fig in figs.items():
         fig.savefig(out_dir / f"{stem}.png", dpi=120)

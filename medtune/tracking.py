@@ -137,6 +137,16 @@ class Tracker:
 
         self._wandb_call("log_table", _send)
 
+    def log_images(self, images: dict[str, Path]) -> None:
+        """Send PNG files to W&B as images (they already live on disk, so nothing local is written)."""
+
+        def _send() -> None:
+            import wandb
+
+            self._wandb.log({name: wandb.Image(str(path)) for name, path in images.items()})
+
+        self._wandb_call("log_images", _send)
+
     def summary(self, metrics: dict) -> None:
         """Merge `metrics` into summary.json (and the W&B run summary); written at once."""
         clean = {k: _scalar(v) for k, v in metrics.items()}
@@ -181,6 +191,9 @@ class NullTracker:
         """Do nothing (not rank 0)."""
 
     def log_table(self, name: str, columns: list[str], rows: list[list]) -> None:
+        """Do nothing (not rank 0)."""
+
+    def log_images(self, images: dict[str, Path]) -> None:
         """Do nothing (not rank 0)."""
 
     def summary(self, metrics: dict) -> None:

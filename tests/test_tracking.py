@@ -30,8 +30,22 @@ def wandb_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
-def _wandb_records(run_dir: Path) -> list:
-    """Parse the protobuf records of the one offline run under run_dir (the .wandb file is a leveldb-style log)."""
+def _wandb_records(run_dir: Path, wait_s: float = 10.0) -> list:
+    """The records of the one offline run under run_dir, once its exit record is on disk.
+
+    wandb-core writes the transaction log asynchronously: finish() may return some ms before the file is complete.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = _parse_records(run_dir)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.05)
+
+
+def _parse_records(run_dir: Path) -> list:
+    """Parse the protobuf records of the .wandb file (a leveldb-style log of 32 KiB blocks)."""
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
@@ -47,7 +61,10 @@ def _wandb_records(run_dir: Path) -> list:
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST chunk: a whole record
             record = pb.Record()
-            record.ParseFromString(buf)
+            try:
+                record.ParseFromString(buf)
+            except DecodeError:  # the writer is mid-record: read again later
+                break
             records.append(record)
             buf = b""
     return records
