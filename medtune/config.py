@@ -51,6 +51,10 @@ class ModelConfig:
     num_layers: int | None = None  # depth override, for depth-reduced memory/speed studies
     cache_dir: str = "${oc.env:MEDTUNE_CACHE_DIR,${oc.env:HOME}/.cache/medtune}/models"
     chat_template: bool = False  # render prompts with the tokenizer's chat template when it has one
+    # null: the checkpoint's own (a byte-level one for builtin archs); "bytes": a byte-level tokenizer;
+    # "gemma3_270m": the Gemma 3 vocabulary from the converted GGUF (e.g. for medgemma_4b with model.init=random
+    # offline); or a hub id / tokenizer directory.
+    tokenizer: str | None = None
 
     def __post_init__(self) -> None:
         _choice("model.source", self.source, ("gguf", "hf", "builtin"))
