@@ -131,12 +131,25 @@ class PackingConfig:
     mode: str = "packed"  # none | pad_to_max | packed
     max_seq_len: int | None = 2048
     split_long: bool = False  # packed: split a sample longer than a row instead of refusing it
+    truncate: bool = False  # drop the tokens of a sample beyond max_seq_len instead of refusing it (changes data)
     attention: str = "auto"  # document isolation kernel: auto | flex | sdpa | eager | flash
     seed: int = 0
 
     def __post_init__(self) -> None:
         _choice("packing.mode", self.mode, ("none", "pad_to_max", "packed"))
         _choice("packing.attention", self.attention, ("auto", "flex", "sdpa", "eager", "flash"))
+        if self.split_long and self.truncate:
+            raise ConfigError(
+                "packing.split_long and packing.truncate are both true; pick one way to handle samples longer "
+                "than packing.max_seq_len (split keeps every token, truncate drops the tail)."
+            )
+        if self.split_long and self.mode != "packed":
+            raise ConfigError(
+                f"packing.split_long=true needs packing.mode=packed (mode is {self.mode}); "
+                "use packing.truncate=true to shorten long samples in the padded modes."
+            )
+        if self.seed < 0:
+            raise ConfigError(f"packing.seed={self.seed} must be >= 0.")
         if self.mode in ("pad_to_max", "packed") and not self.max_seq_len:
             raise ConfigError(
                 f"packing.mode={self.mode} needs packing.max_seq_len (rows are that long); set it, e.g. "
