@@ -161,6 +161,10 @@ def _build_random(model_cfg: ModelConfig, quant_cfg: QuantizationConfig, device:
 def load_tokenizer(model_cfg: ModelConfig, config: PretrainedConfig, source: str | None = None):
     """The tokenizer named by model.tokenizer, else the checkpoint's; a byte tokenizer for random builtin models."""
     name = model_cfg.tokenizer or source or (model_cfg.path if model_cfg.source == "hf" else None)
+    if model_cfg.init == "random" and not model_cfg.tokenizer and not (name and Path(name).expanduser().is_dir()):
+        # Random weights need no particular vocabulary; do not wait on an unreachable hub for one.
+        log.info("model.init=random: byte-level tokenizer (set model.tokenizer for realistic token counts)")
+        name = None
     if name == "gemma3_270m":
         name = str(ensure_converted("gemma3_270m", model_cfg.cache_dir))
     if name is None or name == "bytes":

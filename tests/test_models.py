@@ -95,6 +95,14 @@ def test_missing_local_path_and_unreachable_hub_are_explained(monkeypatch: pytes
         build_model(ModelConfig(name="m", source="hf", path="google/medgemma-4b-it"), NONE, CPU)
 
 
+def test_random_init_of_a_hub_model_needs_no_hub() -> None:
+    mc = ModelConfig(name="m", source="hf", path="google/medgemma-4b-it", arch="tiny_gemma3", init="random")
+    start_s = time.perf_counter()
+    model, tok = build_model(mc, NONE, CPU)
+    assert time.perf_counter() - start_s < 10  # no wait on the unreachable hub for a tokenizer
+    assert model.config.model_type == "gemma3_text" and len(tok) <= model.config.vocab_size
+
+
 def _save_pretrained_dir(path: Path, arch: str = "tiny_llama") -> torch.nn.Module:
     model = tiny_model(arch)
     model.save_pretrained(path)
