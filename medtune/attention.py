@@ -70,6 +70,8 @@ def _transformers_model(model: torch.nn.Module) -> torch.nn.Module:
 
 def layer_windows(config: Any) -> LayerWindows:
     """Each attention layer type of a transformers config and its sliding window; refuses types it cannot mask."""
+    if hasattr(config, "get_text_config"):  # multimodal configs (MedGemma 4B) keep layer types on the text config
+        config = config.get_text_config()
     types = set(getattr(config, "layer_types", None) or [])
     if not types:  # older single-type configs; Mistral-style configs slide on every layer
         window = getattr(config, "sliding_window", None)

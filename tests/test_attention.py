@@ -179,7 +179,11 @@ def test_flash_varlen_kwargs_cut_at_every_document_and_row() -> None:
 def test_layer_windows_and_resolution() -> None:
     assert layer_windows(tiny_model("tiny_llama").config) == {"full_attention": None}
     assert layer_windows(tiny_model("tiny_gemma3").config) == {"full_attention": None, "sliding_attention": 8}
+    from transformers import Gemma3Config
+
     config = tiny_model("tiny_gemma3").config
+    multimodal = Gemma3Config(text_config=config.to_dict())  # MedGemma's layout: layer types on the text config
+    assert layer_windows(multimodal) == {"full_attention": None, "sliding_attention": 8}
     config.layer_types = ["chunked_attention"] * len(config.layer_types)
     with pytest.raises(NotImplementedError, match="chunked_attention"):
         layer_windows(config)
