@@ -15,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +182,7 @@ def _device(name: str) -> str:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(dict_cfg: DictConfig) -> None:
+def _hydra_main(dict_cfg: DictConfig) -> None:
     """Load the model (plus eval.adapter), evaluate, print the tables."""
     from hydra.core.hydra_config import HydraConfig
 
@@ -202,6 +204,12 @@ def main(dict_cfg: DictConfig) -> None:
     evaluate(model, tokenizer, cfg.eval, cfg.data, run_dir, label=label)
     print((run_dir / "eval" / "report.md").read_text(encoding="utf-8"))
     print(f"written: {run_dir / 'eval'}")
+
+
+def main() -> None:
+    """Console entry: name the run directory (conf/train.yaml reads MEDTUNE_RUN_STAMP), then let Hydra run."""
+    os.environ.setdefault("MEDTUNE_RUN_STAMP", time.strftime("%Y-%m-%d_%H-%M-%S") + "_eval")
+    _hydra_main()
 
 
 if __name__ == "__main__":
