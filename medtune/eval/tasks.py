@@ -134,6 +134,8 @@ def build_task_data(
     for name in names:
         spec = TASKS[name]
         where = f"eval task {name} ({spec.source}:{spec.split})"
+        if num_fewshot > 0 and spec.fewshot is None:
+            raise ValueError(f"{where}: eval.num_fewshot={num_fewshot} but this task has no few-shot split.")
         records = list(load(spec.source, spec.split, data_cfg))
         if not records:
             raise ValueError(f"{where}: no records; is the source prepared (python -m medtune.data prepare)?")
@@ -142,9 +144,7 @@ def build_task_data(
             picked = set(random.Random(f"{seed}:{name}").sample(range(len(records)), limit))
             records = [r for i, r in enumerate(records) if i in picked]
         shots: list[dict[str, Any]] = []
-        if num_fewshot > 0:
-            if spec.fewshot is None:
-                raise ValueError(f"{where}: eval.num_fewshot={num_fewshot} but this task has no few-shot split.")
+        if num_fewshot > 0 and spec.fewshot is not None:
             src, split = spec.fewshot.split(":")
             shots = [record_to_doc(r, f"{name} few-shot") for r in load(src, split, data_cfg)]
             if len(shots) < num_fewshot:
