@@ -62,8 +62,14 @@ def save_checkpoint(
     torch.save(trainable_state(model), tmp / "trainable.pt")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    _finish(tmp, final, ckpt_root, loop_state | {"step": step}, keep)
+    return final
+
+
+def _finish(tmp: Path, final: Path, ckpt_root: Path, state: dict[str, Any], keep: int) -> None:
+    """RNG and loop state, then the atomic rename and pruning (rank 0 only)."""
     torch.save(rng_state(), tmp / "rng.pt")
-    (tmp / STATE_FILE).write_text(json.dumps({"step": step, **loop_state}, indent=2))
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
     _fsync_dir(tmp)
     if final.exists():  # a re-run of the same step after resume: replace it
         shutil.rmtree(final)
@@ -72,7 +78,61 @@ def save_checkpoint(
     for old in list_checkpoints(ckpt_root)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     log.info("checkpoint saved: %s", final)
+
+
+def save_sharded_checkpoint(
+    ckpt_root: Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    loop_state: dict[str, Any],
+    keep: int,
+) -> Path:
+    """Every rank writes its shard of the trainable weights and optimizer state (torch.distributed.checkpoint)."""
+    import torch.distributed as tdist
+    import torch.distributed.checkpoint as dcp
+
+    final = ckpt_root / f"step_{step:06d}"
+    tmp = ckpt_root / f"{final.name}.tmp-shared"
+    if tdist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    tdist.barrier()
+    dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(tmp / "sharded"))
+    if tdist.get_rank() == 0:
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        _finish(tmp, final, ckpt_root, loop_state | {"step": step, "sharded": True}, keep)
+    tdist.barrier()
     return final
+
+
+def _sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    weights = {k: v for k, v in get_model_state_dict(model).items() if k in trainable}
+    return {"model": weights, "optim": get_optimizer_state_dict(model, optimizer)}
+
+
+def load_sharded_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+) -> dict:
+    """Counterpart of save_sharded_checkpoint; every rank loads its shard."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    state = _sharded_state(model, optimizer)
+    dcp.load(state, checkpoint_id=str(path / "sharded"))
+    set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
+    set_optimizer_state_dict(model, optimizer, state["optim"])
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True))
+    set_rng_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=False))
+    return json.loads((path / STATE_FILE).read_text())
 
 
 def list_checkpoints(ckpt_root: Path) -> list[Path]:
@@ -113,6 +173,8 @@ def find_resume_point(resume: str, run_dir: Path) -> Path | None:
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> dict:
     """Restore trainable weights, optimizer, scheduler and RNG from `path`; returns the loop state."""
+    if (path / "sharded").is_dir():
+        return load_sharded_checkpoint(path, model, optimizer, scheduler)
     trainable = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
     params = dict(model.named_parameters())
     missing = sorted(set(trainable) - set(params))

@@ -1,10 +1,10 @@
 """The train/eval entry point.
 
-    python -m medtune.train                              # the demo: Gemma 3 270M on the built-in sample, CPU
-    python -m medtune.train +experiment=mix_10_3         # one experiment
-    python -m medtune.train -m +experiment=mix_sweep seed=0,1,2   # a sweep (a failed job does not stop the others)
-    torchrun --nproc-per-node 2 -m medtune.train sharding=fsdp quantization=nf4   # several GPUs
-    python -m medtune.train --help                       # groups and their choices
+python -m medtune.train                              # the demo: Gemma 3 270M on the built-in sample, CPU
+python -m medtune.train +experiment=mix_10_3         # one experiment
+python -m medtune.train -m +experiment=mix_sweep seed=0,1,2   # a sweep (a failed job does not stop the others)
+torchrun --nproc-per-node 2 -m medtune.train sharding=fsdp quantization=nf4   # several GPUs
+python -m medtune.train --help                       # groups and their choices
 """
 
 from __future__ import annotations

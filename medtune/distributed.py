@@ -1,0 +1,186 @@
+"""Process groups and model wrapping: one process, DDP, or FSDP2 (`fully_shard`, one unit per decoder layer).
+
+Launch several processes with torchrun; every rank composes the same Hydra config:
+
+    torchrun --nproc-per-node 2 -m medtune.train sharding=fsdp quantization=nf4
+
+Rank 0 picks the run directory and broadcasts it (`shared_run_stamp`), only rank 0 logs and writes files,
+and metrics that are sums (tokens, losses) are all-reduced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+
+from medtune.config import ShardingConfig
+from medtune.steps import DTYPE, LossModule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistInfo:
+    """Where this process sits: rank, world size and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_world() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def resolve_device(requested: str, local_rank: int) -> torch.device:
+    """auto -> cuda:<local_rank> when a GPU is visible, else cpu; cuda without a GPU is an error."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=auto or cpu.")
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def ensure_process_group() -> None:
+    """Join the torchrun process group (gloo for CPU tensors, nccl for CUDA ones) if not joined yet."""
+    _, world, _ = _env_world()
+    if world > 1 and not tdist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        tdist.init_process_group(backend=backend, timeout=dt.timedelta(minutes=30))
+
+
+def shared_run_stamp() -> str:
+    """A timestamp for the run directory, chosen by rank 0 and shared so every rank writes to the same place."""
+    stamp = dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    if _env_world()[1] > 1:
+        ensure_process_group()
+        box = [stamp]
+        tdist.broadcast_object_list(box, src=0)
+        stamp = box[0]
+    return stamp
+
+
+def init(sharding: ShardingConfig, device: str) -> DistInfo:
+    """Set up this process for `sharding.strategy`; checks that the launch matches it."""
+    rank, world, local_rank = _env_world()
+    if sharding.strategy == "none" and world > 1:
+        raise RuntimeError(f"launched with {world} processes but sharding=none; add sharding=ddp or sharding=fsdp.")
+    info = DistInfo(rank, world, local_rank, resolve_device(device, local_rank))
+    if sharding.strategy != "none":
+        ensure_process_group()
+    if sharding.strategy == "fsdp" and info.device.type != "cuda" and sharding.cpu_offload:
+        raise RuntimeError("sharding.cpu_offload=true needs CUDA devices; set sharding.cpu_offload=false on CPU.")
+    return info
+
+
+def wrap_model(model: torch.nn.Module, sharding: ShardingConfig, info: DistInfo, chunk_size: int) -> torch.nn.Module:
+    """LossModule around the (peft) model, then DDP or FSDP2 as configured."""
+    module = LossModule(model, chunk_size)
+    if sharding.strategy == "ddp":
+        module.to(info.device)
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    if sharding.strategy == "fsdp":
+        return _fully_shard(module, sharding, info)
+    return module
+
+
+def _fully_shard(module: LossModule, sharding: ShardingConfig, info: DistInfo) -> torch.nn.Module:
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    mesh = tdist.device_mesh.init_device_mesh(info.device.type, (info.world_size,))
+    policy = MixedPrecisionPolicy(param_dtype=DTYPE[sharding.param_dtype], reduce_dtype=DTYPE[sharding.reduce_dtype])
+    kwargs = {"mesh": mesh, "mp_policy": policy, "reshard_after_forward": sharding.reshard_after_forward}
+    if sharding.cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    layers = decoder_layers(module.causal_lm())
+    for layer in layers:
+        fully_shard(layer, **kwargs)
+    fully_shard(module, **kwargs)
+    log.info("FSDP2: %d decoder layers + root sharded over %d ranks", len(layers), info.world_size)
+    return module
+
+
+def decoder_layers(causal_lm: torch.nn.Module) -> list[torch.nn.Module]:
+    """The decoder layers of a Llama/Gemma-style causal LM (model.layers)."""
+    layers = getattr(getattr(causal_lm, "model", None), "layers", None)
+    if layers is None:
+        raise TypeError(f"{type(causal_lm).__name__} has no model.layers; FSDP wrapping needs the decoder layers.")
+    return list(layers)
+
+
+def unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    """The peft/causal-LM model inside DDP and LossModule."""
+    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        module = module.module
+    return module.model if isinstance(module, LossModule) else module
+
+
+@contextlib.contextmanager
+def no_sync_unless(module: torch.nn.Module, last: bool) -> Iterator[None]:
+    """Skip gradient all-reduce on all but the last accumulation micro-batch (DDP and FSDP2)."""
+    if last:
+        yield
+    elif isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        with module.no_sync():
+            yield
+    elif hasattr(module, "set_requires_gradient_sync"):
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def all_reduce_sum(value: torch.Tensor | int | float, device: torch.device) -> torch.Tensor:
+    """Sum over ranks (a no-op in one process); returns a tensor on `device`."""
+    tensor = value.detach().clone() if torch.is_tensor(value) else torch.tensor(float(value), device=device)
+    if tdist.is_initialized():
+        tdist.all_reduce(tensor)
+    return tensor
+
+
+def all_reduce_max(value: float, device: torch.device) -> float:
+    """Max over ranks (peak memory of the busiest rank)."""
+    tensor = torch.tensor(float(value), device=device)
+    if tdist.is_initialized():
+        tdist.all_reduce(tensor, op=tdist.ReduceOp.MAX)
+    return float(tensor)
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op in one process)."""
+    if tdist.is_initialized():
+        tdist.barrier()
+
+
+def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable tensors gathered to full size on CPU (every rank calls this; FSDP shards are all-gathered)."""
+    out = {}
+    for name, param in unwrap(module).named_parameters():
+        if not param.requires_grad:
+            continue
+        full = param.full_tensor() if hasattr(param, "full_tensor") else param
+        out[name] = full.detach().cpu()
+    return out
+
+
+def cleanup() -> None:
+    """Leave the process group."""
+    if tdist.is_initialized():
+        tdist.destroy_process_group()

@@ -1,0 +1,286 @@
+"""The LoRA/QLoRA fine-tuning recipe behind `python -m medtune.train`: setup, train, evaluate, cleanup.
+
+The loop is written out in `TrainRecipe.train` and `_optimizer_step`; builders in other modules turn config
+sections into objects, so nothing below them reads the config tree.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from medtune import checkpoint, distributed, metrics
+from medtune.config import TrainConfig
+from medtune.pipeline import DataPipeline, build_data
+from medtune.steps import compute_loss, eval_loss
+
+log = logging.getLogger("medtune.train")
+
+
+class TrainingError(RuntimeError):
+    """A run stopped for a reason the user can act on (NaN loss, out of memory)."""
+
+
+class TrainRecipe:
+    """One run: model + adapter, data, optimizer, the loop, checkpoints and the final adapter."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, tracker: Any, dist: distributed.DistInfo) -> None:
+        self.cfg, self.run_dir, self.tracker, self.dist = cfg, run_dir, tracker, dist
+        self.device = dist.device
+        self.step = 0
+        self.data_position = {"epoch": 0, "batch": 0}
+        self.summary: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        """Load the model and adapter, build the data, the optimizer and schedule; resume if asked."""
+        self.setup_model()
+        self.data: DataPipeline = build_data(self.cfg, self.tokenizer, self.model, self.dist)
+        self.summary.update(self.data.report)
+        self.setup_optimizer()
+        self._maybe_resume()
+
+    def setup_model(self) -> None:
+        """Base model (quantised as configured), LoRA adapter, then the loss wrapper and DDP/FSDP."""
+        from medtune.adapters import apply_lora, trainable_parameters
+        from medtune.models import build_model
+
+        cfg = self.cfg
+        metrics.reset_peak_memory(self.device)
+        model, self.tokenizer = build_model(cfg.model, cfg.quantization, self.device)
+        model = apply_lora(model, cfg.lora, cfg.quantization, cfg.trainer.grad_ckpt_every)
+        self.model = distributed.wrap_model(model, cfg.sharding, self.dist, cfg.trainer.loss_chunk_size)
+        counts = trainable_parameters(model)
+        self.summary.update(
+            {
+                "model/trainable_params": counts["trainable"],
+                "model/total_params": counts["total"],
+                "model/trainable_pct": counts["percent"],
+            }
+        )
+        self.summary.update(metrics.memory_metrics(self.device, "load"))
+
+    def setup_optimizer(self) -> None:
+        """Optimizer over the trainable parameters, schedule, and the FLOP model for MFU."""
+        self.optimizer = build_optimizer(self.cfg, self.model)
+        self.scheduler = build_scheduler(self.cfg, self.optimizer)
+        self.flops = metrics.flop_model(distributed.unwrap(self.model), self.cfg.trainer.grad_ckpt_every)
+        self.peak_tflops = metrics.device_peak_tflops(self.device)
+
+    def _maybe_resume(self) -> None:
+        if self.dist.is_main:
+            checkpoint.remove_partial(self.run_dir / "checkpoints")
+        distributed.barrier()
+        point = checkpoint.find_resume_point(self.cfg.trainer.resume, self.run_dir)
+        if point is None:
+            return
+        state = checkpoint.load_checkpoint(point, self.model, self.optimizer, self.scheduler)
+        self.step = state["step"]
+        self.data_position = state["data_position"]
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", point, self.step, *self.data_position.values())
+
+    # ----------------------------------------------------------------------------------------------- train
+    def train(self) -> dict[str, float]:
+        """Run optimizer steps until trainer.max_steps; returns the last logged metrics."""
+        tc = self.cfg.trainer
+        self.model.train()
+        metrics.reset_peak_memory(self.device)
+        micro_batches = self.data.train_stream(self.data_position)
+        last: dict[str, float] = {}
+        bar = _progress(tc.max_steps, self.step, enabled=tc.progress_bar and self.dist.is_main)
+        while self.step < tc.max_steps:
+            group = [next(micro_batches) for _ in range(tc.grad_accum_steps)]
+            step_metrics = self._optimizer_step([b for b, _ in group])
+            self.data_position = group[-1][1]
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_metrics['train/loss']:.4f}")
+            if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+                last = {**step_metrics, **metrics.memory_metrics(self.device, "train")}
+                self.tracker.log(last, step=self.step)
+            if tc.eval_every and self.step % tc.eval_every == 0:
+                self.tracker.log(self.eval_loss(), step=self.step)
+            if tc.save_every and self.step % tc.save_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        return last
+
+    def _optimizer_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """One optimizer step over gradient-accumulation micro-batches, loss normalised by all label tokens."""
+        tc = self.cfg.trainer
+        n_labels = distributed.all_reduce_sum(sum(int(b["n_label_tokens"]) for b in batches), self.device)
+        loss_total = torch.zeros((), device=self.device)
+        with metrics.StepTimer(self.device) as timer:
+            for i, batch in enumerate(batches):
+                with distributed.no_sync_unless(self.model, last=i == len(batches) - 1):
+                    loss_sum, _ = compute_loss(self.model, batch, self.device, tc)
+                    # Scaled so that the gradient is d(sum of token losses)/d(theta) / (label tokens of the step, all
+                    # ranks); DDP/FSDP average over ranks, hence the world_size factor.
+                    (loss_sum * self.dist.world_size / n_labels).backward()
+                loss_total += loss_sum.detach()
+            grad_norm = self._clip_grads()
+            self._check_finite(loss_total, grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        loss = distributed.all_reduce_sum(loss_total, self.device) / n_labels
+        useful = sum(int(b["n_useful_tokens"]) for b in batches)
+        rows = sum(b["input_ids"].numel() for b in batches)
+        labels = sum(int(b["n_label_tokens"]) for b in batches)
+        ctx = sum(float(b["ctx_tokens"]) for b in batches) / max(useful, 1)
+        flops = self.flops.per_token(ctx) * useful
+        out = {"train/loss": float(loss), "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm}
+        out.update(metrics.throughput_metrics(useful, rows, labels, timer.seconds, flops, self.peak_tflops))
+        return out
+
+    def _clip_grads(self) -> float:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = self.cfg.trainer.max_grad_norm or float("inf")
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def _check_finite(self, loss: torch.Tensor, grad_norm: float) -> None:
+        if torch.isfinite(loss).item() and math.isfinite(grad_norm):
+            return
+        found = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
+        last_good = str(found[-1]) if found else "none (set trainer.save_every to keep some)"
+        raise TrainingError(
+            f"non-finite {'loss' if not torch.isfinite(loss).item() else 'gradient norm'} at step {self.step + 1}; "
+            f"last good checkpoint: {last_good}. Lower optim.lr, check quantization.compute_dtype, or resume with "
+            "trainer.resume=<that checkpoint>."
+        )
+
+    # ----------------------------------------------------------------------------------------------- eval / save
+    @torch.no_grad()
+    def eval_loss(self) -> dict[str, float]:
+        """Mean loss per label token on the held-out rows of the mix."""
+        metrics.reset_peak_memory(self.device)
+        self.model.eval()
+        total, n = eval_loss(self.model, self.data.heldout_batches(), self.device, self.cfg.trainer)
+        self.model.train()
+        total = distributed.all_reduce_sum(total, self.device)
+        n = distributed.all_reduce_sum(n, self.device)
+        out = {"eval/loss": float(total / n) if n else float("nan"), "eval/loss_tokens": float(n)}
+        return {**out, **metrics.memory_metrics(self.device, "eval")}
+
+    def save_checkpoint(self) -> None:
+        """Write a resumable checkpoint: one file set from rank 0, or every rank's shard under FSDP."""
+        args = (self.run_dir / "checkpoints", self.step, self.model, self.optimizer, self.scheduler)
+        state = {"data_position": self.data_position}
+        if self.cfg.sharding.strategy == "fsdp":
+            checkpoint.save_sharded_checkpoint(*args, state, self.cfg.trainer.keep_checkpoints)
+            return
+        if self.dist.is_main:
+            checkpoint.save_checkpoint(*args, state, self.cfg.trainer.keep_checkpoints)
+        distributed.barrier()
+
+    def save_adapter(self) -> Path:
+        """Save the adapter in peft format (and a merged bf16 model when trainer.merge_adapter)."""
+        from medtune.adapters import merge_and_save, save_adapter
+
+        path = self.run_dir / "adapter"
+        state = distributed.full_state_dict(self.model)
+        if self.dist.is_main:
+            save_adapter(distributed.unwrap(self.model), path, state)
+            if self.cfg.trainer.merge_adapter:
+                merge_and_save(distributed.unwrap(self.model), self.run_dir / "merged")
+        distributed.barrier()
+        return path
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer named by optim._target_ over the trainable parameters."""
+    from hydra.utils import get_class
+
+    oc = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("no trainable parameters: is lora.enabled=true and are lora.target_modules in the model?")
+    cls = get_class(oc._target_)
+    return cls(params, lr=oc.lr, weight_decay=oc.weight_decay, betas=tuple(oc.betas), eps=oc.eps)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then cosine or linear decay to min_lr_ratio * lr (or constant)."""
+    oc, total = cfg.optim, cfg.trainer.max_steps
+    warmup = oc.warmup_steps or round(oc.warmup_ratio * total)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if oc.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if oc.schedule == "cosine" else 1 - progress
+        return oc.min_lr_ratio + (1 - oc.min_lr_ratio) * decay
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every GPU)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _progress(total: int, start: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
+
+
+def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -> dict[str, Any]:
+    """Train and/or evaluate one configuration; write summary.json; in a sweep, a failure is recorded, not raised."""
+    from medtune.tracking import build_tracker
+
+    dist = distributed.init(cfg.sharding, cfg.trainer.device)
+    seed_everything(cfg.seed)  # same seed on every rank: random-init base weights must agree under FSDP
+    resolved = OmegaConf.to_container(dict_cfg, resolve=True)
+    if dist.is_main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg, resolve=True))
+    tracker = build_tracker(cfg.logger, resolved, run_dir, dist.rank)
+    started = time.perf_counter()
+    summary: dict[str, Any] = {"run/status": "failed"}
+    try:
+        summary.update(_run_stages(cfg, run_dir, tracker, dist))
+        summary["run/status"] = "ok"
+    except Exception as err:
+        summary["run/error"] = f"{type(err).__name__}: {err}"
+        log.error("run failed: %s\n%s", err, traceback.format_exc())
+        if not multirun:
+            raise
+    finally:
+        summary["run/wall_s"] = time.perf_counter() - started
+        tracker.summary(summary)
+        tracker.finish(exit_code=0 if summary["run/status"] == "ok" else 1)
+        distributed.cleanup()
+    return summary
+
+
+def _run_stages(cfg: TrainConfig, run_dir: Path, tracker: Any, dist: distributed.DistInfo) -> dict[str, Any]:
+    from medtune.pipeline import run_eval_stage
+
+    recipe = TrainRecipe(cfg, run_dir, tracker, dist)
+    recipe.setup()
+    summary = dict(recipe.summary)
+    tracker.log(recipe.data.report, step=0)
+    if cfg.stage in ("train", "train_eval"):
+        summary.update(recipe.train())
+        final_eval = recipe.eval_loss()
+        tracker.log(final_eval, step=recipe.step)
+        summary.update(final_eval)
+        summary["run/adapter_dir"] = str(recipe.save_adapter())
+    if cfg.stage in ("eval", "train_eval") and cfg.eval.enabled:
+        summary.update(run_eval_stage(cfg, recipe.model, recipe.tokenizer, run_dir, tracker, dist))
+    return summary

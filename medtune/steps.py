@@ -1,0 +1,75 @@
+"""The forward pass that training and eval-loss share: decoder, then chunked cross-entropy, inside one module.
+
+`LossModule` wraps the (peft) causal LM so that the loss is computed inside `forward`. Under FSDP the wrapper is
+the root unit, so the embedding, final norm and (tied) output projection are gathered for the whole of the loss
+computation, and the full-vocabulary logits are never materialised (Gemma 3 has 262k tokens).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from medtune.config import TrainerConfig
+
+DTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class LossModule(torch.nn.Module):
+    """causal LM -> (sum of token losses, number of label tokens) for one batch."""
+
+    def __init__(self, model: torch.nn.Module, chunk_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def causal_lm(self) -> torch.nn.Module:
+        """The transformers *ForCausalLM under any peft wrapping."""
+        inner = self.model
+        return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        document_ids: torch.Tensor,
+        shift_labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from medtune.attention import model_inputs
+        from medtune.loss import chunked_cross_entropy, final_softcap_of, lm_head_of
+
+        lm = self.causal_lm()
+        batch = {"input_ids": input_ids, "position_ids": position_ids, "document_ids": document_ids}
+        hidden = lm.model(**model_inputs(batch, self.model)).last_hidden_state  # per-document masks built here
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        return chunked_cross_entropy(
+            hidden, lm_head_of(lm), shift_labels.reshape(-1), self.chunk_size, final_softcap_of(lm)
+        )
+
+
+def _autocast(device: torch.device, tc: TrainerConfig) -> torch.autocast:
+    dtype = DTYPE[tc.autocast_dtype] if tc.autocast_dtype else torch.float32
+    return torch.autocast(device.type, dtype=dtype, enabled=tc.autocast_dtype is not None)
+
+
+def compute_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device, tc: TrainerConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of token losses and label-token count of one micro-batch (model is a LossModule, maybe wrapped)."""
+    keys = ("input_ids", "position_ids", "document_ids", "shift_labels")
+    inputs = {k: batch[k].to(device, non_blocking=True) for k in keys}
+    with _autocast(device, tc):
+        return model(**inputs)
+
+
+@torch.no_grad()
+def eval_loss(
+    model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device, tc: TrainerConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed loss and label tokens over `batches` (caller divides, after any all-reduce)."""
+    total = torch.zeros((), device=device)
+    n = torch.zeros((), device=device)
+    for batch in batches:
+        loss_sum, count = compute_loss(model, batch, device, tc)
+        total += loss_sum.float()
+        n += count
+    return total, n

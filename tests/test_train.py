@@ -1,0 +1,84 @@
+"""The entry point end to end on a tiny model: the demo path, multirun, and resume after a real kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "model=tiny_llama",
+    "trainer.device=cpu",
+    "trainer.micro_batch_size=2",
+    "trainer.progress_bar=false",
+    "packing.max_seq_len=1024",
+    "optim.lr=3e-3",
+    "optim.warmup_ratio=0",
+    "lora.dropout=0.1",
+]
+
+
+def _env(cache: Path) -> dict[str, str]:
+    return {**os.environ, "MEDTUNE_CACHE_DIR": str(cache), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+
+
+def _train(run_dir: Path, cache: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "medtune.train", *TINY, f"hydra.run.dir={run_dir}", *overrides]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(cache), capture_output=True, text=True, timeout=600)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    rows = [json.loads(x) for x in lines]
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def test_demo_path_trains_saves_and_evaluates(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _train(run, tmp_path / "cache", "trainer.max_steps=4", "trainer.log_every=2", "logger=jsonl", "eval.limit=8")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["run/status"] == "ok"
+    assert summary["train/loss"] > 0 and summary["train/useful_tokens_per_s"] > 0
+    for lang in ("ko", "en"):
+        assert 0.0 <= summary[f"eval/lang/{lang}/acc"] <= 1.0
+        assert summary[f"data_mix/{lang}/examples"] > 0
+    assert (run / "config.yaml").is_file() and (run / "adapter" / "adapter_config.json").is_file()
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
+    common = ["trainer.max_steps=24", "trainer.log_every=1", "trainer.save_every=3", "logger=jsonl", "eval=none"]
+    cache = tmp_path / "cache"
+    reference = tmp_path / "reference"
+    _train(reference, cache, *common)
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "medtune.train", *TINY, f"hydra.run.dir={killed}", *common]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step_000006").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert (
+        not (killed / "summary.json").exists()
+        or json.loads((killed / "summary.json").read_text()).get("run/status") != "ok"
+    )
+
+    _train(killed, cache, *common, "trainer.resume=auto")
+    assert not list((killed / "checkpoints").glob("*.tmp-*")), "a half-written checkpoint was left behind"
+    ref, resumed = _losses(reference), _losses(killed)
+    assert resumed[24] == pytest.approx(ref[24], rel=1e-4, abs=1e-5)
+    assert max(resumed) == 24
