@@ -191,17 +191,25 @@ def _hydra_main(dict_cfg: DictConfig) -> None:
     except ConfigError as err:
         log.error("invalid config: %s", err)
         sys.exit(2)
-    from medtune.eval.adapter import load_adapter
+    from medtune.eval.adapter import AdapterInactiveError, load_adapter
+    from medtune.eval.sanity import EvalSanityError
     from medtune.models import build_model
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg, resolve=True))
-    model, tokenizer = build_model(cfg.model, cfg.quantization, _device(cfg.trainer.device))
+    import torch
+
+    torch.manual_seed(cfg.seed)  # a random-init model (model.init=random) is then the same base as in training
+    model, tokenizer = build_model(cfg.model, cfg.quantization, torch.device(_device(cfg.trainer.device)))
     label = "base"
     if cfg.eval.adapter:
         model = load_adapter(model, cfg.eval.adapter)
         label = "adapter"
-    evaluate(model, tokenizer, cfg.eval, cfg.data, run_dir, label=label)
+    try:
+        evaluate(model, tokenizer, cfg.eval, cfg.data, run_dir, label=label)
+    except (AdapterInactiveError, EvalSanityError) as err:
+        log.error("%s", err)
+        sys.exit(1)
     print((run_dir / "eval" / "report.md").read_text(encoding="utf-8"))
     print(f"written: {run_dir / 'eval'}")
 
