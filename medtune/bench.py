@@ -10,7 +10,8 @@ Extra arguments are Hydra overrides applied to every configuration. Each configu
 real training mix (experiments/efficiency/lengths.json, see medtune/bench_lengths.py), runs `--warmup` steps, then
 `--steps` timed steps through `TrainRecipe._optimizer_step`, and is freed before the next. Peak memory is
 torch.cuda.max_memory_allocated/reserved since the start of the timed steps (and of the model load); the
-memory estimator's prediction (medtune/memory.py) is printed beside it. Writes results.json and results.md.
+memory estimator's prediction (medtune/memory.py), given the label tokens of the largest timed micro-batch, is
+printed beside it. Writes results.json and results.md.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,7 @@ def measure(cfg: Any, hist: dict, args: argparse.Namespace, out_dir: Path, profi
         recipe.setup_model()
         load_alloc, load_reserved = _peak_gib(dist.device)
         step = _prepare_steps(recipe, cfg, hist, args)
+        labels = _timed_label_tokens_per_row(recipe, cfg, args)
         for _ in range(args.warmup):
             step()
         metrics.reset_peak_memory(dist.device)
@@ -136,7 +139,9 @@ def measure(cfg: Any, hist: dict, args: argparse.Namespace, out_dir: Path, profi
         result.update({"load_peak_alloc_gib": load_alloc, "load_peak_reserved_gib": load_reserved})
         if profile:
             result["profile"] = _profile(step, dist.device)
-        est = estimate(cfg, dist.world_size)
+        # The loss chunk of the largest timed micro-batch sets the peak (medtune/loss.py sees only label tokens).
+        est = estimate(cfg, dist.world_size, label_tokens_per_row=labels["max"])
+        result.update({"label_tokens_per_row_max": labels["max"], "label_tokens_per_row_mean": labels["mean"]})
         result.update({"predicted_gib": est.peak_gib, "predicted_load_gib": est.load_peak_bytes / GIB})
         result["predicted_parts_gib"] = {k: v / GIB for k, v in est.parts.items()}
         return _across_ranks(result, dist)
@@ -171,6 +176,15 @@ def _prepare_steps(recipe: Any, cfg: Any, hist: dict, args: argparse.Namespace) 
         return recipe._optimizer_step([next(stream)[0] for _ in range(tc.grad_accum_steps)])
 
     return step
+
+
+def _timed_label_tokens_per_row(recipe: Any, cfg: Any, args: argparse.Namespace) -> dict[str, float]:
+    """Label tokens per row of the micro-batches the timed steps will run on this rank: their max and mean."""
+    ga, rows = cfg.trainer.grad_accum_steps, cfg.trainer.micro_batch_size
+    stream = recipe.data.train_stream({"epoch": 0, "batch": 0})  # a second stream over the same batches
+    timed = islice(stream, args.warmup * ga, (args.warmup + args.steps) * ga)
+    counts = [int(batch["n_label_tokens"]) / rows for batch, _ in timed]
+    return {"max": max(counts), "mean": sum(counts) / len(counts)}
 
 
 def _across_ranks(result: dict[str, Any], dist: Any) -> dict[str, Any]:

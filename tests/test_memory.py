@@ -126,6 +126,83 @@ def test_loss_chunk_scales_with_chunk_size() -> None:
     assert delta == Calibration().logits_fp32_copies * (1024 - 256) * 262208 * 4
 
 
+GEMMA_4B = ["model=medgemma_4b", "model.init=random", "model.dtype=bfloat16", "trainer.autocast_dtype=bfloat16"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "per_row", "chunk_rows"),
+    [(1, 45.0, 45), (1, 765.0, 765), (1, 1900.0, 1024), (4, 765.0, 1024), (1, 5000.0, 1024)],
+)
+def test_loss_chunk_holds_min_of_chunk_and_label_tokens(rows: int, per_row: float, chunk_rows: int) -> None:
+    # medtune/loss.py sends only label tokens to the output projection: the logits chunk has min(chunk, labels) rows
+    cfg = compose([*GEMMA_4B, "packing=packed", f"trainer.micro_batch_size={rows}", "trainer.loss_chunk_size=1024"])
+    tokens, hidden, vocab = rows * 2048, 2560, 262208
+    labels = min(tokens, rows * per_row)
+    est = estimate(cfg, label_tokens_per_row=per_row)
+    logits = Calibration().logits_fp32_copies * chunk_rows * vocab * 4
+    assert est.label_tokens == labels
+    assert est.parts["loss/chunk"] == pytest.approx(logits + hidden * (4 * labels + 8 * tokens))
+    assert estimate(cfg).parts["loss/chunk"] >= est.parts["loss/chunk"]  # None: every token carries a label
+
+
+# Measured on 2026-11-25 by `python -m medtune.bench --steps 10 --warmup 3` on an H100 80GB (see Calibration):
+# (peak alloc GiB over the timed steps, load peak GiB, label tokens per row of the largest timed micro-batch).
+H100 = {
+    "bf16_pad": (["quantization=none", "packing=pad_to_max"], 8.61, 8.48, 142),
+    "nf4_pad": (["quantization=nf4", "packing=pad_to_max"], 4.06, 3.05, 142),
+    "bf16_packed": (["quantization=none", "packing=packed"], 9.76, 8.54, 873),
+    "nf4_packed": (["quantization=nf4", "packing=packed"], 5.34, 3.05, 873),
+}
+
+
+@pytest.mark.parametrize("name", list(H100))
+def test_calibration_matches_h100_measurements(name: str) -> None:
+    overrides, peak_gib, load_gib, per_row = H100[name]
+    common = ["trainer.micro_batch_size=1", "trainer.grad_ckpt_every=1", "packing.max_seq_len=2048", "lora.r=16"]
+    est = estimate(compose([*GEMMA_4B, *common, *overrides]), label_tokens_per_row=per_row)
+    # the fit is within 3%; issue 10 asks for 15%, 5% keeps the calibration from drifting unnoticed
+    assert est.peak_gib == pytest.approx(peak_gib, rel=0.05)
+    assert est.load_peak_bytes / 1024**3 == pytest.approx(load_gib, rel=0.05)
+
+
+def test_backward_counts_gradients_and_stored_inputs_at_their_larger_end() -> None:
+    cfg = compose([*GEMMA_4B, "packing=pad_to_max", "trainer.grad_ckpt_every=1"])
+    p = estimate(cfg, label_tokens_per_row=0).parts
+    static = sum(v for k, v in p.items() if k.split("/")[0] in ("weights", "fixed")) + p["lora/params"]
+    static += p["optimizer/states"] + p["activations/masks"]
+    first_layer = p["activations/stored"] + p["lora/grads"] / 34  # stored inputs dominate: the last layer's grads
+    expected = static + first_layer + p["activations/recompute"] + p["activations/work"]
+    assert estimate(cfg, label_tokens_per_row=0).peak_bytes == pytest.approx(expected)
+
+
+def test_random_bf16_load_holds_the_untied_head_until_tie_weights() -> None:
+    p = estimate(compose([*GEMMA_4B, "quantization=none"]))
+    weights = p.parts["weights/layers"] + p.parts["weights/embed_head"] + p.parts["weights/buffers"]
+    assert p.load_peak_bytes == weights + 262208 * 2560 * 2
+
+
+def test_cli_prints_label_tokens(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["model=tiny_llama", "packing.max_seq_len=64", "trainer.micro_batch_size=2", "label_tokens_per_row=20"])
+    assert "40 per micro-batch (label_tokens_per_row=20)" in capsys.readouterr().out
+    main(["model=tiny_llama", "packing.max_seq_len=64", "trainer.micro_batch_size=2"])
+    assert "128 per micro-batch (worst case: every token)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="label_tokens_per_row='many'"):
+        main(["model=tiny_llama", "label_tokens_per_row=many"])
+
+
+def test_bench_predicts_with_the_largest_timed_micro_batch() -> None:
+    from types import SimpleNamespace
+
+    from medtune.bench import _timed_label_tokens_per_row
+
+    labels = [10, 20, 30, 40, 50, 60]  # micro-batches of 2 rows; warmup 1 step x 2 accumulation, then 2 steps
+    batches = [({"n_label_tokens": torch.tensor(n)}, None) for n in labels]
+    recipe = SimpleNamespace(data=SimpleNamespace(train_stream=lambda position: iter(batches)))
+    cfg = SimpleNamespace(trainer=SimpleNamespace(grad_accum_steps=2, micro_batch_size=2))
+    out = _timed_label_tokens_per_row(recipe, cfg, SimpleNamespace(warmup=1, steps=2))
+    assert out == {"max": 30.0, "mean": 22.5}  # batches 3-6: 30, 40, 50, 60 tokens over 2 rows
+
+
 def test_cli_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
     main(["model=tiny_llama", "quantization=nf4", "sharding=fsdp", "world_size=2", "--json"])
     out = json.loads(capsys.readouterr().out)
