@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import datasets
 import pytest
 
 from medtune.config import DataConfig
 from medtune.data import load_records, prepare
+
+datasets = pytest.importorskip("datasets")  # the GPU image has no datasets package
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 

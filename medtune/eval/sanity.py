@@ -2,11 +2,14 @@
 
 - identical letter logits: every question gives every answer letter the same log-likelihood (a mis-converted model:
   transformers 5.17 turned Gemma 3 270M's GGUF into exactly that, see ../shared/GPU.md);
-- one letter everywhere: every prediction of a task is the same letter while the gold answers are not;
+- one letter everywhere: every prediction of a task is the same letter while the gold answers are not. This one is
+  a property of the model more than of the evaluation (a small model fine-tuned on answer letters can collapse onto
+  one), so it is always reported loudly but never stops the run;
 - below the random-guess floor: even the upper end of a 99.9% interval is under the chance rate (a scoring bug,
   or an answer key that does not match the options).
 
-`check_predictions(rows, mode)` raises EvalSanityError (mode "error"), logs loudly (mode "warn"), or does nothing.
+`check_predictions(rows, mode)` raises EvalSanityError on a fatal finding (mode "error"), logs loudly (mode "warn",
+and every warning-level finding), or does nothing (mode "off").
 """
 
 from __future__ import annotations
@@ -51,8 +54,8 @@ def below_chance_floor(rows: Sequence[dict[str, Any]]) -> tuple[float, float] | 
     return (correct / len(rows), chance) if high < chance else None
 
 
-def problems(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Every failed check, per task, as a sentence."""
+def problems(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Every failed check, per task, as (severity, sentence); severity is "fatal" or "warning"."""
     by_task: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_task.setdefault(row["task"], []).append(row)
@@ -60,28 +63,43 @@ def problems(rows: Sequence[dict[str, Any]]) -> list[str]:
     for task, members in by_task.items():
         if identical_letter_logits(members):
             found.append(
-                f"{task}: every answer letter has the same log-likelihood on all {len(members)} questions; the "
-                "model is broken (e.g. a bad GGUF conversion: use transformers >= 5.24) or its logits are constant."
+                (
+                    "fatal",
+                    f"{task}: every answer letter has the same log-likelihood on all {len(members)} "
+                    "questions; the model is broken (e.g. a bad GGUF conversion: use transformers >= 5.24) or "
+                    "its logits are constant.",
+                )
             )
-        if (letter := one_letter_everywhere(members)) is not None:
-            found.append(f"{task}: the model predicts '{letter}' for all {len(members)} questions.")
+        elif (letter := one_letter_everywhere(members)) is not None:
+            found.append(
+                (
+                    "warning",
+                    f"{task}: the model predicts '{letter}' for all {len(members)} questions "
+                    "(collapsed onto one letter; its accuracy is that letter's share).",
+                )
+            )
         if (floor := below_chance_floor(members)) is not None:
             found.append(
-                f"{task}: accuracy {100 * floor[0]:.1f}% is below the random-guess floor {100 * floor[1]:.1f}% "
-                f"beyond a {100 * FLOOR_CONFIDENCE:.1f}% interval; check the answer key and the scoring."
+                (
+                    "fatal",
+                    f"{task}: accuracy {100 * floor[0]:.1f}% is below the random-guess floor "
+                    f"{100 * floor[1]:.1f}% beyond a {100 * FLOOR_CONFIDENCE:.1f}% interval; check the answer "
+                    "key and the scoring.",
+                )
             )
     return found
 
 
 def check_predictions(rows: Sequence[dict[str, Any]], mode: str, label: str) -> list[str]:
-    """Run every check on one model's predictions; raise (error), log (warn) or skip (off)."""
+    """Run every check on one model's predictions; raise (error, fatal findings), log loudly, or skip (off)."""
     if mode == "off":
         return []
     found = problems(rows)
     if not found:
         return []
-    message = f"evaluation sanity check failed for '{label}':\n  - " + "\n  - ".join(found)
-    if mode == "error":
+    fatal = [text for severity, text in found if severity == "fatal"]
+    message = f"evaluation sanity check for '{label}':\n  - " + "\n  - ".join(text for _, text in found)
+    if mode == "error" and fatal:
         raise EvalSanityError(message + "\n(set eval.sanity=warn to record the numbers anyway)")
     log.error("!" * 80 + "\n%s\n" + "!" * 80, message)
-    return found
+    return [text for _, text in found]
