@@ -42,8 +42,10 @@ def test_one_letter_everywhere_needs_enough_questions() -> None:
     assert problems(_rows(19, pred="A")) == []  # too few questions to call it
 
 
-def test_one_letter_collapse_is_reported_but_does_not_stop(caplog: pytest.LogCaptureFixture) -> None:
-    """A fine-tuned small model may collapse onto one letter: a finding about the model, not a broken eval."""
+def test_one_letter_collapse_stops_the_base_but_only_warns_for_an_adapter(caplog: pytest.LogCaptureFixture) -> None:
+    """A fine-tuned small model may collapse onto one letter: a finding about training, not a broken eval."""
+    with pytest.raises(EvalSanityError, match="predicts 'C'"):
+        check_predictions(_rows(30, pred="C"), "error", "base")
     with caplog.at_level(logging.ERROR, logger="medtune.eval.sanity"):
         found = check_predictions(_rows(30, pred="C"), "error", "adapter")
     assert any("predicts 'C'" in p for p in found) and "predicts 'C'" in caplog.text

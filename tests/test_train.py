@@ -82,3 +82,43 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:
     ref, resumed = _losses(reference), _losses(killed)
     assert resumed[24] == pytest.approx(ref[24], rel=1e-4, abs=1e-5)
     assert max(resumed) == 24
+
+
+def test_multirun_over_two_ratios_feeds_the_report(tmp_path: Path) -> None:
+    """`-m data_mix.ratio=1:1,3:1` on a tiny model: one run dir per ratio, the report's numbers are theirs."""
+    import pandas as pd
+
+    from medtune.report import main as report_main
+
+    sweep = tmp_path / "sweep"
+    cmd = [
+        sys.executable,
+        "-m",
+        "medtune.train",
+        "-m",
+        *TINY,
+        "trainer.max_steps=2",
+        "logger=jsonl",
+        "eval.limit=6",
+        "eval.sanity=warn",
+        "data_mix.ratio=1:1,3:1",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(tmp_path / "cache"), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summaries = {p.parent: json.loads(p.read_text()) for p in sweep.glob("*/summary.json")}
+    assert len(summaries) == 2 and all(s["run/status"] == "ok" for s in summaries.values())
+    shares = sorted(round(s["data_mix/en/share_examples"], 2) for s in summaries.values())
+    assert shares == [0.5, 0.75]  # the mix each job asked for is the mix it got
+
+    out = tmp_path / "report"
+    assert report_main([str(sweep), "--out", str(out)]) == 0
+    runs = pd.read_csv(out / "runs.csv").set_index("run")
+    for run_dir, summary in summaries.items():
+        row = runs.loc[run_dir.name]
+        for key in ("eval/lang/ko/acc", "eval/lang/en/acc", "base/eval/lang/ko/acc", "forgetting/ko/delta_pp"):
+            assert row[key] == pytest.approx(summary[key], abs=1e-9), key
+    assert sorted(runs["ratio"]) == ["1:1", "3:1"]
+    for png in out.glob("*.png"):
+        assert png.stat().st_size > 10_000, png
+    assert len(list(out.glob("*.png"))) >= 3

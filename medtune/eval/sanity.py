@@ -2,9 +2,9 @@
 
 - identical letter logits: every question gives every answer letter the same log-likelihood (a mis-converted model:
   transformers 5.17 turned Gemma 3 270M's GGUF into exactly that, see ../shared/GPU.md);
-- one letter everywhere: every prediction of a task is the same letter while the gold answers are not. This one is
-  a property of the model more than of the evaluation (a small model fine-tuned on answer letters can collapse onto
-  one), so it is always reported loudly but never stops the run;
+- one letter everywhere: every prediction of a task is the same letter while the gold answers are not. For the base
+  model this means a broken model or scoring and stops the run; for a fine-tuned adapter it is a finding about the
+  training (a small model fine-tuned on answer letters can collapse onto one), reported loudly without stopping;
 - below the random-guess floor: even the upper end of a 99.9% interval is under the chance rate (a scoring bug,
   or an answer key that does not match the options).
 
@@ -54,7 +54,7 @@ def below_chance_floor(rows: Sequence[dict[str, Any]]) -> tuple[float, float] | 
     return (correct / len(rows), chance) if high < chance else None
 
 
-def problems(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+def problems(rows: Sequence[dict[str, Any]], collapse_fatal: bool = True) -> list[tuple[str, str]]:
     """Every failed check, per task, as (severity, sentence); severity is "fatal" or "warning"."""
     by_task: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -73,7 +73,7 @@ def problems(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
         elif (letter := one_letter_everywhere(members)) is not None:
             found.append(
                 (
-                    "warning",
+                    "fatal" if collapse_fatal else "warning",
                     f"{task}: the model predicts '{letter}' for all {len(members)} questions "
                     "(collapsed onto one letter; its accuracy is that letter's share).",
                 )
@@ -94,7 +94,7 @@ def check_predictions(rows: Sequence[dict[str, Any]], mode: str, label: str) -> 
     """Run every check on one model's predictions; raise (error, fatal findings), log loudly, or skip (off)."""
     if mode == "off":
         return []
-    found = problems(rows)
+    found = problems(rows, collapse_fatal=label == "base")
     if not found:
         return []
     fatal = [text for severity, text in found if severity == "fatal"]
