@@ -170,6 +170,9 @@ def evaluate_run(model: Any, tokenizer: Any, cfg: TrainConfig, run_dir: Path, tr
     per_group = sorted({k.rsplit("/", 1)[0] for k in metrics if k.startswith(("eval/", "forgetting/"))})
     rows = [[g, *(metrics.get(f"{g}/{c}") for c in TABLE_COLUMNS)] for g in per_group]
     tracker.log_table("eval/summary", ["group", *TABLE_COLUMNS], rows)
+    report = run_dir / "eval" / "report.md"
+    if report.is_file():  # the per-language accuracy and forgetting tables, at the end of the console output
+        log.info("evaluation tables:\n%s", report.read_text(encoding="utf-8"))
     return metrics
 
 

@@ -51,6 +51,16 @@ def test_one_letter_collapse_stops_the_base_but_only_warns_for_an_adapter(caplog
     assert any("predicts 'C'" in p for p in found) and "predicts 'C'" in caplog.text
 
 
+def test_somewhat_below_chance_warns_far_below_stops(caplog: pytest.LogCaptureFixture) -> None:
+    """21% on 1,273 four-option questions (the real 270M base on MedQA) warns; 0% stops."""
+    rows = [dict(r, correct=i < 267) for i, r in enumerate(_rows(1273, correct_every=0))]  # 267/1273 = 21.0%
+    with caplog.at_level(logging.ERROR, logger="medtune.eval.sanity"):
+        found = check_predictions(rows, "error", "base")
+    assert any("below the random-guess floor" in p for p in found)
+    with pytest.raises(EvalSanityError, match="random-guess floor"):
+        check_predictions(_rows(200, correct_every=0), "error", "base")
+
+
 def test_below_chance_floor() -> None:
     assert any("below the random-guess floor" in p for _, p in problems(_rows(80, correct_every=0)))
     with pytest.raises(EvalSanityError, match="random-guess floor"):

@@ -5,8 +5,10 @@
 - one letter everywhere: every prediction of a task is the same letter while the gold answers are not. For the base
   model this means a broken model or scoring and stops the run; for a fine-tuned adapter it is a finding about the
   training (a small model fine-tuned on answer letters can collapse onto one), reported loudly without stopping;
-- below the random-guess floor: even the upper end of a 99.9% interval is under the chance rate (a scoring bug,
-  or an answer key that does not match the options).
+- below the random-guess floor: even the upper end of a 99.9% interval is under the chance rate. Under half the
+  chance rate it stops the run (a scoring bug, or an answer key that does not match the options); between half and
+  the full chance rate it is a loud warning only, because a weak model with a letter bias really does score there
+  (Gemma 3 270M base on MedQA 4-option: 21.0% of 1,273, upper bound 24.6% < 25%, on an H100, 2026-11-25).
 
 `check_predictions(rows, mode)` raises EvalSanityError on a fatal finding (mode "error"), logs loudly (mode "warn",
 and every warning-level finding), or does nothing (mode "off").
@@ -79,12 +81,13 @@ def problems(rows: Sequence[dict[str, Any]], collapse_fatal: bool = True) -> lis
                 )
             )
         if (floor := below_chance_floor(members)) is not None:
+            acc, chance = floor
+            severity = "fatal" if acc < chance / 2 else "warning"
             found.append(
                 (
-                    "fatal",
-                    f"{task}: accuracy {100 * floor[0]:.1f}% is below the random-guess floor "
-                    f"{100 * floor[1]:.1f}% beyond a {100 * FLOOR_CONFIDENCE:.1f}% interval; check the answer "
-                    "key and the scoring.",
+                    severity,
+                    f"{task}: accuracy {100 * acc:.1f}% is below the random-guess floor {100 * chance:.1f}% beyond a "
+                    f"{100 * FLOOR_CONFIDENCE:.1f}% interval; check the answer key and the scoring.",
                 )
             )
     return found
