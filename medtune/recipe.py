@@ -6,10 +6,12 @@ sections into objects, so nothing below them reads the config tree.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +99,8 @@ class TrainRecipe:
         bar = _progress(tc.max_steps, self.step, enabled=tc.progress_bar and self.dist.is_main)
         while self.step < tc.max_steps:
             group = [next(micro_batches) for _ in range(tc.grad_accum_steps)]
-            step_metrics = self._optimizer_step([b for b, _ in group])
+            with out_of_memory_hint(self.cfg, f"training step {self.step + 1}"):
+                step_metrics = self._optimizer_step([b for b, _ in group])
             self.data_position = group[-1][1]
             self.step += 1
             bar.update(1)
@@ -221,6 +224,23 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch
         return oc.min_lr_ratio + (1 - oc.min_lr_ratio) * decay
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@contextlib.contextmanager
+def out_of_memory_hint(cfg: TrainConfig, phase: str) -> Iterator[None]:
+    """Turn a CUDA out-of-memory error into one that says what was running and which knobs lower the peak."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as err:
+        tc, pk = cfg.trainer, cfg.packing
+        rows = f"{tc.micro_batch_size} x {pk.max_seq_len or 'longest'} tokens"
+        raise TrainingError(
+            f"CUDA out of memory in {phase} ({rows} per micro-batch, quantization={cfg.quantization.method}, "
+            f"grad_ckpt_every={tc.grad_ckpt_every}, loss_chunk_size={tc.loss_chunk_size}): {str(err).splitlines()[0]}\n"
+            "Lower the peak with trainer.micro_batch_size (and raise trainer.grad_accum_steps to keep the batch), "
+            "packing.max_seq_len, trainer.grad_ckpt_every=1, trainer.loss_chunk_size, quantization=nf4, or "
+            "sharding=fsdp; `python -m medtune.memory <same overrides>` predicts the peak before you run."
+        ) from err
 
 
 def seed_everything(seed: int) -> None:

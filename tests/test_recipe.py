@@ -1,0 +1,55 @@
+"""Failure paths of the loop name what happened and what to change; the schedule does what the config says."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from medtune.config import register_configs, to_train_config
+from medtune.distributed import DistInfo
+from medtune.recipe import TrainingError, TrainRecipe, build_scheduler, out_of_memory_hint
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+register_configs()
+
+
+def _cfg(*overrides: str):
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        return to_train_config(compose("train", overrides=list(overrides)))
+
+
+def test_out_of_memory_names_the_phase_and_the_knobs() -> None:
+    cfg = _cfg("trainer.micro_batch_size=8", "packing=packed")
+    match = r"training step 3 \(8 x 2048 tokens"
+    with pytest.raises(TrainingError, match=match) as info, out_of_memory_hint(cfg, "training step 3"):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    for knob in ("trainer.micro_batch_size", "trainer.grad_accum_steps", "quantization=nf4", "medtune.memory"):
+        assert knob in str(info.value)
+
+
+def test_non_finite_loss_stops_with_the_step_and_last_checkpoint(tmp_path: Path) -> None:
+    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    recipe = TrainRecipe(_cfg(), tmp_path, tracker=None, dist=dist)  # nothing is loaded: only the check runs
+    recipe.step = 41
+    with pytest.raises(TrainingError, match=r"non-finite loss at step 42; last good checkpoint: none"):
+        recipe._check_finite(torch.tensor(float("nan")), 1.0)
+    with pytest.raises(TrainingError, match="gradient norm"):
+        recipe._check_finite(torch.tensor(1.0), float("inf"))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_schedule_warms_up_then_decays_to_the_floor(schedule: str) -> None:
+    cfg = _cfg("trainer.max_steps=100", "optim.warmup_steps=10", f"optim.schedule={schedule}", "optim.lr=1.0")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(cfg, opt)
+    lrs = []
+    for _ in range(100):
+        lrs.append(sched.get_last_lr()[0])
+        opt.step()
+        sched.step()
+    assert lrs[0] < lrs[5] < lrs[10] == pytest.approx(1.0)
+    floor = 1.0 if schedule == "constant" else cfg.optim.min_lr_ratio
+    assert lrs[-1] == pytest.approx(floor, abs=0.02)
