@@ -106,20 +106,14 @@ def _fully_shard(module: LossModule, sharding: ShardingConfig, info: DistInfo) -
     kwargs = {"mesh": mesh, "mp_policy": policy, "reshard_after_forward": sharding.reshard_after_forward}
     if sharding.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
+    from medtune.adapters import decoder_layers
+
     layers = decoder_layers(module.causal_lm())
     for layer in layers:
         fully_shard(layer, **kwargs)
     fully_shard(module, **kwargs)
     log.info("FSDP2: %d decoder layers + root sharded over %d ranks", len(layers), info.world_size)
     return module
-
-
-def decoder_layers(causal_lm: torch.nn.Module) -> list[torch.nn.Module]:
-    """The decoder layers of a Llama/Gemma-style causal LM (model.layers)."""
-    layers = getattr(getattr(causal_lm, "model", None), "layers", None)
-    if layers is None:
-        raise TypeError(f"{type(causal_lm).__name__} has no model.layers; FSDP wrapping needs the decoder layers.")
-    return list(layers)
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:

@@ -30,10 +30,17 @@ class DataPipeline:
     world_size: int
     eval_batches: int
     report: dict[str, Any] = field(default_factory=dict)
+    _cached: tuple[int, list[dict[str, torch.Tensor]]] | None = None  # (epoch, all ranks' batches)
+
+    def all_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
+        """Every rank's micro-batches of one epoch, built once (the stats and the loop share them)."""
+        if self._cached is None or self._cached[0] != epoch:
+            self._cached = (epoch, self.make_batches(self.train_examples, epoch))
+        return self._cached[1]
 
     def epoch_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
         """This rank's micro-batches of one epoch (every rank gets the same count)."""
-        batches = self.make_batches(self.train_examples, epoch)
+        batches = self.all_batches(epoch)
         usable = len(batches) - len(batches) % self.world_size
         if usable == 0:
             raise ValueError(
@@ -124,7 +131,7 @@ def build_data(cfg: TrainConfig, tokenizer: Any, model: torch.nn.Module, dist: A
         cfg.trainer.eval_batches,
         report=report,
     )
-    stats = packing_stats(make_batches(pipeline.train_examples, 0))
+    stats = packing_stats(pipeline.all_batches(0))
     pipeline.report.update(stats)
     return pipeline
 
