@@ -129,6 +129,7 @@ class EvalConfig:
     enabled: bool = True
     tasks: list[str] = field(default_factory=lambda: ["kormed_law", "medqa_4opt"])
     limit: int | None = None  # questions per task; None = all
+    task_limits: dict[str, int] = field(default_factory=dict)  # per-task override of limit, e.g. {mmlu_general: 2000}
     num_fewshot: int = 0
     scoring: str = "letter"  # letter | cloze
     batch_size: int = 8
@@ -150,6 +151,13 @@ class EvalConfig:
         if self.num_fewshot < 0:
             raise ConfigError(f"eval.num_fewshot={self.num_fewshot} must be >= 0.")
         _positive("eval.limit", self.limit, allow_none=True)
+        for name, n in self.task_limits.items():
+            if name not in self.tasks:
+                raise ConfigError(
+                    f"eval.task_limits.{name}: {name!r} is not in eval.tasks {list(self.tasks)}; "
+                    "remove the key or add the task."
+                )
+            _positive(f"eval.task_limits.{name}", n)
         if not 0.5 < self.confidence < 1.0:
             raise ConfigError(f"eval.confidence={self.confidence} must be in (0.5, 1).")
 

@@ -46,9 +46,12 @@ def base_cache_key(model: Any, base_fingerprint: str, tasks: list, eval_cfg: Eva
 
     from medtune.eval.tasks import PROMPT_VERSION
 
-    config = getattr(getattr(model, "base_model", model), "config", None) or getattr(model, "config", None)
+    # The transformers model under any peft wrapper: `medtune.evaluate` (plain model) and the eval stage of
+    # `medtune.train` (peft model, adapter disabled) must find the same entry for the same base.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
     parts = {
-        "model": getattr(config, "_name_or_path", "") or type(model).__name__,
+        "model": getattr(config, "_name_or_path", "") or type(base).__name__,
         "weights": base_fingerprint,
         "tasks": {t.name: t.fingerprint() for t in tasks},
         "fewshot": eval_cfg.num_fewshot,
@@ -128,7 +131,9 @@ def evaluate(
     from medtune.eval.tasks import build_task_data, write_task_files
 
     out = Path(run_dir) / "eval"
-    tasks = build_task_data(eval_cfg.tasks, data_cfg, eval_cfg.limit, eval_cfg.num_fewshot, eval_cfg.seed, loader)
+    tasks = build_task_data(
+        eval_cfg.tasks, data_cfg, eval_cfg.limit, eval_cfg.num_fewshot, eval_cfg.seed, loader, eval_cfg.task_limits
+    )
     names = write_task_files(tasks, out / "tasks", eval_cfg.scoring, eval_cfg.num_fewshot)
 
     def score_fn(m: Any, where: Path) -> list[dict]:

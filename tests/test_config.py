@@ -62,6 +62,8 @@ def test_every_group_choice_composes(group: str) -> None:
         (["trainer.max_steps=0"], "trainer.max_steps"),
         (["optim.schedule=exp"], "optim.schedule"),
         (["model=tiny_llama", "model.init=pretrained"], "model.init"),
+        (["+eval.task_limits.mmlu_general=100"], "eval.task_limits.mmlu_general"),
+        (["eval=medical", "+eval.task_limits.mmlu_general=0"], "eval.task_limits.mmlu_general"),
     ],
 )
 def test_bad_config_names_the_key(overrides: list[str], key: str) -> None:

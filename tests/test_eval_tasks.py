@@ -53,6 +53,14 @@ def test_limit_is_a_seeded_subset(fixture_tasks: None) -> None:
     assert ids(0) == ids(0) and len(ids(0)) == 8 and ids(0) != ids(1)
 
 
+def test_task_limits_override_limit_for_named_tasks_only(fixture_tasks: None) -> None:
+    full = {t.name: len(t.docs) for t in build_task_data(["fx_ko", "fx_en"], DataConfig(), loader=fixture_loader)}
+    tasks = build_task_data(["fx_ko", "fx_en"], DataConfig(), None, loader=fixture_loader, task_limits={"fx_en": 5})
+    assert {t.name: len(t.docs) for t in tasks} == {"fx_ko": full["fx_ko"], "fx_en": 5}
+    same = build_task_data(["fx_en"], DataConfig(), 5, loader=fixture_loader)[0].docs
+    assert [d["id"] for d in tasks[1].docs] == [d["id"] for d in same]  # the same seeded subset as limit=5
+
+
 def test_bad_inputs_name_the_problem(fixture_tasks: None) -> None:
     with pytest.raises(ValueError, match="unknown tasks"):
         build_task_data(["nope"], DataConfig(), loader=fixture_loader)

@@ -113,3 +113,19 @@ def test_adapter_vs_cached_base_gives_forgetting(tmp_path: Path, fixture_tasks: 
 
     other = fingerprint(base_probe_logits(_lora(tiny_model("tiny_llama", seed=3), perturb=True), tok))
     assert other != fingerprint(base_probe_logits(model, tok))
+
+
+def test_base_cache_key_is_the_same_plain_or_under_an_adapter() -> None:
+    from conftest import tiny_model
+
+    from medtune.eval.adapter import base_probe_logits, fingerprint
+    from medtune.evaluate import base_cache_key
+
+    tok, cfg = byte_tokenizer(), EvalConfig()
+    plain = tiny_model("tiny_llama")
+    key = base_cache_key(plain, fingerprint(base_probe_logits(plain, tok)), [], cfg)
+    wrapped = _lora(tiny_model("tiny_llama"), perturb=True)  # same init, trained-looking adapter
+    assert base_cache_key(wrapped, fingerprint(base_probe_logits(wrapped, tok)), [], cfg) == key
+    other = tiny_model("tiny_llama", seed=3)
+    assert base_cache_key(other, fingerprint(base_probe_logits(other, tok)), [], cfg) != key
+

@@ -20,7 +20,7 @@ import json
 import logging
 import random
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,8 +124,12 @@ def build_task_data(
     num_fewshot: int = 0,
     seed: int = 0,
     loader: Callable[[str, str, Any], list[Any]] | None = None,
+    task_limits: Mapping[str, int] | None = None,
 ) -> list[TaskData]:
-    """Load, filter, subsample (seeded) and render the questions of each named task."""
+    """Load, filter, subsample (seeded) and render the questions of each named task.
+
+    `limit` applies to every task; `task_limits` overrides it for the tasks it names.
+    """
     unknown = [n for n in names if n not in TASKS]
     if unknown:
         raise ValueError(f"eval.tasks names unknown tasks {unknown}; known tasks: {sorted(TASKS)}.")
@@ -139,9 +143,10 @@ def build_task_data(
         records = list(load(spec.source, spec.split, data_cfg))
         if not records:
             raise ValueError(f"{where}: no records; is the source prepared (python -m medtune.data prepare)?")
-        if limit is not None and limit < len(records):
+        n = (task_limits or {}).get(name, limit)
+        if n is not None and n < len(records):
             # Seeded by task name too, so adding a task does not change another task's subset.
-            picked = set(random.Random(f"{seed}:{name}").sample(range(len(records)), limit))
+            picked = set(random.Random(f"{seed}:{name}").sample(range(len(records)), n))
             records = [r for i, r in enumerate(records) if i in picked]
         shots: list[dict[str, Any]] = []
         if num_fewshot > 0 and spec.fewshot is not None:
