@@ -128,4 +128,3 @@ def test_base_cache_key_is_the_same_plain_or_under_an_adapter() -> None:
     assert base_cache_key(wrapped, fingerprint(base_probe_logits(wrapped, tok)), [], cfg) == key
     other = tiny_model("tiny_llama", seed=3)
     assert base_cache_key(other, fingerprint(base_probe_logits(other, tok)), [], cfg) != key
-
