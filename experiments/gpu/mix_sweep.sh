@@ -67,8 +67,7 @@ case "${1:-}" in
     pgrep -f "medtune\.(train|evaluate)" > /dev/null && echo "still running" || echo "all done" ;;
   collect)
     cd "$RUNS" && cp /root/versions.txt "$LOGS/" 2>/dev/null
-    find . -name "*.safetensors" -path "*checkpoint*" -delete 2>/dev/null
-    tar --exclude="checkpoints" --exclude="*.bin" --exclude="samples.jsonl" --exclude="tasks" --exclude="hf_cache" \
+    tar --exclude="checkpoints" --exclude="*.safetensors" --exclude="*.bin" --exclude="samples.jsonl" --exclude="tasks" --exclude="hf_cache" \
       -czf "$OUT/mix_sweep.tar.gz" base_probe mix_sweep logs && ls -la "$OUT" ;;
   *) echo "usage: $0 stage N | setup | start [wait_s] | wait [s] | collect" >&2; exit 2 ;;
 esac
