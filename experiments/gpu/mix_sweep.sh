@@ -64,7 +64,8 @@ case "${1:-}" in
     echo "== $(date -u +%T) started $(cat "$LOGS/started" 2>/dev/null); summaries: $(find "$RUNS" -name summary.json | wc -l)"
     for f in "$LOGS"/*.log; do echo "-- $f"; grep -a "step \|lm-eval scored\|Error\|error\|Launching\|#[0-9]" "$f" | tail -4; done
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
-    pgrep -f "medtune\.(train|evaluate)" > /dev/null && echo "still running" || echo "all done" ;;
+    pgrep -f "medtune\.(train|evaluate)" > /dev/null && echo "still running" || echo "all done"
+    "$0" collect > /dev/null ;;  # the machine goes back after 30 min held: bring back what is finished every time
   collect)
     cd "$RUNS" && cp /root/versions.txt "$LOGS/" 2>/dev/null
     tar --exclude="checkpoints" --exclude="*.safetensors" --exclude="*.bin" --exclude="samples.jsonl" --exclude="tasks" --exclude="hf_cache" \
