@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -89,6 +90,27 @@ def layer_windows(config: Any) -> LayerWindows:
             raise ValueError(f"{type(config).__name__} has sliding_attention layers but no sliding_window.")
         windows["sliding_attention"] = int(window)
     return windows
+
+
+@contextmanager
+def unpacked_attention(model: torch.nn.Module) -> Iterator[str]:
+    """Within the block the model runs plain padded batches (evaluation): flex_attention is swapped for sdpa.
+
+    flex_attention is what packed training needs, but on padded batches of every length (lm-eval) transformers
+    compiles it per shape, and torch 2.11's inductor fails on those dynamic shapes (NoValidChoicesError, H100).
+    sdpa computes the same attention for one document per row; the packing kernel is restored afterwards.
+    """
+    base = _transformers_model(model)
+    before = base.config._attn_implementation
+    if before != "flex_attention":
+        yield before
+        return
+    base.set_attn_implementation("sdpa")
+    log.info("evaluation: attention flex_attention -> sdpa (padded batches), restored afterwards")
+    try:
+        yield "sdpa"
+    finally:
+        base.set_attn_implementation(before)
 
 
 def enable_document_masking(model: torch.nn.Module, cfg: PackingConfig) -> str:

@@ -140,6 +140,7 @@ def run_eval_stage(
     cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any, run_dir: Path, tracker: Any, dist: Any
 ) -> dict[str, Any]:
     """Score the adapter (and the cached base model) with lm-eval on rank 0; log accuracy and forgetting."""
+    from medtune.attention import unpacked_attention
     from medtune.distributed import barrier, unwrap
     from medtune.evaluate import evaluate_run
 
@@ -153,6 +154,7 @@ def run_eval_stage(
         return {}
     results: dict[str, Any] = {}
     if dist.is_main:
-        results = evaluate_run(unwrap(model), tokenizer, cfg, run_dir, tracker)
+        with unpacked_attention(unwrap(model)):
+            results = evaluate_run(unwrap(model), tokenizer, cfg, run_dir, tracker)
     barrier()
     return results

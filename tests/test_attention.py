@@ -16,6 +16,7 @@ from medtune.attention import (
     layer_windows,
     model_inputs,
     resolve_attention,
+    unpacked_attention,
 )
 from medtune.config import PackingConfig
 from medtune.packing import IGNORE_INDEX, build_batches
@@ -163,6 +164,25 @@ def test_lora_wrapped_model_is_masked_too() -> None:
     assert lora.get_base_model().config._attn_implementation == "sdpa"
     with torch.no_grad():
         assert compare_packed(lora, batches, examples)["max_diff"] < 1e-5
+
+
+def test_eval_swaps_flex_for_sdpa_and_restores_it() -> None:
+    """The eval stage runs padded lm-eval batches with sdpa (same logits), then training's flex comes back."""
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_model("tiny_gemma3").eval()
+    ids = torch.randint(3, 200, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left padding, as lm-eval batches have
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).logits
+    lora = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    lora.get_base_model().set_attn_implementation("flex_attention")
+    with unpacked_attention(lora) as impl, torch.no_grad():
+        assert impl == "sdpa" == lora.get_base_model().config._attn_implementation
+        got = lora(input_ids=ids, attention_mask=mask).logits
+    assert lora.get_base_model().config._attn_implementation == "flex_attention"
+    assert torch.allclose(got[mask.bool()], want[mask.bool()], atol=1e-5)
 
 
 def test_packed_batch_refused_without_masking() -> None:

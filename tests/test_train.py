@@ -102,6 +102,7 @@ def test_multirun_over_two_ratios_feeds_the_report(tmp_path: Path) -> None:
         "eval.limit=6",
         "eval.sanity=warn",
         "data_mix.ratio=1:1,3:1",
+        f"eval.cache_dir={tmp_path / 'eval_base'}",  # a path override must not nest the job dirs
         f"hydra.sweep.dir={sweep}",
     ]
     proc = subprocess.run(cmd, cwd=REPO, env=_env(tmp_path / "cache"), capture_output=True, text=True, timeout=600)
