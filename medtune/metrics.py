@@ -4,7 +4,7 @@ Definitions (used in every log line and table):
 - useful tokens: real (non-pad) input tokens; label tokens: those that carry a loss.
 - padded tokens/s counts every position of every row, pad included; useful tokens/s counts only real tokens.
 - peak allocated / reserved GiB: torch.cuda.max_memory_allocated / max_memory_reserved on this rank since the
-  phase began (phases: load, train, eval); CPU RSS from psutil.
+  phase began (phases: load, train, eval = held-out loss, lm_eval = the benchmark stage); CPU RSS from psutil.
 - MFU: achieved training FLOP/s over the device's dense bf16 peak. FLOPs per token are
   2 * N_matmul * (1 forward + 1 input-gradient backward + f_ckpt recomputed forward) + 2 * N_lora * 3
   + attention 2 * 2 * n_layers * d_attn * ctx * (2 + f_ckpt) for a context of ctx tokens (score and value
@@ -51,9 +51,17 @@ def device_peak_tflops(device: torch.device) -> float | None:
 
 
 def reset_peak_memory(device: torch.device) -> None:
-    """Start a new memory phase: peaks are measured from here."""
+    """Start a new memory phase: peaks are measured from here.
+
+    Cached blocks of earlier phases (or of the previous job of a multirun, same process) are returned first, so
+    a phase's peak reserved is its own and not the largest any earlier phase reserved.
+    """
     if device.type == "cuda":
+        import gc
+
+        gc.collect()
         torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
 

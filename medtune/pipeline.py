@@ -143,6 +143,7 @@ def run_eval_stage(
     from medtune.attention import unpacked_attention
     from medtune.distributed import barrier, unwrap
     from medtune.evaluate import evaluate_run
+    from medtune.metrics import memory_metrics, reset_peak_memory
 
     if cfg.sharding.strategy == "fsdp":
         log.warning(
@@ -154,7 +155,10 @@ def run_eval_stage(
         return {}
     results: dict[str, Any] = {}
     if dist.is_main:
+        device = next(unwrap(model).parameters()).device
+        reset_peak_memory(device)
         with unpacked_attention(unwrap(model)):
             results = evaluate_run(unwrap(model), tokenizer, cfg, run_dir, tracker)
+        results |= memory_metrics(device, "lm_eval")  # lm-eval's logits (batch x length x vocab) set this peak
     barrier()
     return results

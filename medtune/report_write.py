@@ -94,13 +94,56 @@ def _acc_cell(run: pd.Series, lang: str) -> str:
     return f"{_num(run[key], scale=100)} [{_num(low, '{:.1f}', 100)}, {_num(high, '{:.1f}', 100)}]"
 
 
+def _short(error: Any, limit: int = 90) -> str:
+    """The first sentence of a failure message (runs.csv keeps all of it)."""
+    text = str(error or "").split(". ")[0].replace("|", "/").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _first(df: pd.DataFrame, key: str) -> float | None:
+    """The first non-missing value of a column (the same in every run: a task's n, the base's score)."""
+    values = df[key].dropna() if key in df else []
+    return float(values.iloc[0]) if len(values) else None
+
+
+def task_names(runs: pd.DataFrame) -> list[str]:
+    """Evaluation tasks present in the summaries (eval/<task>/acc, not the per-language pools)."""
+    return sorted({c.split("/")[1] for c in runs.columns if c.startswith("eval/") and c.endswith("/acc")} - {"lang"})
+
+
+def _task_section(rep: SweepReport) -> list[str]:
+    """Per task: the base accuracy, then each ratio's mean accuracy and mean paired delta across seeds."""
+    ok = rep.runs[rep.runs["status"] == "ok"]
+    tasks = task_names(ok)
+    if not tasks:
+        return []
+    ratios = rep.means["acc"][LANGS[0]]["ratio"].tolist() or sorted(ok["ratio"].dropna().unique())
+    header = ["task", "n", "base acc %", *(f"{r}: acc % (delta pp)" for r in ratios)]
+    rows = []
+    for task in tasks:
+        row = [task, _num(_first(ok, f"eval/{task}/n"), "{:.0f}"), _num(_first(ok, f"base/eval/{task}/acc"), scale=100)]
+        for ratio in ratios:
+            acc = across_seeds(ok[ok["ratio"] == ratio], f"eval/{task}/acc", rep.confidence)
+            delta = across_seeds(ok[ok["ratio"] == ratio], f"forgetting/{task}/delta_pp", rep.confidence)
+            cell = _num(acc["mean"].iloc[0], scale=100) if len(acc) else "n/a"
+            if len(delta):
+                cell += f" ({_num(delta['mean'].iloc[0], '{:+.2f}')})"
+            row.append(cell)
+        rows.append(row)
+    note = (
+        "Mean over the seeds that finished; delta = mean of the per-run paired differences from the base on the same "
+        "questions (each run's interval and McNemar test are in its eval/report.md and in forgetting.csv)."
+    )
+    return ["## Per task", "", note, "", *_table(header, rows), ""]
+
+
 def _runs_section(rep: SweepReport) -> list[str]:
     pct = round(100 * rep.confidence)
     header = ["run", "status", "en:ko", "en share % (weights)", "en share % (tokens)", "seed", "model", "quant"]
     header += ["packing", f"ko acc % [{pct}% CI]", f"en acc % [{pct}% CI]", "wall s"]
     rows = []
     for _, r in rep.runs.iterrows():
-        status = r["status"] if r["status"] == "ok" else f"**{str(r['status']).upper()}**: {r.get('run/error', '')}"
+        status = r["status"] if r["status"] == "ok" else f"**{str(r['status']).upper()}**: {_short(r.get('run/error'))}"
         where = [f"`{r['run']}`", status, str(r["ratio"]), _num(r["en_share"], "{:.1f}", 100)]
         what = [_num(r.get("data_mix/en/share_tokens"), "{:.1f}", 100), str(r["seed"]), str(r["model"])]
         how = [str(r["quantization"]), str(r["packing"]), _acc_cell(r, "ko"), _acc_cell(r, "en")]
@@ -167,6 +210,7 @@ def markdown(rep: SweepReport, sweep_dir: Path, figs: dict[str, Any]) -> str:
         if f"{metric}_vs_share" in figs:
             title = f"Gold-answer log-likelihood ({metric.rsplit('_', 1)[1]}, nats) vs English share"
             lines += _share_section(rep, metric, title, 1.0, "{:.3f}", f"{metric}_vs_share.png")
+    lines += _task_section(rep)
     if "forgetting" in figs:
         lines += _forgetting_section(rep)
     if "efficiency" in figs:

@@ -59,6 +59,13 @@ def test_report_numbers_equal_the_summaries(sweep: Path, tmp_path: Path) -> None
     assert f"| base model | - | {100 * one['base/eval/lang/ko/acc']:.2f} |" in md
     failed = next(line for line in md.splitlines() if line.startswith("| `2_data_mix.ratio=1:0,seed=0`"))
     assert "**FAILED**" in failed
+    # Per task: the base's accuracy, then each ratio's accuracy (paired delta), from the summaries.
+    zero = summaries["0_data_mix.ratio=0:1,seed=0"]
+    law = next(line for line in md.splitlines() if line.startswith("| kormed_law |"))
+    want = [f"{100 * zero['base/eval/kormed_law/acc']:.2f}"]
+    for run in (zero, one):
+        want.append(f"{100 * run['eval/kormed_law/acc']:.2f} ({run['forgetting/kormed_law/delta_pp']:+.2f})")
+    assert [c.strip(" |") for c in law.split(" | ")][2:5] == want
 
 
 def test_loaded_mix_seed_and_status(sweep: Path) -> None:
@@ -76,6 +83,13 @@ def test_failed_summary_is_reported_not_plotted(sweep: Path, tmp_path: Path) -> 
     md = (tmp_path / "r" / "report.md").read_text()
     assert "**FAILED**: OutOfMemoryError: CUDA" in md
     assert set(forgetting_table(load_sweep(sweep))["run"]) == {"0_data_mix.ratio=0:1,seed=0"}
+    run = sweep / "0_data_mix.ratio=0:1,seed=0"
+    long = "OutOfMemoryError: CUDA out of memory. Tried to allocate 8.00 GiB. GPU 0 has a total capacity of 79 GiB " * 3
+    (run / "summary.json").write_text(json.dumps({"run/status": "failed", "run/error": long}))
+    assert main([str(sweep), "--out", str(tmp_path / "r2")]) == 0
+    md = (tmp_path / "r2" / "report.md").read_text()
+    assert "**FAILED**: OutOfMemoryError: CUDA out of memory |" in md  # first sentence in the table
+    assert pd.read_csv(tmp_path / "r2" / "runs.csv")["run/error"].str.len().max() == len(long)  # all of it here
 
 
 def test_forgetting_recomputed_from_predictions(sweep: Path) -> None:

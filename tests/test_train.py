@@ -53,6 +53,7 @@ def test_demo_path_trains_saves_and_evaluates(tmp_path: Path) -> None:
         assert 0.0 <= summary[f"eval/lang/{lang}/acc"] <= 1.0
         assert summary[f"data_mix/{lang}/examples"] > 0
     assert (run / "config.yaml").is_file() and (run / "adapter" / "adapter_config.json").is_file()
+    assert {"sys/load/cpu_rss_gib", "sys/train/cpu_rss_gib", "sys/lm_eval/cpu_rss_gib"} <= summary.keys()
 
 
 def test_resume_after_kill_matches_uninterrupted_run(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@
 # then, in back-to-back calls (the machine forgets /root 30 s after a call):
 #   bash experiments/gpu/mix_sweep.sh stage N          # once per part, carry [".stage/pN"]
 #   bash experiments/gpu/mix_sweep.sh setup            # unpack, install wheels, prepare data, copy the repo
-#   bash experiments/gpu/mix_sweep.sh start            # base eval, then the three seed sweeps, in the background
+#   bash experiments/gpu/mix_sweep.sh start            # base eval, then one multirun per ratio, in the background
+#   (rerun some ratios: SKIP_BASE=1 RATIOS="10:3 3:10" bash experiments/gpu/mix_sweep.sh start)
 #   bash experiments/gpu/mix_sweep.sh wait 560         # progress; repeat until it says "all done"
 #   bash experiments/gpu/mix_sweep.sh collect          # $OUT/mix_sweep.tar.gz: run dirs (no checkpoints), logs
 # Jobs run from a copy of the repo in /root/src (the work tree is replaced at every call) and outlive the call.
@@ -23,8 +24,11 @@ SEEDS=${SEEDS:-0,1,2} RATIOS=${RATIOS:-"0:1 3:10 1:1 10:3 1:0"}
 export PYTHONPATH=/root/site:$SRC PYTHONUNBUFFERED=1 MEDTUNE_CACHE_DIR=/root/cache MEDTUNE_RUNS_DIR=$RUNS
 export MEDTUNE_DATA_DIR=/root/data/.gpudata HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=3
-# The sweep as the issue states it; eval.batch_size is lowered from 32 so five processes share the 80 GB.
-COMMON=(+experiment=mix_sweep "model.path=$GGUF" logger=jsonl eval.batch_size=16 eval.sanity=warn)
+# Measured on the H100 (2026-11-25): lm-eval's peak is ~23.6 GB per process at eval.batch_size=16 (the logits of
+# 16 rows x ~600 tokens x 262k vocabulary), so five streams at 16 ran out of memory (3:10 and 10:3 failed in
+# lm-eval). Batch 8 halves those logits (~12 GB expected, not yet measured): five streams fit in 80 GB.
+EVAL_BS=${EVAL_BS:-8}
+COMMON=(+experiment=mix_sweep "model.path=$GGUF" logger=jsonl "eval.batch_size=$EVAL_BS" eval.sanity=warn)
 
 case "${1:-}" in
   stage)
@@ -64,11 +68,11 @@ case "${1:-}" in
     "$0" wait "${2:-420}" ;;
   wait)
     end=$((SECONDS + ${2:-560}))
-    while pgrep -f "medtune\.(train|evaluate)" > /dev/null && (( SECONDS < end )); do sleep 20; done
+    while pgrep -f "^python3 -m medtune\.(train|evaluate)" > /dev/null && (( SECONDS < end )); do sleep 20; done
     echo "== $(date -u +%T) started $(cat "$LOGS/started" 2>/dev/null); summaries: $(find "$RUNS" -name summary.json | wc -l)"
     for f in "$LOGS"/*.log; do echo "-- $f"; grep -a "step \|lm-eval scored\|Error\|error\|Launching\|#[0-9]" "$f" | tail -4; done
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
-    pgrep -f "medtune\.(train|evaluate)" > /dev/null && echo "still running" || echo "all done"
+    pgrep -f "^python3 -m medtune\.(train|evaluate)" > /dev/null && echo "still running" || echo "all done"
     "$0" collect > /dev/null ;;  # the machine goes back after 30 min held: bring back what is finished every time
   collect)
     cd "$RUNS" && cp /root/versions.txt "$LOGS/" 2>/dev/null
