@@ -34,6 +34,23 @@ def test_every_experiment_composes(experiment: str) -> None:
     assert set(cfg.data_mix.weights) <= set(cfg.data_mix.sources)
 
 
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if load(f"+experiment={e}").data_mix.budget])
+def test_experiments_on_the_medical_pool_keep_long_answers(experiment: str) -> None:
+    """MedQuAD holds answers longer than a 2048-token row (medquad:train:79: 3434 tokens); refusing them stops a run."""
+    packing = load(f"+experiment={experiment}").packing
+    assert packing.split_long and not packing.truncate
+
+
+@pytest.mark.parametrize("experiment", ["mix_10_3", "mix_1_1", "mix_3_10", "en_only", "ko_only"])
+def test_single_ratio_experiments_are_points_of_the_sweep(experiment: str) -> None:
+    one = load(f"+experiment={experiment}")
+    point = f"data_mix.ratio='{one.data_mix.ratio}'" if one.data_mix.ratio else "data_mix.ratio=null"
+    weights = "data_mix.weights={" + ",".join(f"{k}:{v}" for k, v in one.data_mix.weights.items()) + "}"
+    sweep = load("+experiment=mix_sweep", point, weights)
+    for group in ("model", "quantization", "packing", "trainer", "optim", "lora", "data_mix"):
+        assert getattr(one, group) == getattr(sweep, group), group
+
+
 @pytest.mark.parametrize(
     ("experiment", "weights"),
     [("mix_10_3", {"en": 10, "ko": 3}), ("mix_1_1", {"en": 1, "ko": 1}), ("en_only", {"en": 1, "ko": 0})],
