@@ -106,7 +106,7 @@ def _first(df: pd.DataFrame, key: str) -> float | None:
     return float(values.iloc[0]) if len(values) else None
 
 
-def task_names(runs: pd.DataFrame) -> list[str]:
+def _task_names(runs: pd.DataFrame) -> list[str]:
     """Evaluation tasks present in the summaries (eval/<task>/acc, not the per-language pools)."""
     return sorted({c.split("/")[1] for c in runs.columns if c.startswith("eval/") and c.endswith("/acc")} - {"lang"})
 
@@ -114,7 +114,7 @@ def task_names(runs: pd.DataFrame) -> list[str]:
 def _task_section(rep: SweepReport) -> list[str]:
     """Per task: the base accuracy, then each ratio's mean accuracy and mean paired delta across seeds."""
     ok = rep.runs[rep.runs["status"] == "ok"]
-    tasks = task_names(ok)
+    tasks = _task_names(ok)
     if not tasks:
         return []
     ratios = rep.means["acc"][LANGS[0]]["ratio"].tolist() or sorted(ok["ratio"].dropna().unique())
@@ -132,7 +132,7 @@ def _task_section(rep: SweepReport) -> list[str]:
         rows.append(row)
     note = (
         "Mean over the seeds that finished; delta = mean of the per-run paired differences from the base on the same "
-        "questions (each run's interval and McNemar test are in its eval/report.md and in forgetting.csv)."
+        "questions (each run's interval and McNemar test per task are in its eval/report.md and eval/forgetting.json)."
     )
     return ["## Per task", "", note, "", *_table(header, rows), ""]
 
