@@ -78,6 +78,37 @@ def test_fewshot_limit_and_cloze(tmp_path: Path, fixture_tasks: None) -> None:
     assert again["eval/fx_en/acc"] == metrics["eval/fx_en/acc"]
 
 
+def test_out_of_memory_retries_at_half_the_batch(
+    tmp_path: Path, fixture_tasks: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CUDA OOM inside lm-eval (a shared GPU) is retried at half the batch, twice here: 8 -> 4 -> 2."""
+    import lm_eval
+    import torch
+
+    real, calls = lm_eval.simple_evaluate, []
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs["model"].batch_size_per_gpu)
+        if len(calls) <= 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", flaky)
+    model, tok = forced_model("oracle"), byte_tokenizer()
+    metrics = evaluate(model, tok, _cfg(tmp_path, limit=5), DataConfig(), tmp_path / "run", "base", fixture_loader)
+    assert calls == [8, 4, 2] and metrics["eval/fx_en/acc"] == 1.0
+    assert json.loads((tmp_path / "run/eval/base/lm_eval_results.json").read_text())["batch_size"] == 2
+
+    def always(*args: object, **kwargs: object) -> object:
+        raise torch.OutOfMemoryError("CUDA out of memory.")
+
+    monkeypatch.setattr(lm_eval, "simple_evaluate", always)
+    with pytest.raises(torch.OutOfMemoryError):  # at batch 1 the error is the user's to see
+        evaluate(
+            model, tok, _cfg(tmp_path, limit=5, cache_base=False), DataConfig(), tmp_path / "r2", "base", fixture_loader
+        )
+
+
 def test_adapter_check_fails_on_untrained_lora() -> None:
     from conftest import tiny_model
 

@@ -26,7 +26,8 @@ export MEDTUNE_DATA_DIR=/root/data/.gpudata HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=3
 # Measured on the H100 (2026-11-25): lm-eval's peak is ~23.6 GB per process at eval.batch_size=16 (the logits of
 # 16 rows x ~600 tokens x 262k vocabulary), so five streams at 16 ran out of memory (3:10 and 10:3 failed in
-# lm-eval). Batch 8 halves those logits (~12 GB expected, not yet measured): five streams fit in 80 GB.
+# lm-eval). Batch 8 halves those logits (~12 GB expected, not yet measured): five streams fit in 80 GB; and since
+# then an lm-eval OOM is retried at half the batch instead of failing the job.
 EVAL_BS=${EVAL_BS:-8}
 COMMON=(+experiment=mix_sweep "model.path=$GGUF" logger=jsonl "eval.batch_size=$EVAL_BS" eval.sanity=warn)
 

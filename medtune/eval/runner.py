@@ -109,28 +109,43 @@ def score(
     max_length: int | None = None,
 ) -> list[dict[str, Any]]:
     """Score every task through lm-eval; write predictions.jsonl and lm-eval's samples.jsonl under out_dir."""
+    import torch
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     was_training = getattr(model, "training", False)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
     # include_defaults=False: only our generated tasks are indexed (lm-eval's thousands of YAMLs take seconds).
     manager = TaskManager(include_path=str(task_dir), include_defaults=False)
     requested = [n for t in tasks for n in (names[t.name]["main"], names[t.name]["aux"])]
     started = time.perf_counter()
     try:
-        results = simple_evaluate(
-            model=lm,
-            tasks=requested,
-            task_manager=manager,
-            log_samples=True,
-            bootstrap_iters=0,  # our own intervals (Wilson, paired bootstrap) replace lm-eval's stderr
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-        )
+        while True:
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+            try:
+                results = simple_evaluate(
+                    model=lm,
+                    tasks=requested,
+                    task_manager=manager,
+                    log_samples=True,
+                    bootstrap_iters=0,  # our own intervals (Wilson, paired bootstrap) replace lm-eval's stderr
+                    random_seed=seed,
+                    numpy_random_seed=seed,
+                    torch_random_seed=seed,
+                    fewshot_random_seed=seed,
+                )
+                break
+            except torch.OutOfMemoryError:
+                # lm-eval holds batch x length x vocabulary logits (~24 GB at batch 16 for Gemma 3's 262k
+                # vocabulary): on a shared or small GPU a smaller batch scores the same questions.
+                if batch_size == 1:
+                    raise
+                del lm
+                torch.cuda.empty_cache()
+                log.warning(
+                    "lm-eval ran out of GPU memory at eval.batch_size=%d; retrying at %d", batch_size, batch_size // 2
+                )
+                batch_size //= 2
     finally:
         model.train(was_training)
     elapsed_s = time.perf_counter() - started
@@ -139,11 +154,19 @@ def score(
     for task in tasks:
         rows += _rows_for_task(task, samples[names[task.name]["main"]], samples[names[task.name]["aux"]], scoring)
     n_questions = max(len(rows), 1)
-    log.info("lm-eval scored %d questions in %.1f s (%.3f s/question)", len(rows), elapsed_s, elapsed_s / n_questions)
+    log.info(
+        "lm-eval scored %d questions in %.1f s (%.3f s/question, batch %d)",
+        len(rows),
+        elapsed_s,
+        elapsed_s / n_questions,
+        batch_size,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(out_dir / "predictions.jsonl", rows)
     _write_samples(out_dir / "samples.jsonl", samples)
     (out_dir / "lm_eval_results.json").write_text(
-        json.dumps({"results": results["results"], "elapsed_s": elapsed_s}, indent=1, default=str)
+        json.dumps(
+            {"results": results["results"], "elapsed_s": elapsed_s, "batch_size": batch_size}, indent=1, default=str
+        )
     )
     return rows
