@@ -50,18 +50,20 @@ def device_peak_tflops(device: torch.device) -> float | None:
     return None
 
 
-def reset_peak_memory(device: torch.device) -> None:
+def reset_peak_memory(device: torch.device, release_cache: bool = False) -> None:
     """Start a new memory phase: peaks are measured from here.
 
-    Cached blocks of earlier phases (or of the previous job of a multirun, same process) are returned first, so
-    a phase's peak reserved is its own and not the largest any earlier phase reserved.
+    release_cache=True first returns the cached blocks of earlier phases (or of the previous job of a multirun,
+    same process), so the phase's peak reserved is its own; used at a job's start and before lm-eval, never inside
+    the training loop (re-reserving every step would cost time).
     """
     if device.type == "cuda":
-        import gc
-
-        gc.collect()
         torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
+        if release_cache:
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
 
 

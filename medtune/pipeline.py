@@ -155,10 +155,11 @@ def run_eval_stage(
         return {}
     results: dict[str, Any] = {}
     if dist.is_main:
-        device = next(unwrap(model).parameters()).device
-        reset_peak_memory(device)
-        with unpacked_attention(unwrap(model)):
-            results = evaluate_run(unwrap(model), tokenizer, cfg, run_dir, tracker)
+        plain = unwrap(model)
+        device = next(plain.parameters()).device
+        reset_peak_memory(device, release_cache=True)
+        with unpacked_attention(plain):
+            results = evaluate_run(plain, tokenizer, cfg, run_dir, tracker)
         results |= memory_metrics(device, "lm_eval")  # lm-eval's logits (batch x length x vocab) set this peak
     barrier()
     return results

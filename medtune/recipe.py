@@ -55,7 +55,7 @@ class TrainRecipe:
         from medtune.models import build_model
 
         cfg = self.cfg
-        metrics.reset_peak_memory(self.device)
+        metrics.reset_peak_memory(self.device, release_cache=True)  # a multirun's previous job cached blocks too
         model, self.tokenizer = build_model(cfg.model, cfg.quantization, self.device)
         model = apply_lora(model, cfg.lora, cfg.quantization, cfg.trainer.grad_ckpt_every)
         self.model = distributed.wrap_model(model, cfg.sharding, self.dist, cfg.trainer.loss_chunk_size)
@@ -108,8 +108,8 @@ class TrainRecipe:
             if self.step % tc.log_every == 0 or self.step == tc.max_steps:
                 last = {**step_metrics, **metrics.memory_metrics(self.device, "train")}
                 self.tracker.log(last, step=self.step)
-            if tc.eval_every and self.step % tc.eval_every == 0:
-                self.tracker.log(self.eval_loss(), step=self.step)
+            if tc.eval_every and self.step % tc.eval_every == 0:  # inside the train phase: its peak stays whole
+                self.tracker.log(self.eval_loss(measure_memory=False), step=self.step)
             if tc.save_every and self.step % tc.save_every == 0:
                 self.save_checkpoint()
         bar.close()
@@ -161,16 +161,17 @@ class TrainRecipe:
 
     # ----------------------------------------------------------------------------------------------- eval / save
     @torch.no_grad()
-    def eval_loss(self) -> dict[str, float]:
-        """Mean loss per label token on the held-out rows of the mix."""
-        metrics.reset_peak_memory(self.device)
+    def eval_loss(self, measure_memory: bool = True) -> dict[str, float]:
+        """Mean loss per label token on the held-out rows of the mix (and the eval phase's memory, if asked)."""
+        if measure_memory:
+            metrics.reset_peak_memory(self.device)
         self.model.eval()
         total, n = eval_loss(self.model, self.data.heldout_batches(), self.device, self.cfg.trainer)
         self.model.train()
         total = distributed.all_reduce_sum(total, self.device)
         n = distributed.all_reduce_sum(n, self.device)
         out = {"eval/loss": float(total / n) if n else float("nan"), "eval/loss_tokens": float(n)}
-        return {**out, **metrics.memory_metrics(self.device, "eval")}
+        return {**out, **metrics.memory_metrics(self.device, "eval")} if measure_memory else out
 
     def save_checkpoint(self) -> None:
         """Write a resumable checkpoint: one file set from rank 0, or every rank's shard under FSDP."""

@@ -53,3 +53,29 @@ def test_schedule_warms_up_then_decays_to_the_floor(schedule: str) -> None:
     assert lrs[0] < lrs[5] < lrs[10] == pytest.approx(1.0)
     floor = 1.0 if schedule == "constant" else cfg.optim.min_lr_ratio
     assert lrs[-1] == pytest.approx(floor, abs=0.02)
+
+
+def test_held_out_loss_inside_training_keeps_the_train_memory_phase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """eval_every during training must not restart the train phase's peak (nor empty the allocator each time)."""
+    from medtune import metrics
+
+    monkeypatch.setenv("MEDTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    resets: list[bool] = []
+    monkeypatch.setattr(metrics, "reset_peak_memory", lambda d, release_cache=False: resets.append(release_cache))
+
+    class Tracker:
+        def log(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    tiny = ["model=tiny_llama", "trainer.device=cpu", "trainer.progress_bar=false", "packing.max_seq_len=1024"]
+    cfg = _cfg(*tiny, "trainer.max_steps=4", "trainer.eval_every=1", "eval=none")
+    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    recipe = TrainRecipe(cfg, tmp_path / "run", tracker=Tracker(), dist=dist)
+    recipe.setup()
+    assert resets == [True]  # loading starts a job: cached blocks released
+    out = recipe.train()
+    assert resets == [True, False] and recipe.step == 4  # one train phase, four held-out evaluations inside it
+    assert "sys/train/cpu_rss_gib" in out
+    assert "sys/eval/cpu_rss_gib" in recipe.eval_loss() and resets[-1] is False
