@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from medtune.report import TRAIN_ALLOC, TRAIN_RESERVED
+
 LANG_NAMES = {"ko": "Korean (ko)", "en": "English (en)"}
 MEAN_COLOR = {"ko": "#c0392b", "en": "#1f5fa8"}
 RUN_COLOR = {"ko": "#e6a39b", "en": "#9dbbe0"}
@@ -147,18 +149,20 @@ def plot_efficiency(eff: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(max(8.0, 1.6 * len(eff) + 4), 4.8), layout="constrained")
     mem_ax, speed_ax = fig.subplots(1, 2)
     labels = eff["config"].tolist()
-    if "sys/peak_reserved_gib" in eff:
-        _bars(mem_ax, labels, eff["sys/peak_reserved_gib"].to_numpy(float), "{:.2f}", "#d5dbe3", label="reserved")
-    if "sys/peak_alloc_gib" in eff:
-        _bars(mem_ax, labels, eff["sys/peak_alloc_gib"].to_numpy(float), "{:.2f}", "#4a6fa5", label="allocated")
-    mem_ax.set_ylabel("peak GPU memory (GiB)")
+    if TRAIN_RESERVED in eff:
+        _bars(mem_ax, labels, eff[TRAIN_RESERVED].to_numpy(float), "{:.2f}", "#d5dbe3", label="reserved")
+    if TRAIN_ALLOC in eff:
+        _bars(mem_ax, labels, eff[TRAIN_ALLOC].to_numpy(float), "{:.2f}", "#4a6fa5", label="allocated")
+    if TRAIN_RESERVED in eff or TRAIN_ALLOC in eff:
+        mem_ax.legend(fontsize=8)
+    else:
+        mem_ax.text(0.5, 0.5, "no GPU memory recorded (CPU runs)", ha="center", va="center", transform=mem_ax.transAxes)
+    mem_ax.set_ylabel("training peak GPU memory per rank (GiB)")
     mem_ax.set_title("Peak memory per configuration (lower is better)")
-    mem_ax.legend(fontsize=8)
-    speed_key = "train/useful_tokens_per_s" if "train/useful_tokens_per_s" in eff else "train/tokens_per_s"
+    speed_key = "train/useful_tokens_per_s"
     if speed_key in eff:
         _bars(speed_ax, labels, eff[speed_key].to_numpy(float), "{:,.0f}", "#3c8d5a")
-    what = "useful (non-padding) tokens/s" if speed_key == "train/useful_tokens_per_s" else "tokens/s"
-    speed_ax.set_ylabel(f"training throughput ({what})")
+    speed_ax.set_ylabel("training throughput (useful, non-padding tokens/s)")
     speed_ax.set_title("Throughput per configuration (higher is better)")
     for ax in (mem_ax, speed_ax):
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)

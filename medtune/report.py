@@ -217,7 +217,10 @@ def forgetting_table(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame
     return table
 
 
-EFFICIENCY_KEYS = ("sys/peak_alloc_gib", "sys/peak_reserved_gib", "train/tokens_per_s", "train/useful_tokens_per_s")
+# Training-phase peaks per rank as `medtune.metrics.memory_metrics` names them, the lm-eval stage's own peak, and the
+# throughput that counts non-pad tokens only.
+TRAIN_ALLOC, TRAIN_RESERVED = "sys/train/peak_alloc_gib", "sys/train/peak_reserved_gib"
+EFFICIENCY_KEYS = (TRAIN_ALLOC, TRAIN_RESERVED, "sys/lm_eval/peak_reserved_gib", "train/useful_tokens_per_s")
 
 
 def efficiency_table(df: pd.DataFrame) -> pd.DataFrame:

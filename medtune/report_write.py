@@ -196,6 +196,11 @@ def _efficiency_section(rep: SweepReport) -> list[str]:
         "",
         "![efficiency](efficiency.png)",
         "",
+        "Mean over the runs of each configuration. `sys/<phase>/peak_*_gib`: peak GPU memory allocated / reserved by"
+        " this process (rank 0) in that phase (train: the training loop; lm_eval: the evaluation stage), GiB."
+        " `train/useful_tokens_per_s`: non-pad tokens trained per second, per rank. `train/mfu`: model FLOPs"
+        " utilisation against the GPU's dense bf16 peak. Runs that shared a GPU measure the shared throughput.",
+        "",
         *_table(["configuration", "runs", *keys], rows),
         "",
     ]

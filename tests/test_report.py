@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
+from medtune.metrics import memory_metrics
+from medtune.plots import plot_efficiency
 from medtune.report import across_seeds, efficiency_table, forgetting_table, holm, load_sweep, main, mix_of
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,11 +140,26 @@ def test_efficiency_label_names_what_varies() -> None:
             "model": ["m"] * 3,
             "quantization": ["nf4", "none", "nf4"],
             "packing": ["packed"] * 3,
-            "sys/peak_alloc_gib": [1.0, 3.0, 2.0],
+            "train/useful_tokens_per_s": [1.0, 3.0, 2.0],
         }
     )
     eff = efficiency_table(df).set_index("config")
-    assert eff.loc["quantization=nf4", "sys/peak_alloc_gib"] == 1.5 and eff.loc["quantization=nf4", "n_runs"] == 2
+    assert eff.loc["quantization=nf4", "train/useful_tokens_per_s"] == 1.5
+    assert eff.loc["quantization=nf4", "n_runs"] == 2
+
+
+def test_efficiency_reads_the_memory_keys_training_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table and plot use the names `memory_metrics` gives a GPU run's training phase (no GPU needed)."""
+    gib = 1024**3
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * gib)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 4 * gib)
+    row = {**memory_metrics(torch.device("cuda"), "train"), "status": "ok", "ratio": "1:1", "model": "m"}
+    eff = efficiency_table(pd.DataFrame([row, {**row, "ratio": "10:3"}])).set_index("config")
+    assert eff.loc["ratio=1:1", "sys/train/peak_alloc_gib"] == 3.0
+    assert eff.loc["ratio=10:3", "sys/train/peak_reserved_gib"] == 4.0
+    fig = plot_efficiency(eff.reset_index())
+    mem_ax = fig.axes[0]
+    assert [round(p.get_height(), 2) for p in mem_ax.patches] == [4.0, 4.0, 3.0, 3.0]
 
 
 def test_bad_inputs_fail_with_the_path(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -218,3 +236,15 @@ def test_wandb_option_logs_plots_and_tables(
     assert {p.stem for p in (out / "wandb_report" / "tables").glob("*.json")} == {"forgetting", "efficiency", "runs"}
     media = list((out / "wandb_report").glob("wandb/offline-run-*/files/media/images/*.png"))
     assert len(media) == len(PNGS)
+
+
+def test_committed_mix_sweep_report_equals_its_run_directories(tmp_path: Path) -> None:
+    """Every number in experiments/results/mix_sweep/report comes from the committed run summaries."""
+    results = Path(__file__).resolve().parents[1] / "experiments" / "results" / "mix_sweep"
+    assert main([str(results / "runs"), "--out", str(tmp_path)]) == 0
+    for name in ("by_share.csv", "forgetting.csv", "runs.csv", "efficiency.csv"):
+        committed, fresh = pd.read_csv(results / "report" / name), pd.read_csv(tmp_path / name)
+        pd.testing.assert_frame_equal(fresh, committed, check_exact=False, rtol=1e-9, obj=name)
+    assert (tmp_path / "report.md").read_text().split("\n", 1)[1] == (
+        results / "report" / "report.md"
+    ).read_text().split("\n", 1)[1]
