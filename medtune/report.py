@@ -278,11 +278,17 @@ def publish_wandb(rep: Any, sweep_dir: Path, out_dir: Path, init_timeout_s: floa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: python -m medtune.report DIR [--out OUT] [--wandb]."""
+    """Command line: python -m medtune.report DIR [--out OUT] [--reference EN:KO] [--wandb]."""
     parser = argparse.ArgumentParser(description="Report over a sweep's run directories (no W&B needed).")
     parser.add_argument("sweep_dir", type=Path, help="the sweep directory, e.g. runs/multirun/<date>/<time>")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: <sweep_dir>/report)")
     parser.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default 0.95)")
+    parser.add_argument(
+        "--reference",
+        default=None,
+        metavar="EN:KO",
+        help="also contrast every ratio with this one (e.g. 1:1): difference of seed means, Welch interval",
+    )
     parser.add_argument("--wandb", action="store_true", help="also log plots and tables to W&B when online")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -290,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     out_dir = args.out or args.sweep_dir / "report"
     try:
-        rep = write(args.sweep_dir, out_dir, args.confidence)
+        rep = write(args.sweep_dir, out_dir, args.confidence, args.reference)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}")
         return 2

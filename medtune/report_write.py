@@ -15,6 +15,7 @@ import pandas as pd
 
 from medtune import plots
 from medtune.report import LANGS, across_seeds, base_metrics, efficiency_table, forgetting_table, load_sweep
+from medtune.report_contrast import contrast_table
 
 log = logging.getLogger("medtune.report")
 
@@ -29,13 +30,14 @@ class SweepReport:
     confidence: float
     means: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)  # metric -> lang -> across_seeds
     base: dict[str, dict[str, float | None]] = field(default_factory=dict)  # metric -> lang -> base value
+    contrast: pd.DataFrame = field(default_factory=pd.DataFrame)  # each ratio vs the reference ratio
 
 
 METRICS = ("acc", "gold_ll_letter", "gold_ll_text")
 
 
-def build(sweep_dir: Path, confidence: float = 0.95) -> SweepReport:
-    """Load the sweep and compute every table of the report."""
+def build(sweep_dir: Path, confidence: float = 0.95, reference: str | None = None) -> SweepReport:
+    """Load the sweep and compute every table of the report; `reference`: the ratio the others are contrasted with."""
     runs = load_sweep(sweep_dir)
     ok = runs[runs["status"] == "ok"]
     table = forgetting_table(runs, confidence)
@@ -44,6 +46,8 @@ def build(sweep_dir: Path, confidence: float = 0.95) -> SweepReport:
         rep.means[metric] = {lang: across_seeds(ok, f"eval/lang/{lang}/{metric}", confidence) for lang in LANGS}
         rep.base[metric] = base_metrics(runs, metric)
     rep.means["delta_pp"] = {lang: across_seeds(table[table["lang"] == lang], "delta_pp", confidence) for lang in LANGS}
+    if reference is not None:
+        rep.contrast = contrast_table(runs, reference, confidence=confidence)
     return rep
 
 
@@ -206,6 +210,31 @@ def _efficiency_section(rep: SweepReport) -> list[str]:
     ]
 
 
+def _contrast_section(table: pd.DataFrame, confidence: float) -> list[str]:
+    """The report.md section for a contrast table (empty when there is nothing to compare)."""
+    if table.empty:
+        return []
+    reference = table["reference"].iloc[0]
+    pct = f"{100 * confidence:g}"
+    note = (
+        f"diff = mean over the seeds of a ratio minus the mean over the seeds of {reference}, on the same questions;"
+        f" {pct}% Welch t interval and two-sided p with the seed as the unit (not corrected for the"
+        f" {len(table)} comparisons). Accuracy in percentage points, gold-letter log-likelihood in nats."
+    )
+    header = ["en:ko", "metric", "seeds", f"mean ({reference} mean)", f"diff [{pct}% CI]", "Welch p"]
+    rows = []
+    for _, r in table.iterrows():
+        fmt = "{:+.2f}" if r["unit"] == "pp" else "{:+.3f}"
+        plain = fmt.replace("+", "")
+        ci = "n/a" if not math.isfinite(r["ci_low"]) else f"[{fmt.format(r['ci_low'])}, {fmt.format(r['ci_high'])}]"
+        rows.append([
+            str(r["ratio"]), f"{r['metric'].removeprefix('eval/')} ({r['unit']})",
+            f"{r['n_seeds']} vs {r['n_seeds_ref']}", f"{plain.format(r['mean'])} ({plain.format(r['mean_ref'])})",
+            f"{fmt.format(r['diff'])} {ci}", "n/a" if not math.isfinite(r["p_welch"]) else f"{r['p_welch']:.3g}",
+        ])  # fmt: skip
+    return [f"## Against the {reference} mix", "", note, "", *_table(header, rows), ""]
+
+
 def markdown(rep: SweepReport, sweep_dir: Path, figs: dict[str, Any]) -> str:
     """The whole report.md."""
     lines = [f"# Sweep report: `{sweep_dir}`", "", *_runs_section(rep)]
@@ -216,6 +245,7 @@ def markdown(rep: SweepReport, sweep_dir: Path, figs: dict[str, Any]) -> str:
             title = f"Gold-answer log-likelihood ({metric.rsplit('_', 1)[1]}, nats) vs English share"
             lines += _share_section(rep, metric, title, 1.0, "{:.3f}", f"{metric}_vs_share.png")
     lines += _task_section(rep)
+    lines += _contrast_section(rep.contrast, rep.confidence)
     if "forgetting" in figs:
         lines += _forgetting_section(rep)
     if "efficiency" in figs:
@@ -223,9 +253,10 @@ def markdown(rep: SweepReport, sweep_dir: Path, figs: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write(sweep_dir: Path, out_dir: Path, confidence: float = 0.95) -> SweepReport:
-    """Write report.md, the PNGs and runs.csv / forgetting.csv / efficiency.csv / by_share.csv into out_dir."""
-    rep = build(sweep_dir, confidence)  # first: a wrong path must not leave an empty report dir behind
+def write(sweep_dir: Path, out_dir: Path, confidence: float = 0.95, reference: str | None = None) -> SweepReport:
+    """Write report.md, the PNGs and runs.csv / forgetting.csv / efficiency.csv / by_share.csv (and contrast.csv with
+    a reference ratio) into out_dir."""
+    rep = build(sweep_dir, confidence, reference)  # first: a wrong path must not leave an empty report dir behind
     out_dir.mkdir(parents=True, exist_ok=True)
     figs = figures(rep)
     for stem, fig in figs.items():
@@ -234,6 +265,8 @@ def write(sweep_dir: Path, out_dir: Path, confidence: float = 0.95) -> SweepRepo
     rep.runs.drop(columns=["path"]).to_csv(out_dir / "runs.csv", index=False)
     rep.forgetting.to_csv(out_dir / "forgetting.csv", index=False)
     rep.efficiency.to_csv(out_dir / "efficiency.csv", index=False)
+    if reference is not None:
+        rep.contrast.to_csv(out_dir / "contrast.csv", index=False)
     means = [m.assign(metric=metric, lang=lang) for metric, by in rep.means.items() for lang, m in by.items()]
     pd.concat([m for m in means if not m.empty] or [pd.DataFrame()]).to_csv(out_dir / "by_share.csv", index=False)
     log.info("report written to %s (%d runs, %d plots)", out_dir, len(rep.runs), len(figs))
