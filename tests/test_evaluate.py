@@ -159,3 +159,6 @@ def test_base_cache_key_is_the_same_plain_or_under_an_adapter() -> None:
     assert base_cache_key(wrapped, fingerprint(base_probe_logits(wrapped, tok)), [], cfg) == key
     other = tiny_model("tiny_llama", seed=3)
     assert base_cache_key(other, fingerprint(base_probe_logits(other, tok)), [], cfg) != key
+    # padding changes bf16 scores: another eval batch size is another base entry
+    batch = EvalConfig(batch_size=cfg.batch_size * 2)
+    assert base_cache_key(plain, fingerprint(base_probe_logits(plain, tok)), [], batch) != key

@@ -143,7 +143,10 @@ def score(
                 del lm
                 torch.cuda.empty_cache()
                 log.warning(
-                    "lm-eval ran out of GPU memory at eval.batch_size=%d; retrying at %d", batch_size, batch_size // 2
+                    "lm-eval ran out of GPU memory at eval.batch_size=%d; retrying at %d. In bf16 the batch size moves"
+                    " scores slightly (padding): compare with a base scored at the same batch (set eval.batch_size)",
+                    batch_size,
+                    batch_size // 2,
                 )
                 batch_size //= 2
     finally:
