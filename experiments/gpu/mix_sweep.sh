@@ -12,9 +12,11 @@
 #   bash experiments/gpu/mix_sweep.sh stage N          # once per part, carry [".stage/pN"]
 #   bash experiments/gpu/mix_sweep.sh setup            # unpack, install wheels, prepare data, copy the repo
 #   bash experiments/gpu/mix_sweep.sh start            # base eval, then one multirun per ratio, in the background
-#   (rerun some ratios: SKIP_BASE=1 RATIOS="10:3 3:10" bash experiments/gpu/mix_sweep.sh start)
+#   (rerun some ratios: RATIOS="3:10 10:3" EVAL_BS=16 bash experiments/gpu/mix_sweep.sh start; SKIP_BASE=1 when the
+#    base is already in /root/cache at that batch size)
 #   bash experiments/gpu/mix_sweep.sh wait 560         # progress; repeat until it says "all done"
 #   bash experiments/gpu/mix_sweep.sh collect          # $OUT/mix_sweep.tar.gz: run dirs (no checkpoints), logs
+# and here: python -m medtune.report <runs> --out <report> --reference 1:1
 # Jobs run from a copy of the repo in /root/src (the work tree is replaced at every call) and outlive the call.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -26,8 +28,10 @@ export MEDTUNE_DATA_DIR=/root/data/.gpudata HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=3
 # Measured on the H100 (2026-11-25): lm-eval's peak is ~23.6 GB per process at eval.batch_size=16 (the logits of
 # 16 rows x ~600 tokens x 262k vocabulary), so five streams at 16 ran out of memory (3:10 and 10:3 failed in
-# lm-eval). Batch 8 halves those logits (~12 GB expected, not yet measured): five streams fit in 80 GB; and since
-# then an lm-eval OOM is retried at half the batch instead of failing the job.
+# lm-eval). Batch 8 halves those logits (~12 GB expected, not measured): five streams fit in 80 GB; and since
+# then an lm-eval OOM is retried at half the batch instead of failing the job. The rerun of 3:10 and 10:3
+# (EVAL_BS=16 RATIOS="3:10 10:3", two streams) measured 20.0 GiB allocated / 22.5 reserved per lm-eval process.
+# Keep one batch size for a whole sweep: in bf16 batch 8 vs 16 changed 60 of 8,110 base predictions.
 EVAL_BS=${EVAL_BS:-8}
 COMMON=(+experiment=mix_sweep "model.path=$GGUF" logger=jsonl "eval.batch_size=$EVAL_BS" eval.sanity=warn)
 
