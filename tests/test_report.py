@@ -241,8 +241,8 @@ def test_wandb_option_logs_plots_and_tables(
 def test_committed_mix_sweep_report_equals_its_run_directories(tmp_path: Path) -> None:
     """Every number in experiments/results/mix_sweep/report comes from the committed run summaries."""
     results = Path(__file__).resolve().parents[1] / "experiments" / "results" / "mix_sweep"
-    assert main([str(results / "runs"), "--out", str(tmp_path)]) == 0
-    for name in ("by_share.csv", "forgetting.csv", "runs.csv", "efficiency.csv"):
+    assert main([str(results / "runs"), "--out", str(tmp_path), "--reference", "1:1"]) == 0
+    for name in ("by_share.csv", "forgetting.csv", "runs.csv", "efficiency.csv", "contrast.csv"):
         committed, fresh = pd.read_csv(results / "report" / name), pd.read_csv(tmp_path / name)
         pd.testing.assert_frame_equal(fresh, committed, check_exact=False, rtol=1e-9, obj=name)
     assert (tmp_path / "report.md").read_text().split("\n", 1)[1] == (
