@@ -252,21 +252,38 @@ def _number(arg: str) -> float:
         raise SystemExit(f"{key}={value!r}: expected a number (e.g. {key}=765).") from None
 
 
+def _world_size(arg: str) -> int:
+    value = _number(arg)
+    if value < 1 or value != int(value):
+        raise SystemExit(f"{arg}: expected a whole number of ranks >= 1 (e.g. world_size=8).")
+    return int(value)
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: print the per-rank breakdown of a composed config (`world_size=N`, `label_tokens_per_row=N`, `--json`)."""
+    from hydra.errors import HydraException
+
+    from medtune.config import ConfigError
+
     args = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(args):
+        print(__doc__.split("\n\nThe peak of a step")[0])
+        return
     as_json = "--json" in args
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     label_tokens_per_row: float | None = None
     overrides = []
     for arg in args:
         if arg.startswith("world_size="):
-            world_size = int(arg.split("=", 1)[1])
+            world_size = _world_size(arg)
         elif arg.startswith("label_tokens_per_row="):
             label_tokens_per_row = _number(arg)
         elif arg != "--json":
             overrides.append(arg)
-    cfg = compose(overrides)
+    try:
+        cfg = compose(overrides)
+    except (HydraException, ConfigError) as err:
+        raise SystemExit(f"error: {err}\n(arguments are Hydra overrides of conf/train.yaml; see --help)") from None
     est = estimate(cfg, world_size, label_tokens_per_row=label_tokens_per_row)
     if as_json:
         print(

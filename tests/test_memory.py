@@ -190,6 +190,17 @@ def test_cli_prints_label_tokens(capsys: pytest.CaptureFixture[str]) -> None:
         main(["model=tiny_llama", "label_tokens_per_row=many"])
 
 
+def test_cli_help_and_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--help"])
+    assert "python -m medtune.memory model=" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"world_size=1\.5: expected a whole number"):
+        main(["model=tiny_llama", "world_size=1.5"])
+    with pytest.raises(SystemExit, match=r"(?s)error: .*model/no_such_model.*gemma3_270m.*see --help"):
+        main(["model=no_such_model"])
+    with pytest.raises(SystemExit, match=r"trainer\.micro_batch_size"):
+        main(["model=tiny_llama", "trainer.micro_batch_size=0"])
+
+
 def test_bench_predicts_with_the_largest_timed_micro_batch() -> None:
     from types import SimpleNamespace
 
