@@ -165,6 +165,37 @@ def test_calibration_matches_h100_measurements(name: str) -> None:
     assert est.load_peak_bytes / 1024**3 == pytest.approx(load_gib, rel=0.05)
 
 
+# Measured on 2026-11-25 on an H100 80GB by experiments/gpu/llama70b_1gpu.sh (10 steps, 1x2048 packed rows, ~305
+# label tokens per row): LLaMA 3.3 70B architecture, random weights, nf4, full width, N decoder layers, one rank.
+# (layers, sharding) -> train peak alloc GiB; results in experiments/results/llama70b_1gpu/.
+H100_70B = {(2, "none"): 6.703, (80, "none"): 43.465, (2, "fsdp"): 10.774, (8, "fsdp"): 13.602, (80, "fsdp"): 47.536}
+
+
+@pytest.mark.parametrize(("layers", "sharding"), list(H100_70B))
+def test_llama70b_estimate_matches_h100(layers: int, sharding: str) -> None:
+    overrides = [
+        "model=llama3_3_70b",
+        "model.init=random",
+        "quantization=nf4",
+        "packing=packed",
+        f"sharding={sharding}",
+    ]
+    overrides += ["packing.max_seq_len=2048", "trainer.micro_batch_size=1", f"model.num_layers={layers}"]
+    est = estimate(compose(overrides), world_size=1, label_tokens_per_row=305)
+    assert est.peak_gib == pytest.approx(H100_70B[layers, sharding], rel=0.03)
+
+
+def test_fsdp_keeps_the_root_gathered_even_on_one_rank() -> None:
+    base = ["model=llama3_3_70b", "model.init=random", "quantization=nf4", "model.num_layers=2"]
+    none, one = estimate(compose([*base, "sharding=none"])), estimate(compose([*base, "sharding=fsdp"]), world_size=1)
+    two = estimate(compose([*base, "sharding=fsdp"]), world_size=2)
+    embed_head = none.parts["weights/embed_head"]
+    assert one.parts["fsdp/gathered"] == pytest.approx(embed_head)
+    per_layer = none.parts["weights/layers"] / 2
+    assert two.parts["fsdp/gathered"] == pytest.approx(embed_head + 2 * per_layer)
+    assert two.parts["weights/embed_head"] == pytest.approx(embed_head / 2)
+
+
 def test_backward_counts_gradients_and_stored_inputs_at_their_larger_end() -> None:
     cfg = compose([*GEMMA_4B, "packing=pad_to_max", "trainer.grad_ckpt_every=1"])
     p = estimate(cfg, label_tokens_per_row=0).parts
