@@ -56,7 +56,7 @@ transformers.__version__, '| peft', peft.__version__, '| bitsandbytes', bitsandb
           hydra.run.dir='"$RUNS"'/layers_$n > '"$RUNS"'/layers_$n.log 2>&1
       done; touch '"$RUNS"'/ALL_DONE' > /root/driver.log 2>&1 < /dev/null &
     sleep 5
-    "$SELF" wait "${2:-400}" ;;
+    bash "$SELF" wait "${2:-400}" ;;
   wait)
     end=$((SECONDS + ${2:-560}))
     while [[ ! -f $RUNS/ALL_DONE ]] && (( SECONDS < end )); do sleep 15; done
