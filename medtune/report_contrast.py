@@ -1,7 +1,7 @@
 """Each mixing ratio against a reference ratio (the paper compares 10:3 with 1:1): difference of seed means.
 
-Every run of a sweep scores the same questions, but seeds move accuracy more than the question sample does (at
-270M the English accuracy of one ratio spans 4 pp across three seeds), so the unit here is the run: the
+Every run of a sweep scores the same questions, but seeds move accuracy more than the question sample does (in the
+270M sweep the English accuracy of one ratio spans 3.0-4.3 pp across three seeds), so the unit here is the run: the
 difference of the two ratios' means across seeds, with a Welch t interval and p-value (unequal variances,
 Welch-Satterthwaite degrees of freedom). With three seeds a side the interval is wide; that width is the finding.
 """

@@ -231,9 +231,10 @@ def test_wandb_option_logs_plots_and_tables(
         medtune.tracking, "_init_wandb", lambda cfg, config, run_dir, mode: real_init(cfg, config, run_dir, "offline")
     )
     out = tmp_path / "r"
-    assert main([str(sweep), "--out", str(out), "--wandb"]) == 0
+    assert main([str(sweep), "--out", str(out), "--wandb", "--reference", "1:1"]) == 0
     assert "--wandb: report run" in capsys.readouterr().out
-    assert {p.stem for p in (out / "wandb_report" / "tables").glob("*.json")} == {"forgetting", "efficiency", "runs"}
+    tables = {p.stem for p in (out / "wandb_report" / "tables").glob("*.json")}
+    assert tables == {"forgetting", "efficiency", "runs", "contrast"}
     media = list((out / "wandb_report").glob("wandb/offline-run-*/files/media/images/*.png"))
     assert len(media) == len(PNGS)
 
