@@ -168,7 +168,14 @@ def test_calibration_matches_h100_measurements(name: str) -> None:
 # Measured on 2026-11-25 on an H100 80GB by experiments/gpu/llama70b_1gpu.sh (10 steps, 1x2048 packed rows, ~305
 # label tokens per row): LLaMA 3.3 70B architecture, random weights, nf4, full width, N decoder layers, one rank.
 # (layers, sharding) -> train peak alloc GiB; results in experiments/results/llama70b_1gpu/.
-H100_70B = {(2, "none"): 6.703, (80, "none"): 43.465, (2, "fsdp"): 10.774, (8, "fsdp"): 13.602, (80, "fsdp"): 47.536}
+H100_70B = {
+    (2, "none"): 6.703,
+    (80, "none"): 43.465,
+    (2, "fsdp"): 10.774,
+    (4, "fsdp"): 11.716,
+    (8, "fsdp"): 13.602,
+    (80, "fsdp"): 47.536,
+}
 
 
 @pytest.mark.parametrize(("layers", "sharding"), list(H100_70B))
