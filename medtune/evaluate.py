@@ -66,8 +66,19 @@ def base_cache_key(model: Any, base_fingerprint: str, tasks: list, eval_cfg: Eva
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _score_base(model: Any, tokenizer: Any, score_fn: Any, out_dir: Path, cache: Path | None) -> list[dict]:
-    """Score the base model (adapter disabled), reusing <cache>/<key>/predictions.jsonl when present."""
+def _scored_batch(out_dir: Path) -> int | None:
+    """The batch size lm-eval finally scored at (smaller than asked after an out-of-memory retry); None if unknown."""
+    path = out_dir / "lm_eval_results.json"
+    return json.loads(path.read_text()).get("batch_size") if path.is_file() else None
+
+
+def _score_base(
+    model: Any, tokenizer: Any, score_fn: Any, out_dir: Path, cache: Path | None, batch_size: int
+) -> list[dict]:
+    """Score the base model (adapter disabled), reusing <cache>/<key>/predictions.jsonl when present.
+
+    The cache key holds eval.batch_size; a base that had to be scored at a smaller batch is not cached under it.
+    """
     from medtune.eval.adapter import is_peft_model
     from medtune.eval.runner import read_predictions
 
@@ -81,7 +92,10 @@ def _score_base(model: Any, tokenizer: Any, score_fn: Any, out_dir: Path, cache:
             rows = score_fn(model, out_dir)
     else:
         rows = score_fn(model, out_dir)
-    if cache is not None:
+    scored = _scored_batch(out_dir)
+    if cache is not None and scored not in (None, batch_size):
+        log.warning("base model scored at batch %d, not eval.batch_size=%d: not cached", scored, batch_size)
+    elif cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         tmp = cache / "predictions.jsonl.tmp"
         shutil.copy(out_dir / "predictions.jsonl", tmp)
@@ -98,7 +112,7 @@ def _base_rows(model: Any, tokenizer: Any, eval_cfg: EvalConfig, tasks: list, sc
     if eval_cfg.cache_base:
         key = base_cache_key(model, fingerprint(base_probe_logits(model, tokenizer)), tasks, eval_cfg)
         cache = _resolve(eval_cfg.cache_dir) / key
-    rows = _score_base(model, tokenizer, score_fn, out / "base", cache)
+    rows = _score_base(model, tokenizer, score_fn, out / "base", cache, eval_cfg.batch_size)
     check_predictions(rows, eval_cfg.sanity, "base")
     return rows
 

@@ -43,9 +43,7 @@ def welch(values: Sequence[float], reference: Sequence[float], confidence: float
 
 def default_metrics(runs: pd.DataFrame) -> list[tuple[str, str, float]]:
     """(summary key, unit, scale): per-language accuracy and gold-letter LL, plus the law block when it was run."""
-    keys = [(f"eval/lang/{lang}/acc", "pp", 100.0) for lang in LANGS]
-    if "eval/kormed_law/acc" in runs:
-        keys.append(("eval/kormed_law/acc", "pp", 100.0))
+    keys = [(f"eval/lang/{lang}/acc", "pp", 100.0) for lang in LANGS] + [("eval/kormed_law/acc", "pp", 100.0)]
     keys += [(f"eval/lang/{lang}/gold_ll_letter", "nats", 1.0) for lang in LANGS]
     return [k for k in keys if k[0] in runs]
 

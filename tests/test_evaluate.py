@@ -98,6 +98,8 @@ def test_out_of_memory_retries_at_half_the_batch(
     metrics = evaluate(model, tok, _cfg(tmp_path, limit=5), DataConfig(), tmp_path / "run", "base", fixture_loader)
     assert calls == [8, 4, 2] and metrics["eval/fx_en/acc"] == 1.0
     assert json.loads((tmp_path / "run/eval/base/lm_eval_results.json").read_text())["batch_size"] == 2
+    # the cache is keyed on eval.batch_size=8: a base scored at 2 is not stored under it
+    assert not list((tmp_path / "eval_base").glob("*/predictions.jsonl"))
 
     def always(*args: object, **kwargs: object) -> object:
         raise torch.OutOfMemoryError("CUDA out of memory.")
