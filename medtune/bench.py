@@ -188,13 +188,16 @@ def _timed_label_tokens_per_row(recipe: Any, cfg: Any, args: argparse.Namespace)
 
 
 def _across_ranks(result: dict[str, Any], dist: Any) -> dict[str, Any]:
-    """Memory: the busiest rank; tokens/s: per GPU (rank 0) and summed over ranks."""
-    from medtune.distributed import all_reduce_max, all_reduce_sum
+    """Memory: the busiest rank, and every rank's (`<key>_per_rank`); tokens/s: per GPU (rank 0) and summed."""
+    from medtune.distributed import all_gather_objects
 
-    for key in ("peak_alloc_gib", "peak_reserved_gib", "load_peak_alloc_gib", "load_peak_reserved_gib"):
+    keys = ("peak_alloc_gib", "peak_reserved_gib", "load_peak_alloc_gib", "load_peak_reserved_gib")
+    everyone = all_gather_objects({k: result[k] for k in (*keys, "useful_tokens_per_s")})
+    for key in keys:
         if result[key] is not None:
-            result[key] = all_reduce_max(result[key], dist.device)
-    result["useful_tokens_per_s_all_gpus"] = float(all_reduce_sum(result["useful_tokens_per_s"], dist.device))
+            result[f"{key}_per_rank"] = [r[key] for r in everyone]
+            result[key] = max(r[key] for r in everyone)
+    result["useful_tokens_per_s_all_gpus"] = sum(r["useful_tokens_per_s"] for r in everyone)
     result["world_size"] = dist.world_size
     return result
 

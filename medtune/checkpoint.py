@@ -53,8 +53,12 @@ def save_checkpoint(
     scheduler: Any,
     loop_state: dict[str, Any],
     keep: int,
+    rng_states: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Write step `step` atomically under ckpt_root and keep the newest `keep` checkpoints."""
+    """Write step `step` atomically under ckpt_root and keep the newest `keep` checkpoints.
+
+    `rng_states`: every rank's RNG state, in rank order (DDP: rank 0 writes for all); default: this process's.
+    """
     final = ckpt_root / f"step_{step:06d}"
     tmp = ckpt_root / f"{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -62,13 +66,14 @@ def save_checkpoint(
     torch.save(trainable_state(model), tmp / "trainable.pt")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    _finish(tmp, final, ckpt_root, loop_state | {"step": step}, keep)
+    _finish(tmp, final, ckpt_root, loop_state | {"step": step}, keep, rng_states)
     return final
 
 
-def _finish(tmp: Path, final: Path, ckpt_root: Path, state: dict[str, Any], keep: int) -> None:
-    """RNG and loop state, then the atomic rename and pruning (rank 0 only)."""
-    torch.save(rng_state(), tmp / "rng.pt")
+def _finish(tmp: Path, final: Path, ckpt_root: Path, state: dict[str, Any], keep: int, rng_states: list | None) -> None:
+    """RNG (one state per rank: LoRA dropout draws differ by rank) and loop state, then the atomic rename and
+    pruning (rank 0 only)."""
+    torch.save({"ranks": rng_states or [rng_state()]}, tmp / "rng.pt")
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
     _fsync_dir(tmp)
     if final.exists():  # a re-run of the same step after resume: replace it
@@ -88,8 +93,10 @@ def save_sharded_checkpoint(
     scheduler: Any,
     loop_state: dict[str, Any],
     keep: int,
+    rng_states: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """Every rank writes its shard of the trainable weights and optimizer state (torch.distributed.checkpoint)."""
+    """Every rank writes its shard of the trainable weights and optimizer state (torch.distributed.checkpoint);
+    rank 0 writes the rest, with `rng_states` (every rank's, in rank order)."""
     import torch.distributed as tdist
     import torch.distributed.checkpoint as dcp
 
@@ -102,7 +109,7 @@ def save_sharded_checkpoint(
     dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(tmp / "sharded"))
     if tdist.get_rank() == 0:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        _finish(tmp, final, ckpt_root, loop_state | {"step": step, "sharded": True}, keep)
+        _finish(tmp, final, ckpt_root, loop_state | {"step": step, "sharded": True}, keep, rng_states)
     tdist.barrier()
     return final
 
@@ -131,7 +138,7 @@ def load_sharded_checkpoint(
     set_model_state_dict(model, state["model"], options=StateDictOptions(strict=False))
     set_optimizer_state_dict(model, optimizer, state["optim"])
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True))
-    set_rng_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=False))
+    _restore_rng(path)
     return json.loads((path / STATE_FILE).read_text())
 
 
@@ -185,8 +192,23 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
             params[name].copy_(value.to(params[name].device, params[name].dtype))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=True))
-    set_rng_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=False))
+    _restore_rng(path)
     return json.loads((path / STATE_FILE).read_text())
+
+
+def _restore_rng(path: Path) -> None:
+    """This rank's RNG state from `path` (a checkpoint of one process restores rank 0's on every rank)."""
+    import torch.distributed as tdist
+
+    saved = torch.load(path / "rng.pt", map_location="cpu", weights_only=False)
+    states = saved.get("ranks", [saved])  # written before per-rank states: one dict
+    rank = tdist.get_rank() if tdist.is_initialized() else 0
+    if rank >= len(states):
+        log.warning(
+            "%s holds RNG states of %d rank(s); rank %d keeps its own (dropout draws differ)", path, len(states), rank
+        )
+        return
+    set_rng_state(states[rank])
 
 
 def _fsync_dir(path: Path) -> None:

@@ -128,9 +128,14 @@ class ShardingConfig:
     cpu_offload: bool = False
     reshard_after_forward: bool = True
     backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
+    # Longest a rank may make no progress (a step, a held-out batch, a checkpoint, one scoring forward) before the
+    # run is stopped on every rank and recorded as failed; the process group's own timeout is set a little longer.
+    timeout_min: float = 10.0
 
     def __post_init__(self) -> None:
         _choice("sharding.strategy", self.strategy, ("none", "ddp", "fsdp"))
+        if not self.timeout_min > 0:
+            raise ConfigError(f"sharding.timeout_min={self.timeout_min} must be > 0 (minutes, fractions allowed).")
         _choice("sharding.param_dtype", self.param_dtype, DTYPES)
         _choice("sharding.reduce_dtype", self.reduce_dtype, DTYPES)
         _choice("sharding.backend", self.backend, ("auto", "nccl", "gloo"))
@@ -205,7 +210,7 @@ class TrainerConfig:
     loss_chunk_size: int = 1024  # tokens per chunk of the chunked cross-entropy
     log_every: int = 10
     eval_every: int = 0  # 0: eval loss only at the end
-    eval_batches: int = 20
+    eval_batches: int = 20  # held-out micro-batches scored, in all (over all ranks: the same rows as one process)
     save_every: int = 0  # 0: only the final adapter
     keep_checkpoints: int = 2
     resume: str = "never"  # never | auto | <checkpoint dir>

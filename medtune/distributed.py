@@ -16,6 +16,7 @@ import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as tdist
@@ -54,33 +55,56 @@ def resolve_device(requested: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def ensure_process_group() -> None:
-    """Join the torchrun process group (gloo for CPU tensors, nccl for CUDA ones) if not joined yet."""
+def ensure_process_group(backend: str = "auto", timeout: dt.timedelta | None = None) -> None:
+    """Join the torchrun process group if not joined yet (auto: gloo for CPU tensors, nccl for CUDA ones).
+
+    `timeout` bounds every collective; the run's watchdog (medtune.watchdog) fires a little earlier and records
+    where the run was. The first call decides: the run stamp is shared before the config is read.
+    """
     _, world, _ = _env_world()
     if world > 1 and not tdist.is_initialized():
-        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-        tdist.init_process_group(backend=backend, timeout=dt.timedelta(minutes=30))
+        if backend == "auto":
+            backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        tdist.init_process_group(backend=backend, timeout=timeout or dt.timedelta(minutes=30))
 
 
 def shared_run_stamp() -> str:
-    """A timestamp for the run directory, chosen by rank 0 and shared so every rank writes to the same place."""
+    """A timestamp for the run directory, chosen by rank 0 and shared so every rank writes to the same place.
+
+    It is needed before the config is composed, so it travels through torchrun's key-value store, not a process
+    group: the run's group (sharding.backend, sharding.timeout_min) is created afterwards by `init`. A worker that
+    torchrun restarts (--max-restarts) finds the same stamp, hence the same run directory to resume in.
+    """
     stamp = dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
-    if _env_world()[1] > 1:
+    rank, world, _ = _env_world()
+    if world == 1:
+        return stamp
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":  # launched by hand: a group with the defaults
         ensure_process_group()
         box = [stamp]
         tdist.broadcast_object_list(box, src=0)
-        stamp = box[0]
-    return stamp
+        return box[0]
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    store = tdist.TCPStore(host, port, world_size=world, is_master=False, timeout=dt.timedelta(minutes=10))
+    key = f"medtune/run_stamp/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
+    if rank == 0 and not store.check([key]):
+        store.set(key, stamp)
+    return store.get(key).decode()
 
 
-def init(sharding: ShardingConfig, device: str) -> DistInfo:
-    """Set up this process for `sharding.strategy`; checks that the launch matches it."""
+def init(sharding: ShardingConfig, device: str, replicas_ok: bool = False) -> DistInfo:
+    """Set up this process for `sharding.strategy`; checks that the launch matches it.
+
+    `replicas_ok`: several processes with sharding=none are allowed (evaluation: every rank holds the whole model).
+    """
     rank, world, local_rank = _env_world()
-    if sharding.strategy == "none" and world > 1:
+    if sharding.strategy == "none" and world > 1 and not replicas_ok:
         raise RuntimeError(f"launched with {world} processes but sharding=none; add sharding=ddp or sharding=fsdp.")
     info = DistInfo(rank, world, local_rank, resolve_device(device, local_rank))
-    if sharding.strategy != "none":
-        ensure_process_group()
+    if world > 1:
+        from medtune.watchdog import process_group_timeout
+
+        ensure_process_group(sharding.backend, process_group_timeout(sharding.timeout_min * 60))
     if sharding.strategy == "fsdp" and info.device.type != "cuda" and sharding.cpu_offload:
         raise RuntimeError("sharding.cpu_offload=true needs CUDA devices; set sharding.cpu_offload=false on CPU.")
     return info
@@ -116,6 +140,56 @@ def _fully_shard(module: LossModule, sharding: ShardingConfig, info: DistInfo) -
     return module
 
 
+def is_fsdp(module: torch.nn.Module) -> bool:
+    """True when `module` is an FSDP2 root: its forwards are collectives that every rank must join."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+@contextlib.contextmanager
+def scoring_view(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The (peft) causal LM inside `module`, ready for plain forwards (lm-eval, probes) on every rank.
+
+    Under FSDP the wrapper (LossModule) is the root unit and holds the embeddings, final norm and LM head; a forward
+    through the causal LM alone would meet them sharded. They are gathered for the whole evaluation (the same
+    memory training keeps for them) after one forward through the root, which FSDP needs first to know its root;
+    each decoder layer still gathers itself in its own forward. Every rank must enter and leave together.
+    """
+    inner = unwrap(module)
+    if not is_fsdp(module):
+        yield inner
+        return
+    device = next(inner.parameters()).device
+    one = torch.zeros((1, 2), dtype=torch.long, device=device)
+    with torch.no_grad():  # no label: loss 0, nothing counted; it only runs the root's first-forward setup
+        module(
+            input_ids=one,
+            position_ids=torch.arange(2, device=device)[None],
+            document_ids=one,
+            shift_labels=torch.full_like(one, -100),
+        )
+    module.unshard()
+    try:
+        yield inner
+    finally:
+        module.reshard()
+
+
+def per_rank_memory(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Memory metrics of every rank: `sys/<phase>/<key>` becomes the busiest rank's value, and each rank's own
+    value is kept as `sys/<phase>/rank<r>/<key>` (one process: returned as given). Every rank must call it."""
+    everyone = all_gather_objects(values)
+    if len(everyone) == 1:
+        return values
+    out = {k: max(r[k] for r in everyone) for k in values}
+    for rank, theirs in enumerate(everyone):
+        for key, value in theirs.items():
+            phase, _, name = key.rpartition("/")
+            out[f"{phase}/rank{rank}/{name}"] = value
+    return out
+
+
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     """The peft/causal-LM model inside DDP and LossModule."""
     if isinstance(module, torch.nn.parallel.DistributedDataParallel):
@@ -149,12 +223,13 @@ def all_reduce_sum(value: torch.Tensor | int | float, device: torch.device) -> t
     return tensor
 
 
-def all_reduce_max(value: float, device: torch.device) -> float:
-    """Max over ranks (peak memory of the busiest rank)."""
-    tensor = torch.tensor(float(value), device=device)
-    if tdist.is_initialized():
-        tdist.all_reduce(tensor, op=tdist.ReduceOp.MAX)
-    return float(tensor)
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj` in rank order (one process: [obj])."""
+    if not tdist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * tdist.get_world_size()
+    tdist.all_gather_object(out, obj)
+    return out
 
 
 def barrier() -> None:

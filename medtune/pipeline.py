@@ -38,32 +38,45 @@ class DataPipeline:
             self._cached = (epoch, self.make_batches(self.train_examples, epoch))
         return self._cached[1]
 
-    def epoch_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
-        """This rank's micro-batches of one epoch (every rank gets the same count)."""
-        batches = self.all_batches(epoch)
-        usable = len(batches) - len(batches) % self.world_size
-        if usable == 0:
-            raise ValueError(
-                f"the training mix gives {len(batches)} micro-batches, fewer than the {self.world_size} ranks; "
-                "raise data_mix.budget or lower trainer.micro_batch_size."
-            )
-        return [with_counts(b) for b in batches[self.rank : usable : self.world_size]]
-
     def train_stream(self, position: dict[str, int]) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, int]]]:
-        """Endless micro-batches from `position`, each with the position that follows it."""
+        """This rank's micro-batches from `position` on, endlessly, each with the position that follows its round.
+
+        All ranks read one global stream (epoch 0's batches, then epoch 1's, ...) in rounds of `world_size`
+        micro-batches, rank r taking the r-th of each round. N ranks with `grad_accum_steps` a therefore train on
+        exactly the micro-batches of one process with N x a, in the same steps; no batch is dropped at an epoch's end
+        and every rank always has one (an epoch whose count does not divide by N simply continues into the next).
+        The position after a round is the same on every rank, so any rank's checkpoint resumes all of them.
+        """
+        if not self.all_batches(position["epoch"]):
+            raise ValueError("the training mix gives no micro-batches; raise data_mix.budget or check the sources.")
+        rounds = self._global_stream(position)
+        while True:
+            round_ = [next(rounds) for _ in range(self.world_size)]
+            batch, _ = round_[self.rank]
+            yield with_counts(batch), round_[-1][1]
+
+    def _global_stream(self, position: dict[str, int]) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, int]]]:
         epoch, start = position["epoch"], position["batch"]
         while True:
-            batches = self.epoch_batches(epoch)
+            batches = self.all_batches(epoch)
             for i in range(start, len(batches)):
-                yield batches[i], {"epoch": epoch, "batch": i + 1}
+                last = i + 1 == len(batches)
+                yield batches[i], {"epoch": epoch + 1, "batch": 0} if last else {"epoch": epoch, "batch": i + 1}
             epoch, start = epoch + 1, 0
 
     def heldout_batches(self) -> list[dict[str, torch.Tensor]]:
-        """Up to trainer.eval_batches held-out micro-batches for this rank."""
+        """This rank's share of the first trainer.eval_batches held-out micro-batches, the same count on every rank.
+
+        The held-out set is the one a single process scores (it does not grow with the number of ranks). When it does
+        not divide by the ranks, the short ranks get a copy of a batch with every label masked: it joins the
+        collectives of the forward (FSDP gathers each layer on every rank) and adds nothing to the loss or its count.
+        """
         if not self.heldout_examples:
             return []
-        batches = self.make_batches(self.heldout_examples, 0)[self.rank :: self.world_size]
-        return [with_counts(b) for b in batches[: self.eval_batches]]
+        batches = self.make_batches(self.heldout_examples, 0)[: self.eval_batches]
+        mine = [with_counts(b) for b in batches[self.rank :: self.world_size]]
+        per_rank = -(-len(batches) // self.world_size)
+        return mine + [without_labels(batches[0])] * (per_rank - len(mine))
 
 
 def with_counts(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -76,6 +89,16 @@ def with_counts(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out["n_useful_tokens"] = real.sum()
     out["n_label_tokens"] = (batch["shift_labels"] != -100).sum()
     out["ctx_tokens"] = ((positions + 1) * real).sum()  # each token attends to position+1 tokens of its document
+    return out
+
+
+def without_labels(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A batch that runs the same forward and counts nothing: every label masked, every token count zero."""
+    out = with_counts(batch)
+    out["shift_labels"] = torch.full_like(batch["shift_labels"], -100)
+    out["labels"] = torch.full_like(batch["labels"], -100)
+    for key in ("n_useful_tokens", "n_label_tokens", "ctx_tokens"):
+        out[key] = torch.zeros_like(out[key])
     return out
 
 
@@ -137,29 +160,29 @@ def build_data(cfg: TrainConfig, tokenizer: Any, model: torch.nn.Module, dist: A
 
 
 def run_eval_stage(
-    cfg: TrainConfig, model: torch.nn.Module, tokenizer: Any, run_dir: Path, tracker: Any, dist: Any
+    cfg: TrainConfig,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    run_dir: Path,
+    tracker: Any,
+    dist: Any,
+    on_forward: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Score the adapter (and the cached base model) with lm-eval on rank 0; log accuracy and forgetting."""
+    """Score the adapter (and the cached base model) with lm-eval; log accuracy and forgetting.
+
+    Under torchrun every rank takes part: each scores a share of the questions (under FSDP through the sharded
+    model, its forwards in lockstep), rank 0 gathers them, so the tables equal a one-process evaluation.
+    `on_forward` is called before every scoring forward (the watchdog's progress).
+    """
     from medtune.attention import unpacked_attention
-    from medtune.distributed import barrier, unwrap
+    from medtune.distributed import is_fsdp, per_rank_memory, scoring_view
+    from medtune.eval.ranks import Ranks
     from medtune.evaluate import evaluate_run
     from medtune.metrics import memory_metrics, reset_peak_memory
 
-    if cfg.sharding.strategy == "fsdp":
-        log.warning(
-            "eval stage skipped under sharding=fsdp: evaluate the saved adapter on one GPU with "
-            "`python -m medtune.evaluate model=%s eval.adapter=%s/adapter`",
-            cfg.model.name,
-            run_dir,
-        )
-        return {}
-    results: dict[str, Any] = {}
-    if dist.is_main:
-        plain = unwrap(model)
-        device = next(plain.parameters()).device
-        reset_peak_memory(device, release_cache=True)
-        with unpacked_attention(plain):
-            results = evaluate_run(plain, tokenizer, cfg, run_dir, tracker)
-        results |= memory_metrics(device, "lm_eval")  # lm-eval's logits (batch x length x vocab) set this peak
-    barrier()
-    return results
+    reset_peak_memory(dist.device, release_cache=True)
+    ranks = Ranks.current(lockstep=is_fsdp(model), on_forward=on_forward)
+    with scoring_view(model) as plain, unpacked_attention(plain):
+        results = evaluate_run(plain, tokenizer, cfg, run_dir, tracker, ranks)
+    # lm-eval's logits (batch x length x vocab) set this peak
+    return results | per_rank_memory(memory_metrics(dist.device, "lm_eval"), dist.device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from medtune import checkpoint, distributed, metrics
 from medtune.config import TrainConfig
 from medtune.pipeline import DataPipeline, build_data
 from medtune.steps import compute_loss, eval_loss
+from medtune.watchdog import Watchdog
 
 log = logging.getLogger("medtune.train")
 
@@ -33,8 +35,11 @@ class TrainingError(RuntimeError):
 class TrainRecipe:
     """One run: model + adapter, data, optimizer, the loop, checkpoints and the final adapter."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, tracker: Any, dist: distributed.DistInfo) -> None:
+    def __init__(
+        self, cfg: TrainConfig, run_dir: Path, tracker: Any, dist: distributed.DistInfo, watch: Watchdog | None = None
+    ) -> None:
         self.cfg, self.run_dir, self.tracker, self.dist = cfg, run_dir, tracker, dist
+        self.watch = watch or Watchdog()  # phase and step of this rank; started (it can stop the run) by run()
         self.device = dist.device
         self.step = 0
         self.data_position = {"epoch": 0, "batch": 0}
@@ -43,7 +48,9 @@ class TrainRecipe:
     # ----------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         """Load the model and adapter, build the data, the optimizer and schedule; resume if asked."""
+        self.watch.pause("load model")  # no collective while loading: a slow disk is not a hang
         self.setup_model()
+        self.watch.enter("data")
         self.data: DataPipeline = build_data(self.cfg, self.tokenizer, self.model, self.dist)
         self.summary.update(self.data.report)
         self.setup_optimizer()
@@ -97,6 +104,7 @@ class TrainRecipe:
         micro_batches = self.data.train_stream(self.data_position)
         last: dict[str, float] = {}
         bar = _progress(tc.max_steps, self.step, enabled=tc.progress_bar and self.dist.is_main)
+        self.watch.enter("train", self.step + 1)  # the step in progress
         while self.step < tc.max_steps:
             group = [next(micro_batches) for _ in range(tc.grad_accum_steps)]
             with out_of_memory_hint(self.cfg, f"training step {self.step + 1}"):
@@ -106,12 +114,14 @@ class TrainRecipe:
             bar.update(1)
             bar.set_postfix(loss=f"{step_metrics['train/loss']:.4f}")
             if self.step % tc.log_every == 0 or self.step == tc.max_steps:
-                last = {**step_metrics, **metrics.memory_metrics(self.device, "train")}
+                memory = distributed.per_rank_memory(metrics.memory_metrics(self.device, "train"), self.device)
+                last = {**step_metrics, **memory}
                 self.tracker.log(last, step=self.step)
             if tc.eval_every and self.step % tc.eval_every == 0:  # inside the train phase: its peak stays whole
                 self.tracker.log(self.eval_loss(measure_memory=False), step=self.step)
             if tc.save_every and self.step % tc.save_every == 0:
                 self.save_checkpoint()
+            self.watch.enter("train", self.step + 1)  # the step in progress
         bar.close()
         return last
 
@@ -122,6 +132,7 @@ class TrainRecipe:
         loss_total = torch.zeros((), device=self.device)
         with metrics.StepTimer(self.device) as timer:
             for i, batch in enumerate(batches):
+                self.watch.tick(self.step + 1)
                 with distributed.no_sync_unless(self.model, last=i == len(batches) - 1):
                     loss_sum, _ = compute_loss(self.model, batch, self.device, tc)
                     # Scaled so that the gradient is d(sum of token losses)/d(theta) / (label tokens of the step, all
@@ -165,30 +176,40 @@ class TrainRecipe:
         """Mean loss per label token on the held-out rows of the mix (and the eval phase's memory, if asked)."""
         if measure_memory:
             metrics.reset_peak_memory(self.device)
+        self.watch.enter("held-out loss", self.step)
         self.model.eval()
-        total, n = eval_loss(self.model, self.data.heldout_batches(), self.device, self.cfg.trainer)
+        total, n = eval_loss(self.model, self.data.heldout_batches(), self.device, self.cfg.trainer, self.watch.tick)
         self.model.train()
         total = distributed.all_reduce_sum(total, self.device)
         n = distributed.all_reduce_sum(n, self.device)
         out = {"eval/loss": float(total / n) if n else float("nan"), "eval/loss_tokens": float(n)}
-        return {**out, **metrics.memory_metrics(self.device, "eval")} if measure_memory else out
+        if not measure_memory:
+            return out
+        return {**out, **distributed.per_rank_memory(metrics.memory_metrics(self.device, "eval"), self.device)}
 
     def save_checkpoint(self) -> None:
         """Write a resumable checkpoint: one file set from rank 0, or every rank's shard under FSDP."""
+        self.watch.enter("checkpoint", self.step)
         args = (self.run_dir / "checkpoints", self.step, self.model, self.optimizer, self.scheduler)
         state = {"data_position": self.data_position}
+        rngs = distributed.all_gather_objects(checkpoint.rng_state())  # dropout draws differ by rank
         if self.cfg.sharding.strategy == "fsdp":
-            checkpoint.save_sharded_checkpoint(*args, state, self.cfg.trainer.keep_checkpoints)
+            checkpoint.save_sharded_checkpoint(*args, state, self.cfg.trainer.keep_checkpoints, rngs)
             return
         if self.dist.is_main:
-            checkpoint.save_checkpoint(*args, state, self.cfg.trainer.keep_checkpoints)
+            checkpoint.save_checkpoint(*args, state, self.cfg.trainer.keep_checkpoints, rngs)
         distributed.barrier()
+
+    def release_optimizer(self) -> None:
+        """Drop the optimizer and its state (after the last checkpoint): evaluation does not need them."""
+        self.optimizer = self.scheduler = None
 
     def save_adapter(self) -> Path:
         """Save the adapter in peft format (and a merged bf16 model when trainer.merge_adapter)."""
         from medtune.adapters import merge_and_save, save_adapter
 
         path = self.run_dir / "adapter"
+        self.watch.enter("save adapter", self.step)
         state = distributed.full_state_dict(self.model)
         if self.dist.is_main:
             save_adapter(distributed.unwrap(self.model), path, state)
@@ -262,7 +283,11 @@ def _progress(total: int, start: int, enabled: bool) -> Any:
 
 
 def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -> dict[str, Any]:
-    """Train and/or evaluate one configuration; write summary.json; in a sweep, a failure is recorded, not raised."""
+    """Train and/or evaluate one configuration; write summary.json; in a sweep, a failure is recorded, not raised.
+
+    Under torchrun a watchdog stops every rank when one stalls (a collective nobody else joins) or when the
+    launcher stops the job, and rank 0 records where in summary.json (`run/failed_phase`, `run/failed_step`).
+    """
     from medtune.tracking import build_tracker
 
     dist = distributed.init(cfg.sharding, cfg.trainer.device)
@@ -273,28 +298,46 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
     tracker = build_tracker(cfg.logger, resolved, run_dir, dist.rank)
     started = time.perf_counter()
     summary: dict[str, Any] = {"run/status": "failed"}
+
+    record_lock = threading.Lock()  # the watchdog's thread and this one never write the record together
+
+    def record_failure(message: str, phase: str, step: int | None) -> None:  # the watchdog's thread; exits next
+        with record_lock:
+            failed = {"run/error": message, "run/failed_phase": phase, "run/failed_step": step}
+            tracker.summary(summary | failed | {"run/wall_s": time.perf_counter() - started})
+
+    watch = Watchdog(cfg.sharding.timeout_min * 60, record_failure)
+    if dist.world_size > 1:
+        watch.start()
     try:
-        summary.update(_run_stages(cfg, run_dir, tracker, dist))
+        _run_stages(cfg, run_dir, tracker, dist, watch, summary)
         summary["run/status"] = "ok"
     except Exception as err:
-        summary["run/error"] = f"{type(err).__name__}: {err}"
-        log.error("run failed: %s\n%s", err, traceback.format_exc())
+        summary["run/error"] = f"{type(err).__name__} in {watch.where()}: {err}"
+        summary["run/failed_phase"], summary["run/failed_step"] = watch.phase, watch.step
+        log.error("run failed in %s: %s\n%s", watch.where(), err, traceback.format_exc())
         if not multirun:
             raise
     finally:
-        summary["run/wall_s"] = time.perf_counter() - started
-        tracker.summary(summary)
-        tracker.finish(exit_code=0 if summary["run/status"] == "ok" else 1)
+        watch.stop()
+        with record_lock:
+            if not watch.fired:  # else the watchdog wrote this rank's record and is ending the process
+                summary["run/wall_s"] = time.perf_counter() - started
+                tracker.summary(summary)
+                tracker.finish(exit_code=0 if summary["run/status"] == "ok" else 1)
         distributed.cleanup()
     return summary
 
 
-def _run_stages(cfg: TrainConfig, run_dir: Path, tracker: Any, dist: distributed.DistInfo) -> dict[str, Any]:
+def _run_stages(
+    cfg: TrainConfig, run_dir: Path, tracker: Any, dist: distributed.DistInfo, watch: Watchdog, summary: dict
+) -> None:
+    """Setup, training, final held-out loss and adapter, then the eval stage; fills `summary` as it goes."""
     from medtune.pipeline import run_eval_stage
 
-    recipe = TrainRecipe(cfg, run_dir, tracker, dist)
+    recipe = TrainRecipe(cfg, run_dir, tracker, dist, watch)
     recipe.setup()
-    summary = dict(recipe.summary)
+    summary.update(recipe.summary)
     tracker.log(recipe.data.report, step=0)
     if cfg.stage in ("train", "train_eval"):
         summary.update(recipe.train())
@@ -303,5 +346,6 @@ def _run_stages(cfg: TrainConfig, run_dir: Path, tracker: Any, dist: distributed
         summary.update(final_eval)
         summary["run/adapter_dir"] = str(recipe.save_adapter())
     if cfg.stage in ("eval", "train_eval") and cfg.eval.enabled:
-        summary.update(run_eval_stage(cfg, recipe.model, recipe.tokenizer, run_dir, tracker, dist))
-    return summary
+        recipe.release_optimizer()  # its state is not needed to score; lm-eval's logits want the memory
+        watch.enter("eval", recipe.step)
+        summary.update(run_eval_stage(cfg, recipe.model, recipe.tokenizer, run_dir, tracker, dist, watch.tick))

@@ -7,6 +7,8 @@ computation, and the full-vocabulary logits are never materialised (Gemma 3 has 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from medtune.config import TrainerConfig
@@ -63,12 +65,18 @@ def compute_loss(
 
 @torch.no_grad()
 def eval_loss(
-    model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device, tc: TrainerConfig
+    model: torch.nn.Module,
+    batches: list[dict[str, torch.Tensor]],
+    device: torch.device,
+    tc: TrainerConfig,
+    on_batch: Callable[[], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed loss and label tokens over `batches` (caller divides, after any all-reduce)."""
+    """Summed loss and label tokens over `batches` (caller divides, after any all-reduce); `on_batch`: progress."""
     total = torch.zeros((), device=device)
     n = torch.zeros((), device=device)
     for batch in batches:
+        if on_batch is not None:
+            on_batch()
         loss_sum, count = compute_loss(model, batch, device, tc)
         total += loss_sum.float()
         n += count

@@ -14,9 +14,12 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medtune.eval.tasks import LETTERS, TaskData
+
+if TYPE_CHECKING:
+    from medtune.eval.ranks import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +110,20 @@ def score(
     out_dir: Path,
     seed: int = 0,
     max_length: int | None = None,
+    ranks: Ranks | None = None,
 ) -> list[dict[str, Any]]:
-    """Score every task through lm-eval; write predictions.jsonl and lm-eval's samples.jsonl under out_dir."""
+    """Score every task through lm-eval; write predictions.jsonl and lm-eval's samples.jsonl under out_dir.
+
+    Under torchrun every rank calls this with the same arguments (`ranks` says how the questions are spread); every
+    rank returns all rows, and only rank 0 writes.
+    """
     import torch
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+
+    from medtune.eval.ranks import Ranks, SpreadHFLM
+
+    ranks = ranks or Ranks()
 
     was_training = getattr(model, "training", False)
     # include_defaults=False: only our generated tasks are indexed (lm-eval's thousands of YAMLs take seconds).
@@ -121,24 +132,26 @@ def score(
     started = time.perf_counter()
     try:
         while True:
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+            lm = SpreadHFLM(ranks, pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
             try:
-                results = simple_evaluate(
-                    model=lm,
-                    tasks=requested,
-                    task_manager=manager,
-                    log_samples=True,
-                    bootstrap_iters=0,  # our own intervals (Wilson, paired bootstrap) replace lm-eval's stderr
-                    random_seed=seed,
-                    numpy_random_seed=seed,
-                    torch_random_seed=seed,
-                    fewshot_random_seed=seed,
-                )
+                with ranks.as_local_main():
+                    results = simple_evaluate(
+                        model=lm,
+                        tasks=requested,
+                        task_manager=manager,
+                        log_samples=True,
+                        bootstrap_iters=0,  # our own intervals (Wilson, paired bootstrap) replace lm-eval's stderr
+                        random_seed=seed,
+                        numpy_random_seed=seed,
+                        torch_random_seed=seed,
+                        fewshot_random_seed=seed,
+                    )
                 break
             except torch.OutOfMemoryError:
                 # lm-eval holds batch x length x vocabulary logits (~24 GB at batch 16 for Gemma 3's 262k
-                # vocabulary): on a shared or small GPU a smaller batch scores the same questions.
-                if batch_size == 1:
+                # vocabulary): on a shared or small GPU a smaller batch scores the same questions. Not under
+                # torchrun: the other ranks are inside this rank's collectives, so the run fails instead.
+                if batch_size == 1 or ranks.spread:
                     raise
                 del lm
                 torch.cuda.empty_cache()
@@ -157,19 +170,21 @@ def score(
     for task in tasks:
         rows += _rows_for_task(task, samples[names[task.name]["main"]], samples[names[task.name]["aux"]], scoring)
     n_questions = max(len(rows), 1)
+    if not ranks.is_main:
+        return rows
     log.info(
-        "lm-eval scored %d questions in %.1f s (%.3f s/question, batch %d)",
+        "lm-eval scored %d questions in %.1f s (%.3f s/question, batch %d, %d rank(s))",
         len(rows),
         elapsed_s,
         elapsed_s / n_questions,
         batch_size,
+        ranks.world_size,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(out_dir / "predictions.jsonl", rows)
     _write_samples(out_dir / "samples.jsonl", samples)
+    record = {"results": results["results"], "elapsed_s": elapsed_s, "batch_size": batch_size}
     (out_dir / "lm_eval_results.json").write_text(
-        json.dumps(
-            {"results": results["results"], "elapsed_s": elapsed_s, "batch_size": batch_size}, indent=1, default=str
-        )
+        json.dumps(record | {"ranks": ranks.world_size}, indent=1, default=str)
     )
     return rows
