@@ -168,15 +168,19 @@ class MemoryEstimate:
 
 
 def _load_peak(arch: Arch, cfg: TrainConfig, parts: dict[str, float]) -> float:
-    """The larger of the model build's transient and the built model plus its adapters."""
-    weights = sum(parts[k] for k in ("weights/layers", "weights/embed_head", "weights/buffers"))
+    """The larger of the model build's transient and the built model plus its adapters.
+
+    Under FSDP every rank builds the whole model before `fully_shard` splits it: on two H200s the load peaks were
+    38.43 GiB (LLaMA 3.3 70B nf4) and 2.97 (Gemma 3 4B nf4) per rank, the one-GPU figures.
+    """
+    weights = sum(weight_bytes(arch, cfg).values())
     dtype_b, random = DTYPE_BYTES[cfg.model.dtype], cfg.model.init == "random"
     transient = 0.0
     if cfg.quantization.method != "none":  # random-init quantisation materialises one layer in model.dtype first
         transient = sum(a * b for a, b in arch.linears().values()) * dtype_b
     elif random and arch.tied:  # from_config allocates lm_head before tie_weights points it at the embedding
         transient = arch.vocab * arch.hidden * dtype_b
-    return weights + max(transient, parts["lora/params"])
+    return weights + max(transient, 4 * lora_param_count(arch, cfg))
 
 
 def estimate(
@@ -206,13 +210,15 @@ def estimate(
         "lora/autocast_cache": 2 * n_lora if cfg.trainer.autocast_dtype in ("bfloat16", "float16") else 0.0,
     }
     if cfg.sharding.strategy == "fsdp":
-        # FSDP2 gathers the root unit (embeddings, head) into buffers of its own next to its shard and keeps them
-        # for the loss: on an H100 at world size 1, LLaMA 3.3 70B nf4 (embed + head 3.91 GiB) took +4.07 GiB over
-        # sharding=none at 2 and at 80 layers alike, Gemma 3 4B (tied, 1.25 GiB) +1.20. In-flight decoder layers
-        # (current + prefetched) only from 2 ranks on; not yet measured there.
+        # FSDP2 gathers the root unit (embeddings, head) into buffers of its own and keeps them for the loss; with
+        # its shard that came to two whole copies per rank at 1 and at 2 ranks alike: on an H100 at world size 1,
+        # LLaMA 3.3 70B nf4 (embed + head 3.91 GiB) took +4.07 GiB over sharding=none, Gemma 3 4B (tied, 1.25 GiB)
+        # +1.20; on two H200s (2026-11-29) the per-rank peaks were 30.53 GiB (70B) and 7.45 (4B, 4 rows), 1.98 and
+        # 0.64 GiB above the shard + one copy this term counted before: half a root each. So gathered + shard = 2
+        # copies; at 8 ranks this is an extrapolation. In-flight decoder layers (current + prefetched): from 2 ranks.
         per_layer = w["layers"] / arch.layers
         in_flight = cal.fsdp_gathered_layers * per_layer if shard > 1 else 0.0
-        parts["fsdp/gathered"] = w["embed_head"] + in_flight
+        parts["fsdp/gathered"] = w["embed_head"] * (2 - 1 / shard) + in_flight
     act = activation_bytes(arch, cfg, cal)
     parts.update({f"activations/{k}": v for k, v in act.items()})
     parts["loss/chunk"] = loss_bytes(arch, cfg, cal, label_tokens_per_row)

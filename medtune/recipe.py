@@ -74,7 +74,7 @@ class TrainRecipe:
                 "model/trainable_pct": counts["percent"],
             }
         )
-        self.summary.update(metrics.memory_metrics(self.device, "load"))
+        self.summary.update(distributed.per_rank_memory(metrics.memory_metrics(self.device, "load"), self.device))
 
     def setup_optimizer(self) -> None:
         """Optimizer over the trainable parameters, schedule, and the FLOP model for MFU."""
@@ -144,14 +144,20 @@ class TrainRecipe:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        loss = distributed.all_reduce_sum(loss_total, self.device) / n_labels
         useful = sum(int(b["n_useful_tokens"]) for b in batches)
+        # one all-reduce for the step's loss and every rank's useful tokens (throughput of the whole job)
+        totals = distributed.all_reduce_sum(
+            torch.stack([loss_total.float(), loss_total.new_tensor(useful)]), self.device
+        )
+        loss = totals[0] / n_labels
         rows = sum(b["input_ids"].numel() for b in batches)
         labels = sum(int(b["n_label_tokens"]) for b in batches)
         ctx = sum(float(b["ctx_tokens"]) for b in batches) / max(useful, 1)
         flops = self.flops.per_token(ctx) * useful
         out = {"train/loss": float(loss), "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm}
         out.update(metrics.throughput_metrics(useful, rows, labels, timer.seconds, flops, self.peak_tflops))
+        if self.dist.world_size > 1:  # train/useful_tokens_per_s stays per GPU (this rank's)
+            out["train/useful_tokens_per_s_all_ranks"] = float(totals[1]) / timer.seconds
         return out
 
     def _clip_grads(self) -> float:

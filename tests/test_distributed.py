@@ -81,6 +81,9 @@ def test_two_ranks_match_one_process(strategy: str, single, cache: Path, tmp_pat
     run = tmp_path / "run"
     losses = _run(run, cache, 2, f"sharding={strategy}", "trainer.max_steps=4", "trainer.micro_batch_size=2")
     assert losses.keys() == ref.keys()
+    summary = json.loads((run / "summary.json").read_text())  # the job's throughput and every rank's memory
+    assert summary["train/useful_tokens_per_s_all_ranks"] > summary["train/useful_tokens_per_s"] > 0
+    assert {"sys/train/rank0/cpu_rss_gib", "sys/train/rank1/cpu_rss_gib", "sys/load/rank1/cpu_rss_gib"} <= set(summary)
     for step in ref:
         assert losses[step] == pytest.approx(ref[step], rel=1e-5), step
     ours = load_file(run / "adapter" / "adapter_model.safetensors")
