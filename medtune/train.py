@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from medtune.config import ConfigError, register_configs, to_train_config
+from medtune.preflight import check_run
 
 log = logging.getLogger("medtune.train")
 register_configs()
@@ -30,6 +31,7 @@ def _hydra_main(dict_cfg: DictConfig) -> float | None:
     """Validate the composed config, then run the recipe (train and/or eval)."""
     try:
         cfg = to_train_config(dict_cfg)
+        check_run(cfg, dict_cfg)
     except ConfigError as err:
         log.error("invalid config: %s", err)
         sys.exit(2)
@@ -44,7 +46,7 @@ def _hydra_main(dict_cfg: DictConfig) -> float | None:
 def main() -> None:
     """Console entry: fix the run directory's timestamp (shared by all torchrun ranks), then let Hydra run."""
     if "MEDTUNE_RUN_STAMP" not in os.environ and not any(a in ("--help", "-h", "--cfg", "-c") for a in sys.argv):
-        from medtune.distributed import shared_run_stamp
+        from medtune.launch import shared_run_stamp
 
         os.environ["MEDTUNE_RUN_STAMP"] = shared_run_stamp()
     os.environ.setdefault("MEDTUNE_RUN_STAMP", "now")
