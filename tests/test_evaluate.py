@@ -152,7 +152,7 @@ def test_base_cache_key_is_the_same_plain_or_under_an_adapter() -> None:
     from conftest import tiny_model
 
     from medtune.eval.adapter import base_probe_logits, fingerprint
-    from medtune.evaluate import base_cache_key
+    from medtune.eval.base_cache import base_cache_key
 
     tok, cfg = byte_tokenizer(), EvalConfig()
     plain = tiny_model("tiny_llama")
