@@ -23,6 +23,7 @@ import pandas as pd
 import yaml
 
 from medtune.config import ConfigError, parse_ratio
+from medtune.report_levels import bootstrap_settings, prediction_files, read_rows, restate, stored_level
 
 log = logging.getLogger("medtune.report")
 LANGS = ("ko", "en")
@@ -95,8 +96,9 @@ def mix_of(config: dict, where: str = "config") -> tuple[str | None, float | Non
     return label, en / (en + ko)
 
 
-def load_run(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
-    """One flat row: where, status, mix, seed, model... and every summary.json key as it was written."""
+def load_run(run_dir: Path, sweep_dir: Path, confidence: float | None = None) -> dict[str, Any]:
+    """One flat row: where, status, mix, seed, model... and every summary.json key as it was written, or, with
+    `confidence`, with every interval and significance flag at that level (`report_levels.restate`)."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     ratio, en_share = mix_of(config, where=str(run_dir / "config.yaml"))
@@ -110,18 +112,20 @@ def load_run(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         except json.JSONDecodeError as err:
             raise ValueError(f"{summary_path}:{err.lineno}: not valid JSON ({err.msg}).") from err
         row.setdefault("run/status", "ok")
+        if confidence is not None:
+            row = restate(row, run_dir, config, confidence)
     else:
         row |= {"run/status": "failed", "run/error": "no summary.json (the job died before the end)"}
     row["status"] = row["run/status"]
     return row
 
 
-def load_sweep(sweep_dir: Path) -> pd.DataFrame:
-    """Every run below sweep_dir as one row, sorted by English share then seed."""
+def load_sweep(sweep_dir: Path, confidence: float | None = None) -> pd.DataFrame:
+    """Every run below sweep_dir as one row, sorted by English share then seed; intervals at `confidence` if given."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir}: no such directory; pass the sweep directory (runs/multirun/...).")
-    rows = [load_run(d, sweep_dir) for d in find_run_dirs(sweep_dir)]
+    rows = [load_run(d, sweep_dir, confidence) for d in find_run_dirs(sweep_dir)]
     if not rows:
         raise FileNotFoundError(f"{sweep_dir}: no run directory (with summary.json or .hydra/) below it.")
     df = pd.DataFrame(rows)
@@ -171,20 +175,29 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 def _from_predictions(run_dir: Path, confidence: float) -> dict[str, dict[str, Any]]:
     """Per-language forgetting rows recomputed from eval/base and eval/<adapter> predictions; {} if absent."""
-    eval_dir = run_dir / "eval"
-    base_path = eval_dir / "base" / "predictions.jsonl"
-    tuned = sorted(p for p in eval_dir.glob("*/predictions.jsonl") if p.parent.name != "base")
-    if not base_path.is_file() or not tuned:
-        return {}
     from medtune.eval.forgetting import forgetting
-    from medtune.eval.runner import read_predictions
 
-    def rows(path: Path) -> list[dict]:
-        # older prediction files name the question `doc_id`; the pairing uses `id`
-        return [r if "id" in r else {**r, "id": r.get("doc_id")} for r in read_predictions(path)]
-
-    table = forgetting(rows(base_path), rows(tuned[0]), confidence=confidence)
+    base, tuned = prediction_files(run_dir)
+    if base is None or tuned is None:
+        return {}
+    n_boot, seed = bootstrap_settings({}, read_config(run_dir))
+    table = forgetting(read_rows(base), read_rows(tuned), confidence, n_boot, seed)
     return {r["group"].removeprefix("lang/"): r for r in table if r["group"].startswith("lang/")}
+
+
+def _summary_forgetting(run: pd.Series, lang: str, confidence: float) -> dict[str, Any]:
+    """A run's stored forgetting row for one language; ValueError if it was computed at another level."""
+    pre = f"forgetting/{lang}/"
+    level = stored_level(run, read_config(Path(run["path"])), run["path"])
+    if not math.isclose(level, confidence, rel_tol=0.0, abs_tol=1e-12):
+        raise ValueError(
+            f"{run['path']}: forgetting intervals at {level:g}, asked for {confidence:g}; load the sweep with "
+            "load_sweep(dir, confidence) so that they are recomputed, never relabelled."
+        )
+    got = {k: run.get(pre + k) for k in ("n", "base_acc", "run_acc", "delta_pp", "p_mcnemar")}
+    got |= {"ci_low": run.get(pre + "delta_pp_ci_low"), "ci_high": run.get(pre + "delta_pp_ci_high")}
+    significant = bool(run.get(pre + "significant")) and math.isfinite(float(run.get(pre + "p_mcnemar")))
+    return got | {"significant": significant, "source": "summary"}
 
 
 def forgetting_table(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
@@ -195,9 +208,7 @@ def forgetting_table(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame
         for lang in LANGS:
             pre = f"forgetting/{lang}/"
             if pd.notna(run.get(pre + "delta_pp")) and pd.notna(run.get(pre + "p_mcnemar")):
-                got = {k: run.get(pre + k) for k in ("n", "base_acc", "run_acc", "delta_pp", "p_mcnemar")}
-                got |= {"ci_low": run.get(pre + "delta_pp_ci_low"), "ci_high": run.get(pre + "delta_pp_ci_high")}
-                got |= {"significant": bool(run.get(pre + "significant")), "source": "summary"}
+                got = _summary_forgetting(run, lang, confidence)
             else:
                 recomputed = _from_predictions(Path(run["path"]), confidence) if recomputed is None else recomputed
                 if lang not in recomputed:
