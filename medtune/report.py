@@ -291,12 +291,25 @@ def publish_wandb(rep: Any, sweep_dir: Path, out_dir: Path, init_timeout_s: floa
     return True
 
 
+def _level(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a level in (0, 1), e.g. 0.9 for 90% intervals")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: python -m medtune.report DIR [--out OUT] [--reference EN:KO] [--wandb]."""
     parser = argparse.ArgumentParser(description="Report over a sweep's run directories (no W&B needed).")
     parser.add_argument("sweep_dir", type=Path, help="the sweep directory, e.g. runs/multirun/<date>/<time>")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: <sweep_dir>/report)")
-    parser.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default 0.95)")
+    parser.add_argument(
+        "--confidence",
+        type=_level,
+        default=0.95,
+        help="level of every interval and test (default 0.95); runs evaluated at another level are recomputed from "
+        "their stored predictions, or the report stops",
+    )
     parser.add_argument(
         "--reference",
         default=None,

@@ -114,3 +114,9 @@ def test_every_label_states_the_level_exactly(
             texts += [ax.get_title(), *(t.get_text() for t in (legend.get_texts() if legend else []))]
     plotted = " ".join(texts)
     assert label in plotted and rounded not in plotted and f"p < {alpha}" in plotted
+
+
+def test_a_level_outside_zero_one_is_refused(sweep: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(sweep), "--confidence", "95"])
+    assert exit_info.value.code == 2 and "not a level in (0, 1)" in capsys.readouterr().err
