@@ -12,7 +12,7 @@ from fixtures.race import race
 
 from medtune.config import DataConfig
 from medtune.data.__main__ import cached_leakage
-from medtune.data.prepare import prepare_source, prepared_dir
+from medtune.data.prepare import prepare, prepare_source, prepared_dir
 from medtune.data.sources import SOURCES
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -68,7 +68,8 @@ def test_forced_rewrites_never_break_a_reader(data_dir: str, tmp_path: Path) -> 
 def test_two_jobs_writing_the_leakage_report_at_once(data_dir: str, tmp_path: Path) -> None:
     sources = ("kormedmcqa", "medqa_4opt", "medmcqa")
     template = DataConfig(data_dir=data_dir, cache_dir=str(tmp_path / "template"))
-    rows, cached = cached_leakage(list(sources), template)  # prepares every source once, for all trials
+    prepare(template, list(sources))  # as `python -m medtune.data prepare` does before its leakage report
+    rows, cached = cached_leakage(list(sources), template)  # prepares the eval splits too, once for all trials
     assert not cached and rows
     for leak in Path(template.cache_dir, "prepared").glob("leakage-*.json"):
         leak.unlink()
