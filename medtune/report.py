@@ -23,7 +23,7 @@ import pandas as pd
 import yaml
 
 from medtune.config import ConfigError, parse_ratio
-from medtune.report_levels import bootstrap_settings, prediction_files, read_rows, restate, stored_level
+from medtune.report_levels import forgetting_from_predictions, restate, stored_forgetting
 
 log = logging.getLogger("medtune.report")
 LANGS = ("ko", "en")
@@ -173,49 +173,22 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def _from_predictions(run_dir: Path, confidence: float) -> dict[str, dict[str, Any]]:
-    """Per-language forgetting rows recomputed from eval/base and eval/<adapter> predictions; {} if absent."""
-    from medtune.eval.forgetting import forgetting
-
-    base, tuned = prediction_files(run_dir)
-    if base is None or tuned is None:
-        return {}
-    n_boot, seed = bootstrap_settings({}, read_config(run_dir))
-    table = forgetting(read_rows(base), read_rows(tuned), confidence, n_boot, seed)
-    return {r["group"].removeprefix("lang/"): r for r in table if r["group"].startswith("lang/")}
-
-
-def _summary_forgetting(run: pd.Series, lang: str, confidence: float) -> dict[str, Any]:
-    """A run's stored forgetting row for one language; ValueError if it was computed at another level."""
-    pre = f"forgetting/{lang}/"
-    level = stored_level(run, read_config(Path(run["path"])), run["path"])
-    if not math.isclose(level, confidence, rel_tol=0.0, abs_tol=1e-12):
-        raise ValueError(
-            f"{run['path']}: forgetting intervals at {level:g}, asked for {confidence:g}; load the sweep with "
-            "load_sweep(dir, confidence) so that they are recomputed, never relabelled."
-        )
-    got = {k: run.get(pre + k) for k in ("n", "base_acc", "run_acc", "delta_pp", "p_mcnemar")}
-    got |= {"ci_low": run.get(pre + "delta_pp_ci_low"), "ci_high": run.get(pre + "delta_pp_ci_high")}
-    significant = bool(run.get(pre + "significant")) and math.isfinite(float(run.get(pre + "p_mcnemar")))
-    return got | {"significant": significant, "source": "summary"}
-
-
 def forgetting_table(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """Per finished run and language: delta pp vs base, paired bootstrap CI, McNemar p, significance (+ Holm)."""
     out = []
     for _, run in df[df["status"] == "ok"].iterrows():
         recomputed: dict[str, dict[str, Any]] | None = None
+        config = read_config(Path(run["path"]))
         for lang in LANGS:
             pre = f"forgetting/{lang}/"
             if pd.notna(run.get(pre + "delta_pp")) and pd.notna(run.get(pre + "p_mcnemar")):
-                got = _summary_forgetting(run, lang, confidence)
+                got = stored_forgetting(run, lang, config, confidence)
             else:
-                recomputed = _from_predictions(Path(run["path"]), confidence) if recomputed is None else recomputed
+                if recomputed is None:
+                    recomputed = forgetting_from_predictions(Path(run["path"]), config, confidence)
                 if lang not in recomputed:
                     continue
-                r = recomputed[lang]
-                got = {k: r[k] for k in ("n", "base_acc", "run_acc", "delta_pp", "p_mcnemar", "significant")}
-                got |= {"ci_low": r["delta_pp_ci_low"], "ci_high": r["delta_pp_ci_high"], "source": "predictions"}
+                got = recomputed[lang]
             out.append(
                 {"run": run["run"], "ratio": run["ratio"], "en_share": run["en_share"], "seed": run["seed"]}
                 | {"lang": lang, "n": got["n"], "base_acc": got["base_acc"], "run_acc": got["run_acc"]}

@@ -116,3 +116,35 @@ def restate(row: dict[str, Any], run_dir: Path, config: Mapping[str, Any], confi
             f"eval.confidence={confidence:g}."
         )
     return row | fresh | {RECOMPUTED: level}
+
+
+def stored_forgetting(run: Mapping[str, Any], lang: str, config: Mapping[str, Any], confidence: float) -> dict:
+    """A run's stored forgetting numbers for one language; ValueError if they were computed at another level."""
+    pre = f"forgetting/{lang}/"
+    level = stored_level(run, config, run["path"])
+    if not math.isclose(level, confidence, rel_tol=0.0, abs_tol=1e-12):
+        raise ValueError(
+            f"{run['path']}: forgetting intervals at {format_level(level)}, asked for {format_level(confidence)}; "
+            "load the sweep with load_sweep(dir, confidence) so that they are recomputed, never relabelled."
+        )
+    got = {k: run.get(pre + k) for k in ("n", "base_acc", "run_acc", "delta_pp", "p_mcnemar")}
+    got |= {"ci_low": run.get(pre + "delta_pp_ci_low"), "ci_high": run.get(pre + "delta_pp_ci_high")}
+    significant = bool(run.get(pre + "significant")) and math.isfinite(float(run.get(pre + "p_mcnemar")))
+    return got | {"significant": significant, "source": "summary"}
+
+
+def forgetting_from_predictions(run_dir: Path, config: Mapping[str, Any], confidence: float) -> dict[str, dict]:
+    """Per-language forgetting numbers recomputed from the run's predictions ({} without them), same shape."""
+    from medtune.eval.forgetting import forgetting
+
+    base, tuned = prediction_files(run_dir)
+    if base is None or tuned is None:
+        return {}
+    n_boot, seed = bootstrap_settings({}, config)
+    out = {}
+    for r in forgetting(read_rows(base), read_rows(tuned), confidence, n_boot, seed):
+        if r["group"].startswith("lang/"):
+            got = {k: r[k] for k in ("n", "base_acc", "run_acc", "delta_pp", "p_mcnemar", "significant")}
+            got |= {"ci_low": r["delta_pp_ci_low"], "ci_high": r["delta_pp_ci_high"], "source": "predictions"}
+            out[r["group"].removeprefix("lang/")] = got
+    return out
