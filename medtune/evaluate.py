@@ -13,11 +13,9 @@ eval/report.md. From Python (the eval stage of medtune.train):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -36,98 +34,6 @@ log = logging.getLogger("medtune.evaluate")
 BASE_PREFIX = "base/eval"  # base-model metrics next to an adapter's: base/eval/<task>/acc, base/eval/lang/ko/acc
 TABLE_COLUMNS = ["acc", "acc_ci_low", "acc_ci_high", "n", "gold_ll_letter", "gold_ll_text", "delta_pp", "p_mcnemar"]
 register_configs()
-
-
-def _resolve(path: str) -> Path:
-    """Resolve ${oc.env:...} in a path given outside Hydra (a dataclass built in Python keeps the raw string)."""
-    if "${" in path:
-        path = OmegaConf.create({"p": path}).p
-    return Path(path).expanduser()
-
-
-def base_cache_key(model: Any, base_fingerprint: str, tasks: list, eval_cfg: EvalConfig) -> str:
-    """Hash of everything the base model's scores depend on."""
-    import lm_eval
-
-    from medtune.eval.tasks import PROMPT_VERSION
-
-    # The transformers model under any peft wrapper: `medtune.evaluate` (plain model) and the eval stage of
-    # `medtune.train` (peft model, adapter disabled) must find the same entry for the same base.
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = getattr(base, "config", None)
-    parts = {
-        "model": getattr(config, "_name_or_path", "") or type(base).__name__,
-        "weights": base_fingerprint,
-        "tasks": {t.name: t.fingerprint() for t in tasks},
-        "fewshot": eval_cfg.num_fewshot,
-        "scoring": eval_cfg.scoring,
-        "prompt": PROMPT_VERSION,
-        "seed": eval_cfg.seed,
-        # bf16 on the H100: Gemma 3 270M scored at batch 8 vs 16 changed 60 of 8,110 base predictions (padding
-        # changes the kernels' tiling), so an adapter is compared with a base scored at its own batch size.
-        "batch_size": eval_cfg.batch_size,
-        "lm_eval": lm_eval.__version__,
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _scored_batch(out_dir: Path) -> int | None:
-    """The batch size lm-eval finally scored at (smaller than asked after an out-of-memory retry); None if unknown."""
-    path = out_dir / "lm_eval_results.json"
-    return json.loads(path.read_text()).get("batch_size") if path.is_file() else None
-
-
-def _score_base(
-    model: Any, score_fn: Any, out_dir: Path, cache: Path | None, batch_size: int, ranks: Ranks
-) -> list[dict]:
-    """Score the base model (adapter disabled), reusing <cache>/<key>/predictions.jsonl when present.
-
-    The cache key holds eval.batch_size; a base that had to be scored at a smaller batch is not cached under it.
-    Under torchrun rank 0 decides and reads the cache and hands the rows to the others, so all ranks agree.
-    """
-    from medtune.eval.adapter import is_peft_model
-    from medtune.eval.runner import read_predictions
-
-    cached = None
-    if ranks.is_main and cache is not None and (cache / "predictions.jsonl").is_file():
-        log.info("base model scores reused from %s", cache)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copy(cache / "predictions.jsonl", out_dir / "predictions.jsonl")
-        cached = read_predictions(cache / "predictions.jsonl")
-    cached = ranks.broadcast(cached)
-    if cached is not None:
-        return cached
-    if is_peft_model(model):
-        with model.disable_adapter():
-            rows = score_fn(model, out_dir)
-    else:
-        rows = score_fn(model, out_dir)
-    if not ranks.is_main:
-        return rows
-    scored = _scored_batch(out_dir)
-    if cache is not None and scored not in (None, batch_size):
-        log.warning("base model scored at batch %d, not eval.batch_size=%d: not cached", scored, batch_size)
-    elif cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = cache / "predictions.jsonl.tmp"
-        shutil.copy(out_dir / "predictions.jsonl", tmp)
-        tmp.replace(cache / "predictions.jsonl")  # atomic: a concurrent sweep job never reads half a file
-    return rows
-
-
-def _base_rows(model: Any, tokenizer: Any, eval_cfg: EvalConfig, tasks: list, score_fn: Any, out: Path, ranks: Ranks):
-    """The base model's predictions (adapter disabled), from the cache when the same base was scored before."""
-    from medtune.eval.adapter import base_probe_logits, fingerprint
-    from medtune.eval.sanity import check_predictions
-
-    cache = None
-    if eval_cfg.cache_base:
-        probe = base_probe_logits(model, tokenizer)  # a forward: every rank runs it (FSDP gathers on all)
-        key = ranks.broadcast(base_cache_key(model, fingerprint(probe), tasks, eval_cfg))
-        cache = _resolve(eval_cfg.cache_dir) / key
-    rows = _score_base(model, score_fn, out / "base", cache, eval_cfg.batch_size, ranks)
-    check_predictions(rows, eval_cfg.sanity, "base")
-    return rows
 
 
 def _compare(base_rows: list[dict], rows: list[dict], eval_cfg: EvalConfig, out: Path | None) -> tuple[dict, str]:
@@ -187,6 +93,7 @@ def _score_all(
 ) -> tuple[dict[str, float], list[str]]:
     """Base (cached) and `label` scores, their summaries and the paired comparison; metrics and report sections."""
     from medtune.eval.adapter import check_adapter_active, is_peft_model
+    from medtune.eval.base_cache import base_predictions
     from medtune.eval.sanity import check_predictions
     from medtune.eval.summary import format_table, summarise
 
@@ -199,7 +106,7 @@ def _score_all(
     report: list[str] = []
     base_rows = None
     if label == "base" or (has_adapter and eval_cfg.compare_base):
-        base_rows = _base_rows(model, tokenizer, eval_cfg, tasks, score_fn, out, ranks)
+        base_rows = base_predictions(model, tokenizer, eval_cfg, tasks, score_fn, out, ranks)
         prefix = "eval" if label == "base" else BASE_PREFIX
         metrics |= summarise(base_rows, prefix, eval_cfg.confidence)
         report += ["## base model", format_table(metrics, prefix)]

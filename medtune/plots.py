@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from medtune.eval.stats import format_alpha, format_level
 from medtune.report import TRAIN_ALLOC, TRAIN_RESERVED
 
 LANG_NAMES = {"ko": "Korean (ko)", "en": "English (en)"}
@@ -62,7 +63,7 @@ def _mean_line(ax: object, mean: pd.DataFrame, scale: float, color: str, confide
             scale * mean["ci_high"],
             color=color,
             alpha=0.15,
-            label=f"{round(100 * confidence)}% interval across seeds",
+            label=f"{format_level(confidence)} interval across seeds",
         )
 
 
@@ -84,11 +85,11 @@ def plot_vs_share(
     langs = [lang for lang in means if not means[lang].empty]
     fig = Figure(figsize=(6.2 * max(1, len(langs)), 4.8), layout="constrained")
     axes = fig.subplots(1, max(1, len(langs)), sharey=True, squeeze=False)[0]
-    pct = round(100 * confidence)
+    level = format_level(confidence)
     for ax, lang in zip(axes, langs, strict=False):
         key = f"eval/lang/{lang}/{metric}"
         sub = runs[runs[key].notna()]
-        run_label = f"single run ({pct}% Wilson CI)" if f"{key}_ci_low" in sub else "single run"
+        run_label = f"single run ({level} Wilson CI)" if f"{key}_ci_low" in sub else "single run"
         _runs_with_ci(ax, sub, key, scale, RUN_COLOR[lang], run_label)
         _mean_line(ax, means[lang], scale, MEAN_COLOR[lang], confidence)
         if base.get(lang) is not None and math.isfinite(base[lang]):
@@ -112,7 +113,7 @@ def plot_forgetting(table: pd.DataFrame, means: dict[str, pd.DataFrame], confide
     langs = [lang for lang in means if not means[lang].empty]
     fig = Figure(figsize=(6.2 * max(1, len(langs)), 4.8), layout="constrained")
     axes = fig.subplots(1, max(1, len(langs)), sharey=True, squeeze=False)[0]
-    pct = round(100 * confidence)
+    level = format_level(confidence)
     for ax, lang in zip(axes, langs, strict=False):
         sub = table[table["lang"] == lang]
         x = 100 * sub["en_share"].to_numpy() + _jitter(sub["seed"])
@@ -126,12 +127,12 @@ def plot_forgetting(table: pd.DataFrame, means: dict[str, pd.DataFrame], confide
             "o",
             ms=7,
             color=MEAN_COLOR[lang],
-            label=f"run, significant (McNemar p < {1 - confidence:.2g})",
+            label=f"run, significant (McNemar p < {format_alpha(confidence)})",
         )
         ax.plot(x[~sig], y[~sig], "o", ms=7, mfc="white", color=MEAN_COLOR[lang], label="run, not significant")
         _mean_line(ax, means[lang], 1.0, MEAN_COLOR[lang], confidence)
         ax.axhline(0, ls="--", lw=1.5, color="0.3", label="base model (no change)")
-        ax.set_title(f"{LANG_NAMES.get(lang, lang)}: bars = {pct}% paired bootstrap CI")
+        ax.set_title(f"{LANG_NAMES.get(lang, lang)}: bars = {level} paired bootstrap CI")
         _share_ticks(ax, table)
         ax.legend(fontsize=8, loc="best")
     axes[0].set_ylabel("accuracy change vs base model (percentage points)")

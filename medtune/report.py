@@ -23,6 +23,7 @@ import pandas as pd
 import yaml
 
 from medtune.config import ConfigError, parse_ratio
+from medtune.report_levels import forgetting_from_predictions, restate, stored_forgetting
 
 log = logging.getLogger("medtune.report")
 LANGS = ("ko", "en")
@@ -95,8 +96,9 @@ def mix_of(config: dict, where: str = "config") -> tuple[str | None, float | Non
     return label, en / (en + ko)
 
 
-def load_run(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
-    """One flat row: where, status, mix, seed, model... and every summary.json key as it was written."""
+def load_run(run_dir: Path, sweep_dir: Path, confidence: float | None = None) -> dict[str, Any]:
+    """One flat row: where, status, mix, seed, model... and every summary.json key as it was written, or, with
+    `confidence`, with every interval and significance flag at that level (`report_levels.restate`)."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     ratio, en_share = mix_of(config, where=str(run_dir / "config.yaml"))
@@ -110,18 +112,20 @@ def load_run(run_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         except json.JSONDecodeError as err:
             raise ValueError(f"{summary_path}:{err.lineno}: not valid JSON ({err.msg}).") from err
         row.setdefault("run/status", "ok")
+        if confidence is not None:
+            row = restate(row, run_dir, config, confidence)
     else:
         row |= {"run/status": "failed", "run/error": "no summary.json (the job died before the end)"}
     row["status"] = row["run/status"]
     return row
 
 
-def load_sweep(sweep_dir: Path) -> pd.DataFrame:
-    """Every run below sweep_dir as one row, sorted by English share then seed."""
+def load_sweep(sweep_dir: Path, confidence: float | None = None) -> pd.DataFrame:
+    """Every run below sweep_dir as one row, sorted by English share then seed; intervals at `confidence` if given."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir}: no such directory; pass the sweep directory (runs/multirun/...).")
-    rows = [load_run(d, sweep_dir) for d in find_run_dirs(sweep_dir)]
+    rows = [load_run(d, sweep_dir, confidence) for d in find_run_dirs(sweep_dir)]
     if not rows:
         raise FileNotFoundError(f"{sweep_dir}: no run directory (with summary.json or .hydra/) below it.")
     df = pd.DataFrame(rows)
@@ -169,42 +173,22 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
-def _from_predictions(run_dir: Path, confidence: float) -> dict[str, dict[str, Any]]:
-    """Per-language forgetting rows recomputed from eval/base and eval/<adapter> predictions; {} if absent."""
-    eval_dir = run_dir / "eval"
-    base_path = eval_dir / "base" / "predictions.jsonl"
-    tuned = sorted(p for p in eval_dir.glob("*/predictions.jsonl") if p.parent.name != "base")
-    if not base_path.is_file() or not tuned:
-        return {}
-    from medtune.eval.forgetting import forgetting
-    from medtune.eval.runner import read_predictions
-
-    def rows(path: Path) -> list[dict]:
-        # older prediction files name the question `doc_id`; the pairing uses `id`
-        return [r if "id" in r else {**r, "id": r.get("doc_id")} for r in read_predictions(path)]
-
-    table = forgetting(rows(base_path), rows(tuned[0]), confidence=confidence)
-    return {r["group"].removeprefix("lang/"): r for r in table if r["group"].startswith("lang/")}
-
-
 def forgetting_table(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """Per finished run and language: delta pp vs base, paired bootstrap CI, McNemar p, significance (+ Holm)."""
     out = []
     for _, run in df[df["status"] == "ok"].iterrows():
         recomputed: dict[str, dict[str, Any]] | None = None
+        config = read_config(Path(run["path"]))
         for lang in LANGS:
             pre = f"forgetting/{lang}/"
             if pd.notna(run.get(pre + "delta_pp")) and pd.notna(run.get(pre + "p_mcnemar")):
-                got = {k: run.get(pre + k) for k in ("n", "base_acc", "run_acc", "delta_pp", "p_mcnemar")}
-                got |= {"ci_low": run.get(pre + "delta_pp_ci_low"), "ci_high": run.get(pre + "delta_pp_ci_high")}
-                got |= {"significant": bool(run.get(pre + "significant")), "source": "summary"}
+                got = stored_forgetting(run, lang, config, confidence)
             else:
-                recomputed = _from_predictions(Path(run["path"]), confidence) if recomputed is None else recomputed
+                if recomputed is None:
+                    recomputed = forgetting_from_predictions(Path(run["path"]), config, confidence)
                 if lang not in recomputed:
                     continue
-                r = recomputed[lang]
-                got = {k: r[k] for k in ("n", "base_acc", "run_acc", "delta_pp", "p_mcnemar", "significant")}
-                got |= {"ci_low": r["delta_pp_ci_low"], "ci_high": r["delta_pp_ci_high"], "source": "predictions"}
+                got = recomputed[lang]
             out.append(
                 {"run": run["run"], "ratio": run["ratio"], "en_share": run["en_share"], "seed": run["seed"]}
                 | {"lang": lang, "n": got["n"], "base_acc": got["base_acc"], "run_acc": got["run_acc"]}
@@ -280,12 +264,25 @@ def publish_wandb(rep: Any, sweep_dir: Path, out_dir: Path, init_timeout_s: floa
     return True
 
 
+def _level(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a level in (0, 1), e.g. 0.9 for 90% intervals")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: python -m medtune.report DIR [--out OUT] [--reference EN:KO] [--wandb]."""
     parser = argparse.ArgumentParser(description="Report over a sweep's run directories (no W&B needed).")
     parser.add_argument("sweep_dir", type=Path, help="the sweep directory, e.g. runs/multirun/<date>/<time>")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: <sweep_dir>/report)")
-    parser.add_argument("--confidence", type=float, default=0.95, help="level of every interval (default 0.95)")
+    parser.add_argument(
+        "--confidence",
+        type=_level,
+        default=0.95,
+        help="level of every interval and test (default 0.95); runs evaluated at another level are recomputed from "
+        "their stored predictions, or the report stops",
+    )
     parser.add_argument(
         "--reference",
         default=None,

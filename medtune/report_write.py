@@ -14,8 +14,11 @@ from typing import Any
 import pandas as pd
 
 from medtune import plots
+from medtune.eval.forgetting import verdict
+from medtune.eval.stats import format_alpha, format_level
 from medtune.report import LANGS, across_seeds, base_metrics, efficiency_table, forgetting_table, load_sweep
 from medtune.report_contrast import contrast_table
+from medtune.report_levels import RECOMPUTED
 
 log = logging.getLogger("medtune.report")
 
@@ -38,7 +41,7 @@ METRICS = ("acc", "gold_ll_letter", "gold_ll_text")
 
 def build(sweep_dir: Path, confidence: float = 0.95, reference: str | None = None) -> SweepReport:
     """Load the sweep and compute every table of the report; `reference`: the ratio the others are contrasted with."""
-    runs = load_sweep(sweep_dir)
+    runs = load_sweep(sweep_dir, confidence)  # every stored interval restated at this level, or an error
     ok = runs[runs["status"] == "ok"]
     table = forgetting_table(runs, confidence)
     rep = SweepReport(runs, table, efficiency_table(runs), confidence)
@@ -142,9 +145,9 @@ def _task_section(rep: SweepReport) -> list[str]:
 
 
 def _runs_section(rep: SweepReport) -> list[str]:
-    pct = round(100 * rep.confidence)
+    level = format_level(rep.confidence)
     header = ["run", "status", "en:ko", "en share % (weights)", "en share % (tokens)", "seed", "model", "quant"]
-    header += ["packing", f"ko acc % [{pct}% CI]", f"en acc % [{pct}% CI]", "wall s"]
+    header += ["packing", f"ko acc % [{level} CI]", f"en acc % [{level} CI]", "wall s"]
     rows = []
     for _, r in rep.runs.iterrows():
         status = r["status"] if r["status"] == "ok" else f"**{str(r['status']).upper()}**: {_short(r.get('run/error'))}"
@@ -154,14 +157,20 @@ def _runs_section(rep: SweepReport) -> list[str]:
         rows.append([*where, *what, *how, _num(r.get("run/wall_s"), "{:.0f}")])
     n_failed = int((rep.runs["status"] != "ok").sum())
     intro = f"{len(rep.runs)} runs, {n_failed} failed. Accuracy intervals are per-run Wilson intervals."
+    if RECOMPUTED in rep.runs and rep.runs[RECOMPUTED].notna().any():
+        was = ", ".join(sorted({format_level(v) for v in rep.runs[RECOMPUTED].dropna()}))
+        intro += (
+            f" {int(rep.runs[RECOMPUTED].notna().sum())} runs were evaluated at {was}: all their intervals and "
+            f"significance flags were recomputed at {level} from their stored predictions."
+        )
     return ["## Runs", "", intro, "", *_table(header, rows), ""]
 
 
 def _share_section(rep: SweepReport, metric: str, title: str, scale: float, fmt: str, png: str) -> list[str]:
-    pct = round(100 * rep.confidence)
+    level = format_level(rep.confidence)
     lines = [f"## {title}", "", f"![{title}]({png})", ""]
     header = ["en:ko", "en share %"]
-    header += [f"{lang} mean [{pct}% CI across seeds] (seeds)" for lang in LANGS]
+    header += [f"{lang} mean [{level} CI across seeds] (seeds)" for lang in LANGS]
     by_ratio: dict[Any, list[str]] = {}
     for i, lang in enumerate(LANGS):
         for _, m in rep.means[metric][lang].iterrows():
@@ -174,21 +183,34 @@ def _share_section(rep: SweepReport, metric: str, title: str, scale: float, fmt:
 
 
 def _forgetting_section(rep: SweepReport) -> list[str]:
-    pct, alpha = round(100 * rep.confidence), 1 - rep.confidence
-    header = ["run", "en:ko", "seed", "lang", "n", "base acc %", "run acc %", f"delta pp [{pct}% paired bootstrap CI]"]
+    level = format_level(rep.confidence)
+    header = ["run", "en:ko", "seed", "lang", "n", "base acc %", "run acc %", f"delta pp [{level} paired bootstrap CI]"]
     header += ["McNemar p", "Holm p", "verdict"]
     rows = []
     for _, r in rep.forgetting.iterrows():
         ci = f"[{_num(r['ci_low_pp'], '{:+.2f}')}, {_num(r['ci_high_pp'], '{:+.2f}')}]"
-        verdict = "significant" if r["significant"] else "not significant"
         where = [f"`{r['run']}`", str(r["ratio"]), str(r["seed"]), r["lang"], _num(r["n"], "{:.0f}")]
         acc = [_num(r["base_acc"], scale=100), _num(r["run_acc"], scale=100), f"{_num(r['delta_pp'], '{:+.2f}')} {ci}"]
-        rows.append([*where, *acc, _num(r["p_mcnemar"], "{:.3g}"), _num(r["p_holm"], "{:.3g}"), verdict])
+        tests = [_num(r["p_mcnemar"], "{:.3g}"), _num(r["p_holm"], "{:.3g}"), verdict(r["significant"], r["p_mcnemar"])]
+        rows.append([*where, *acc, *tests])
     note = (
         f"delta = fine-tuned minus base accuracy on the same questions (negative = forgetting). Verdict: exact "
-        f"McNemar p < {alpha:.2g} for that run alone; Holm p corrects for the {len(rows)} tests of this table."
+        f"McNemar p < {format_alpha(rep.confidence)} for that run alone; Holm p corrects for the {len(rows)} tests of "
+        "this table." + _bootstrap_note(rep.runs)
     )
     return ["## Forgetting", "", "![forgetting](forgetting.png)", "", note, "", *_table(header, rows), ""]
+
+
+def _bootstrap_note(runs: pd.DataFrame) -> str:
+    """The resamples and seed of the runs' paired bootstrap intervals, when their summaries record them."""
+    settings = set()
+    for _, run in runs.iterrows():
+        for lang in LANGS:
+            pre = f"forgetting/{lang}/bootstrap_"
+            samples, seed = run.get(pre + "samples"), run.get(pre + "seed")
+            if pd.notna(samples) and pd.notna(seed):
+                settings.add(f"{int(samples)} resamples, seed {int(seed)}")
+    return f" Paired bootstrap: {'; '.join(sorted(settings))}." if settings else ""
 
 
 def _efficiency_section(rep: SweepReport) -> list[str]:
@@ -215,13 +237,13 @@ def _contrast_section(table: pd.DataFrame, confidence: float) -> list[str]:
     if table.empty:
         return []
     reference = table["reference"].iloc[0]
-    pct = f"{100 * confidence:g}"
+    level = format_level(confidence)
     note = (
         f"diff = mean over the seeds of a ratio minus the mean over the seeds of {reference}, on the same questions;"
-        f" {pct}% Welch t interval and two-sided p with the seed as the unit (not corrected for the"
+        f" {level} Welch t interval and two-sided p with the seed as the unit (not corrected for the"
         f" {len(table)} comparisons). Accuracy in percentage points, gold-letter log-likelihood in nats."
     )
-    header = ["en:ko", "metric", "seeds", f"mean ({reference} mean)", f"diff [{pct}% CI]", "Welch p"]
+    header = ["en:ko", "metric", "seeds", f"mean ({reference} mean)", f"diff [{level} CI]", "Welch p"]
     rows = []
     for _, r in table.iterrows():
         fmt = "{:+.2f}" if r["unit"] == "pp" else "{:+.3f}"

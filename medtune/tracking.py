@@ -19,11 +19,13 @@ import json
 import logging
 import netrc
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from medtune.cachefs import atomic_write_text
 from medtune.config import LoggerConfig
 
 log = logging.getLogger("medtune.tracking")
@@ -39,10 +41,9 @@ def _scalar(value: Any) -> Any:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    """Write through a temporary file so a reader (or a crash) never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+    """Write through a uniquely named temporary file so a reader (or a crash) never sees half a file, and two
+    threads writing at once (the watchdog's and the main one) never take each other's temporary file."""
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True, default=str) + "\n")
 
 
 def wandb_api_key_present() -> bool:
@@ -82,6 +83,9 @@ class Tracker:
         self.backend = backend
         self._wandb = wandb_run
         self._summary: dict[str, Any] = {}
+        # The watchdog's thread records a failure while the main thread may be logging: one writer at a time, so
+        # that summary.json is never serialised mid-update nor overwritten by an older copy.
+        self._summary_lock = threading.Lock()
         self._start_s = time.monotonic()
         self._finished = False
         self._jsonl = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
@@ -117,7 +121,8 @@ class Tracker:
             writer = csv.writer(self._csv)
             writer.writerows([step, elapsed_s, k, v] for k, v in clean.items())
             self._csv.flush()
-        self._summary.update(clean)
+        with self._summary_lock:
+            self._summary.update(clean)
         self._wandb_call("log", lambda: self._wandb.log(clean, step=int(step)))
 
     def log_table(self, name: str, columns: list[str], rows: list[list]) -> None:
@@ -150,8 +155,9 @@ class Tracker:
     def summary(self, metrics: dict) -> None:
         """Merge `metrics` into summary.json (and the W&B run summary); written at once."""
         clean = {k: _scalar(v) for k, v in metrics.items()}
-        self._summary.update(clean)
-        self._write_summary()
+        with self._summary_lock:
+            self._summary.update(clean)
+            self._write_summary()
         self._wandb_call("summary", lambda: self._wandb.summary.update(clean))
 
     def _write_summary(self) -> None:
@@ -162,9 +168,10 @@ class Tracker:
         if self._finished:
             return
         self._finished = True
-        self._summary.setdefault("run/status", "ok" if exit_code == 0 else "failed")
-        self._summary.setdefault("run/wall_s", round(time.monotonic() - self._start_s, 3))
-        self._write_summary()
+        with self._summary_lock:
+            self._summary.setdefault("run/status", "ok" if exit_code == 0 else "failed")
+            self._summary.setdefault("run/wall_s", round(time.monotonic() - self._start_s, 3))
+            self._write_summary()
         self._jsonl.close()
         if self._csv is not None:
             self._csv.close()

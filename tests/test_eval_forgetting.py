@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -83,3 +84,37 @@ def test_disjoint_sets_are_refused() -> None:
         r["id"] += "x"
     with pytest.raises(ValueError, match="share no"):
         forgetting(base, run)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("-inf")])
+def test_a_non_finite_log_likelihood_is_not_testable(bad: float) -> None:
+    base, run = _pair()
+    base[0]["gold_ll_letter"] = bad  # a Korean question whose gold letter could not be scored
+    rows = {r["group"]: r for r in forgetting(base, run, n_boot=200)}
+    ko = rows["lang/ko"]
+    assert math.isnan(ko["gold_ll_letter_p"]) and not ko["gold_ll_letter_significant"]
+    assert not ko["gold_ll_letter_testable"] and ko["gold_ll_text_testable"]
+    assert ko["significant"] and ko["gold_ll_text_significant"]  # the finite measures keep their verdicts
+    assert rows["lang/en"]["gold_ll_letter_testable"]
+    flat = forgetting_metrics(list(rows.values()))
+    assert (
+        flat["forgetting/ko/gold_ll_letter_testable"] == 0.0 and flat["forgetting/ko/gold_ll_letter_significant"] == 0.0
+    )
+    line = next(x for x in format_forgetting(list(rows.values())).splitlines() if x.startswith("| lang/ko |"))
+    assert "n/a not testable" in line and "nan" not in line
+    assert line.count(" significant") == 2  # accuracy and gold LL text, not the untestable letter delta
+
+
+def test_rows_record_their_level_and_bootstrap() -> None:
+    base, run = _pair()
+    rows = forgetting(base, run, confidence=0.9, n_boot=300, seed=7)
+    assert all((r["confidence"], r["bootstrap_samples"], r["bootstrap_seed"]) == (0.9, 300, 7) for r in rows)
+    flat = forgetting_metrics(rows)
+    assert (flat["forgetting/ko/bootstrap_samples"], flat["forgetting/ko/bootstrap_seed"]) == (300.0, 7.0)
+    assert flat["forgetting/ko/confidence"] == 0.9
+    table = format_forgetting(rows)
+    assert "[90% CI]" in table and "95%" not in table
+    assert "300 resamples, seed 7" in table and "p < 0.1;" in table
+    with pytest.raises(ValueError, match="cannot be labelled"):
+        format_forgetting(rows, confidence=0.95)  # the rows are at 90%: no relabelling
+    assert "[97.5% CI]" in format_forgetting(forgetting(base, run, confidence=0.975, n_boot=100))

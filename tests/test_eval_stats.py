@@ -9,8 +9,11 @@ import pytest
 
 from medtune.eval.stats import (
     bootstrap_mean_ci,
+    format_alpha,
+    format_level,
     mcnemar_test,
     paired_bootstrap_ci,
+    recorded_level,
     sign_flip_test,
     wilson_interval,
     z_value,
@@ -80,3 +83,32 @@ def test_paired_bootstrap_uses_pairs() -> None:
     assert sign_flip_test(base, base, n_perm=50) == 1.0
     with pytest.raises(ValueError):
         paired_bootstrap_ci([1.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_value_is_not_testable_never_significant(bad: float) -> None:
+    # the case: a NaN gold log-likelihood gave p = 1/(B+1) = 0.0005, reported as significant
+    p = sign_flip_test([bad, 0, 0, 0], [1.0, 0, 0, 0])
+    assert math.isnan(p) and not p < 0.05
+    assert math.isnan(sign_flip_test([1.0, 0, 0, 0], [bad, 0, 0, 0]))
+    assert all(math.isnan(x) for x in paired_bootstrap_ci([bad, 0.0, 1.0], [1.0, 0.0, 2.0]))
+    assert all(math.isnan(x) for x in bootstrap_mean_ci([bad, 0.0, 1.0]))
+    assert sign_flip_test([0.0, 0, 0, 0], [0.0, 0, 0, 0]) == 1.0  # finite and equal: testable, p = 1
+
+
+def test_level_labels_state_the_level_exactly() -> None:
+    assert [format_level(c) for c in (0.95, 0.975, 0.999, 0.9, 0.99, 0.9995)] == [
+        "95%", "97.5%", "99.9%", "90%", "99%", "99.95%",
+    ]  # fmt: skip
+    assert [format_alpha(c) for c in (0.95, 0.975, 0.999, 0.9, 0.99875)] == ["0.05", "0.025", "0.001", "0.1", "0.00125"]
+
+
+def test_recorded_level_never_relabels() -> None:
+    assert recorded_level([0.9, 0.9, None], None, "x") == 0.9
+    assert recorded_level([], 0.95, "x") == 0.95
+    with pytest.raises(ValueError, match=r"cannot be labelled 0\.95"):
+        recorded_level([0.9], 0.95, "x")
+    with pytest.raises(ValueError, match=r"\[0\.9, 0\.95\]"):
+        recorded_level([0.9, 0.95], None, "x")
+    with pytest.raises(ValueError, match="do not record"):
+        recorded_level([], None, "x")

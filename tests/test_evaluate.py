@@ -124,7 +124,7 @@ def test_adapter_vs_cached_base_gives_forgetting(tmp_path: Path, fixture_tasks: 
     from conftest import tiny_model
 
     tok = byte_tokenizer()
-    cfg = _cfg(tmp_path, sanity="warn", bootstrap_samples=200, limit=10)
+    cfg = _cfg(tmp_path, sanity="warn", bootstrap_samples=200, limit=10, confidence=0.9, seed=3)
     model = _lora(tiny_model("tiny_llama"), perturb=True)
     metrics = evaluate(model, tok, cfg, DataConfig(), tmp_path / "run", label="adapter", loader=fixture_loader)
     for lang in ("ko", "en"):
@@ -133,7 +133,16 @@ def test_adapter_vs_cached_base_gives_forgetting(tmp_path: Path, fixture_tasks: 
         assert 0.0 <= metrics[f"forgetting/{lang}/p_mcnemar"] <= 1.0
         assert f"forgetting/{lang}/gold_ll_text_delta" in metrics
         assert metrics[f"base/eval/lang/{lang}/n"] == 10
-    assert "significant" in (tmp_path / "run/eval/report.md").read_text()
+        # the level and the bootstrap that produced the intervals, beside them
+        assert (
+            metrics[f"forgetting/{lang}/bootstrap_samples"] == 200 and metrics[f"forgetting/{lang}/bootstrap_seed"] == 3
+        )
+        assert metrics[f"forgetting/{lang}/confidence"] == metrics[f"eval/lang/{lang}/confidence"] == 0.9
+    saved = json.loads((tmp_path / "run/eval/forgetting.json").read_text())
+    assert {(r["confidence"], r["bootstrap_samples"], r["bootstrap_seed"]) for r in saved} == {(0.9, 200, 3)}
+    report = (tmp_path / "run/eval/report.md").read_text()
+    assert "significant" in report and "| 90% CI |" in report and "[90% CI]" in report and "95%" not in report
+    assert "200 resamples, seed 3" in report
     cached = list((tmp_path / "eval_base").glob("*/predictions.jsonl"))
     assert len(cached) == 1
     # a second adapter on the same base reuses the cached base scores (not re-scored: no samples.jsonl)
@@ -152,7 +161,7 @@ def test_base_cache_key_is_the_same_plain_or_under_an_adapter() -> None:
     from conftest import tiny_model
 
     from medtune.eval.adapter import base_probe_logits, fingerprint
-    from medtune.evaluate import base_cache_key
+    from medtune.eval.base_cache import base_cache_key
 
     tok, cfg = byte_tokenizer(), EvalConfig()
     plain = tiny_model("tiny_llama")

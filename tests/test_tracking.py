@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -105,6 +106,58 @@ def test_failed_exit_and_context_manager(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert json.loads((tmp_path / "summary.json").read_text())["run/status"] == "failed"
     tracker.finish()  # a second finish is harmless
+
+
+def _summary_race(run_dir: Path) -> tuple[list[str], list[str]]:
+    """Two threads log and write the summary 50 times each while a third reads it; (errors, bad reads)."""
+    tracker = Tracker(run_dir, "none")
+    path = run_dir / "summary.json"
+    start, stop = threading.Barrier(3), threading.Event()
+    errors: list[str] = []
+    bad_reads: list[str] = []
+
+    def write(name: str) -> None:
+        start.wait()
+        try:
+            for i in range(50):
+                tracker.log({f"{name}/logged": i, "pad": "x" * 2000}, step=i)
+                tracker.summary({f"{name}/{i}": i})
+        except Exception as err:
+            errors.append(f"{name}: {type(err).__name__}: {err}")
+
+    def read() -> None:
+        start.wait()
+        while not stop.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                try:
+                    json.loads(path.read_text())
+                except json.JSONDecodeError as err:
+                    bad_reads.append(str(err))
+
+    threads = [threading.Thread(target=write, args=(name,)) for name in ("main", "watchdog")]
+    reader = threading.Thread(target=read)
+    for thread in [*threads, reader]:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stop.set()
+    reader.join()
+    summary = json.loads(path.read_text())
+    missing = {f"{name}/{i}" for name in ("main", "watchdog") for i in range(50)} - summary.keys()
+    if missing:  # an older copy of the summary renamed over a newer one
+        errors.append(f"{len(missing)} summary keys lost")
+    tracker.finish()
+    return errors, bad_reads
+
+
+@pytest.mark.timeout(120)
+def test_two_threads_writing_the_summary_at_once(tmp_path: Path) -> None:
+    """The watchdog's thread records a failure while the main thread logs and writes: no error, no lost key, and a
+    reader only ever finds whole JSON (the old fixed `summary.json.tmp` raised FileNotFoundError in most trials)."""
+    for trial in range(20):
+        run_dir = tmp_path / f"trial_{trial}"
+        assert _summary_race(run_dir) == ([], []), f"trial {trial}"
+        assert [p.name for p in run_dir.iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
 
 def test_other_ranks_do_nothing(tmp_path: Path) -> None:

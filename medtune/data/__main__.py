@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from medtune.cachefs import atomic_write_text, file_lock
 from medtune.config import ConfigError, DataConfig
 from medtune.data.loading import is_eval_split, load_records
 from medtune.data.prepare import prepare_source, resolve_dir, version_key
@@ -68,7 +69,7 @@ def leakage_rows(names: list[str], data_cfg: DataConfig) -> list[dict[str, Any]]
     """One row per training-candidate split: loaded, law rows dropped, exact and near duplicates, kept."""
     rows = []
     for name in names:
-        for split in json.loads((_manifest_dir(name, data_cfg) / "manifest.json").read_text())["counts"]:
+        for split in prepare_source(SOURCES[name], data_cfg)["counts"]:  # the manifest, read safely
             if is_eval_split(name, split, data_cfg):
                 continue
             report: dict[str, Any] = {}
@@ -76,10 +77,6 @@ def leakage_rows(names: list[str], data_cfg: DataConfig) -> list[dict[str, Any]]
             prefix = f"data/{name}:{split}/"
             rows.append({"spec": f"{name}:{split}", **{k.removeprefix(prefix): v for k, v in report.items()}})
     return rows
-
-
-def _manifest_dir(name: str, data_cfg: DataConfig) -> Path:
-    return resolve_dir(data_cfg.cache_dir) / "prepared" / version_key(SOURCES[name], data_cfg)
 
 
 def cached_leakage(names: list[str], data_cfg: DataConfig) -> tuple[list[dict[str, Any]], bool]:
@@ -96,8 +93,11 @@ def cached_leakage(names: list[str], data_cfg: DataConfig) -> tuple[list[dict[st
     )
     if path.is_file():
         return json.loads(path.read_text()), True
-    rows = leakage_rows(names, data_cfg)
-    path.write_text(json.dumps(rows, indent=1))
+    with file_lock(path):  # a second `prepare` at the same time waits for this report instead of redoing it
+        if path.is_file():
+            return json.loads(path.read_text()), True
+        rows = leakage_rows(names, data_cfg)
+        atomic_write_text(path, json.dumps(rows, indent=1))
     return rows, False
 
 

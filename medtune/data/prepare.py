@@ -2,8 +2,9 @@
 
 Layout: `<cache_dir>/prepared/<source>-<version key>/{<split>.parquet, manifest.json}`. The key hashes the
 adapter version and the size and mtime of every raw file (or the hub id), so changed data re-prepares and an
-unchanged source is read straight from parquet. A source is written to a temporary folder and renamed into place,
-so ranks that prepare the same source at once cannot see half-written files.
+unchanged source is read straight from parquet. A source is written to a uniquely named temporary folder and renamed
+into place, under the entry's lock (`medtune.cachefs`): jobs or ranks that need the same source at once prepare it
+once, and none of them ever reads a half-written folder.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from medtune.cachefs import atomic_dir, file_lock
 from medtune.config import DataConfig
 from medtune.data.schema import BadRowError, Record, RowSink
 from medtune.data.sources import HUB_SPLITS, SOURCES, Source, hub_reader, sample_dir
@@ -115,40 +115,48 @@ def read_source(source: Source, data_cfg: DataConfig) -> tuple[dict[str, list[Re
     return by_split, sink.skipped
 
 
+def _manifest(target: Path) -> dict[str, Any] | None:
+    """The manifest of a prepared folder, or None while there is none (not yet, or mid-swap under --force)."""
+    try:
+        return json.loads((target / "manifest.json").read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
 def prepare_source(source: Source, data_cfg: DataConfig, force: bool = False) -> dict[str, Any]:
-    """Prepare one source if its version is not cached yet; returns its manifest (counts, skipped rows)."""
+    """Prepare one source if its version is not cached yet; returns its manifest (counts, skipped rows).
+
+    Jobs that need the same source at once take turns on the entry's lock: one prepares, the others find it done.
+    """
     target = prepared_dir(source, data_cfg)
-    manifest_path = target / "manifest.json"
-    if manifest_path.is_file() and not force:
-        manifest = json.loads(manifest_path.read_text())
-        manifest["up_to_date"] = True
-        return manifest
+    manifest = None if force else _manifest(target)
+    if manifest is None:
+        with file_lock(target):
+            manifest = None if force else _manifest(target)  # prepared by another job while this one waited
+            if manifest is None:
+                return _write_prepared(source, data_cfg, target) | {"up_to_date": False}
+    return manifest | {"up_to_date": True}
+
+
+def _write_prepared(source: Source, data_cfg: DataConfig, target: Path) -> dict[str, Any]:
+    """Read the source and write its splits and manifest into `target` at once (atomic_dir); the manifest."""
     start_s = time.perf_counter()
     by_split, skipped = read_source(source, data_cfg)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for split, records in by_split.items():
-        table = pa.Table.from_pylist([r.to_row() for r in records], schema=SCHEMA)
-        pq.write_table(table, tmp / f"{split}.parquet")
-    manifest = {
-        "source": source.name,
-        "language": source.language,
-        "version_key": target.name,
-        "hub": use_hub(source, data_cfg),
-        "counts": {split: len(records) for split, records in by_split.items()},
-        "skipped": skipped,
-        "prepare_s": round(time.perf_counter() - start_s, 3),
-    }
-    (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1))
-    if force:
-        shutil.rmtree(target, ignore_errors=True)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process won the race with an identical result
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(target, replace=True) as tmp:  # replace: --force, or a folder left without a manifest
+        for split, records in by_split.items():
+            table = pa.Table.from_pylist([r.to_row() for r in records], schema=SCHEMA)
+            pq.write_table(table, tmp / f"{split}.parquet")
+        manifest = {
+            "source": source.name,
+            "language": source.language,
+            "version_key": target.name,
+            "hub": use_hub(source, data_cfg),
+            "counts": {split: len(records) for split, records in by_split.items()},
+            "skipped": skipped,
+            "prepare_s": round(time.perf_counter() - start_s, 3),
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1))
     log.info("prepared %s: %s (%d bad rows skipped)", source.name, manifest["counts"], len(skipped))
-    manifest["up_to_date"] = False
     return manifest
 
 
@@ -160,7 +168,9 @@ def read_prepared(source: Source, split: str, data_cfg: DataConfig) -> list[Reco
         raise BadRowError(first["location"], first["field"], first["reason"])
     if split not in manifest["counts"]:
         raise ValueError(f"source {source.name!r} has no split {split!r}; its splits are {sorted(manifest['counts'])}.")
-    table = pq.read_table(prepared_dir(source, data_cfg) / f"{split}.parquet")
+    target = prepared_dir(source, data_cfg)
+    with file_lock(target, shared=True):  # a --force rewrite swaps the folder under the exclusive lock
+        table = pq.read_table(target / f"{split}.parquet")
     return [Record.from_row(row) for row in table.to_pylist()]
 
 

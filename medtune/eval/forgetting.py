@@ -4,6 +4,10 @@
     forgetting_metrics(rows)                        # flat keys forgetting/<group>/delta_pp, ..._ci_low, p_mcnemar
     print(format_forgetting(rows))                  # a table that says "not significant" when it is not
 
+Each row also records the level and the bootstrap that produced its intervals (`confidence`, `bootstrap_samples`,
+`bootstrap_seed`, hence forgetting/<group>/bootstrap_samples ...); a NaN or infinite gold log-likelihood makes that
+delta "not testable" (p nan, `<key>_testable` false), never significant.
+
 Compare any two runs from the command line (their eval/<label>/predictions.jsonl):
 
     python -m medtune.eval.forgetting runs/a/eval/base/predictions.jsonl runs/b/eval/adapter/predictions.jsonl
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +28,14 @@ from typing import Any
 import numpy as np
 
 from medtune.eval.runner import read_predictions
-from medtune.eval.stats import mcnemar_test, paired_bootstrap_ci, sign_flip_test
+from medtune.eval.stats import (
+    format_alpha,
+    format_level,
+    mcnemar_test,
+    paired_bootstrap_ci,
+    recorded_level,
+    sign_flip_test,
+)
 from medtune.eval.summary import group_rows
 
 log = logging.getLogger(__name__)
@@ -59,18 +71,30 @@ def _compare(pairs: list[tuple[dict, dict]], confidence: float, n_boot: int, see
         "significant": mc.p_exact < alpha,
     }
     for key in LL_KEYS:
-        b = [float(x[key]) for x, _ in pairs]
-        r = [float(y[key]) for _, y in pairs]
-        ll_low, ll_high = paired_bootstrap_ci(b, r, confidence, n_boot, seed)
-        p = sign_flip_test(b, r, n_boot, seed)
-        row |= {
-            f"{key}_delta": float(np.mean(r) - np.mean(b)),
-            f"{key}_ci_low": ll_low,
-            f"{key}_ci_high": ll_high,
-            f"{key}_p": p,
-            f"{key}_significant": p < alpha,
-        }
-    return row
+        row |= _ll_delta(key, pairs, confidence, n_boot, seed)
+    # what produced the intervals and p-values above, beside them (forgetting.json, forgetting/<group>/... keys)
+    return row | {"confidence": confidence, "bootstrap_samples": n_boot, "bootstrap_seed": seed}
+
+
+def _ll_delta(key: str, pairs: list[tuple[dict, dict]], confidence: float, n_boot: int, seed: int) -> dict[str, Any]:
+    """Mean paired change of one gold log-likelihood, its bootstrap interval and sign-flip p; not testable (nan p,
+    `<key>_testable` false, never significant) when a value is NaN or infinite."""
+    b = [float(x[key]) for x, _ in pairs]
+    r = [float(y[key]) for _, y in pairs]
+    low, high = paired_bootstrap_ci(b, r, confidence, n_boot, seed)
+    p = sign_flip_test(b, r, n_boot, seed)
+    ok = math.isfinite(p)
+    if not ok:
+        bad = sum(not (math.isfinite(x) and math.isfinite(y)) for x, y in zip(b, r, strict=True))
+        log.warning("forgetting: %d of %d questions have a non-finite %s: its delta is not testable", bad, len(b), key)
+    return {
+        f"{key}_delta": float(np.mean(r) - np.mean(b)),
+        f"{key}_ci_low": low,
+        f"{key}_ci_high": high,
+        f"{key}_p": p,
+        f"{key}_significant": ok and p < 1.0 - confidence,
+        f"{key}_testable": ok,
+    }
 
 
 def forgetting(
@@ -104,29 +128,57 @@ def forgetting_metrics(rows: Sequence[dict[str, Any]], prefix: str = "forgetting
     return out
 
 
-def _verdict(significant: bool) -> str:
-    return "significant" if significant else "not significant"
+def verdict(significant: Any, p: Any) -> str:
+    """'significant', 'not significant', or 'not testable' when the p-value is missing or not finite."""
+    if p is None or not math.isfinite(float(p)):
+        return "not testable"
+    # a flag read back from a table may be NaN, which is truthy: it is no claim of significance
+    return "significant" if significant and significant == significant else "not significant"
 
 
-def format_forgetting(rows: Sequence[dict[str, Any]], confidence: float = 0.95) -> str:
-    """Markdown table: delta [CI], McNemar p, verdict; and the gold log-likelihood deltas."""
-    pct = round(100 * confidence)
+def _num(value: float, fmt: str) -> str:
+    return fmt.format(value) if math.isfinite(value) else "n/a"
+
+
+def _delta_cell(row: dict[str, Any], delta_key: str, ci_key: str, fmt: str) -> str:
+    """'delta [low, high]', or n/a for a delta that is not a number."""
+    delta, low, high = row[delta_key], row[f"{ci_key}_ci_low"], row[f"{ci_key}_ci_high"]
+    if not math.isfinite(delta):
+        return "n/a"
+    return f"{_num(delta, fmt)} [{_num(low, fmt)}, {_num(high, fmt)}]"
+
+
+def format_forgetting(rows: Sequence[dict[str, Any]], confidence: float | None = None) -> str:
+    """Markdown table: delta [CI], McNemar p, verdict; the gold log-likelihood deltas; the bootstrap used.
+
+    The level is the one the rows were computed at; `confidence`, when given, must be that level.
+    """
+    level = format_level(recorded_level((r.get("confidence") for r in rows), confidence, "these forgetting rows"))
     lines = [
-        f"| group | n | base % | run % | delta pp [{pct}% CI] | McNemar p | accuracy | "
-        f"gold LL letter delta [{pct}% CI] | p | gold LL text delta [{pct}% CI] | p |",
+        f"| group | n | base % | run % | delta pp [{level} CI] | McNemar p | accuracy | "
+        f"gold LL letter delta [{level} CI] | p | gold LL text delta [{level} CI] | p |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['group']} | {r['n']} | {100 * r['base_acc']:.2f} | {100 * r['run_acc']:.2f} | "
-            f"{r['delta_pp']:+.2f} [{r['delta_pp_ci_low']:+.2f}, {r['delta_pp_ci_high']:+.2f}] | "
-            f"{r['p_mcnemar']:.3g} | {_verdict(r['significant'])} | "
-            f"{r['gold_ll_letter_delta']:+.3f} [{r['gold_ll_letter_ci_low']:+.3f}, {r['gold_ll_letter_ci_high']:+.3f}]"
-            f" | {r['gold_ll_letter_p']:.3g} {_verdict(r['gold_ll_letter_significant'])} | "
-            f"{r['gold_ll_text_delta']:+.3f} [{r['gold_ll_text_ci_low']:+.3f}, {r['gold_ll_text_ci_high']:+.3f}]"
-            f" | {r['gold_ll_text_p']:.3g} {_verdict(r['gold_ll_text_significant'])} |"
-        )
+        cells = [r["group"], str(r["n"]), f"{100 * r['base_acc']:.2f}", f"{100 * r['run_acc']:.2f}"]
+        cells += [_delta_cell(r, "delta_pp", "delta_pp", "{:+.2f}"), _num(r["p_mcnemar"], "{:.3g}")]
+        cells.append(verdict(r["significant"], r["p_mcnemar"]))
+        for key in LL_KEYS:
+            p = r[f"{key}_p"]
+            cells.append(_delta_cell(r, f"{key}_delta", key, "{:+.3f}"))
+            cells.append(f"{_num(p, '{:.3g}')} {verdict(r[f'{key}_significant'], p)}")
+        lines.append("| " + " | ".join(cells) + " |")
+    if rows and "bootstrap_samples" in rows[0]:
+        lines += ["", _bootstrap_note(rows[0])]
     return "\n".join(lines)
+
+
+def _bootstrap_note(row: dict[str, Any]) -> str:
+    return (
+        f"Intervals: paired percentile bootstrap over questions, {row['bootstrap_samples']} resamples, seed "
+        f"{row['bootstrap_seed']}; gold LL p: sign-flip randomisation test with as many flips. Verdicts at p < "
+        f"{format_alpha(row['confidence'])}; not testable: a NaN or infinite log-likelihood."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

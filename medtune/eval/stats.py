@@ -8,12 +8,17 @@ models on the same questions carries a paired interval and a paired test:
     paired_bootstrap_ci(base, run)                 -> (low, high) for mean(run - base) over the same items
     mcnemar_test(base_correct, run_correct)        -> McNemarResult(b, c, p_exact, p_mid)
     sign_flip_test(base, run)                      -> two-sided p for mean(run - base) == 0
+    format_level(0.975), format_alpha(0.975)       -> "97.5%", "0.025": every label states the level exactly
+
+A NaN or infinite value (a gold log-likelihood of -inf, a failed forward) makes a mean, its interval and its test
+meaningless: intervals are then (nan, nan) and p-values nan, which callers report as "not testable", never as a
+result; a nan p is never below any threshold, so it is never significant.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
 
@@ -25,6 +30,45 @@ def z_value(confidence: float) -> float:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence={confidence} must be in (0, 1)")
     return NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
+
+
+def _exact(value: float) -> str:
+    # round away binary noise (100 * 0.999 = 99.90000000000001), then print every digit that is left
+    return format(round(value, 10), ".12g")
+
+
+def format_level(confidence: float) -> str:
+    """A confidence level as a label that states it exactly: 0.95 -> '95%', 0.975 -> '97.5%', 0.999 -> '99.9%'."""
+    return f"{_exact(100 * confidence)}%"
+
+
+def format_alpha(confidence: float) -> str:
+    """The significance threshold 1 - confidence, exactly: 0.95 -> '0.05', 0.975 -> '0.025'."""
+    return _exact(1.0 - confidence)
+
+
+def recorded_level(levels: Iterable[float | None], asked: float | None, what: str) -> float:
+    """The one confidence level that `what` was computed at (`asked` when nothing recorded it).
+
+    Raises ValueError when the recorded levels disagree, differ from `asked` (a label states the level used: it
+    never relabels), or when no level is known at all.
+    """
+    stored = {float(v) for v in levels if v is not None}
+    if len(stored) > 1 or (asked is not None and stored and stored != {float(asked)}):
+        raise ValueError(
+            f"{what} were computed at the confidence level(s) {sorted(stored)} and cannot be labelled {asked}: "
+            "recompute them at that level instead."
+        )
+    if stored:
+        return stored.pop()
+    if asked is None:
+        raise ValueError(f"{what} do not record their confidence level; pass it explicitly.")
+    return float(asked)
+
+
+def testable(values: np.ndarray) -> bool:
+    """True when every value is finite: only then do a mean, its interval and its test mean anything."""
+    return bool(np.isfinite(values).all())
 
 
 def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -62,9 +106,9 @@ def _bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
 def bootstrap_mean_ci(
     values: Sequence[float], confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of a mean; (nan, nan) for an empty sample."""
+    """Percentile bootstrap interval of a mean; (nan, nan) for an empty sample or a NaN/infinite value."""
     arr = np.asarray(values, dtype=np.float64)
-    if arr.size == 0:
+    if arr.size == 0 or not testable(arr):
         return float("nan"), float("nan")
     return _percentile_ci(_bootstrap_means(arr, n_boot, seed), confidence)
 
@@ -80,9 +124,10 @@ def _paired(base: Sequence[float], run: Sequence[float]) -> np.ndarray:
 def paired_bootstrap_ci(
     base: Sequence[float], run: Sequence[float], confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
 ) -> tuple[float, float]:
-    """Interval of mean(run - base) resampling items (questions), keeping each pair together."""
+    """Interval of mean(run - base) resampling items (questions), keeping each pair together; (nan, nan) for no
+    pairs or a NaN/infinite value."""
     diff = _paired(base, run)
-    if diff.size == 0:
+    if diff.size == 0 or not testable(diff):
         return float("nan"), float("nan")
     return _percentile_ci(_bootstrap_means(diff, n_boot, seed), confidence)
 
@@ -126,8 +171,14 @@ def mcnemar_test(base_correct: Sequence[bool], run_correct: Sequence[bool]) -> M
 
 
 def sign_flip_test(base: Sequence[float], run: Sequence[float], n_perm: int = 2000, seed: int = 0) -> float:
-    """Two-sided randomisation p-value for mean(run - base) = 0, flipping the sign of each paired difference."""
+    """Two-sided randomisation p-value for mean(run - base) = 0, flipping the sign of each paired difference.
+
+    nan (not testable) when a value is NaN or infinite: every flipped mean would then compare false with the
+    observed one, and the p-value would come out as its smallest possible value, 1 / (n_perm + 1).
+    """
     diff = _paired(base, run)
+    if not testable(diff):
+        return float("nan")
     if diff.size == 0 or not np.any(diff):
         return 1.0
     rng = np.random.default_rng(seed)

@@ -1,9 +1,11 @@
 """Flat metrics from prediction rows: per task and per language, accuracy with n and a Wilson interval.
 
-    summarise(rows, tasks, prefix="eval") -> {"eval/medqa_4opt/acc": ..., "eval/lang/en/acc": ..., ...}
+    summarise(rows, prefix="eval", confidence=0.95) -> {"eval/medqa_4opt/acc": ..., "eval/lang/en/acc": ...}
+    print(format_table(metrics, "eval"))                # "| group | acc % | 95% CI | ...": the level used
 
 Language pools are micro-averages over the questions of that language's medical tasks; general-knowledge probes
-(domain "general", e.g. mmlu_general) stay per task so that they never dilute the medical score.
+(domain "general", e.g. mmlu_general) stay per task so that they never dilute the medical score. Each group records
+the level of its Wilson interval (`<prefix>/<group>/confidence`), so a table or report cannot relabel it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medtune.eval.stats import wilson_interval
+from medtune.eval.stats import format_level, recorded_level, wilson_interval
 from medtune.eval.tasks import TASKS
 
 
@@ -50,6 +52,7 @@ def block_metrics(rows: Sequence[dict[str, Any]], confidence: float) -> dict[str
         "chance": float(np.mean([1.0 / r["n_choices"] for r in rows])) if n else float("nan"),
         "gold_ll_letter": float(np.mean([r["gold_ll_letter"] for r in rows])) if n else float("nan"),
         "gold_ll_text": float(np.mean([r["gold_ll_text"] for r in rows])) if n else float("nan"),
+        "confidence": confidence,  # the level of acc_ci_low/high, recorded beside them
     }
 
 
@@ -62,11 +65,14 @@ def summarise(rows: Sequence[dict[str, Any]], prefix: str = "eval", confidence: 
     return out
 
 
-def format_table(metrics: dict[str, float], prefix: str = "eval") -> str:
-    """A markdown table of acc [CI], n and gold log-likelihoods per task / language."""
+def format_table(metrics: dict[str, float], prefix: str = "eval", confidence: float | None = None) -> str:
+    """A markdown table of acc [CI], n and gold log-likelihoods per task / language, labelled with the level the
+    intervals were computed at (`confidence` only for metrics that do not record it)."""
+    levels = (v for k, v in metrics.items() if k.startswith(prefix + "/") and k.endswith("/confidence"))
+    level = format_level(recorded_level(levels, confidence, f"the {prefix}/... intervals"))
     groups = sorted({k[len(prefix) + 1 : k.rindex("/")] for k in metrics if k.startswith(prefix + "/")})
     lines = [
-        "| group | acc % | 95% CI | n | chance % | gold LL letter | gold LL text |",
+        f"| group | acc % | {level} CI | n | chance % | gold LL letter | gold LL text |",
         "|---|---|---|---|---|---|---|",
     ]
     for g in groups:
