@@ -66,6 +66,7 @@ def base_cache_key(model: Any, base_fingerprint: str, tasks: list, eval_cfg: Eva
         # bf16 on the H100: Gemma 3 270M scored at batch 8 vs 16 changed 60 of 8,110 base predictions (padding
         # changes the kernels' tiling), so an adapter is compared with a base scored at its own batch size.
         "batch_size": eval_cfg.batch_size,
+        "scorer": eval_cfg.scorer,  # the same questions, log-likelihoods equal to ~1e-6 in fp32, not to the bit
         "lm_eval": lm_eval.__version__,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
@@ -173,7 +174,7 @@ def evaluate(
 
         def score_fn(m: Any, where: Path) -> list[dict]:
             args = (tasks, task_dir, names, eval_cfg.scoring, eval_cfg.batch_size, where, eval_cfg.seed)
-            return score(m, tokenizer, *args, max_length=eval_cfg.max_length, ranks=ranks)
+            return score(m, tokenizer, *args, max_length=eval_cfg.max_length, ranks=ranks, scorer=eval_cfg.scorer)
 
         metrics, report = _score_all(model, tokenizer, eval_cfg, tasks, score_fn, out, label, ranks)
     if ranks.is_main:
