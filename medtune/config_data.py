@@ -133,6 +133,9 @@ class EvalConfig:
     num_fewshot: int = 0
     scoring: str = "letter"  # letter | cloze
     batch_size: int = 8
+    # continuation: project only the answer positions onto the vocabulary (evaluation fits in training memory);
+    # hflm: lm-eval's own HFLM, which takes the log-softmax of every position (batch x length x vocabulary)
+    scorer: str = "continuation"
     compare_base: bool = True  # also score the base model (cached) and report forgetting
     bootstrap_samples: int = 2000
     confidence: float = 0.95
@@ -145,6 +148,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _choice("eval.scoring", self.scoring, ("letter", "cloze"))
+        _choice("eval.scorer", self.scorer, ("continuation", "hflm"))
         _choice("eval.sanity", self.sanity, ("error", "warn", "off"))
         _positive("eval.batch_size", self.batch_size)
         _positive("eval.bootstrap_samples", self.bootstrap_samples)

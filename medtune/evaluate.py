@@ -79,7 +79,7 @@ def evaluate(
 
         def score_fn(m: Any, where: Path) -> list[dict]:
             args = (tasks, task_dir, names, eval_cfg.scoring, eval_cfg.batch_size, where, eval_cfg.seed)
-            return score(m, tokenizer, *args, max_length=eval_cfg.max_length, ranks=ranks)
+            return score(m, tokenizer, *args, max_length=eval_cfg.max_length, ranks=ranks, scorer=eval_cfg.scorer)
 
         metrics, report = _score_all(model, tokenizer, eval_cfg, tasks, score_fn, out, label, ranks)
     if ranks.is_main:
@@ -166,12 +166,13 @@ def _hydra_main(dict_cfg: DictConfig) -> None:
 
 def _preflight(cfg: TrainConfig, dict_cfg: DictConfig) -> None:
     """The checks that need no model: keys, launch (replicas allowed), tasks and their data, the adapter dir."""
+    from medtune.data.prepare import resolve_dir
     from medtune.preflight import check_known_keys, check_launch, check_tasks
 
     check_known_keys(dict_cfg)
     check_launch(cfg, replicas_ok=True, entry="medtune.evaluate")
     check_tasks(cfg)
-    if cfg.eval.adapter and not (_resolve(cfg.eval.adapter) / "adapter_config.json").is_file():
+    if cfg.eval.adapter and not (resolve_dir(cfg.eval.adapter) / "adapter_config.json").is_file():
         raise ConfigError(
             f"eval.adapter={cfg.eval.adapter}: no adapter_config.json there; point it at a saved adapter directory "
             "(a run's <run dir>/adapter)."

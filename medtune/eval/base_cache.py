@@ -52,6 +52,7 @@ def base_cache_key(model: Any, base_fingerprint: str, tasks: list, eval_cfg: Eva
         # bf16 on the H100: Gemma 3 270M scored at batch 8 vs 16 changed 60 of 8,110 base predictions (padding
         # changes the kernels' tiling), so an adapter is compared with a base scored at its own batch size.
         "batch_size": eval_cfg.batch_size,
+        "scorer": eval_cfg.scorer,  # the same questions; log-likelihoods agree to ~1e-6 in fp32, not to the bit
         "lm_eval": lm_eval.__version__,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]

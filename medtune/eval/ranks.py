@@ -122,14 +122,16 @@ class SpreadHFLM(HFLM):
 
     def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, override_bs: int | None = None):
         if not self.ranks.spread:
-            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+            return self._score_share(requests, disable_tqdm, override_bs)
         shares = assign_shares(requests, self.ranks.world_size)
         mine = [requests[i] for i in shares[self.ranks.rank]]
-        quiet = disable_tqdm or not self.ranks.is_main
-        results = super()._loglikelihood_tokens(mine, disable_tqdm=quiet, override_bs=override_bs)
+        results = self._score_share(mine, disable_tqdm or not self.ranks.is_main, override_bs)
         if self.ranks.lockstep:
             while self.ranks.any(False, self.device):  # another rank still scores: join its collectives
-                self._forward(torch.full((1, 1), self.prefix_token_id, dtype=torch.long, device=self.device))
+                if self.ranks.on_forward is not None:
+                    self.ranks.on_forward()
+                ids = torch.full((1, 1), self.prefix_token_id, dtype=torch.long, device=self.device)
+                HFLM._model_call(self, ids)
         out: list[Any] = [None] * len(requests)
         for share, share_results in zip(shares, self.ranks.gather(results), strict=True):
             for i, result in zip(share, share_results, strict=True):
@@ -137,12 +139,17 @@ class SpreadHFLM(HFLM):
         log.info("scored %d of %d requests on rank %d", len(mine), len(requests), self.ranks.rank)
         return out
 
-    def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: Any = None):
+    def _score_share(self, requests: list, disable_tqdm: bool, override_bs: int | None) -> list:
+        """This rank's log-likelihoods (lm-eval's own computation; ContinuationLM replaces it)."""
+        return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+
+    def _before_forward(self) -> None:
+        """Say this rank still has work (lockstep under FSDP) and report progress; before every scoring forward."""
         if self.ranks.lockstep and self.ranks.spread:
             self.ranks.any(True, self.device)
-        return self._forward(inps, attn_mask, labels)
-
-    def _forward(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: Any = None):
         if self.ranks.on_forward is not None:
             self.ranks.on_forward()
+
+    def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: Any = None):
+        self._before_forward()
         return super()._model_call(inps, attn_mask, labels)

@@ -111,6 +111,7 @@ def score(
     seed: int = 0,
     max_length: int | None = None,
     ranks: Ranks | None = None,
+    scorer: str = "continuation",
 ) -> list[dict[str, Any]]:
     """Score every task through lm-eval; write predictions.jsonl and lm-eval's samples.jsonl under out_dir.
 
@@ -121,6 +122,7 @@ def score(
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
+    from medtune.eval.continuation import ContinuationLM
     from medtune.eval.ranks import Ranks, SpreadHFLM
 
     ranks = ranks or Ranks()
@@ -132,7 +134,8 @@ def score(
     started = time.perf_counter()
     try:
         while True:
-            lm = SpreadHFLM(ranks, pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
+            lm_class = ContinuationLM if scorer == "continuation" else SpreadHFLM
+            lm = lm_class(ranks, pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
             try:
                 with ranks.as_local_main():
                     results = simple_evaluate(
@@ -183,7 +186,7 @@ def score(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(out_dir / "predictions.jsonl", rows)
     _write_samples(out_dir / "samples.jsonl", samples)
-    record = {"results": results["results"], "elapsed_s": elapsed_s, "batch_size": batch_size}
+    record = {"results": results["results"], "elapsed_s": elapsed_s, "batch_size": batch_size, "scorer": scorer}
     (out_dir / "lm_eval_results.json").write_text(
         json.dumps(record | {"ranks": ranks.world_size}, indent=1, default=str)
     )
