@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from medtune import checkpoint, distributed, metrics
+from medtune import checkpoint, distributed, metrics, storage
 from medtune.config import TrainConfig
 from medtune.pipeline import DataPipeline, build_data
 from medtune.steps import compute_loss, eval_loss
@@ -319,9 +319,7 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
         _run_stages(cfg, run_dir, tracker, dist, watch, summary)
         summary["run/status"] = "ok"
     except Exception as err:
-        summary["run/error"] = f"{type(err).__name__} in {watch.where()}: {err}"
-        summary["run/failed_phase"], summary["run/failed_step"] = watch.phase, watch.step
-        log.error("run failed in %s: %s\n%s", watch.where(), err, traceback.format_exc())
+        _note_failure(err, watch, summary)
         if not multirun:
             raise
     finally:
@@ -329,10 +327,30 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
         with record_lock:
             if not watch.fired:  # else the watchdog wrote this rank's record and is ending the process
                 summary["run/wall_s"] = time.perf_counter() - started
-                tracker.summary(summary)
-                tracker.finish(exit_code=0 if summary["run/status"] == "ok" else 1)
+                _close_record(tracker, summary)
         distributed.cleanup()
     return summary
+
+
+def _note_failure(err: Exception, watch: Watchdog, summary: dict[str, Any]) -> None:
+    """Put the error in the summary and the log: one line for a full or unwritable disk, else with the traceback."""
+    disk = storage.explain(err)
+    summary["run/error"] = f"{type(err).__name__} in {watch.where()}: {disk or err}"
+    summary["run/failed_phase"], summary["run/failed_step"] = watch.phase, watch.step
+    if disk:  # the zip writer's chained errors say nothing the line does not; kept for --verbose / debug logs
+        log.error("run failed in %s: %s", watch.where(), disk)
+        log.debug("traceback of the failed write", exc_info=err)
+    else:
+        log.error("run failed in %s: %s\n%s", watch.where(), err, traceback.format_exc())
+
+
+def _close_record(tracker: Any, summary: dict[str, Any]) -> None:
+    """Write the final summary.json; a disk that is still full costs the record, not a second traceback."""
+    try:
+        tracker.summary(summary)
+        tracker.finish(exit_code=0 if summary["run/status"] == "ok" else 1)
+    except OSError as err:
+        log.error("summary.json not written: %s", storage.explain(err) or err)
 
 
 def _run_stages(

@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from medtune.config import ConfigError, register_configs, to_train_config
+from medtune.storage import StorageError, explain
 
 log = logging.getLogger("medtune.train")
 register_configs()
@@ -36,7 +37,12 @@ def _hydra_main(dict_cfg: DictConfig) -> float | None:
     from medtune.recipe import run
 
     hydra_cfg = HydraConfig.get()
-    summary = run(cfg, dict_cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.mode == RunMode.MULTIRUN)
+    try:
+        summary = run(cfg, dict_cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.mode == RunMode.MULTIRUN)
+    except (StorageError, OSError) as err:
+        if not explain(err):
+            raise
+        sys.exit(1)  # the run logged the one line (and wrote summary.json if it could); a traceback adds nothing
     loss = summary.get("eval/loss")
     return float(loss) if loss is not None else None
 

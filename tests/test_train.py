@@ -124,3 +124,18 @@ def test_multirun_over_two_ratios_feeds_the_report(tmp_path: Path) -> None:
     for png in out.glob("*.png"):
         assert png.stat().st_size > 10_000, png
     assert len(list(out.glob("*.png"))) >= 3
+
+
+def test_unwritable_checkpoint_dir_exits_1_with_one_line_and_a_summary(tmp_path: Path) -> None:
+    """A checkpoint that cannot be written (here: `checkpoints` is a file) ends the run with one line, exit 1."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoints").write_text("")
+    proc = _train(run, tmp_path / "cache", "trainer.max_steps=1", "trainer.save_every=1", "eval=none",
+                  "logger=jsonl", check=False)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-4000:]
+    assert "Traceback" not in out
+    assert f"could not write checkpoint step_000001 to {run / 'checkpoints'} (Not a directory [errno 20])" in out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["run/status"] == "failed" and "free on that disk" in summary["run/error"]
