@@ -29,16 +29,15 @@ register_configs()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def _hydra_main(dict_cfg: DictConfig) -> float | None:
     """Validate the composed config, then run the recipe (train and/or eval)."""
-    try:
-        cfg = to_train_config(dict_cfg)
-    except ConfigError as err:
-        log.error("invalid config: %s", err)
-        sys.exit(2)
-    from medtune.recipe import run
-
     hydra_cfg = HydraConfig.get()
     try:
+        cfg = to_train_config(dict_cfg)
+        from medtune.recipe import run
+
         summary = run(cfg, dict_cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.mode == RunMode.MULTIRUN)
+    except ConfigError as err:  # also a resume whose checkpoint belongs to another config
+        log.error("invalid config: %s", err)
+        sys.exit(2)
     except (StorageError, OSError) as err:
         if not explain(err):
             raise
