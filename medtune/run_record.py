@@ -4,7 +4,8 @@
 
 A run that resumes in its own directory keeps `config.yaml` as written at its start and writes this invocation's
 config to `config.resume-<n>.yaml`; metrics.jsonl (and metrics.csv) lose the lines logged after the checkpoint's
-step, since those steps run again.
+step, since those steps run again. A sweep job that failed gets a summary.json even when it never started
+(`write_failed_summary`).
 """
 
 from __future__ import annotations
@@ -100,3 +101,18 @@ def _keep_line(name: str, index: int, line: str, last_step: int) -> bool:
         return int(json.loads(line)["step"]) <= last_step
     except (ValueError, KeyError, TypeError):
         return False
+
+
+def write_failed_summary(run_dir: Path, failure: dict[str, Any]) -> dict[str, Any]:
+    """Merge `failure` (run/status, run/error, ...) into run_dir/summary.json, creating it; returns the summary."""
+    path = run_dir / "summary.json"
+    try:
+        summary = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        summary = {}
+    summary = summary | failure
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".summary.json.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+    return summary

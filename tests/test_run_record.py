@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from medtune.resume import ResumePlan
-from medtune.run_record import keep_record, trim_metrics
+from medtune.run_record import keep_record, trim_metrics, write_failed_summary
 
 
 def _plan(step: int) -> ResumePlan:
@@ -53,3 +53,12 @@ def test_never_resume_leaves_metrics_alone(tmp_path: Path) -> None:
     _jsonl(tmp_path / "metrics.jsonl", [0, 1, 2])
     keep_record(tmp_path, "x: 1\n", None, "never")
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_failed_summary_merges_into_what_the_run_wrote(tmp_path: Path) -> None:
+    assert write_failed_summary(tmp_path / "job", {"run/status": "failed", "run/error": "E"})["run/error"] == "E"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text(json.dumps({"train/loss": 2.0, "run/status": "failed"}))
+    merged = write_failed_summary(tmp_path / "run", {"run/overrides": "seed=1", "run/job": 3})
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == merged
+    assert merged == {"train/loss": 2.0, "run/status": "failed", "run/overrides": "seed=1", "run/job": 3}
