@@ -117,7 +117,14 @@ def plan_resume(cfg: TrainConfig, run_dir: Path, world_size: int) -> ResumePlan 
     if "run_config" not in state:
         log.warning("%s predates checkpoints that record their config: resuming without comparing configs", point)
         return ResumePlan(point, step, {}, [], verified=False)
-    changes, refused = compare(state["run_config"], run_identity(cfg, world_size), cfg, step)
+    current = run_identity(cfg, world_size)
+    unknown = [a for a in cfg.trainer.resume_allow if not any(k == a or k.startswith(f"{a}.") for k in current)]
+    if unknown:
+        raise ConfigError(
+            f"trainer.resume_allow names {unknown}, which are not config keys; name a key or a group, e.g. "
+            "trainer.resume_allow=[trainer.max_steps,data_mix]."
+        )
+    changes, refused = compare(state["run_config"], current, cfg, step)
     if refused:
         raise ResumeMismatch(_mismatch_message(cfg.trainer.resume, point, step, changes, refused))
     if changes:

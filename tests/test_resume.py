@@ -82,6 +82,9 @@ def test_resume_allow_accepts_named_keys_and_groups_but_never_locked_ones(tmp_pa
                    "trainer.resume_allow=[trainer.max_steps,data_mix]")  # fmt: skip
     plan = resume.plan_resume(allowed, tmp_path, 1)
     assert set(plan.changes) == {"trainer.max_steps", "data_mix.ratio", "data_mix.weights.en"}
+    typo = _cfg(*BASE, "trainer.resume=auto", "trainer.resume_allow=[trainer.max_step]")
+    with pytest.raises(ConfigError, match=r"trainer\.resume_allow names \['trainer\.max_step'\], which are not"):
+        resume.plan_resume(typo, tmp_path, 1)
     locked = _cfg(*BASE, "optim.lr=0.01", "trainer.resume=auto", "trainer.resume_allow=[optim.lr]")
     with pytest.raises(
         resume.ResumeMismatch, match=r"optim\.lr: checkpoint 0.0005, now 0.01 \(the checkpoint restores"
