@@ -33,6 +33,7 @@ import yaml
 
 from medtune.bench_lengths import LENGTHS_JSON, REPO, sample_lengths, write_length_histogram
 from medtune.bench_report import add_ratios, environment, format_table, write_results
+from medtune.launch import env_world
 
 __all__ = ["add_ratios", "format_table", "main", "run_bench", "synthetic_examples", "write_length_histogram"]
 log = logging.getLogger("medtune.bench")
@@ -229,7 +230,7 @@ def run_bench(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
 
     plan = load_plan(Path(args.config))
     hist = json.loads(Path(args.lengths).read_text())
-    world = distributed._env_world()[1]
+    world = env_world()[1]
     out = Path(args.out)
     baseline = plan.get("baseline", next(iter(plan["configurations"])))
     results = {**environment(), "started_at": dt.datetime.now().isoformat(timespec="seconds"), "gpus": world}
@@ -260,7 +261,7 @@ def run_bench(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
             }
     results["configurations"] = rows
     results["finished_at"] = dt.datetime.now().isoformat(timespec="seconds")
-    if world == 1 or distributed._env_world()[0] == 0:
+    if world == 1 or env_world()[0] == 0:
         write_results(results, out, baseline)
     distributed.cleanup()
     return results

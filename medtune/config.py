@@ -226,8 +226,21 @@ class TrainerConfig:
         if self.grad_ckpt_every < 0:
             raise ConfigError("trainer.grad_ckpt_every must be >= 0 (0 turns gradient checkpointing off).")
         _choice("trainer.device", self.device, ("auto", "cpu", "cuda"))
+        for key in ("save_every", "eval_every", "eval_batches", "keep_checkpoints"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"trainer.{key}={getattr(self, key)} must be >= 0 (0: {_ZERO_MEANS[key]}).")
+        if not self.resume:
+            raise ConfigError("trainer.resume is empty; use never, auto, or the path of a checkpoint or run dir.")
         if self.autocast_dtype is not None:
             _choice("trainer.autocast_dtype", self.autocast_dtype, DTYPES)
+
+
+_ZERO_MEANS = {
+    "save_every": "no checkpoints, only the final adapter",
+    "eval_every": "held-out loss only at the end",
+    "eval_batches": "no held-out loss",
+    "keep_checkpoints": "keep every checkpoint",
+}
 
 
 @dataclass
@@ -251,6 +264,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _choice("stage", self.stage, ("train", "eval", "train_eval"))
+        if not self.run_name or any(c in self.run_name for c in "/\\") or self.run_name.strip() != self.run_name:
+            raise ConfigError(
+                f"run_name={self.run_name!r} must be a non-empty name without slashes or surrounding spaces: it "
+                "names the run directory."
+            )
         q, s = self.quantization, self.sharding
         if s.strategy == "fsdp" and q.method != "none" and q.quant_storage != s.param_dtype:
             raise ConfigError(

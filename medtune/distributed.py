@@ -4,7 +4,7 @@ Launch several processes with torchrun; every rank composes the same Hydra confi
 
     torchrun --nproc-per-node 2 -m medtune.train sharding=fsdp quantization=nf4
 
-Rank 0 picks the run directory and broadcasts it (`shared_run_stamp`), only rank 0 logs and writes files,
+Rank 0 picks the run directory and shares it (`medtune.launch.shared_run_stamp`), only rank 0 logs and writes files,
 and metrics that are sums (tokens, losses) are all-reduced.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 import torch.distributed as tdist
 
 from medtune.config import ShardingConfig
+from medtune.launch import env_world
 from medtune.steps import DTYPE, LossModule
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,6 @@ class DistInfo:
         return self.rank == 0
 
 
-def _env_world() -> tuple[int, int, int]:
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
 def resolve_device(requested: str, local_rank: int) -> torch.device:
     """auto -> cuda:<local_rank> when a GPU is visible, else cpu; cuda without a GPU is an error."""
     if requested == "cuda" and not torch.cuda.is_available():
@@ -61,35 +57,11 @@ def ensure_process_group(backend: str = "auto", timeout: dt.timedelta | None = N
     `timeout` bounds every collective; the run's watchdog (medtune.watchdog) fires a little earlier and records
     where the run was. The first call decides: the run stamp is shared before the config is read.
     """
-    _, world, _ = _env_world()
+    _, world, _ = env_world()
     if world > 1 and not tdist.is_initialized():
         if backend == "auto":
             backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         tdist.init_process_group(backend=backend, timeout=timeout or dt.timedelta(minutes=30))
-
-
-def shared_run_stamp() -> str:
-    """A timestamp for the run directory, chosen by rank 0 and shared so every rank writes to the same place.
-
-    It is needed before the config is composed, so it travels through torchrun's key-value store, not a process
-    group: the run's group (sharding.backend, sharding.timeout_min) is created afterwards by `init`. A worker that
-    torchrun restarts (--max-restarts) finds the same stamp, hence the same run directory to resume in.
-    """
-    stamp = dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
-    rank, world, _ = _env_world()
-    if world == 1:
-        return stamp
-    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":  # launched by hand: a group with the defaults
-        ensure_process_group()
-        box = [stamp]
-        tdist.broadcast_object_list(box, src=0)
-        return box[0]
-    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    store = tdist.TCPStore(host, port, world_size=world, is_master=False, timeout=dt.timedelta(minutes=10))
-    key = f"medtune/run_stamp/{os.environ.get('TORCHELASTIC_RUN_ID', '')}"
-    if rank == 0 and not store.check([key]):
-        store.set(key, stamp)
-    return store.get(key).decode()
 
 
 def init(sharding: ShardingConfig, device: str, replicas_ok: bool = False) -> DistInfo:
@@ -97,7 +69,7 @@ def init(sharding: ShardingConfig, device: str, replicas_ok: bool = False) -> Di
 
     `replicas_ok`: several processes with sharding=none are allowed (evaluation: every rank holds the whole model).
     """
-    rank, world, local_rank = _env_world()
+    rank, world, local_rank = env_world()
     if sharding.strategy == "none" and world > 1 and not replicas_ok:
         raise RuntimeError(f"launched with {world} processes but sharding=none; add sharding=ddp or sharding=fsdp.")
     info = DistInfo(rank, world, local_rank, resolve_device(device, local_rank))

@@ -239,6 +239,7 @@ def _hydra_main(dict_cfg: DictConfig) -> None:
 
     try:
         cfg = to_train_config(dict_cfg)
+        _preflight(cfg, dict_cfg)
     except ConfigError as err:
         log.error("invalid config: %s", err)
         sys.exit(2)
@@ -254,6 +255,20 @@ def _hydra_main(dict_cfg: DictConfig) -> None:
     if metrics_dir is not None:
         print((metrics_dir / "report.md").read_text(encoding="utf-8"))
         print(f"written: {metrics_dir}")
+
+
+def _preflight(cfg: TrainConfig, dict_cfg: DictConfig) -> None:
+    """The checks that need no model: keys, launch (replicas allowed), tasks and their data, the adapter dir."""
+    from medtune.preflight import check_known_keys, check_launch, check_tasks
+
+    check_known_keys(dict_cfg)
+    check_launch(cfg, replicas_ok=True, entry="medtune.evaluate")
+    check_tasks(cfg)
+    if cfg.eval.adapter and not (_resolve(cfg.eval.adapter) / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"eval.adapter={cfg.eval.adapter}: no adapter_config.json there; point it at a saved adapter directory "
+            "(a run's <run dir>/adapter)."
+        )
 
 
 def _evaluate_command(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -298,7 +313,7 @@ def _evaluate_command(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path) -> 
 def main() -> None:
     """Console entry: name the run directory (shared by all torchrun ranks), then let Hydra run."""
     if "MEDTUNE_RUN_STAMP" not in os.environ and not any(a in ("--help", "-h", "--cfg", "-c") for a in sys.argv):
-        from medtune.distributed import shared_run_stamp
+        from medtune.launch import shared_run_stamp
 
         os.environ["MEDTUNE_RUN_STAMP"] = shared_run_stamp().replace("/", "_") + "_eval"
     os.environ.setdefault("MEDTUNE_RUN_STAMP", time.strftime("%Y-%m-%d_%H-%M-%S") + "_eval")

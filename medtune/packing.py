@@ -193,7 +193,7 @@ def build_batches(
         longest = max(sum(len(d.input_ids) for d in row) for row in chunk)
         batches.append(_collate(chunk, longest if cfg.mode == "none" else cfg.max_seq_len, pad_id))
     n_long = sum(len(ex["input_ids"]) > (cfg.max_seq_len or float("inf")) for ex in examples)
-    if n_long:
+    if n_long and epoch == 0:  # once, not at every epoch
         what = "split into row-sized pieces" if cfg.split_long else "truncated"
         log.warning("packing: %d samples longer than %d tokens %s", n_long, cfg.max_seq_len, what)
     return batches

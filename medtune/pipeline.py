@@ -31,6 +31,7 @@ class DataPipeline:
     eval_batches: int
     report: dict[str, Any] = field(default_factory=dict)
     _cached: tuple[int, list[dict[str, torch.Tensor]]] | None = None  # (epoch, all ranks' batches)
+    _heldout: list[dict[str, torch.Tensor]] | None = None
 
     def all_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
         """Every rank's micro-batches of one epoch, built once (the stats and the loop share them)."""
@@ -64,6 +65,12 @@ class DataPipeline:
                 yield batches[i], {"epoch": epoch + 1, "batch": 0} if last else {"epoch": epoch, "batch": i + 1}
             epoch, start = epoch + 1, 0
 
+    def epochs(self, micro_batches: int, start: dict[str, int] | None = None) -> float:
+        """Passes over the training set after `micro_batches` more micro-batches (all ranks) from `start`."""
+        per_epoch = len(self.all_batches(0))
+        position = start or {"epoch": 0, "batch": 0}
+        return position["epoch"] + (position["batch"] + micro_batches) / per_epoch
+
     def heldout_batches(self) -> list[dict[str, torch.Tensor]]:
         """This rank's share of the first trainer.eval_batches held-out micro-batches, the same count on every rank.
 
@@ -73,7 +80,9 @@ class DataPipeline:
         """
         if not self.heldout_examples:
             return []
-        batches = self.make_batches(self.heldout_examples, 0)[: self.eval_batches]
+        if self._heldout is None:  # the same rows at every eval_every: built once
+            self._heldout = self.make_batches(self.heldout_examples, 0)[: self.eval_batches]
+        batches = self._heldout
         mine = [with_counts(b) for b in batches[self.rank :: self.world_size]]
         per_rank = -(-len(batches) // self.world_size)
         return mine + [without_labels(batches[0])] * (per_rank - len(mine))
@@ -156,7 +165,38 @@ def build_data(cfg: TrainConfig, tokenizer: Any, model: torch.nn.Module, dist: A
     )
     stats = packing_stats(pipeline.all_batches(0))
     pipeline.report.update(stats)
+    _say_what_training_reads(cfg, pipeline, dist.world_size)
     return pipeline
+
+
+def _say_what_training_reads(cfg: TrainConfig, pipeline: DataPipeline, world_size: int) -> None:
+    """Passes over the data the run will make (warned above one), and micro-batches larger than the whole set."""
+    tc = cfg.trainer
+    batches = pipeline.all_batches(0)
+    rows = sum(b["input_ids"].shape[0] for b in batches)
+    if tc.micro_batch_size > rows:
+        log.warning(
+            "trainer.micro_batch_size=%d but the training set makes only %d rows (packing.max_seq_len=%s): every "
+            "micro-batch holds the whole set, each step sees every row",
+            tc.micro_batch_size,
+            rows,
+            cfg.packing.max_seq_len,
+        )
+    planned = tc.max_steps * tc.grad_accum_steps * world_size
+    epochs = pipeline.epochs(planned)
+    pipeline.report["data/epochs_planned"] = epochs
+    pipeline.report["data/micro_batches_per_epoch"] = len(batches)
+    if epochs > 1.0 + 1e-9:
+        one_pass = max(1, len(batches) // (tc.grad_accum_steps * world_size))
+        log.warning(
+            "trainer.max_steps=%d makes %.2f passes over the training set (%d micro-batches per pass): every row is "
+            "seen about %.1f times; trainer.max_steps=%d is one pass",
+            tc.max_steps,
+            epochs,
+            len(batches),
+            epochs,
+            one_pass,
+        )
 
 
 def run_eval_stage(

@@ -117,7 +117,7 @@ class TrainRecipe:
             bar.set_postfix(loss=f"{step_metrics['train/loss']:.4f}")
             if self.step % tc.log_every == 0 or self.step == tc.max_steps:
                 memory = distributed.per_rank_memory(metrics.memory_metrics(self.device, "train"), self.device)
-                last = {**step_metrics, **memory}
+                last = {**step_metrics, **memory, "train/epoch": self.data.epochs(0, self.data_position)}
                 self.tracker.log(last, step=self.step)
             if tc.eval_every and self.step % tc.eval_every == 0:  # inside the train phase: its peak stays whole
                 self.tracker.log(self.eval_loss(measure_memory=False), step=self.step)

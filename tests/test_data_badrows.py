@@ -138,3 +138,19 @@ def test_missing_raw_file_names_the_path_and_fix(tmp_path: Path) -> None:
 def test_unknown_split_lists_the_splits(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"no split 'train'.*\['dev'\]"):
         load_records("medmcqa", "train", make_cfg(tmp_path))
+
+
+def test_skipped_rows_reach_the_run_report(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A file whose every row is bad is skipped whole under on_bad_row=skip: the run's summary says how much."""
+    cfg = make_cfg(tmp_path, on_bad_row="skip")
+    path = Path(cfg.data_dir) / "medmcqa" / "dev.jsonl"
+    n_rows = len(path.read_text().splitlines())
+    path.write_text("".join("{not json\n" for _ in range(n_rows)))
+    extra = Path(cfg.data_dir) / "medmcqa" / "extra.jsonl"  # a second, good file keeps the source non-empty
+    shutil.copy(FIXTURES / "medmcqa" / "dev.jsonl", extra)
+    report: dict = {}
+    with caplog.at_level("WARNING", logger="medtune.data.loading"):
+        load_records("medmcqa", "dev", cfg, report=report)
+    assert report["data/medmcqa/skipped_rows"] == n_rows
+    assert report["data/medmcqa/files_with_skipped_rows"] == 1
+    assert f"{n_rows} bad rows skipped" in caplog.text and str(path) in caplog.text

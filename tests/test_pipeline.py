@@ -86,3 +86,27 @@ def test_heldout_is_capped_in_all_not_per_rank() -> None:
 def test_empty_training_mix_is_an_error() -> None:
     with pytest.raises(ValueError, match="no micro-batches"):
         next(_pipeline(0, 0, 0, 2).train_stream({"epoch": 0, "batch": 0}))
+
+
+def test_passes_over_the_data_are_counted_and_warned(caplog: pytest.LogCaptureFixture) -> None:
+    from medtune.memory import compose
+    from medtune.pipeline import _say_what_training_reads
+
+    cfg = compose(["trainer.max_steps=7", "trainer.micro_batch_size=1", "trainer.grad_accum_steps=2"])
+    pipeline = _pipeline(5, 0, 0, 2)  # 5 micro-batches per pass; 7 steps x 2 accumulated x 2 ranks = 28
+    with caplog.at_level("WARNING", logger="medtune.data"):
+        _say_what_training_reads(cfg, pipeline, world_size=2)
+    assert pipeline.report["data/epochs_planned"] == pytest.approx(28 / 5)
+    assert pipeline.report["data/micro_batches_per_epoch"] == 5
+    assert "makes 5.60 passes over the training set" in caplog.text and "trainer.max_steps=1 is one pass" in caplog.text
+    assert pipeline.epochs(0, {"epoch": 2, "batch": 3}) == pytest.approx(2.6)
+
+
+def test_a_micro_batch_larger_than_the_set_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    from medtune.memory import compose
+    from medtune.pipeline import _say_what_training_reads
+
+    cfg = compose(["trainer.max_steps=1", "trainer.micro_batch_size=100000"])
+    with caplog.at_level("WARNING", logger="medtune.data"):
+        _say_what_training_reads(cfg, _pipeline(3, 0, 0, 1), world_size=1)
+    assert "trainer.micro_batch_size=100000 but the training set makes only 3 rows" in caplog.text

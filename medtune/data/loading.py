@@ -117,4 +117,35 @@ def load_records(source: str, split: str, data_cfg: DataConfig, report: dict[str
     counts["kept"] = len(records)
     if report is not None:
         report.update({f"data/{source}:{split}/{k}": v for k, v in counts.items()})
+        report.update(skipped_rows(base, data_cfg))
     return records
+
+
+def skipped_rows(source: Any, data_cfg: DataConfig) -> dict[str, int]:
+    """Bad rows that data.on_bad_row=skip dropped from `source` (all splits), warned once: the run records them."""
+    from medtune.data.prepare import prepare_source
+
+    skipped = prepare_source(source, data_cfg)["skipped"]
+    if not skipped:
+        return {}
+    by_file: dict[str, int] = {}
+    for row in skipped:
+        path = row["location"].rsplit(":", 1)[0]
+        by_file[path] = by_file.get(path, 0) + 1
+    worst, n_worst = max(by_file.items(), key=lambda kv: kv[1])
+    first = skipped[0]
+    log.warning(
+        "%s: %d bad rows skipped (data.on_bad_row=skip), from %d file(s); most from %s (%d); first at %s (%s: %s)",
+        source.name,
+        len(skipped),
+        len(by_file),
+        worst,
+        n_worst,
+        first["location"],
+        first["field"],
+        first["reason"],
+    )
+    return {
+        f"data/{source.name}/skipped_rows": len(skipped),
+        f"data/{source.name}/files_with_skipped_rows": len(by_file),
+    }
