@@ -4,6 +4,9 @@ Layout: `<run_dir>/checkpoints/step_000040/{trainable.pt, optimizer.pt, schedule
 is written into `step_000040.tmp-<pid>` and renamed when complete, so a killed run never leaves a directory that
 looks finished; leftovers named `*.tmp-*` are removed on the next start. Only trainable tensors (the adapter) are
 saved: the frozen base is rebuilt from its config, which keeps a checkpoint of a 4B QLoRA run to megabytes.
+A write that fails (full disk, no permission) removes its partial directory at once and raises a one-line
+`storage.StorageError` with the space the checkpoint needs and what is free. state.json also carries what the
+caller passes in the loop state: the run's config and resume history (see medtune/resume.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from medtune import storage
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
@@ -61,13 +66,48 @@ def save_checkpoint(
     """
     final = ckpt_root / f"step_{step:06d}"
     tmp = ckpt_root / f"{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(trainable_state(model), tmp / "trainable.pt")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    _finish(tmp, final, ckpt_root, loop_state | {"step": step}, keep, rng_states)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save(trainable_state(model), tmp / "trainable.pt")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        _finish(tmp, final, ckpt_root, loop_state | {"step": step}, keep, rng_states)
+    except (OSError, RuntimeError) as err:  # torch's zip writer reports a full disk as RuntimeError
+        raise _write_failed(tmp, final, err, model, optimizer) from err
     return final
+
+
+def _write_failed(
+    tmp: Path,
+    final: Path,
+    err: BaseException,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    remove: bool = True,
+) -> storage.StorageError:
+    """Remove the partial checkpoint (never resumed; its space is what the summary needs next), then say why."""
+    if remove:  # under FSDP rank 0 owns the directory
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.debug("checkpoint write into %s failed", tmp, exc_info=err)
+    need = _nbytes([p for p in model.parameters() if p.requires_grad]) + _nbytes(optimizer.state_dict())
+    run_dir = final.parent.parent
+    fix = (
+        "Earlier checkpoints are intact: free space (or lower trainer.keep_checkpoints), then resume with "
+        f"trainer.resume=auto hydra.run.dir={run_dir}."
+    )
+    return storage.write_failure(f"checkpoint {final.name}", final.parent, err, need, fix)
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors in a (nested) state."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_nbytes(v) for v in obj)
+    return 0
 
 
 def _finish(tmp: Path, final: Path, ckpt_root: Path, state: dict[str, Any], keep: int, rng_states: list | None) -> None:
@@ -99,17 +139,22 @@ def save_sharded_checkpoint(
     rank 0 writes the rest, with `rng_states` (every rank's, in rank order)."""
     import torch.distributed as tdist
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     final = ckpt_root / f"step_{step:06d}"
     tmp = ckpt_root / f"{final.name}.tmp-shared"
-    if tdist.get_rank() == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    tdist.barrier()
-    dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(tmp / "sharded"))
-    if tdist.get_rank() == 0:
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        _finish(tmp, final, ckpt_root, loop_state | {"step": step, "sharded": True}, keep, rng_states)
+    rank0 = tdist.get_rank() == 0
+    try:
+        if rank0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        tdist.barrier()
+        dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(tmp / "sharded"))
+        if rank0:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            _finish(tmp, final, ckpt_root, loop_state | {"step": step, "sharded": True}, keep, rng_states)
+    except (OSError, RuntimeError, CheckpointException) as err:  # dcp raises CheckpointException on every rank
+        raise _write_failed(tmp, final, err, model, optimizer, remove=rank0) from err
     tdist.barrier()
     return final
 

@@ -214,6 +214,9 @@ class TrainerConfig:
     save_every: int = 0  # 0: only the final adapter
     keep_checkpoints: int = 2
     resume: str = "never"  # never | auto | <checkpoint dir>
+    # config keys (or group prefixes such as data_mix) that may differ from the checkpoint's on resume; every change
+    # is recorded in summary.json (run/resume_changes). See medtune/resume.py for what is free and what never is.
+    resume_allow: list[str] = field(default_factory=list)
     merge_adapter: bool = False  # also save the adapter merged into a bf16 copy of the base
     progress_bar: bool = True
 

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from medtune import checkpoint, distributed, metrics
+from medtune import checkpoint, distributed, metrics, run_record, storage
 from medtune.config import TrainConfig
 from medtune.pipeline import DataPipeline, build_data
+from medtune.schedule import lr_factor
 from medtune.steps import compute_loss, eval_loss
 from medtune.watchdog import Watchdog
 
@@ -44,6 +45,7 @@ class TrainRecipe:
         self.step = 0
         self.data_position = {"epoch": 0, "batch": 0}
         self.summary: dict[str, Any] = {}
+        self.checkpoint_record: dict[str, Any] = {}  # the run's config and resume history, stored in each checkpoint
 
     # ----------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -197,7 +199,7 @@ class TrainRecipe:
         """Write a resumable checkpoint: one file set from rank 0, or every rank's shard under FSDP."""
         self.watch.enter("checkpoint", self.step)
         args = (self.run_dir / "checkpoints", self.step, self.model, self.optimizer, self.scheduler)
-        state = {"data_position": self.data_position}
+        state = {"data_position": self.data_position, **self.checkpoint_record}
         rngs = distributed.all_gather_objects(checkpoint.rng_state())  # dropout draws differ by rank
         if self.cfg.sharding.strategy == "fsdp":
             checkpoint.save_sharded_checkpoint(*args, state, self.cfg.trainer.keep_checkpoints, rngs)
@@ -238,20 +240,9 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup, then cosine or linear decay to min_lr_ratio * lr (or constant)."""
-    oc, total = cfg.optim, cfg.trainer.max_steps
-    warmup = oc.warmup_steps or round(oc.warmup_ratio * total)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if oc.schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        decay = 0.5 * (1 + math.cos(math.pi * progress)) if oc.schedule == "cosine" else 1 - progress
-        return oc.min_lr_ratio + (1 - oc.min_lr_ratio) * decay
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    """Linear warmup, then cosine or linear decay to min_lr_ratio * lr (or constant): see medtune/schedule.py."""
+    optim, total = cfg.optim, cfg.trainer.max_steps
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(optim, total, step))
 
 
 @contextlib.contextmanager
@@ -294,16 +285,11 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
     Under torchrun a watchdog stops every rank when one stalls (a collective nobody else joins) or when the
     launcher stops the job, and rank 0 records where in summary.json (`run/failed_phase`, `run/failed_step`).
     """
-    from medtune.tracking import build_tracker
-
     dist = distributed.init(cfg.sharding, cfg.trainer.device)
+    tracker, resumed, record = run_record.open_record(cfg, dict_cfg, run_dir, dist)
     seed_everything(cfg.seed)  # same seed on every rank: random-init base weights must agree under FSDP
-    resolved = OmegaConf.to_container(dict_cfg, resolve=True)
-    if dist.is_main:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg, resolve=True))
-    tracker = build_tracker(cfg.logger, resolved, run_dir, dist.rank)
     started = time.perf_counter()
-    summary: dict[str, Any] = {"run/status": "failed"}
+    summary: dict[str, Any] = {"run/status": "failed", **resumed}
 
     record_lock = threading.Lock()  # the watchdog's thread and this one never write the record together
 
@@ -316,12 +302,10 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
     if dist.world_size > 1:
         watch.start()
     try:
-        _run_stages(cfg, run_dir, tracker, dist, watch, summary)
+        _run_stages(cfg, run_dir, tracker, dist, watch, summary, record)
         summary["run/status"] = "ok"
     except Exception as err:
-        summary["run/error"] = f"{type(err).__name__} in {watch.where()}: {err}"
-        summary["run/failed_phase"], summary["run/failed_step"] = watch.phase, watch.step
-        log.error("run failed in %s: %s\n%s", watch.where(), err, traceback.format_exc())
+        _note_failure(err, watch, summary)
         if not multirun:
             raise
     finally:
@@ -329,22 +313,50 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
         with record_lock:
             if not watch.fired:  # else the watchdog wrote this rank's record and is ending the process
                 summary["run/wall_s"] = time.perf_counter() - started
-                tracker.summary(summary)
-                tracker.finish(exit_code=0 if summary["run/status"] == "ok" else 1)
+                _close_record(tracker, summary)
         distributed.cleanup()
     return summary
 
 
+def _note_failure(err: Exception, watch: Watchdog, summary: dict[str, Any]) -> None:
+    """Put the error in the summary and the log: one line for a full or unwritable disk, else with the traceback."""
+    disk = storage.explain(err)
+    summary["run/error"] = f"{type(err).__name__} in {watch.where()}: {disk or err}"
+    summary["run/failed_phase"], summary["run/failed_step"] = watch.phase, watch.step
+    if disk:  # the zip writer's chained errors say nothing the line does not; kept for --verbose / debug logs
+        log.error("run failed in %s: %s", watch.where(), disk)
+        log.debug("traceback of the failed write", exc_info=err)
+    else:
+        log.error("run failed in %s: %s\n%s", watch.where(), err, traceback.format_exc())
+
+
+def _close_record(tracker: Any, summary: dict[str, Any]) -> None:
+    """Write the final summary.json; a disk that is still full costs the record, not a second traceback."""
+    try:
+        tracker.summary(summary)
+        tracker.finish(exit_code=0 if summary["run/status"] == "ok" else 1)
+    except OSError as err:
+        log.error("summary.json not written: %s", storage.explain(err) or err)
+
+
 def _run_stages(
-    cfg: TrainConfig, run_dir: Path, tracker: Any, dist: distributed.DistInfo, watch: Watchdog, summary: dict
+    cfg: TrainConfig,
+    run_dir: Path,
+    tracker: Any,
+    dist: distributed.DistInfo,
+    watch: Watchdog,
+    summary: dict,
+    record: dict[str, Any],
 ) -> None:
     """Setup, training, final held-out loss and adapter, then the eval stage; fills `summary` as it goes."""
     from medtune.pipeline import run_eval_stage
 
     recipe = TrainRecipe(cfg, run_dir, tracker, dist, watch)
+    recipe.checkpoint_record = record
     recipe.setup()
     summary.update(recipe.summary)
-    tracker.log(recipe.data.report, step=0)
+    if recipe.step == 0:  # a resumed run logged its data report when it started
+        tracker.log(recipe.data.report, step=0)
     if cfg.stage in ("train", "train_eval"):
         summary.update(recipe.train())
         final_eval = recipe.eval_loss()

@@ -101,21 +101,27 @@ def load_run(run_dir: Path, sweep_dir: Path, confidence: float | None = None) ->
     `confidence`, with every interval and significance flag at that level (`report_levels.restate`)."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    ratio, en_share = mix_of(config, where=str(run_dir / "config.yaml"))
-    row: dict[str, Any] = {"run": str(run_dir.relative_to(sweep_dir)) or ".", "path": str(run_dir)}
-    row |= {"ratio": ratio, "en_share": en_share}
-    row |= {col: _get(config, key) for col, key in CONFIG_KEYS.items()}
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
         try:
-            row |= json.loads(summary_path.read_text())
+            summary = json.loads(summary_path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{summary_path}:{err.lineno}: not valid JSON ({err.msg}).") from err
-        row.setdefault("run/status", "ok")
-        if confidence is not None:
-            row = restate(row, run_dir, config, confidence)
+        summary.setdefault("run/status", "ok")  # keeps the file's key order (runs.csv columns)
     else:
-        row |= {"run/status": "failed", "run/error": "no summary.json (the job died before the end)"}
+        summary = {"run/status": "failed", "run/error": "no summary.json (the job died before the end)"}
+    try:
+        ratio, en_share = mix_of(config, where=str(run_dir / "config.yaml"))
+    except ValueError:
+        if summary["run/status"] == "ok":
+            raise
+        ratio, en_share = None, None  # a sweep job stopped by its own bad mix: listed as failed, not fatal
+    row: dict[str, Any] = {"run": str(run_dir.relative_to(sweep_dir)) or ".", "path": str(run_dir)}
+    row |= {"ratio": ratio, "en_share": en_share}
+    row |= {col: _get(config, key) for col, key in CONFIG_KEYS.items()}
+    row |= summary
+    if confidence is not None and summary_path.is_file():
+        row = restate(row, run_dir, config, confidence)
     row["status"] = row["run/status"]
     return row
 

@@ -29,6 +29,7 @@ from medtune.cachefs import atomic_write_text
 from medtune.config import LoggerConfig
 
 log = logging.getLogger("medtune.tracking")
+WANDB_ID_FILE = "wandb_run_id.txt"  # in the run dir: the W&B run a resume continues
 
 
 def _scalar(value: Any) -> Any:
@@ -238,8 +239,8 @@ def _wandb_mode(logger_cfg: LoggerConfig) -> str:
     return "offline"
 
 
-def _init_wandb(logger_cfg: LoggerConfig, config: dict, run_dir: Path, mode: str) -> Any:
-    """wandb.init with settings that bound every wait; raises whatever wandb raises."""
+def _init_wandb(logger_cfg: LoggerConfig, config: dict, run_dir: Path, mode: str, run_id: str | None = None) -> Any:
+    """wandb.init with settings that bound every wait; `run_id`: continue that W&B run; raises what wandb raises."""
     import wandb
 
     timeout_s = float(logger_cfg.init_timeout_s)
@@ -273,12 +274,20 @@ def _init_wandb(logger_cfg: LoggerConfig, config: dict, run_dir: Path, mode: str
         dir=str(run_dir),
         mode=mode,
         reinit="finish_previous",  # multirun jobs share one process: never log into the previous job's run
+        id=run_id,
+        resume="allow" if run_id else None,  # a resumed run continues its W&B run rather than starting a second
         settings=settings,
     )
 
 
-def _start_wandb(logger_cfg: LoggerConfig, config: dict, run_dir: Path) -> Any:
-    """A W&B run, falling back online -> offline -> None; never raises."""
+def _saved_wandb_id(run_dir: Path) -> str | None:
+    """The W&B run id this run directory was logged under (written at the first start), if any."""
+    path = run_dir / WANDB_ID_FILE
+    return (path.read_text().strip() or None) if path.is_file() else None
+
+
+def _start_wandb(logger_cfg: LoggerConfig, config: dict, run_dir: Path, resume: bool = False) -> Any:
+    """A W&B run (the run dir's earlier one when `resume`), falling back online -> offline -> None; never raises."""
     try:
         import wandb  # noqa: F401
     except ImportError:
@@ -290,7 +299,7 @@ def _start_wandb(logger_cfg: LoggerConfig, config: dict, run_dir: Path) -> Any:
     for mode in modes:
         start_s = time.monotonic()
         try:
-            run = _init_wandb(logger_cfg, config, run_dir, mode)
+            run = _init_wandb(logger_cfg, config, run_dir, mode, _saved_wandb_id(run_dir) if resume else None)
         except Exception as err:  # wandb raises CommError, UsageError, TimeoutError... none may stop training
             log.warning(
                 "W&B init (%s) failed after %.1f s (%s: %s).",
@@ -300,18 +309,24 @@ def _start_wandb(logger_cfg: LoggerConfig, config: dict, run_dir: Path) -> Any:
                 str(err).splitlines()[0] if str(err) else "",
             )
             continue
-        log.info("W&B run %s (%s) in %s", run.name, mode, run.dir)
+        log.info("W&B run %s (%s, id %s) in %s", run.name, mode, run.id, run.dir)
+        (run_dir / WANDB_ID_FILE).write_text(f"{run.id}\n")
         return run
     log.warning("W&B is unavailable; logging to %s (metrics.jsonl, summary.json) only.", run_dir)
     return None
 
 
-def build_tracker(logger_cfg: LoggerConfig, config: dict, run_dir: Path, rank: int = 0) -> Tracker | NullTracker:
-    """The tracker of `logger_cfg.backend` for rank 0 (a no-op one for other ranks); never raises for W&B."""
+def build_tracker(
+    logger_cfg: LoggerConfig, config: dict, run_dir: Path, rank: int = 0, resume: bool = False
+) -> Tracker | NullTracker:
+    """The tracker of `logger_cfg.backend` for rank 0 (a no-op one for other ranks); never raises for W&B.
+
+    `resume`: the run continues from a checkpoint, so W&B continues the run dir's W&B run (same id).
+    """
     if rank != 0:
         return NullTracker()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_config(run_dir, config)
-    wandb_run = _start_wandb(logger_cfg, config, run_dir) if logger_cfg.backend == "wandb" else None
+    wandb_run = _start_wandb(logger_cfg, config, run_dir, resume) if logger_cfg.backend == "wandb" else None
     return Tracker(run_dir, logger_cfg.backend, wandb_run)

@@ -2,7 +2,7 @@
 
 python -m medtune.train                              # the demo: Gemma 3 270M on the built-in sample, CPU
 python -m medtune.train +experiment=mix_10_3         # one experiment
-python -m medtune.train -m +experiment=mix_sweep seed=0,1,2   # a sweep (a failed job does not stop the others)
+python -m medtune.train -m +experiment=mix_sweep seed=0,1,2   # a sweep; exit status = number of failed jobs
 torchrun --nproc-per-node 2 -m medtune.train sharding=fsdp quantization=nf4   # several GPUs
 python -m medtune.train --help                       # groups and their choices
 """
@@ -19,8 +19,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from medtune import sweep
 from medtune.config import ConfigError, register_configs, to_train_config
 from medtune.preflight import check_run
+from medtune.storage import StorageError, explain
 
 log = logging.getLogger("medtune.train")
 register_configs()
@@ -28,19 +30,32 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def _hydra_main(dict_cfg: DictConfig) -> float | None:
-    """Validate the composed config, then run the recipe (train and/or eval)."""
-    try:
-        cfg = to_train_config(dict_cfg)
-        check_run(cfg, dict_cfg)
-    except ConfigError as err:
-        log.error("invalid config: %s", err)
-        sys.exit(2)
-    from medtune.recipe import run
-
+    """Validate the composed config, then run the recipe (train and/or eval); in a sweep, a failure is recorded."""
     hydra_cfg = HydraConfig.get()
-    summary = run(cfg, dict_cfg, Path(hydra_cfg.runtime.output_dir), hydra_cfg.mode == RunMode.MULTIRUN)
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        overrides = list(hydra_cfg.overrides.task)
+        summary = sweep.run_job(lambda: _train(dict_cfg, run_dir, True), run_dir, hydra_cfg.job.num, overrides)
+    else:
+        try:
+            summary = _train(dict_cfg, run_dir, False)
+        except ConfigError as err:  # also a resume whose checkpoint belongs to another config
+            log.error("invalid config: %s", err)
+            sys.exit(2)
+        except (StorageError, OSError) as err:
+            if not explain(err):
+                raise
+            sys.exit(1)  # the run logged the one line (and wrote summary.json if it could); a traceback adds nothing
     loss = summary.get("eval/loss")
     return float(loss) if loss is not None else None
+
+
+def _train(dict_cfg: DictConfig, run_dir: Path, multirun: bool) -> dict:
+    cfg = to_train_config(dict_cfg)
+    check_run(cfg, dict_cfg)  # before torch: names, files, resume target, launch
+    from medtune.recipe import run
+
+    return run(cfg, dict_cfg, run_dir, multirun)
 
 
 def main() -> None:
@@ -51,6 +66,9 @@ def main() -> None:
         os.environ["MEDTUNE_RUN_STAMP"] = shared_run_stamp()
     os.environ.setdefault("MEDTUNE_RUN_STAMP", "now")
     _hydra_main()
+    failed = sweep.exit_status()  # a sweep that lost jobs says so (single runs exit above on failure)
+    if failed:
+        sys.exit(failed)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from medtune import checkpoint
+from medtune import checkpoint, storage
 
 
 def _toy() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -71,3 +75,51 @@ def test_loading_into_a_different_adapter_names_the_problem(tmp_path: Path) -> N
     other = torch.nn.Sequential(torch.nn.Linear(4, 4))
     with pytest.raises(KeyError, match="lora config"):
         checkpoint.load_checkpoint(saved, other, opt, sched)
+
+
+def _fail_on_save(monkeypatch: pytest.MonkeyPatch, nth: int, error: Callable[[str], None]) -> None:
+    """Let torch.save write `nth - 1` files, then fail the way a full disk does."""
+    real_save, calls = torch.save, []
+
+    def save(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        calls.append(f)
+        if len(calls) == nth:
+            error(str(f))
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_disk_full_removes_the_partial_checkpoint_and_says_path_and_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, opt, sched = _toy()
+    _train_one(model, opt, sched)
+    root = tmp_path / "run" / "checkpoints"
+    kept = checkpoint.save_checkpoint(root, 1, model, opt, sched, {"data_position": {}}, keep=2)
+
+    def enospc(path: str) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    _fail_on_save(monkeypatch, 2, enospc)  # the optimizer file of step 2
+    with pytest.raises(storage.StorageError) as info:
+        checkpoint.save_checkpoint(root, 2, model, opt, sched, {"data_position": {}}, keep=2)
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert f"could not write checkpoint step_000002 to {root} (No space left on device [errno 28])" in msg
+    assert re.search(r"it needs about [\d.]+ (B|KiB), [\d.]+ (KiB|MiB|GiB) free on that disk", msg), msg
+    assert f"trainer.resume=auto hydra.run.dir={tmp_path / 'run'}" in msg
+    assert sorted(p.name for p in root.iterdir()) == ["step_000001"]  # the partial directory is gone
+    assert checkpoint.list_checkpoints(root) == [kept]
+    assert checkpoint.find_resume_point("auto", tmp_path / "run") == kept
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+def test_zip_writer_error_of_a_full_device_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's zip writer reports ENOSPC as a chained RuntimeError; /dev/full produces exactly that."""
+    model, opt, sched = _toy()
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: real_save(obj, "/dev/full", *a, **k))
+    with pytest.raises(storage.StorageError, match=r"could not write checkpoint step_000003 .*\(RuntimeError: "):
+        checkpoint.save_checkpoint(tmp_path, 3, model, opt, sched, {"data_position": {}}, keep=2)
+    assert list(tmp_path.iterdir()) == []

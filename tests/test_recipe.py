@@ -79,3 +79,43 @@ def test_held_out_loss_inside_training_keeps_the_train_memory_phase(
     assert resets == [True, False] and recipe.step == 4  # one train phase, four held-out evaluations inside it
     assert "sys/train/cpu_rss_gib" in out
     assert "sys/eval/cpu_rss_gib" in recipe.eval_loss() and resets[-1] is False
+
+
+def test_disk_full_at_a_checkpoint_ends_in_one_line_and_a_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ENOSPC in the second checkpoint: no partial checkpoint, summary.json written, no traceback at error level."""
+    import errno
+    import json
+    import logging
+    import os
+
+    from medtune import storage
+    from medtune.recipe import run
+
+    monkeypatch.setenv("MEDTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    real_save, calls = torch.save, []
+
+    def save(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        calls.append(f)
+        if len(calls) == 5:  # step 1 writes four files (weights, optimizer, scheduler, RNG); step 2 fails at once
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    tiny = ["model=tiny_llama", "trainer.device=cpu", "trainer.progress_bar=false", "packing.max_seq_len=1024"]
+    overrides = [*tiny, "trainer.max_steps=2", "trainer.save_every=1", "eval=none", "logger=jsonl"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        dict_cfg = compose("train", overrides=overrides)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()  # Hydra makes it
+    with caplog.at_level(logging.DEBUG), pytest.raises(storage.StorageError):
+        run(to_train_config(dict_cfg), dict_cfg, run_dir, multirun=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["run/status"] == "failed" and summary["run/failed_phase"] == "checkpoint"
+    assert "No space left on device" in summary["run/error"] and "free on that disk" in summary["run/error"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_000001"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0].getMessage() and errors[0].exc_info is None
+    assert "could not write checkpoint step_000002" in errors[0].getMessage()
+    assert any(r.levelno == logging.DEBUG and r.exc_info for r in caplog.records)  # the traceback, for debugging

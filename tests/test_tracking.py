@@ -274,3 +274,14 @@ def test_wandb_error_mid_run_degrades_to_local(tmp_path: Path, caplog: pytest.Lo
     assert caplog.text.count("W&B log failed") == 1
     tracker.finish()
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_a_resumed_run_continues_its_wandb_run(tmp_path: Path) -> None:
+    """The run dir keeps its W&B run id; a resume continues that run, a fresh start in another dir gets its own."""
+    ids = []
+    for run_dir, resume in ((tmp_path / "run", False), (tmp_path / "run", True), (tmp_path / "other", False)):
+        tracker = build_tracker(LoggerConfig(backend="wandb"), CONFIG, run_dir, resume=resume)
+        ids.append(tracker.wandb_run.id)
+        assert (run_dir / "wandb_run_id.txt").read_text().strip() == tracker.wandb_run.id
+        tracker.finish()
+    assert ids[0] == ids[1] != ids[2]

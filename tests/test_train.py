@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,14 @@ TINY = [
 
 
 def _env(cache: Path) -> dict[str, str]:
-    return {**os.environ, "MEDTUNE_CACHE_DIR": str(cache), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    wandb_home = {f"WANDB_{d}_DIR": str(cache.parent / "wandb_home" / d.lower()) for d in ("CONFIG", "CACHE", "DATA")}
+    return {
+        **os.environ,
+        "MEDTUNE_CACHE_DIR": str(cache),
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        **wandb_home,
+    }
 
 
 def _train(run_dir: Path, cache: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -124,3 +132,60 @@ def test_multirun_over_two_ratios_feeds_the_report(tmp_path: Path) -> None:
     for png in out.glob("*.png"):
         assert png.stat().st_size > 10_000, png
     assert len(list(out.glob("*.png"))) >= 3
+
+
+def test_resume_with_another_config_stops_and_an_allowed_change_is_recorded(tmp_path: Path) -> None:
+    """Issue 18, finding 1: a changed ratio/seed/lr/max_steps is refused before loading; an allowed max_steps is
+    recorded, the original config.yaml stays, no step is logged twice and the W&B run continues (same id)."""
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    common = ["trainer.log_every=1", "eval=none", "logger=wandb", "trainer.keep_checkpoints=3"]
+    _train(run, cache, *common, "trainer.max_steps=3", "trainer.save_every=1")
+    shutil.rmtree(run / "checkpoints" / "step_000003")  # as if killed after logging step 3, before its checkpoint
+    before = {name: (run / name).read_text() for name in ("config.yaml", "metrics.jsonl")}
+    wandb_id = (run / "wandb_run_id.txt").read_text()
+
+    changed = ["trainer.max_steps=4", "data_mix.ratio=3:1", "seed=7", "optim.lr=0.01", "trainer.resume=auto"]
+    refused = _train(run, cache, *common, *changed, check=False)
+    out = refused.stdout + refused.stderr
+    assert refused.returncode == 2, out[-4000:]
+    expected = [
+        "data_mix.ratio: checkpoint null, now",
+        "seed: checkpoint 0, now 7",
+        "optim.lr: checkpoint 0.003",
+        "trainer.max_steps: checkpoint 3, now 4 (the cosine schedule",
+        "trainer.resume_allow=[data_mix.ratio,data_mix.weights,trainer.max_steps]",
+    ]
+    for key in expected:
+        assert key in out, key
+    assert "Traceback" not in out and "built tiny_llama" not in out  # stopped before the model loaded
+    assert {name: (run / name).read_text() for name in before} == before  # the record is untouched
+
+    allow = ["trainer.max_steps=4", "trainer.resume_allow=[trainer.max_steps]", "trainer.resume=auto"]
+    _train(run, cache, *common, *allow)
+    assert (run / "config.yaml").read_text() == before["config.yaml"]
+    assert "max_steps: 4" in (run / "config.resume-1.yaml").read_text()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]  # the first attempt's step 3 was dropped
+    assert [r["step"] for r in rows if "eval/loss" in r] == [4]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["run/status"] == "ok" and summary["run/resumed_at_step"] == 2
+    changes = {"trainer.max_steps": [3, 4], "trainer.save_every": [1, 0]}  # the second one is free, yet recorded
+    assert json.loads(summary["run/resume_changes"]) == [{"step": 2, "changes": changes}]
+    assert (run / "wandb_run_id.txt").read_text() == wandb_id
+    offline = sorted(p.name for p in (run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(name.endswith(wandb_id.strip()) for name in offline)  # one W&B run, resumed
+
+
+def test_unwritable_checkpoint_dir_exits_1_with_one_line_and_a_summary(tmp_path: Path) -> None:
+    """A checkpoint that cannot be written (here: `checkpoints` is a file) ends the run with one line, exit 1."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoints").write_text("")
+    proc = _train(run, tmp_path / "cache", "trainer.max_steps=1", "trainer.save_every=1", "eval=none",
+                  "logger=jsonl", check=False)  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-4000:]
+    assert "Traceback" not in out
+    assert f"could not write checkpoint step_000001 to {run / 'checkpoints'} (Not a directory [errno 20])" in out
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["run/status"] == "failed" and "free on that disk" in summary["run/error"]
