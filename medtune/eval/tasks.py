@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import random
-import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +27,9 @@ from typing import Any
 import yaml
 
 from medtune.data.prompts import render_mcq_prompt
+from medtune.data.schema import LETTERS
 
 log = logging.getLogger(__name__)
-
-LETTERS = string.ascii_uppercase
 
 
 @dataclass(frozen=True)
