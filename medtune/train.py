@@ -53,7 +53,7 @@ def _hydra_main(dict_cfg: DictConfig) -> float | None:
 def _train(dict_cfg: DictConfig, run_dir: Path, multirun: bool) -> dict:
     cfg = to_train_config(dict_cfg)
     check_run(cfg, dict_cfg)  # before torch: names, files, resume target, launch
-    from medtune.training.recipe import run
+    from medtune.training.run import run
 
     return run(cfg, dict_cfg, run_dir, multirun)
 

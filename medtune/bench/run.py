@@ -6,11 +6,11 @@
     python -m medtune.bench --steps 2 --warmup 1 model=tiny_gemma3 packing.max_seq_len=64   # CPU smoke run
 
 Extra arguments are Hydra overrides applied to every configuration. Each configuration builds its model through
-`medtune.training.recipe.TrainRecipe` (the code medtune.train runs), trains on synthetic samples whose lengths follow the
-real training mix (experiments/efficiency/lengths.json, see medtune/bench_lengths.py), runs `--warmup` steps, then
+`TrainRecipe` (the code medtune.train runs), trains on synthetic samples whose lengths follow the
+real training mix (experiments/efficiency/lengths.json, see medtune/bench/lengths.py), runs `--warmup` steps, then
 `--steps` timed steps through `TrainRecipe.optimizer_step`, and is freed before the next. Peak memory is
 torch.cuda.max_memory_allocated/reserved since the start of the timed steps (and of the model load); the
-memory estimator's prediction (medtune/memory.py), given the label tokens of the largest timed micro-batch, is
+memory estimator's prediction (medtune/memory/estimate.py), given the label tokens of the largest timed micro-batch, is
 printed beside it. Writes results.json and results.md.
 """
 
@@ -39,22 +39,6 @@ from medtune.training.launch import env_world
 __all__ = ["add_ratios", "format_table", "main", "run_bench", "synthetic_examples", "write_length_histogram"]
 log = logging.getLogger("medtune.bench")
 CONFIGS_YAML = REPO / "experiments" / "efficiency" / "configs.yaml"
-
-
-class NullTracker:
-    """A tracker that records nothing (the benchmark writes its own results)."""
-
-    def log(self, metrics: dict, step: int) -> None:
-        """Ignore metrics."""
-
-    def log_table(self, name: str, columns: list, rows: list) -> None:
-        """Ignore tables."""
-
-    def summary(self, metrics: dict) -> None:
-        """Ignore the summary."""
-
-    def finish(self, exit_code: int = 0) -> None:
-        """Nothing to close."""
 
 
 def load_plan(path: Path) -> dict[str, Any]:
@@ -123,6 +107,7 @@ def measure(cfg: Any, hist: dict, args: argparse.Namespace, out_dir: Path, profi
     from medtune.training import distributed
     from medtune.training import step_metrics as metrics
     from medtune.training.recipe import TrainRecipe
+    from medtune.training.tracking import NullTracker
 
     dist = distributed.init(cfg.sharding, cfg.trainer.device)
     recipe = TrainRecipe(cfg, out_dir, NullTracker(), dist)
@@ -141,14 +126,14 @@ def measure(cfg: Any, hist: dict, args: argparse.Namespace, out_dir: Path, profi
         result.update({"load_peak_alloc_gib": load_alloc, "load_peak_reserved_gib": load_reserved})
         if profile:
             result["profile"] = _profile(step, dist.device)
-        # The loss chunk of the largest timed micro-batch sets the peak (medtune/loss.py sees only label tokens).
+        # The loss chunk of the largest timed micro-batch sets the peak (the chunked loss sees only label tokens).
         est = estimate(cfg, dist.world_size, label_tokens_per_row=labels["max"])
         result.update({"label_tokens_per_row_max": labels["max"], "label_tokens_per_row_mean": labels["mean"]})
         result.update({"predicted_gib": est.peak_gib, "predicted_load_gib": est.load_peak_bytes / GIB})
         result["predicted_parts_gib"] = {k: v / GIB for k, v in est.parts.items()}
         return _across_ranks(result, dist)
     finally:
-        recipe.__dict__.clear()  # drop model, optimizer and batches even if a traceback still holds `recipe`
+        recipe.release()  # drop model, optimizer and batches even if a traceback still holds `recipe`
         _free(dist.device)
 
 
@@ -272,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     """CLI: options first, then Hydra overrides applied to every configuration."""
     parser = argparse.ArgumentParser(prog="python -m medtune.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(CONFIGS_YAML), help="YAML plan of configurations")
-    parser.add_argument("--lengths", default=str(LENGTHS_JSON), help="length histogram (medtune/bench_lengths.py)")
+    parser.add_argument("--lengths", default=str(LENGTHS_JSON), help="length histogram (medtune/bench/lengths.py)")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per configuration")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, kernels, compile)")
     parser.add_argument("--out", default=str(REPO / "experiments" / "results" / "efficiency"))

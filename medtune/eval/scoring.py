@@ -13,13 +13,13 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from medtune.eval.tasks import LETTERS, TaskData
-
-if TYPE_CHECKING:
-    from medtune.eval.ranks import Ranks
+from medtune.data.schema import LETTERS
+from medtune.eval.ranks import Ranks, SpreadHFLM
+from medtune.eval.tasks import TaskData
 
 log = logging.getLogger(__name__)
 
@@ -118,45 +118,61 @@ def score(
     Under torchrun every rank calls this with the same arguments (`ranks` says how the questions are spread); every
     rank returns all rows, and only rank 0 writes.
     """
-    import torch
-    from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
-
-    from medtune.eval.continuation import ContinuationLM
-    from medtune.eval.ranks import Ranks, SpreadHFLM
-
     ranks = ranks or Ranks()
-
-    was_training = getattr(model, "training", False)
-    # include_defaults=False: only our generated tasks are indexed (lm-eval's thousands of YAMLs take seconds).
-    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
     requested = [n for t in tasks for n in (names[t.name]["main"], names[t.name]["aux"])]
+    run = _LmEvalRun(model, tokenizer, task_dir, requested, seed, max_length, ranks, scorer)
     started = time.perf_counter()
+    was_training = getattr(model, "training", False)
     try:
+        results, batch_size = run.with_retries(batch_size)
+    finally:
+        model.train(was_training)
+    elapsed_s = time.perf_counter() - started
+    samples = results["samples"]
+    rows = []
+    for task in tasks:
+        rows += _rows_for_task(task, samples[names[task.name]["main"]], samples[names[task.name]["aux"]], scoring)
+    if ranks.is_main:
+        log.info(
+            "lm-eval scored %d questions in %.1f s (%.3f s/question, batch %d, %d rank(s))",
+            len(rows), elapsed_s, elapsed_s / max(len(rows), 1), batch_size, ranks.world_size,
+        )  # fmt: skip
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_predictions(out_dir / "predictions.jsonl", rows)
+        _write_samples(out_dir / "samples.jsonl", samples)
+        record = {"results": results["results"], "elapsed_s": elapsed_s, "batch_size": batch_size, "scorer": scorer}
+        (out_dir / "lm_eval_results.json").write_text(
+            json.dumps(record | {"ranks": ranks.world_size}, indent=1, default=str)
+        )
+    return rows
+
+
+@dataclass
+class _LmEvalRun:
+    """One lm-eval evaluation of an in-memory model on generated tasks (with its out-of-memory retries)."""
+
+    model: Any
+    tokenizer: Any
+    task_dir: Path
+    requested: list[str]
+    seed: int
+    max_length: int | None
+    ranks: Ranks
+    scorer: str
+
+    def with_retries(self, batch_size: int) -> tuple[dict[str, Any], int]:
+        """lm-eval's results, at `batch_size` or, after running out of GPU memory, half of it (one process)."""
+        import torch
+
         while True:
-            lm_class = ContinuationLM if scorer == "continuation" else SpreadHFLM
-            lm = lm_class(ranks, pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length)
             try:
-                with ranks.as_local_main():
-                    results = simple_evaluate(
-                        model=lm,
-                        tasks=requested,
-                        task_manager=manager,
-                        log_samples=True,
-                        bootstrap_iters=0,  # our own intervals (Wilson, paired bootstrap) replace lm-eval's stderr
-                        random_seed=seed,
-                        numpy_random_seed=seed,
-                        torch_random_seed=seed,
-                        fewshot_random_seed=seed,
-                    )
-                break
+                return self.once(batch_size), batch_size
             except torch.OutOfMemoryError:
-                # lm-eval holds batch x length x vocabulary logits (~24 GB at batch 16 for Gemma 3's 262k
+                # lm-eval's HFLM holds batch x length x vocabulary logits (~24 GB at batch 16 for Gemma 3's 262k
                 # vocabulary): on a shared or small GPU a smaller batch scores the same questions. Not under
                 # torchrun: the other ranks are inside this rank's collectives, so the run fails instead.
-                if batch_size == 1 or ranks.spread:
+                if batch_size == 1 or self.ranks.spread:
                     raise
-                del lm
                 torch.cuda.empty_cache()
                 log.warning(
                     "lm-eval ran out of GPU memory at eval.batch_size=%d; retrying at %d. In bf16 the batch size moves"
@@ -165,29 +181,30 @@ def score(
                     batch_size // 2,
                 )
                 batch_size //= 2
-    finally:
-        model.train(was_training)
-    elapsed_s = time.perf_counter() - started
-    samples = results["samples"]
-    rows = []
-    for task in tasks:
-        rows += _rows_for_task(task, samples[names[task.name]["main"]], samples[names[task.name]["aux"]], scoring)
-    n_questions = max(len(rows), 1)
-    if not ranks.is_main:
-        return rows
-    log.info(
-        "lm-eval scored %d questions in %.1f s (%.3f s/question, batch %d, %d rank(s))",
-        len(rows),
-        elapsed_s,
-        elapsed_s / n_questions,
-        batch_size,
-        ranks.world_size,
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_predictions(out_dir / "predictions.jsonl", rows)
-    _write_samples(out_dir / "samples.jsonl", samples)
-    record = {"results": results["results"], "elapsed_s": elapsed_s, "batch_size": batch_size, "scorer": scorer}
-    (out_dir / "lm_eval_results.json").write_text(
-        json.dumps(record | {"ranks": ranks.world_size}, indent=1, default=str)
-    )
-    return rows
+
+    def once(self, batch_size: int) -> dict[str, Any]:
+        """simple_evaluate over the generated tasks, seeded; every rank gets the results (see ranks.py)."""
+        from lm_eval import simple_evaluate
+        from lm_eval.tasks import TaskManager
+
+        from medtune.eval.continuation import ContinuationLM
+
+        # include_defaults=False: only our generated tasks are indexed (lm-eval's thousands of YAMLs take seconds).
+        manager = TaskManager(include_path=str(self.task_dir), include_defaults=False)
+        lm_class = ContinuationLM if self.scorer == "continuation" else SpreadHFLM
+        lm = lm_class(
+            self.ranks, pretrained=self.model, tokenizer=self.tokenizer, batch_size=batch_size,
+            max_length=self.max_length,
+        )  # fmt: skip
+        with self.ranks.as_local_main():
+            return simple_evaluate(
+                model=lm,
+                tasks=self.requested,
+                task_manager=manager,
+                log_samples=True,
+                bootstrap_iters=0,  # our own intervals (Wilson, paired bootstrap) replace lm-eval's stderr
+                random_seed=self.seed,
+                numpy_random_seed=self.seed,
+                torch_random_seed=self.seed,
+                fewshot_random_seed=self.seed,
+            )

@@ -16,16 +16,13 @@ The peak of a step is the larger of two moments (everything in bytes, T = micro_
 - the backward: static + stored activations and LoRA gradients (at their larger end) + one recomputed layer +
   working set.
 static = frozen weights + buffers + LoRA params + optimizer state. The arithmetic of each part is in the docstring
-of the function that computes it (medtune/memory_parts.py: `weight_bytes`, `activation_bytes`, `loss_bytes`; here
+of the function that computes it (memory/parts.py: `weight_bytes`, `activation_bytes`, `loss_bytes`; here
 `lora_param_count`), and the few numbers that only a GPU can calibrate are the fields of `Calibration`.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +52,6 @@ __all__ = [
     "load_arch",
     "lora_param_count",
     "loss_bytes",
-    "main",
     "quantized_bytes",
     "weight_bytes",
 ]
@@ -91,7 +87,7 @@ def _arch_spec(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def load_arch(cfg: TrainConfig) -> Arch:
-    """The model's shape from medtune/archs/<arch>.json (or the Gemma 3 270M shape), depth from model.num_layers."""
+    """The model's shape from models/archs/<arch>.json (or the Gemma 3 270M shape), depth from model.num_layers."""
     s = _arch_spec(cfg)
     model_type = s.get("model_type", "gemma3_text")
     if not (model_type.startswith("gemma3") or model_type in ("llama", "mistral")):
@@ -235,68 +231,3 @@ def estimate(
         label_tokens(cfg, label_tokens_per_row),
         label_tokens_per_row,
     )
-
-
-def _number(arg: str) -> float:
-    key, value = arg.split("=", 1)
-    try:
-        return float(value)
-    except ValueError:
-        raise SystemExit(f"{key}={value!r}: expected a number (e.g. {key}=765).") from None
-
-
-def _world_size(arg: str) -> int:
-    value = _number(arg)
-    if value < 1 or value != int(value):
-        raise SystemExit(f"{arg}: expected a whole number of ranks >= 1 (e.g. world_size=8).")
-    return int(value)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: print the per-rank breakdown of a composed config (`world_size=N`, `label_tokens_per_row=N`, `--json`)."""
-    from hydra.errors import HydraException
-
-    from medtune.config import ConfigError
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if {"-h", "--help"} & set(args):
-        print(__doc__.split("\n\nThe peak of a step")[0])
-        return
-    as_json = "--json" in args
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    label_tokens_per_row: float | None = None
-    overrides = []
-    for arg in args:
-        if arg.startswith("world_size="):
-            world_size = _world_size(arg)
-        elif arg.startswith("label_tokens_per_row="):
-            label_tokens_per_row = _number(arg)
-        elif arg != "--json":
-            overrides.append(arg)
-    try:
-        cfg = compose(overrides)
-    except (HydraException, ConfigError) as err:
-        raise SystemExit(f"error: {err}\n(arguments are Hydra overrides of conf/train.yaml; see --help)") from None
-    est = estimate(cfg, world_size, label_tokens_per_row=label_tokens_per_row)
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "parts": est.parts,
-                    "peak_gib": est.peak_gib,
-                    "load_peak_gib": est.load_peak_bytes / GIB,
-                    "world_size": world_size,
-                    "label_tokens_per_row": label_tokens_per_row,
-                    "label_tokens_per_micro_batch": est.label_tokens,
-                    "calibration": asdict(Calibration()),
-                },
-                indent=2,
-            )
-        )
-        return
-    q, p = cfg.quantization.method, cfg.packing
-    print(
-        f"{cfg.model.name}: quantization={q} packing={p.mode} rows={cfg.trainer.micro_batch_size}x{p.max_seq_len} "
-        f"sharding={cfg.sharding.strategy} grad_ckpt_every={cfg.trainer.grad_ckpt_every}"
-    )
-    print(est.table())

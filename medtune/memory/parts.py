@@ -1,6 +1,6 @@
 """The parts of the memory estimate: frozen weights by storage, activations and the chunked loss, in bytes.
 
-medtune/memory.py reads the architecture, adds the adapters and optimizer state and picks the peak moment; the
+medtune/memory/estimate.py reads the architecture, adds the adapters and optimizer state and picks the peak moment; the
 shape (`Arch`) and the GPU-calibrated numbers (`Calibration`) are defined here. No torch import.
 """
 
@@ -39,7 +39,7 @@ class Calibration:
     eager_score_bytes: float = 6.0  # eager: fp32 softmax probs + their bf16 copy, per head per (query, key) pair
     work_hidden_bytes: float = 16.0  # backward working set per hidden unit (gradient of the residual stream, fp32)
     work_intermediate_bytes: float = 8.0  # backward working set per intermediate unit (grads of gate/up, bf16)
-    # medtune/loss.py holds two fp32 [chunk, vocab] buffers at once: the logits and logsumexp's shifted exp, then
+    # the chunked loss holds two fp32 [chunk, vocab] buffers at once: the logits and logsumexp's shifted exp, then
     # the logits and the softmax gradient. 3.0 assumed a third; the H100 packed runs fit 2.02-2.04.
     logits_fp32_copies: float = 2.0
     fsdp_gathered_layers: float = 2.0  # FSDP2 holds the current and the prefetched layer unsharded
@@ -203,7 +203,7 @@ def label_tokens(cfg: TrainConfig, label_tokens_per_row: float | None) -> float:
 
 def loss_bytes(arch: Arch, cfg: TrainConfig, cal: Calibration, label_tokens_per_row: float | None = None) -> float:
     """The chunked loss at its peak: logits_fp32_copies x chunk x vocab x 4 B, chunk = min(loss_chunk_size, label
-    tokens of the micro-batch), since medtune/loss.py sends only label tokens to the output projection; plus the
+    tokens of the micro-batch), since the chunked loss sends only label tokens to the output projection; plus the
     gathered label rows and their gradient (label tokens x hidden x dtype bytes each), plus the last hidden state
     and the final norm's fp32 input and bf16 output (tokens x hidden x (dtype + 6) B).
 

@@ -1,6 +1,6 @@
 """Models: build the base (hub, local dir, GGUF, random), quantise it, add LoRA, isolate packed documents.
 
-    from medtune.models.build import build_model          # model, tokenizer = build_model(cfg.model, cfg.quantization, device)
+    model, tokenizer = build_model(cfg.model, cfg.quantization, device)    # medtune.models.build
     python -m medtune.models convert                       # the Gemma 3 270M GGUF -> a transformers folder, once
 
 Modules: build, quantize, lora, document_masks (per-document attention), anatomy (decoder layers, head, unwrapping),

@@ -3,9 +3,9 @@
     model, tokenizer = build_model(cfg.model, cfg.quantization, torch.device("cuda"))
     python -m medtune.models convert      # convert Gemma 3 270M from its GGUF once, print where it went
 
-Sources: `gguf` (converted once into `model.cache_dir`, see medtune/gguf_convert.py), `hf` (hub id or local
+Sources: `gguf` (converted once into `model.cache_dir`, see medtune/models/gguf.py), `hf` (hub id or local
 directory; for a Gemma 3 multimodal checkpoint such as medgemma-4b-it only the text model is loaded), `builtin`
-(an architecture in medtune/archs). `model.init=random` builds the architecture with random weights; with nf4/int8
+(an architecture in models/archs). `model.init=random` builds the architecture with random weights; with nf4/int8
 it is built on the meta device and materialised one decoder layer at a time, each layer quantised before the next
 is created, so peak memory is the quantised model plus one bf16 layer (a 70B-wide model never exists in bf16).
 The base is returned frozen and in its storage dtype: nothing is upcast to fp32 (no prepare_model_for_kbit_training).
@@ -38,7 +38,7 @@ class ModelLoadError(RuntimeError):
 
 
 def arch_config(arch: str, num_layers: int | None = None) -> PretrainedConfig:
-    """A transformers config from medtune/models/archs/<arch>.json or a path to a config.json, depth optionally reduced."""
+    """A transformers config from models/archs/<arch>.json or a path to a config.json, depth optionally reduced."""
     try:
         spec = read_arch_spec(arch)
     except ArchNotFoundError as err:

@@ -1,7 +1,8 @@
 """A byte-level tokenizer built in-process, for models without a tokenizer of their own (tiny test models, random init).
 
 Every UTF-8 byte is a token, so any text (Korean included) encodes without an unknown token, and the answer
-letters " A" .. " J" (medtune.data.schema.LETTERS) are single tokens (one merge each) so letter scoring works exactly as on a real model:
+letters " A" .. " J" (medtune.data.schema.LETTERS) are single tokens (one merge each), so letter scoring works as
+on a real model:
 
     >>> tok = build_byte_tokenizer(vocab_size=512)
     >>> tok(" B", add_special_tokens=False).input_ids   # one id

@@ -2,10 +2,10 @@
 
 Why not just restart `position_ids`: transformers 5.24 detects packing from restarting positions only when no
 `attention_mask` is passed *and* no cache exists; with `use_cache` left at its default (a cache is made), or with an
-all-ones 2D mask, packed samples silently attend to each other (tests/test_attention.py shows it). A single 4D
+all-ones 2D mask, packed samples silently attend to each other (test_document_masks.py shows it). A single 4D
 block mask is not enough either: Gemma 3 builds a separate mask for its sliding-window layers.
 
-What this module does instead: from a batch's `document_ids` (medtune/packing.py) it builds one mask per layer type
+What this module does instead: from a batch's `document_ids` (medtune/data/packing.py) it builds one mask per layer type
 the model has (`full_attention`, `sliding_attention` with the config's window) in the format of the attention
 implementation, and passes them as `attention_mask` -- a tensor / BlockMask for single-type models (Llama), a
 `{layer_type: mask}` dict for mixed models (Gemma 3). transformers uses a prepared 4D mask or BlockMask as given,
@@ -18,7 +18,7 @@ and mixed-layer models accept the per-type dict (the form `generate` prepares), 
 | eager          | additive float [rows, 1, seq, seq]            | dense, reference                          |
 | flash_attention_2 | no mask; `cu_seq_lens_*`/`max_length_*` (varlen) | needs the flash_attn package, fp16/bf16 |
 
-Run the proof: `python -m pytest -q tests/test_attention.py`.
+Run the proof: `python -m pytest -q tests/models/test_document_masks.py`.
 """
 
 from __future__ import annotations

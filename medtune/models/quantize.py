@@ -1,7 +1,7 @@
 """bitsandbytes quantisation of the frozen base: the loading config, and in-place quantisation of built layers.
 
 `bnb_config` is what `from_pretrained` gets for a checkpoint. `quantize_linears_` is for models built with random
-weights (medtune/models.py): transformers can only quantise while loading a checkpoint, so each freshly initialised
+weights (models/build.py): transformers can only quantise while loading a checkpoint, so each freshly initialised
 decoder layer has its nn.Linear modules swapped for bitsandbytes ones here, exactly the layers transformers would
 convert (everything but the output projection).
 """

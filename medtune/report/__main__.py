@@ -1,8 +1,6 @@
 """`python -m medtune.report SWEEP_DIR [...]`: report.md, tables and plots from the run directories alone."""
 
-import sys
-
-from medtune.report.sweep import main
+from medtune.report.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -10,7 +10,6 @@ failed. The English share of a run is en / (en + ko) of its data_mix weights (da
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -207,7 +206,7 @@ def forgetting_table(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame
     return table
 
 
-# Training-phase peaks per rank as `medtune.training.step_metrics.memory_metrics` names them, the lm-eval stage's own peak, and the
+# Training-phase peaks per rank as `step_metrics.memory_metrics` names them, the lm-eval stage's own peak, and the
 # throughput that counts non-pad tokens only.
 TRAIN_ALLOC, TRAIN_RESERVED = "sys/train/peak_alloc_gib", "sys/train/peak_reserved_gib"
 EFFICIENCY_KEYS = (TRAIN_ALLOC, TRAIN_RESERVED, "sys/lm_eval/peak_reserved_gib", "train/useful_tokens_per_s")
@@ -229,88 +228,3 @@ def efficiency_table(df: pd.DataFrame) -> pd.DataFrame:
     eff = grouped[keys].mean().reset_index()
     eff.insert(1, "n_runs", grouped.size().to_numpy())
     return eff
-
-
-def publish_wandb(rep: Any, sweep_dir: Path, out_dir: Path, init_timeout_s: float = 30.0) -> bool:
-    """Log the report's plots and tables as one W&B run (job_type=report) in the sweep's group; False offline."""
-    from medtune.config import LoggerConfig
-    from medtune.training import wandb_run
-    from medtune.training.tracking import Tracker
-
-    if not wandb_run.wandb_api_key_present():
-        print("--wandb: no W&B key (WANDB_API_KEY or `wandb login`): skipped; the local report is complete.")
-        return False
-    runs = rep.runs
-    project = runs["wandb_project"].dropna().mode()
-    group = runs["wandb_group"].dropna().mode()
-    cfg = LoggerConfig(
-        backend="wandb", mode="online", job_type="report", name=f"report-{Path(sweep_dir).name}",
-        init_timeout_s=init_timeout_s,
-        project=str(project.iloc[0]) if len(project) else "medtune",
-        group=str(group.iloc[0]) if len(group) else Path(sweep_dir).name,
-    )  # fmt: skip
-    run_dir = out_dir / "wandb_report"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:  # online or nothing: an offline copy of a report is of no use
-        run = wandb_run.init_wandb(cfg, {"sweep_dir": str(sweep_dir)}, run_dir, "online")
-    except Exception as err:  # any W&B failure: the local report is already written
-        print(f"--wandb: W&B is unreachable: skipped; the local report is complete ({type(err).__name__}).")
-        return False
-    tracker = Tracker(run_dir, "wandb", run)
-    tracker.log_images({p.stem: p for p in sorted(out_dir.glob("*.png"))})
-    frames = {"forgetting": rep.forgetting, "efficiency": rep.efficiency}
-    if not rep.contrast.empty:
-        frames["contrast"] = rep.contrast
-    for name, frame in frames.items():
-        tracker.log_table(name, [str(c) for c in frame.columns], frame.astype(object).values.tolist())
-    cols = [c for c in runs.columns if c in ("run", "ratio", "en_share", "seed", "status") or c.startswith("eval/lang")]
-    tracker.log_table("runs", cols, runs[cols].astype(object).where(runs[cols].notna(), None).values.tolist())
-    url = getattr(run, "url", None)
-    tracker.finish()
-    print(f"--wandb: report run {url} (group {cfg.group}): its panels compare the sweep's runs.")
-    return True
-
-
-def _level(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a level in (0, 1), e.g. 0.9 for 90% intervals")
-    return value
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: python -m medtune.report DIR [--out OUT] [--reference EN:KO] [--wandb]."""
-    parser = argparse.ArgumentParser(description="Report over a sweep's run directories (no W&B needed).")
-    parser.add_argument("sweep_dir", type=Path, help="the sweep directory, e.g. runs/multirun/<date>/<time>")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default: <sweep_dir>/report)")
-    parser.add_argument(
-        "--confidence",
-        type=_level,
-        default=0.95,
-        help="level of every interval and test (default 0.95); runs evaluated at another level are recomputed from "
-        "their stored predictions, or the report stops",
-    )
-    parser.add_argument(
-        "--reference",
-        default=None,
-        metavar="EN:KO",
-        help="also contrast every ratio with this one (e.g. 1:1): difference of seed means, Welch interval",
-    )
-    parser.add_argument("--wandb", action="store_true", help="also log plots and tables to W&B when online")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from medtune.report.write import write
-
-    out_dir = args.out or args.sweep_dir / "report"
-    try:
-        rep = write(args.sweep_dir, out_dir, args.confidence, args.reference)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}")
-        return 2
-    failed = rep.runs[rep.runs["status"] != "ok"]
-    print(f"{len(rep.runs)} runs ({len(failed)} failed) -> {out_dir / 'report.md'}")
-    for _, r in failed.iterrows():
-        print(f"  FAILED {r['run']}: {r.get('run/error', '')}")
-    if args.wandb:
-        publish_wandb(rep, args.sweep_dir, out_dir)
-    return 0

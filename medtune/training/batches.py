@@ -129,7 +129,8 @@ def load_pools(cfg: TrainConfig, report: dict[str, Any]) -> dict[str, dict[str, 
 def build_data(cfg: TrainConfig, tokenizer: Any, model: torch.nn.Module, dist: Any) -> DataPipeline:
     """Mix, tokenize and prepare packing for this run; the realised mix goes into the report."""
     from medtune.data import encode_example
-    from medtune.data.mix import build_mix, format_mix_report
+    from medtune.data.mix import build_mix
+    from medtune.data.mix_report import format_mix_report
     from medtune.data.packing import build_batches, packing_stats
     from medtune.models.document_masks import enable_document_masking
     from medtune.training.distributed import unwrap

@@ -5,8 +5,8 @@ is written into `step_000040.tmp-<pid>` and renamed when complete, so a killed r
 looks finished; leftovers named `*.tmp-*` are removed on the next start. Only trainable tensors (the adapter) are
 saved: the frozen base is rebuilt from its config, which keeps a checkpoint of a 4B QLoRA run to megabytes.
 A write that fails (full disk, no permission) removes its partial directory at once and raises a one-line
-`storage.StorageError` with the space the checkpoint needs and what is free. state.json also carries what the
-caller passes in the loop state: the run's config and resume history (see medtune/resume.py).
+`space.StorageError` with the space the checkpoint needs and what is free. state.json also carries what the
+caller passes in the loop state: the run's config and resume history (see medtune/training/resume.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medtune.files import space as storage
+from medtune.files import space
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
@@ -85,7 +85,7 @@ def _write_failed(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     remove: bool = True,
-) -> storage.StorageError:
+) -> space.StorageError:
     """Remove the partial checkpoint (never resumed; its space is what the summary needs next), then say why."""
     if remove:  # under FSDP rank 0 owns the directory
         shutil.rmtree(tmp, ignore_errors=True)
@@ -96,7 +96,7 @@ def _write_failed(
         "Earlier checkpoints are intact: free space (or lower trainer.keep_checkpoints), then resume with "
         f"trainer.resume=auto hydra.run.dir={run_dir}."
     )
-    return storage.write_failure(f"checkpoint {final.name}", final.parent, err, need, fix)
+    return space.write_failure(f"checkpoint {final.name}", final.parent, err, need, fix)
 
 
 def _nbytes(obj: Any) -> int:

@@ -4,7 +4,7 @@ Launch several processes with torchrun; every rank composes the same Hydra confi
 
     torchrun --nproc-per-node 2 -m medtune.train sharding=fsdp quantization=nf4
 
-Rank 0 picks the run directory and shares it (`medtune.training.launch.shared_run_stamp`), only rank 0 logs and writes files,
+Rank 0 picks the run directory and shares it (`launch.shared_run_stamp`), only rank 0 logs and writes files,
 and metrics that are sums (tokens, losses) are all-reduced.
 """
 

@@ -9,20 +9,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import threading
-import time
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 from medtune.config import TrainConfig
-from medtune.files import space as storage
-from medtune.training import checkpoint, distributed, run_record
-from medtune.training import step_metrics as metrics
+from medtune.training import checkpoint, distributed, step_metrics
 from medtune.training.batches import DataPipeline, build_data
 from medtune.training.loss_module import compute_loss, eval_loss
 from medtune.training.schedule import lr_factor
@@ -66,7 +60,7 @@ class TrainRecipe:
         from medtune.models.lora import apply_lora, trainable_parameters
 
         cfg = self.cfg
-        metrics.reset_peak_memory(self.device, release_cache=True)  # a multirun's previous job cached blocks too
+        step_metrics.reset_peak_memory(self.device, release_cache=True)  # a multirun's previous job cached blocks too
         model, self.tokenizer = build_model(cfg.model, cfg.quantization, self.device)
         model = apply_lora(model, cfg.lora, cfg.quantization, cfg.trainer.grad_ckpt_every)
         self.model = distributed.wrap_model(model, cfg.sharding, self.dist, cfg.trainer.loss_chunk_size)
@@ -78,14 +72,14 @@ class TrainRecipe:
                 "model/trainable_pct": counts["percent"],
             }
         )
-        self.summary.update(distributed.per_rank_memory(metrics.memory_metrics(self.device, "load"), self.device))
+        self.summary.update(distributed.per_rank_memory(step_metrics.memory_metrics(self.device, "load"), self.device))
 
     def setup_optimizer(self) -> None:
         """Optimizer over the trainable parameters, schedule, and the FLOP model for MFU."""
         self.optimizer = build_optimizer(self.cfg, self.model)
         self.scheduler = build_scheduler(self.cfg, self.optimizer)
-        self.flops = metrics.flop_model(distributed.unwrap(self.model), self.cfg.trainer.grad_ckpt_every)
-        self.peak_tflops = metrics.device_peak_tflops(self.device)
+        self.flops = step_metrics.flop_model(distributed.unwrap(self.model), self.cfg.trainer.grad_ckpt_every)
+        self.peak_tflops = step_metrics.device_peak_tflops(self.device)
 
     def _maybe_resume(self) -> None:
         if self.dist.is_main:
@@ -104,7 +98,7 @@ class TrainRecipe:
         """Run optimizer steps until trainer.max_steps; returns the last logged metrics."""
         tc = self.cfg.trainer
         self.model.train()
-        metrics.reset_peak_memory(self.device)
+        step_metrics.reset_peak_memory(self.device)
         micro_batches = self.data.train_stream(self.data_position)
         last: dict[str, float] = {}
         bar = _progress(tc.max_steps, self.step, enabled=tc.progress_bar and self.dist.is_main)
@@ -112,14 +106,14 @@ class TrainRecipe:
         while self.step < tc.max_steps:
             group = [next(micro_batches) for _ in range(tc.grad_accum_steps)]
             with out_of_memory_hint(self.cfg, f"training step {self.step + 1}"):
-                step_metrics = self.optimizer_step([b for b, _ in group])
+                measured = self.optimizer_step([b for b, _ in group])
             self.data_position = group[-1][1]
             self.step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{step_metrics['train/loss']:.4f}")
+            bar.set_postfix(loss=f"{measured['train/loss']:.4f}")
             if self.step % tc.log_every == 0 or self.step == tc.max_steps:
-                memory = distributed.per_rank_memory(metrics.memory_metrics(self.device, "train"), self.device)
-                last = {**step_metrics, **memory, "train/epoch": self.data.epochs(0, self.data_position)}
+                memory = distributed.per_rank_memory(step_metrics.memory_metrics(self.device, "train"), self.device)
+                last = {**measured, **memory, "train/epoch": self.data.epochs(0, self.data_position)}
                 self.tracker.log(last, step=self.step)
             if tc.eval_every and self.step % tc.eval_every == 0:  # inside the train phase: its peak stays whole
                 self.tracker.log(self.eval_loss(measure_memory=False), step=self.step)
@@ -134,7 +128,7 @@ class TrainRecipe:
         tc = self.cfg.trainer
         n_labels = distributed.all_reduce_sum(sum(int(b["n_label_tokens"]) for b in batches), self.device)
         loss_total = torch.zeros((), device=self.device)
-        with metrics.StepTimer(self.device) as timer:
+        with step_metrics.StepTimer(self.device) as timer:
             for i, batch in enumerate(batches):
                 self.watch.tick(self.step + 1)
                 with distributed.no_sync_unless(self.model, last=i == len(batches) - 1):
@@ -159,7 +153,7 @@ class TrainRecipe:
         ctx = sum(float(b["ctx_tokens"]) for b in batches) / max(useful, 1)
         flops = self.flops.per_token(ctx) * useful
         out = {"train/loss": float(loss), "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm}
-        out.update(metrics.throughput_metrics(useful, rows, labels, timer.seconds, flops, self.peak_tflops))
+        out.update(step_metrics.throughput_metrics(useful, rows, labels, timer.seconds, flops, self.peak_tflops))
         if self.dist.world_size > 1:  # train/useful_tokens_per_s stays per GPU (this rank's)
             out["train/useful_tokens_per_s_all_ranks"] = float(totals[1]) / timer.seconds
         return out
@@ -185,7 +179,7 @@ class TrainRecipe:
     def eval_loss(self, measure_memory: bool = True) -> dict[str, float]:
         """Mean loss per label token on the held-out rows of the mix (and the eval phase's memory, if asked)."""
         if measure_memory:
-            metrics.reset_peak_memory(self.device)
+            step_metrics.reset_peak_memory(self.device)
         self.watch.enter("held-out loss", self.step)
         self.model.eval()
         total, n = eval_loss(self.model, self.data.heldout_batches(), self.device, self.cfg.trainer, self.watch.tick)
@@ -195,7 +189,7 @@ class TrainRecipe:
         out = {"eval/loss": float(total / n) if n else float("nan"), "eval/loss_tokens": float(n)}
         if not measure_memory:
             return out
-        return {**out, **distributed.per_rank_memory(metrics.memory_metrics(self.device, "eval"), self.device)}
+        return {**out, **distributed.per_rank_memory(step_metrics.memory_metrics(self.device, "eval"), self.device)}
 
     def save_checkpoint(self) -> None:
         """Write a resumable checkpoint: one file set from rank 0, or every rank's shard under FSDP."""
@@ -209,6 +203,11 @@ class TrainRecipe:
         if self.dist.is_main:
             checkpoint.save_checkpoint(*args, state, self.cfg.trainer.keep_checkpoints, rngs)
         distributed.barrier()
+
+    def release(self) -> None:
+        """Drop everything the run holds (model, optimizer, data), so the memory is free for the next run in this
+        process even while a traceback still references the recipe."""
+        self.__dict__.clear()
 
     def release_optimizer(self) -> None:
         """Drop the optimizer and its state (after the last checkpoint): evaluation does not need them."""
@@ -242,7 +241,7 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
 
 
 def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup, then cosine or linear decay to min_lr_ratio * lr (or constant): see medtune/schedule.py."""
+    """Linear warmup, then cosine or linear decay to min_lr_ratio * lr (or constant): see training/schedule.py."""
     optim, total = cfg.optim, cfg.trainer.max_steps
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(optim, total, step))
 
@@ -264,108 +263,7 @@ def out_of_memory_hint(cfg: TrainConfig, phase: str) -> Iterator[None]:
         ) from err
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (CPU and every GPU)."""
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _progress(total: int, start: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
-
-
-def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -> dict[str, Any]:
-    """Train and/or evaluate one configuration; write summary.json; in a sweep, a failure is recorded, not raised.
-
-    Under torchrun a watchdog stops every rank when one stalls (a collective nobody else joins) or when the
-    launcher stops the job, and rank 0 records where in summary.json (`run/failed_phase`, `run/failed_step`).
-    """
-    dist = distributed.init(cfg.sharding, cfg.trainer.device)
-    tracker, resumed, record = run_record.open_record(cfg, dict_cfg, run_dir, dist)
-    seed_everything(cfg.seed)  # same seed on every rank: random-init base weights must agree under FSDP
-    started = time.perf_counter()
-    summary: dict[str, Any] = {"run/status": "failed", **resumed}
-
-    record_lock = threading.Lock()  # the watchdog's thread and this one never write the record together
-
-    def record_failure(message: str, phase: str, step: int | None) -> None:  # the watchdog's thread; exits next
-        with record_lock:
-            failed = {"run/error": message, "run/failed_phase": phase, "run/failed_step": step}
-            tracker.summary(summary | failed | {"run/wall_s": time.perf_counter() - started})
-
-    watch = Watchdog(cfg.sharding.timeout_min * 60, record_failure)
-    if dist.world_size > 1:
-        watch.start()
-    try:
-        _run_stages(cfg, run_dir, tracker, dist, watch, summary, record)
-        summary["run/status"] = "ok"
-    except Exception as err:
-        _note_failure(err, watch, summary)
-        if not multirun:
-            raise
-    finally:
-        watch.stop()
-        with record_lock:
-            if not watch.fired:  # else the watchdog wrote this rank's record and is ending the process
-                summary["run/wall_s"] = time.perf_counter() - started
-                _close_record(tracker, summary)
-        distributed.cleanup()
-    return summary
-
-
-def _note_failure(err: Exception, watch: Watchdog, summary: dict[str, Any]) -> None:
-    """Put the error in the summary and the log: one line for a full or unwritable disk, else with the traceback."""
-    disk = storage.explain(err)
-    summary["run/error"] = f"{type(err).__name__} in {watch.where()}: {disk or err}"
-    summary["run/failed_phase"], summary["run/failed_step"] = watch.phase, watch.step
-    if disk:  # the zip writer's chained errors say nothing the line does not; kept for --verbose / debug logs
-        log.error("run failed in %s: %s", watch.where(), disk)
-        log.debug("traceback of the failed write", exc_info=err)
-    else:
-        log.error("run failed in %s: %s\n%s", watch.where(), err, traceback.format_exc())
-
-
-def _close_record(tracker: Any, summary: dict[str, Any]) -> None:
-    """Write the final summary.json; a disk that is still full costs the record, not a second traceback."""
-    try:
-        tracker.summary(summary)
-        tracker.finish(exit_code=0 if summary["run/status"] == "ok" else 1)
-    except OSError as err:
-        log.error("summary.json not written: %s", storage.explain(err) or err)
-
-
-def _run_stages(
-    cfg: TrainConfig,
-    run_dir: Path,
-    tracker: Any,
-    dist: distributed.DistInfo,
-    watch: Watchdog,
-    summary: dict,
-    record: dict[str, Any],
-) -> None:
-    """Setup, training, final held-out loss and adapter, then the eval stage; fills `summary` as it goes."""
-    from medtune.training.eval_stage import run_eval_stage
-
-    recipe = TrainRecipe(cfg, run_dir, tracker, dist, watch)
-    recipe.checkpoint_record = record
-    recipe.setup()
-    summary.update(recipe.summary)
-    if recipe.step == 0:  # a resumed run logged its data report when it started
-        tracker.log(recipe.data.report, step=0)
-    if cfg.stage in ("train", "train_eval"):
-        summary.update(recipe.train())
-        final_eval = recipe.eval_loss()
-        tracker.log(final_eval, step=recipe.step)
-        summary.update(final_eval)
-        summary["run/adapter_dir"] = str(recipe.save_adapter())
-    if cfg.stage in ("eval", "train_eval") and cfg.eval.enabled:
-        recipe.release_optimizer()  # its state is not needed to score; lm-eval's logits want the memory
-        watch.enter("eval", recipe.step)
-        summary.update(run_eval_stage(cfg, recipe.model, recipe.tokenizer, run_dir, tracker, dist, watch.tick))

@@ -99,7 +99,7 @@ def checkpoint_record(identity: dict[str, Any], plan: ResumePlan | None) -> dict
 
 def plan_resume(cfg: TrainConfig, run_dir: Path, world_size: int) -> ResumePlan | None:
     """Resolve trainer.resume and check the checkpoint against `cfg`; raises ConfigError before anything loads."""
-    from medtune import checkpoint  # torch: the caller (recipe.run) has it loaded already
+    from medtune.training import checkpoint  # torch: the caller (training.run) has it loaded already
 
     try:
         point = checkpoint.find_resume_point(cfg.trainer.resume, run_dir)

@@ -1,6 +1,6 @@
 """The run directory's record: config files that are never overwritten, metrics without repeated steps, a tracker.
 
-    tracker, resumed, record = open_record(cfg, dict_cfg, run_dir, dist)  # what recipe.run starts with
+    tracker, resumed, record = open_record(cfg, dict_cfg, run_dir, dist)  # what training.run starts with
 
 A run that resumes in its own directory keeps `config.yaml` as written at its start and writes this invocation's
 config to `config.resume-<n>.yaml`; metrics.jsonl (and metrics.csv) lose the lines logged after the checkpoint's
@@ -51,7 +51,7 @@ def open_record(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, dist: Any
 
 def keep_record(run_dir: Path, config_yaml: str, plan: ResumePlan | None, resume_mode: str) -> Path:
     """Write this invocation's config beside (never over) the original; drop metric lines past the resume step."""
-    run_dir.mkdir(parents=True, exist_ok=True)  # Hydra made it; a caller of recipe.run may not have
+    run_dir.mkdir(parents=True, exist_ok=True)  # Hydra made it; a caller of training.run may not have
     path = run_dir / "config.yaml"
     if plan is not None and path.exists():
         taken = [int(m.group(1)) for p in run_dir.iterdir() if (m := RESUME_CONFIG.fullmatch(p.name))]

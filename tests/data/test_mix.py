@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medtune.config import ConfigError, DataMixConfig, parse_ratio
-from medtune.data.mix import build_mix, format_mix_report
+from medtune.data.mix import build_mix
+from medtune.data.mix_report import format_mix_report
 
 try:
     from medtune.data.schema import Record

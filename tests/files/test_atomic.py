@@ -1,4 +1,4 @@
-"""medtune.files.atomic: concurrent writers never fail or mix, readers never see half a file, locks exclude, modes share."""
+"""files.atomic: concurrent writers never fail or mix, readers never see half a file, locks exclude, modes share."""
 
 from __future__ import annotations
 

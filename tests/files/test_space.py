@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from medtune.files import space as storage
+from medtune.files import space
 
 
 def test_read_only_dir_names_the_path_and_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def read_only(*args: object, **kwargs: object) -> None:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "runs"))
 
-    monkeypatch.setattr(storage.tempfile, "NamedTemporaryFile", read_only)
-    with pytest.raises(storage.StorageError) as info:
-        storage.check_writable(tmp_path / "runs", "hydra.run.dir")
+    monkeypatch.setattr(space.tempfile, "NamedTemporaryFile", read_only)
+    with pytest.raises(space.StorageError) as info:
+        space.check_writable(tmp_path / "runs", "hydra.run.dir")
     msg = str(info.value)
     assert f"hydra.run.dir={tmp_path / 'runs'} (Read-only file system" in msg and "\n" not in msg
     assert "MEDTUNE_RUNS_DIR" in msg and "hydra.sweep.dir" in msg
@@ -32,19 +32,19 @@ def test_directory_without_write_permission(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     try:
-        with pytest.raises(storage.StorageError, match="Permission denied"):
-            storage.check_writable(locked / "run", "hydra.run.dir")
+        with pytest.raises(space.StorageError, match="Permission denied"):
+            space.check_writable(locked / "run", "hydra.run.dir")
     finally:
         locked.chmod(0o700)
 
 
 def test_explain_gives_one_line_for_a_full_disk_and_nothing_for_other_errors(tmp_path: Path) -> None:
     full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "metrics.jsonl"))
-    line = storage.explain(full)
+    line = space.explain(full)
     assert line.startswith(f"could not write {tmp_path / 'metrics.jsonl'}: No space left on device [errno 28]; ")
     assert "free on that disk" in line and "MEDTUNE_RUNS_DIR" in line
-    assert storage.explain(ValueError("x")) is None and storage.explain(FileNotFoundError(2, "no")) is None
-    assert storage.size_text(1536) == "1.5 KiB" and storage.size_text(3 * 2**30) == "3.0 GiB"
+    assert space.explain(ValueError("x")) is None and space.explain(FileNotFoundError(2, "no")) is None
+    assert space.size_text(1536) == "1.5 KiB" and space.size_text(3 * 2**30) == "3.0 GiB"
 
 
 @pytest.mark.parametrize("multirun", [False, True])

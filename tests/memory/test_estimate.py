@@ -9,13 +9,13 @@ import torch
 from conftest import tiny_model
 
 from medtune.config import compose
+from medtune.memory.__main__ import main
 from medtune.memory.estimate import (
     Calibration,
     estimate,
     layer_activation_bytes,
     load_arch,
     lora_param_count,
-    main,
     quantized_bytes,
     weight_bytes,
 )
@@ -134,7 +134,7 @@ GEMMA_4B = ["model=medgemma_4b", "model.init=random", "model.dtype=bfloat16", "t
     [(1, 45.0, 45), (1, 765.0, 765), (1, 1900.0, 1024), (4, 765.0, 1024), (1, 5000.0, 1024)],
 )
 def test_loss_chunk_holds_min_of_chunk_and_label_tokens(rows: int, per_row: float, chunk_rows: int) -> None:
-    # medtune/loss.py sends only label tokens to the output projection: the logits chunk has min(chunk, labels) rows
+    # the chunked loss sends only label tokens to the output projection: the logits chunk has min(chunk, labels) rows
     cfg = compose([*GEMMA_4B, "packing=packed", f"trainer.micro_batch_size={rows}", "trainer.loss_chunk_size=1024"])
     tokens, hidden, vocab = rows * 2048, 2560, 262208
     labels = min(tokens, rows * per_row)

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from medtune.report.cli import main
 from medtune.report.contrast import contrast_table, welch
-from medtune.report.sweep import main
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "sweep"
 

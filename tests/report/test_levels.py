@@ -13,8 +13,9 @@ import pytest
 from medtune.eval.forgetting import forgetting, forgetting_metrics
 from medtune.eval.scoring import read_predictions
 from medtune.eval.summary import summarise
+from medtune.report.cli import main
 from medtune.report.levels import RECOMPUTED, stored_level
-from medtune.report.sweep import forgetting_table, load_sweep, main
+from medtune.report.sweep import forgetting_table, load_sweep
 from medtune.report.write import build, figures
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "sweep"

@@ -13,8 +13,9 @@ import torch
 import yaml
 from conftest import REPO
 
+from medtune.report.cli import main
 from medtune.report.plots import plot_efficiency
-from medtune.report.sweep import across_seeds, efficiency_table, forgetting_table, holm, load_sweep, main, mix_of
+from medtune.report.sweep import across_seeds, efficiency_table, forgetting_table, holm, load_sweep, mix_of
 from medtune.training.step_metrics import memory_metrics
 
 FIXTURE = REPO / "tests" / "fixtures" / "sweep"
@@ -178,7 +179,7 @@ def test_wandb_option_skips_cleanly_offline(
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     (tmp_path / "netrc").write_text("")
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    from medtune.report.sweep import publish_wandb
+    from medtune.report.wandb import publish_wandb
     from medtune.report.write import build
 
     assert not publish_wandb(build(sweep), sweep, tmp_path / "r")
@@ -210,7 +211,7 @@ def test_wandb_option_skips_cleanly_when_unreachable(
         monkeypatch.setenv(var, str(tmp_path / "wandb_home" / var.lower()))
     monkeypatch.setenv("WANDB_API_KEY", "f" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # loopback port that refuses every connection
-    from medtune.report.sweep import publish_wandb
+    from medtune.report.wandb import publish_wandb
     from medtune.report.write import build
 
     assert not publish_wandb(build(sweep), sweep, tmp_path / "r", init_timeout_s=3.0)

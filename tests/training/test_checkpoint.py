@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medtune.files import space as storage
+from medtune.files import space
 from medtune.training import checkpoint
 
 
@@ -103,7 +103,7 @@ def test_disk_full_removes_the_partial_checkpoint_and_says_path_and_space(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
     _fail_on_save(monkeypatch, 2, enospc)  # the optimizer file of step 2
-    with pytest.raises(storage.StorageError) as info:
+    with pytest.raises(space.StorageError) as info:
         checkpoint.save_checkpoint(root, 2, model, opt, sched, {"data_position": {}}, keep=2)
     msg = str(info.value)
     assert "\n" not in msg
@@ -121,6 +121,6 @@ def test_zip_writer_error_of_a_full_device_is_one_line(tmp_path: Path, monkeypat
     model, opt, sched = _toy()
     real_save = torch.save
     monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: real_save(obj, "/dev/full", *a, **k))
-    with pytest.raises(storage.StorageError, match=r"could not write checkpoint step_000003 .*\(RuntimeError: "):
+    with pytest.raises(space.StorageError, match=r"could not write checkpoint step_000003 .*\(RuntimeError: "):
         checkpoint.save_checkpoint(tmp_path, 3, model, opt, sched, {"data_position": {}}, keep=2)
     assert list(tmp_path.iterdir()) == []

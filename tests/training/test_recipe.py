@@ -91,8 +91,8 @@ def test_disk_full_at_a_checkpoint_ends_in_one_line_and_a_summary(
     import logging
     import os
 
-    from medtune.files import space as storage
-    from medtune.training.recipe import run
+    from medtune.files import space
+    from medtune.training.run import run
 
     monkeypatch.setenv("MEDTUNE_CACHE_DIR", str(tmp_path / "cache"))
     real_save, calls = torch.save, []
@@ -110,7 +110,7 @@ def test_disk_full_at_a_checkpoint_ends_in_one_line_and_a_summary(
         dict_cfg = compose("train", overrides=overrides)
     run_dir = tmp_path / "run"
     run_dir.mkdir()  # Hydra makes it
-    with caplog.at_level(logging.DEBUG), pytest.raises(storage.StorageError):
+    with caplog.at_level(logging.DEBUG), pytest.raises(space.StorageError):
         run(to_train_config(dict_cfg), dict_cfg, run_dir, multirun=False)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["run/status"] == "failed" and summary["run/failed_phase"] == "checkpoint"

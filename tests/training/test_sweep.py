@@ -40,7 +40,7 @@ def test_invalid_middle_job_is_recorded_and_the_sweep_goes_on(tmp_path: Path) ->
     assert "sweep: 1 of 3 jobs failed: #1 data_mix.ratio=10-3-1." in out
     assert "Traceback" not in out
 
-    from medtune.report.sweep import main as report_main
+    from medtune.report.cli import main as report_main
 
     assert report_main([str(sweep), "--out", str(tmp_path / "report")]) == 0  # the bad job's mix does not stop it
     assert "3 runs, 1 failed" in (tmp_path / "report" / "report.md").read_text()

@@ -97,7 +97,7 @@ def test_multirun_over_two_ratios_feeds_the_report(tmp_path: Path) -> None:
     """`-m data_mix.ratio=1:1,3:1` on a tiny model: one run dir per ratio, the report's numbers are theirs."""
     import pandas as pd
 
-    from medtune.report.sweep import main as report_main
+    from medtune.report.cli import main as report_main
 
     sweep = tmp_path / "sweep"
     cmd = [
