@@ -18,7 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from medtune.config import compose
+from medtune.data import encode_example
+from medtune.data.mix import build_mix
 from medtune.data.schema import IGNORE_INDEX
+from medtune.training.batches import load_pools
 
 REPO = Path(__file__).resolve().parents[2]
 LENGTHS_JSON = REPO / "experiments" / "efficiency" / "lengths.json"
@@ -67,10 +71,6 @@ def length_histogram(pairs: list[tuple[int, int]], meta: dict[str, Any]) -> dict
 
 def write_length_histogram(path: Path = LENGTHS_JSON, overrides: list[str] | None = None) -> dict[str, Any]:
     """Tokenize the training mix of `data_mix=medical` (or the overrides') and write its length histogram."""
-    from medtune.config import compose
-    from medtune.data import encode_example
-    from medtune.data.mix import build_mix
-    from medtune.training.batches import load_pools
 
     overrides = overrides or ["data_mix=medical"]
     cfg = compose(overrides)

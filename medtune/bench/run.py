@@ -33,8 +33,18 @@ import yaml
 
 from medtune.bench.lengths import LENGTHS_JSON, REPO, sample_lengths, write_length_histogram
 from medtune.bench.results import add_ratios, environment, format_table, write_results
+from medtune.config import compose
+from medtune.data.packing import build_batches
 from medtune.files.space import GIB
+from medtune.memory.estimate import estimate
+from medtune.models.document_masks import enable_document_masking
+from medtune.training import distributed
+from medtune.training import step_metrics as metrics
+from medtune.training.batches import DataPipeline
+from medtune.training.distributed import all_gather_objects
 from medtune.training.launch import env_world
+from medtune.training.recipe import TrainRecipe
+from medtune.training.tracking import NullTracker
 
 __all__ = ["add_ratios", "format_table", "main", "run_bench", "synthetic_examples", "write_length_histogram"]
 log = logging.getLogger("medtune.bench")
@@ -103,11 +113,6 @@ def _peak_gib(device: torch.device) -> tuple[float | None, float | None]:
 
 def measure(cfg: Any, hist: dict, args: argparse.Namespace, out_dir: Path, profile: bool = False) -> dict[str, Any]:
     """Build one configuration through TrainRecipe, run warm-up and timed steps, return its measurements."""
-    from medtune.memory.estimate import estimate
-    from medtune.training import distributed
-    from medtune.training import step_metrics as metrics
-    from medtune.training.recipe import TrainRecipe
-    from medtune.training.tracking import NullTracker
 
     dist = distributed.init(cfg.sharding, cfg.trainer.device)
     recipe = TrainRecipe(cfg, out_dir, NullTracker(), dist)
@@ -139,10 +144,6 @@ def measure(cfg: Any, hist: dict, args: argparse.Namespace, out_dir: Path, profi
 
 def _prepare_steps(recipe: Any, cfg: Any, hist: dict, args: argparse.Namespace) -> Callable[[], dict[str, float]]:
     """Give the recipe synthetic data and its optimizer; returns a function that runs one optimizer step."""
-    from medtune.data.packing import build_batches
-    from medtune.models.document_masks import enable_document_masking
-    from medtune.training import distributed
-    from medtune.training.batches import DataPipeline
 
     base = distributed.unwrap(recipe.model)
     tc, max_len, dist = cfg.trainer, cfg.packing.max_seq_len, recipe.dist
@@ -176,7 +177,6 @@ def _timed_label_tokens_per_row(recipe: Any, cfg: Any, args: argparse.Namespace)
 
 def _across_ranks(result: dict[str, Any], dist: Any) -> dict[str, Any]:
     """Memory: the busiest rank, and every rank's (`<key>_per_rank`); tokens/s: per GPU (rank 0) and summed."""
-    from medtune.training.distributed import all_gather_objects
 
     keys = ("peak_alloc_gib", "peak_reserved_gib", "load_peak_alloc_gib", "load_peak_reserved_gib")
     everyone = all_gather_objects({k: result[k] for k in (*keys, "useful_tokens_per_s")})
@@ -202,7 +202,6 @@ def _profile(step: Any, device: torch.device, n_steps: int = 2, rows: int = 25) 
 
 
 def _compose_config(plan: dict, name: str, extra: list[str], args: argparse.Namespace, world_size: int) -> Any:
-    from medtune.config import compose
 
     overrides = [*plan.get("common", []), *plan["configurations"][name], *extra]
     if world_size > 1:
@@ -212,7 +211,6 @@ def _compose_config(plan: dict, name: str, extra: list[str], args: argparse.Name
 
 def run_bench(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     """Measure every configuration of the plan; write results.json and results.md under args.out (rank 0)."""
-    from medtune.training import distributed
 
     plan = load_plan(Path(args.config))
     hist = json.loads(Path(args.lengths).read_text())

@@ -22,6 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 from medtune.config import EvalConfig
 from medtune.data.prepare import resolve_dir
+from medtune.eval.adapter_check import base_probe_logits, fingerprint, is_peft_model
+from medtune.eval.sanity import check_predictions
+from medtune.eval.scoring import read_predictions
+from medtune.eval.tasks import PROMPT_VERSION
 from medtune.files.atomic import atomic_copy, file_lock
 from medtune.models.anatomy import peft_base_of
 
@@ -35,8 +39,6 @@ ScoreFn = Callable[[Any, Path], list[dict]]
 def base_cache_key(model: Any, base_fingerprint: str, tasks: list, eval_cfg: EvalConfig) -> str:
     """Hash of everything the base model's scores depend on."""
     import lm_eval
-
-    from medtune.eval.tasks import PROMPT_VERSION
 
     # The transformers model under any peft wrapper: `medtune.evaluate` (plain model) and the eval stage of
     # `medtune.train` (peft model, adapter disabled) must find the same entry for the same base.
@@ -75,7 +77,6 @@ def score_base(
     does not wait on the entry's lock there (the other ranks would sit in a collective past the process-group
     timeout), so two torchrun jobs may both score one base: the entry stays whole either way.
     """
-    from medtune.eval.adapter_check import is_peft_model
 
     with file_lock(cache) if cache is not None and not ranks.spread else contextlib.nullcontext():
         cached = _read_entry(cache, out_dir) if ranks.is_main and cache is not None else None
@@ -94,7 +95,6 @@ def score_base(
 
 def _read_entry(cache: Path, out_dir: Path) -> list[dict] | None:
     """The cached base predictions, copied into out_dir; None when the entry does not exist yet."""
-    from medtune.eval.scoring import read_predictions
 
     if not (cache / "predictions.jsonl").is_file():
         return None
@@ -121,8 +121,6 @@ def base_predictions(
     model: Any, tokenizer: Any, eval_cfg: EvalConfig, tasks: list, score_fn: ScoreFn, out: Path, ranks: Ranks
 ) -> list[dict]:
     """The base model's predictions under out/base (adapter disabled), from the cache when scored before."""
-    from medtune.eval.adapter_check import base_probe_logits, fingerprint
-    from medtune.eval.sanity import check_predictions
 
     cache = None
     if eval_cfg.cache_base:

@@ -56,7 +56,6 @@ def evaluate(
     `loader` replaces medtune.data.load_records (tests). Under torchrun every rank calls this (`ranks`, default:
     the current process group): questions are scored as shares, every rank gets every metric, rank 0 writes.
     """
-    from medtune.eval.ranks import Ranks
 
     ranks = ranks or Ranks.current()
     out = Path(run_dir) / "eval"

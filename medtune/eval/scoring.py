@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune.data.schema import LETTERS
+from medtune.eval.continuation import ContinuationLM
 from medtune.eval.ranks import Ranks, SpreadHFLM
 from medtune.eval.tasks import TaskData
 
@@ -186,8 +187,6 @@ class _LmEvalRun:
         """simple_evaluate over the generated tasks, seeded; every rank gets the results (see ranks.py)."""
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
-
-        from medtune.eval.continuation import ContinuationLM
 
         # include_defaults=False: only our generated tasks are indexed (lm-eval's thousands of YAMLs take seconds).
         manager = TaskManager(include_path=str(self.task_dir), include_defaults=False)

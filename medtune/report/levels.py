@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from medtune.config import EvalConfig
+from medtune.eval.forgetting import forgetting, forgetting_metrics
+from medtune.eval.scoring import read_predictions
 from medtune.eval.stats import format_level
+from medtune.eval.summary import summarise
 
 SECTIONS = ("eval/", "base/eval/", "forgetting/")  # the summary keys an evaluation writes
 LEVEL_KEYS = ("_ci_low", "_ci_high", "significant", "/confidence")  # key endings whose value depends on the level
@@ -73,15 +76,12 @@ def prediction_files(run_dir: Path) -> tuple[Path | None, Path | None]:
 
 def read_rows(path: Path) -> list[dict]:
     """Prediction rows; older files name the question `doc_id`, the pairing uses `id`."""
-    from medtune.eval.scoring import read_predictions
 
     return [r if "id" in r else {**r, "id": r.get("doc_id")} for r in read_predictions(path)]
 
 
 def recompute(run_dir: Path, row: Mapping[str, Any], config: Mapping[str, Any], confidence: float) -> dict[str, Any]:
     """Every eval/, base/eval/ and forgetting/ key that the run's predictions give, at `confidence`."""
-    from medtune.eval.forgetting import forgetting, forgetting_metrics
-    from medtune.eval.summary import summarise
 
     base_path, tuned_path = prediction_files(run_dir)
     base = read_rows(base_path) if base_path else None
@@ -135,7 +135,6 @@ def stored_forgetting(run: Mapping[str, Any], lang: str, config: Mapping[str, An
 
 def forgetting_from_predictions(run_dir: Path, config: Mapping[str, Any], confidence: float) -> dict[str, dict]:
     """Per-language forgetting numbers recomputed from the run's predictions ({} without them), same shape."""
-    from medtune.eval.forgetting import forgetting
 
     base, tuned = prediction_files(run_dir)
     if base is None or tuned is None:

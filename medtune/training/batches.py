@@ -14,6 +14,12 @@ from typing import Any
 import torch
 
 from medtune.config import TrainConfig
+from medtune.data import assert_trainable, encode_example, load_records
+from medtune.data.mix import build_mix
+from medtune.data.mix_report import format_mix_report
+from medtune.data.packing import build_batches, packing_stats
+from medtune.models.document_masks import enable_document_masking
+from medtune.training.distributed import unwrap
 
 log = logging.getLogger("medtune.data")
 
@@ -112,7 +118,6 @@ def without_labels(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def load_pools(cfg: TrainConfig, report: dict[str, Any]) -> dict[str, dict[str, list]]:
     """Records of every source named in data_mix.sources, by language; leakage counts go into `report`."""
-    from medtune.data import assert_trainable, load_records
 
     pools: dict[str, dict[str, list]] = {}
     for language, specs in cfg.data_mix.sources.items():
@@ -128,12 +133,6 @@ def load_pools(cfg: TrainConfig, report: dict[str, Any]) -> dict[str, dict[str, 
 
 def build_data(cfg: TrainConfig, tokenizer: Any, model: torch.nn.Module, dist: Any) -> DataPipeline:
     """Mix, tokenize and prepare packing for this run; the realised mix goes into the report."""
-    from medtune.data import encode_example
-    from medtune.data.mix import build_mix
-    from medtune.data.mix_report import format_mix_report
-    from medtune.data.packing import build_batches, packing_stats
-    from medtune.models.document_masks import enable_document_masking
-    from medtune.training.distributed import unwrap
 
     encoded: dict[str, dict] = {}
 

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 
 from medtune.config import TrainConfig
+from medtune.models.build import build_model
+from medtune.models.lora import apply_lora, merge_and_save, save_adapter, trainable_parameters
 from medtune.training import checkpoint, distributed, step_metrics
 from medtune.training.batches import DataPipeline, build_data
 from medtune.training.loss_module import compute_loss, eval_loss
@@ -56,8 +58,6 @@ class TrainRecipe:
 
     def setup_model(self) -> None:
         """Base model (quantised as configured), LoRA adapter, then the loss wrapper and DDP/FSDP."""
-        from medtune.models.build import build_model
-        from medtune.models.lora import apply_lora, trainable_parameters
 
         cfg = self.cfg
         step_metrics.reset_peak_memory(self.device, release_cache=True)  # a multirun's previous job cached blocks too
@@ -215,7 +215,6 @@ class TrainRecipe:
 
     def save_adapter(self) -> Path:
         """Save the adapter in peft format (and a merged bf16 model when trainer.merge_adapter)."""
-        from medtune.models.lora import merge_and_save, save_adapter
 
         path = self.run_dir / "adapter"
         self.watch.enter("save adapter", self.step)

@@ -23,6 +23,7 @@ from medtune.config import TrainConfig
 from medtune.files.space import StorageError, explain
 from medtune.training import resume
 from medtune.training.resume import ResumePlan
+from medtune.training.tracking import build_tracker
 
 log = logging.getLogger(__name__)
 RESUME_CONFIG = re.compile(r"config\.resume-(\d+)\.yaml")
@@ -31,7 +32,6 @@ RESUME_CONFIG = re.compile(r"config\.resume-(\d+)\.yaml")
 def open_record(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, dist: Any) -> tuple[Any, dict, dict]:
     """Check the resume target (a mismatch stops here: nothing loaded, nothing written), keep the record, start
     the tracker; returns the tracker, the summary's resume keys and what each checkpoint of the run stores."""
-    from medtune.training.tracking import build_tracker
 
     plan = resume.plan_resume(cfg, run_dir, dist.world_size)
     try:
