@@ -51,7 +51,7 @@ class TrainRecipe:
         """Load the model and adapter, build the data, the optimizer and schedule; resume if asked."""
         self.watch.pause("load model")  # no collective while loading: a slow disk is not a hang
         self.setup_model()
-        self.watch.enter("data")
+        self.watch.pause("data")  # each rank tokenizes and packs on its own (no collective): slow is not stuck
         self.data: DataPipeline = build_data(self.cfg, self.tokenizer, self.model, self.dist)
         self.summary.update(self.data.report)
         self.setup_optimizer()
@@ -86,7 +86,8 @@ class TrainRecipe:
     def _maybe_resume(self) -> None:
         if self.dist.is_main:
             checkpoint.remove_partial(self.run_dir / "checkpoints")
-        distributed.barrier()
+        distributed.barrier()  # still paused: a rank may wait here while another finishes its data (bounded by the
+        self.watch.enter("resume")  # process group's timeout); from here on every collective is watched
         point = checkpoint.find_resume_point(self.cfg.trainer.resume, self.run_dir)
         if point is None:
             return
