@@ -180,7 +180,8 @@ def test_a_stalled_or_dead_rank_fails_the_run_with_a_record(fault: str, cache: P
     proc = _launch(
         2, [str(REPO / "tests" / "fixtures" / "faulty_train.py")], cache, *COMMON, "sharding=fsdp",
         "trainer.max_steps=4", "trainer.micro_batch_size=2", "sharding.timeout_min=0.2", f"hydra.run.dir={run}",
-        timeout_s=240, env={"MEDTUNE_TEST_FAULT": fault, "MEDTUNE_TEST_FAULT_STEP": "2", "MEDTUNE_TEST_SLOW_DATA_S": slow},
+        timeout_s=240,
+        env={"MEDTUNE_TEST_FAULT": fault, "MEDTUNE_TEST_FAULT_STEP": "2", "MEDTUNE_TEST_SLOW_DATA_S": slow},
     )  # fmt: skip
     elapsed_s = time.monotonic() - started
     assert proc.returncode != 0
