@@ -41,7 +41,8 @@ def peer_inputs(cfg: Any, examples: list[dict], tokenizer: Any, out_dir: Path) -
     if not (model_dir / "config.json").is_file():
         config = arch_config(cfg.model.arch, cfg.model.num_layers)
         torch.manual_seed(cfg.seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init of 4B on a CPU takes minutes
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
         model.save_pretrained(model_dir)
         tokenizer.save_pretrained(model_dir)
         del model

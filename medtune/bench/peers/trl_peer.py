@@ -17,10 +17,11 @@ def _model(args, torch):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_storage=torch.bfloat16,
         )  # fmt: skip
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return AutoModelForCausalLM.from_pretrained(
-        args.model, quantization_config=quant, dtype=dtype, attn_implementation="sdpa", device_map=None
-    ).to("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = torch.cuda.is_available()
+    return AutoModelForCausalLM.from_pretrained(  # nf4: quantised as it loads onto the GPU (the usual QLoRA path)
+        args.model, quantization_config=quant, dtype=torch.bfloat16 if cuda else torch.float32,
+        attn_implementation="sdpa", device_map={"": 0} if cuda else None,
+    )  # fmt: skip
 
 
 def main() -> None:
