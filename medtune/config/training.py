@@ -203,7 +203,7 @@ class TrainerConfig:
     resume_allow: list[str] = field(default_factory=list)
     merge_adapter: bool = False  # also save the adapter merged into a bf16 copy of the base
     progress_bar: bool = True
-    # Speed (experiments/results/efficiency_h200/ says what each bought): torch.compile each decoder layer
+    # Speed (measured so far: experiments/results/efficiency_h200/): torch.compile each decoder layer
     # (regional: compiled once per row shape), fused RMSNorm/gated-MLP/RoPE kernels (liger, CUDA), and keeping the
     # checkpointed layer inputs in pinned CPU memory instead of the GPU (less memory, some speed).
     compile: bool = False
