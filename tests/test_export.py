@@ -14,7 +14,7 @@ from fixtures.export_run import make_run
 
 from medtune.export import check, gguf_writer
 from medtune.export.__main__ import main
-from medtune.export.check import compare, reference
+from medtune.export.check import TOLERANCES, compare, reference
 from medtune.export.gguf_loader import load_gguf
 from medtune.export.merge import merge_adapter
 from medtune.export.source import resolve_source
@@ -42,7 +42,7 @@ def test_export_both_formats_passes_the_check(tmp_path: Path, arch: str, overrid
     for folder, tolerance in ((safetensors, 1e-4), (gguf_dir, 0.1)):
         record = _record(folder)
         assert record["passed"] is True and record["failures"] == []
-        assert record["tolerance_nats"] == tolerance
+        assert record["tolerance_nats"]["max_nats"] == tolerance
         for lang in ("ko", "en"):
             figures = record["languages"][lang]
             assert figures["logprobs"]["max_abs_dlogp"] <= tolerance
@@ -50,7 +50,8 @@ def test_export_both_formats_passes_the_check(tmp_path: Path, arch: str, overrid
             assert figures["tokenization_mismatches"] == 0
     assert record["merge"]["adapter_logit_change"] > 0.1  # the adapter was not a no-op: the test means something
     card = (gguf_dir / "README.md").read_text()
-    assert "Passed: tolerance 0.1 nats" in card and "| en | sample_en:train | 1.0000 | 1.0000 | 72 |" in card
+    assert "Passed (weights stored as f16): against the merged float32 model, max |Δ log-prob| <= 0.1" in card
+    assert "| en | sample_en:train | 1.0000 | 1.0000 | 72 |" in card
     assert "Apache-2.0" in card and "### adapter" in card and "random weights" in card
     modelfile = (gguf_dir / "Modelfile").read_text()
     assert f"FROM ./{run.name}-f16.gguf" in modelfile and 'TEMPLATE """{{ .Prompt }}"""' in modelfile
@@ -86,7 +87,7 @@ def test_corrupted_gguf_fails_the_check(tmp_path: Path) -> None:
     _corrupt_gguf(path, "blk.2.ffn_gate.weight")  # not ffn_down: Gemma normalises the FFN output, hiding a scale
     merged = merge_adapter(resolve_source(run))
     model, tokenizer = load_gguf(path)
-    report = compare(reference(merged.model, merged.tokenizer), model, tokenizer, 0.1)
+    report = compare(reference(merged.model, merged.tokenizer), model, tokenizer, TOLERANCES["f16"])
     assert report["passed"] is False
     assert any("max |Δ log-prob|" in f for f in report["failures"])
 
@@ -103,7 +104,7 @@ def test_export_whose_check_fails_exits_1_and_keeps_it_aside(tmp_path: Path, mon
     assert main([str(run), "--format", "gguf"]) == 1
     assert not (run / "export" / "gguf-f16").exists()
     record = _record(run / "export" / "gguf-f16.check-failed")
-    assert record["passed"] is False and "> tolerance" in record["failures"][0]
+    assert record["passed"] is False and "max |Δ log-prob|" in record["failures"][0]
 
 
 def test_corrupted_safetensors_fails_the_check(tmp_path: Path) -> None:
@@ -118,5 +119,6 @@ def test_corrupted_safetensors_fails_the_check(tmp_path: Path) -> None:
     save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
     merged = merge_adapter(resolve_source(run))
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    report = compare(reference(merged.model, merged.tokenizer), model, AutoTokenizer.from_pretrained(folder), 1e-4)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    report = compare(reference(merged.model, merged.tokenizer), model, tokenizer, TOLERANCES["float32"])
     assert report["passed"] is False

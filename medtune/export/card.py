@@ -93,9 +93,12 @@ def _num(value: Any) -> str:
 def _check_table(record: dict[str, Any]) -> list[str]:
     if record.get("passed") is None:
         return ["**Not checked** (--no-check): nothing shows that this export computes what was evaluated."]
+    tol = record.get("tolerance_nats") or {}
     lines = [
-        f"{'Passed' if record['passed'] else '**FAILED**'}: tolerance {record['tolerance_nats']:g} nats "
-        f"(weights stored as {record['weight_type']}); every probe tokenised identically unless listed below.",
+        f"{'Passed' if record['passed'] else '**FAILED**'} (weights stored as {record['weight_type']}): against the "
+        f"merged float32 model, max |Δ log-prob| <= {tol.get('max_nats', '?')} nats, mean <= "
+        f"{tol.get('mean_nats', '?')}, answer letters the same unless the merged model had them within "
+        f"{tol.get('letter_tie_nats', '?')} nats; every probe tokenised the same.",
         "",
         "| language | positions | max abs dlogp (nats) | mean abs dlogp | top-1 agreement | letters same |",
         "|---|---|---|---|---|---|",
@@ -106,6 +109,14 @@ def _check_table(record: dict[str, Any]) -> list[str]:
             f"| {lang} | {lp['positions']} | {lp['max_abs_dlogp']:.4g} | {lp['mean_abs_dlogp']:.3g} | "
             f"{lp['top1_agreement']:.4f} | {letters['agree']}/{letters['questions']} |"
         )
+    evaluated = record.get("evaluated")
+    if evaluated and evaluated.get("questions"):
+        lines += [
+            "",
+            f"Against the run's own evaluation (eval/adapter/predictions.jsonl), on the {evaluated['questions']} "
+            f"probe questions it scored: same letter {evaluated['same_letter']}/{evaluated['questions']}, max |Δ "
+            f"letter log-likelihood| {evaluated['max_abs_dlogp_letters']:.3g} nats.",
+        ]
     return lines + [f"- {failure}" for failure in record["failures"]]
 
 

@@ -1,22 +1,26 @@
 """Does the export compute what the merged model computes? Next-token log-probabilities and answer letters.
 
     refs = reference(merged_model, tokenizer)                    # once, whatever the number of formats
-    report = compare(refs, exported_model, exported_tokenizer, tolerance_nats=0.1)
+    report = compare(refs, exported_model, exported_tokenizer, TOLERANCES["f16"])
     report["passed"], report["languages"]["ko"]["logprobs"]["max_abs_dlogp"]
 
 Probes, per language (Korean and English): three medical sentences of our own and the first held-out questions of
 medtune's built-in bilingual sample, rendered with the evaluation prompt. At every position of every probe the
-export's log-probability of the actual next token and of the merged model's 10 most likely tokens must be within
-the tolerance of the merged model's (float32 log-softmax over the whole vocabulary); the letter each question's
-answer would get (argmax over " A", " B", ... after the prompt, as lm-eval's letter scoring) must be the same,
-except where the merged model's two best letters are closer than the tolerance (a tie at that precision). The
-exported tokenizer must turn every probe into the same ids. Anything else fails the check.
+export's log-probability of the actual next token and of the merged model's 10 most likely tokens is compared with
+the merged model's (float32 log-softmax over the whole vocabulary): the largest and the mean |difference| must stay
+within the tolerance of the export's weight type. The letter each question's answer would get (argmax over " A",
+" B", ... after the prompt, as lm-eval's letter scoring) must be the same, except where the merged model put the
+two letters closer than the tolerance's tie margin (a coin toss at that precision). The exported tokenizer must
+turn every probe into the same ids. Anything else fails the check.
+
+The tolerances are the measured figures of the Gemma 3 270M demo adapter (README, "Serve it") with headroom:
+float32 is exact up to kernel order; the others are what rounding the weights to that type costs, and grow with it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,26 @@ SENTENCES = {
         "without causing weight gain.",
         "Before surgery, the nurse checked the patient's allergies, fasting status and consent form.",
     ),
+}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far an export may drift from the merged model, in nats, for one weight type."""
+
+    max_nats: float  # the largest |Δ log p| over every compared entry
+    mean_nats: float  # the mean |Δ log p|
+    letter_tie_nats: float  # a question may change letter only if the merged model had them closer than this
+
+
+# Measured on the 270M demo (max / mean |Δ|, letters): f16 0.046 / 0.0023, none changed; bf16 0.32 / 0.017, none
+# changed; q8_0 1.35 / 0.078, 3 of 24 changed, each between letters the merged model had within 0.5 nats.
+TOLERANCES = {
+    "float32": Tolerance(1e-4, 1e-5, 1e-4),
+    "float16": Tolerance(0.1, 0.01, 0.1),
+    "f16": Tolerance(0.1, 0.01, 0.1),
+    "bfloat16": Tolerance(0.6, 0.05, 0.3),
+    "q8_0": Tolerance(2.0, 0.2, 1.0),
 }
 
 
@@ -108,7 +132,7 @@ def reference(model: torch.nn.Module, tokenizer: Any, questions_per_language: in
     return refs
 
 
-def _score(ref: Reference, model: torch.nn.Module, tokenizer: Any, tolerance: float) -> dict[str, Any]:
+def _score(ref: Reference, model: torch.nn.Module, tokenizer: Any, tolerance: Tolerance) -> dict[str, Any]:
     """One probe on the candidate: |Δ log p| at the compared tokens, top-1 agreements, the letter, tokenisation."""
     logp = _log_probs(model, ref.ids)
     same_ids = list(tokenizer(ref.probe.text)["input_ids"]) == ref.ids
@@ -119,12 +143,15 @@ def _score(ref: Reference, model: torch.nn.Module, tokenizer: Any, tolerance: fl
     }
     if ref.letter_ids:
         letter_logp = logp[-1, ref.letter_ids]
-        top2 = torch.topk(ref.letter_logp, 2).values
+        chosen, exported = int(ref.letter_logp.argmax()), int(letter_logp.argmax())
+        margin = float(ref.letter_logp[chosen] - ref.letter_logp[exported])  # 0 when they agree
         out["letter"] = {
             "id": ref.probe.id,
-            "ref": int(ref.letter_logp.argmax()),
-            "export": int(letter_logp.argmax()),
-            "near_tie": bool(top2[0] - top2[1] < tolerance),
+            "ref": chosen,
+            "export": exported,
+            "ref_margin_nats": margin,
+            "near_tie": margin < tolerance.letter_tie_nats,
+            "ref_letter_logp": ref.letter_logp.tolist(),
             "export_letter_logp": letter_logp.tolist(),
         }
     return out
@@ -149,7 +176,7 @@ def _language_figures(scored: list[dict], positions: int) -> dict[str, Any]:
     }
 
 
-def compare(refs: list[Reference], model: torch.nn.Module, tokenizer: Any, tolerance: float) -> dict[str, Any]:
+def compare(refs: list[Reference], model: torch.nn.Module, tokenizer: Any, tolerance: Tolerance) -> dict[str, Any]:
     """Check the candidate against the merged model's references; returns figures, failures and `passed`."""
     per_lang, failures, questions = {}, [], []
     for lang in LANGUAGES:
@@ -160,18 +187,20 @@ def compare(refs: list[Reference], model: torch.nn.Module, tokenizer: Any, toler
         questions += [s["letter"] for s in scored if "letter" in s]
     return {
         "passed": not failures,
-        "tolerance_nats": tolerance,
+        "tolerance_nats": asdict(tolerance),
         "languages": per_lang,
         "failures": failures,
         "questions": questions,
     }
 
 
-def _failures(lang: str, figures: dict[str, Any], tolerance: float) -> list[str]:
+def _failures(lang: str, figures: dict[str, Any], tolerance: Tolerance) -> list[str]:
     fails = []
-    max_delta = figures["logprobs"]["max_abs_dlogp"]
-    if not max_delta <= tolerance:  # NaN fails too
-        fails.append(f"{lang}: max |Δ log-prob| {max_delta:.4g} nats > tolerance {tolerance:g}")
+    logprobs = figures["logprobs"]
+    if not logprobs["max_abs_dlogp"] <= tolerance.max_nats:  # NaN fails too
+        fails.append(f"{lang}: max |Δ log-prob| {logprobs['max_abs_dlogp']:.4g} nats > {tolerance.max_nats:g}")
+    if not logprobs["mean_abs_dlogp"] <= tolerance.mean_nats:
+        fails.append(f"{lang}: mean |Δ log-prob| {logprobs['mean_abs_dlogp']:.4g} nats > {tolerance.mean_nats:g}")
     letters = figures["letters"]
     wrong = letters["questions"] - letters["agree"] - letters["disagree_within_tolerance"]
     if wrong:

@@ -21,7 +21,7 @@ from typing import Any
 
 from medtune.cachefs import atomic_dir
 from medtune.export import card, writers
-from medtune.export.check import Reference, against_evaluation, compare, reference
+from medtune.export.check import TOLERANCES, Reference, Tolerance, against_evaluation, compare, reference
 from medtune.export.gguf_loader import ExportLoadError
 from medtune.export.gguf_tokenizer import TokenizerExportError
 from medtune.export.gguf_writer import GGUFExportError, check_gguf_supported
@@ -33,10 +33,6 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("safetensors", "gguf")
 QUANTS = ("f16", "q8_0")
-# Largest |Δ log-prob| (nats) allowed between the export and the merged float32 model on the probe set; the
-# measured figures behind them are in the README ("Serve it"). float32/float16/bfloat16: safetensors in the base's
-# dtype; f16/q8_0: GGUF weight types.
-TOLERANCE_NATS = {"float32": 1e-4, "float16": 0.1, "f16": 0.1, "bfloat16": 0.5, "q8_0": 0.5}
 CHECK_FILE = "export_check.json"
 PREDICTIONS = Path("eval") / "adapter" / "predictions.jsonl"  # the run's own per-question evaluation
 
@@ -108,7 +104,7 @@ def _write_and_check(
     record["merge"] = {"adapter_logit_change": merged.adapter_logit_change, "logit_delta": merged.merge_logit_delta}
     if refs is not None:
         started = time.perf_counter()
-        record |= _check(refs, fmt, TOLERANCE_NATS[written["weight_type"]], tmp)
+        record |= _check(refs, fmt, TOLERANCES[written["weight_type"]], tmp)
         if source.run_dir:
             record["evaluated"] = against_evaluation(record["questions"], source.run_dir / PREDICTIONS)
         record["check_s"] = round(time.perf_counter() - started, 1)
@@ -119,12 +115,12 @@ def _write_and_check(
     return record
 
 
-def _check(refs: list[Reference], fmt: str, tolerance: float, folder: Path) -> dict[str, Any]:
+def _check(refs: list[Reference], fmt: str, tolerance: Tolerance, folder: Path) -> dict[str, Any]:
     """Load the export back and compare it; an export that does not load is a failed check too."""
     try:
         model, tokenizer = writers.load_back(fmt, folder)
     except ExportLoadError as err:
-        return {"passed": False, "tolerance_nats": tolerance, "languages": {}, "failures": [str(err)], "questions": []}
+        return {"passed": False, "languages": {}, "failures": [str(err)], "questions": []}
     return compare(refs, model, tokenizer, tolerance)
 
 
