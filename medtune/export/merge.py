@@ -12,7 +12,7 @@ merged weights are the quantised weights the adapter was trained and evaluated o
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -33,6 +33,7 @@ class Merged:
     tokenizer: Any
     adapter_logit_change: float  # max |logit change| the adapter causes on the probe prompt (0 = untrained)
     merge_logit_delta: float  # max |logit difference| between adapter-on-base and the merged weights
+    seconds: dict[str, float] = field(default_factory=dict)  # how long merging (and scoring the probes) took
 
 
 def _dequantized_linear(module: nn.Module) -> nn.Linear:
