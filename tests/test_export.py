@@ -94,13 +94,13 @@ def test_corrupted_gguf_fails_the_check(tmp_path: Path) -> None:
 
 def test_export_whose_check_fails_exits_1_and_keeps_it_aside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = make_run(tmp_path, "tiny_llama")
-    layout = gguf_writer._to_gguf_layout
+    layout = gguf_writer.to_gguf_layout
 
     def corrupting(name: str, weight: torch.Tensor, config: object) -> torch.Tensor:
         out = layout(name, weight, config)
         return out * 1.5 if name == "model.layers.1.mlp.down_proj.weight" else out
 
-    monkeypatch.setattr(gguf_writer, "_to_gguf_layout", corrupting)
+    monkeypatch.setattr(gguf_writer, "to_gguf_layout", corrupting)
     assert main([str(run), "--format", "gguf"]) == 1
     assert not (run / "export" / "gguf-f16").exists()
     record = _record(run / "export" / "gguf-f16.check-failed")

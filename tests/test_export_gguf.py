@@ -18,7 +18,13 @@ from medtune.export.__main__ import main
 from medtune.export.check import TOLERANCES, compare, reference
 from medtune.export.gguf_loader import load_gguf
 from medtune.export.gguf_tokenizer import tokenizer_fields
-from medtune.export.gguf_writer import _permute_rope_rows, estimate_gguf_bytes, gguf_tensors, write_gguf
+from medtune.export.gguf_writer import (
+    check_gguf_supported,
+    estimate_gguf_bytes,
+    gguf_tensors,
+    permute_rope_rows,
+    write_gguf,
+)
 from medtune.tiny_tokenizer import build_byte_tokenizer
 
 GEMMA3_LLAMACPP = {"num_hidden_layers": 6, "layer_types": None}
@@ -47,9 +53,9 @@ def test_rope_rows_are_reordered_the_way_transformers_reads_them_back() -> None:
 
     weight = torch.randn(4 * 16, 64)
     undo = LlamaTensorProcessor(config={})._reverse_permute_weights
-    assert np.array_equal(undo(_permute_rope_rows(weight, 4).numpy(), 4, 4), weight.numpy())
+    assert np.array_equal(undo(permute_rope_rows(weight, 4).numpy(), 4, 4), weight.numpy())
     kv = torch.randn(2 * 16, 64)
-    assert np.array_equal(undo(_permute_rope_rows(kv, 2).numpy(), 4, 2), kv.numpy())
+    assert np.array_equal(undo(permute_rope_rows(kv, 2).numpy(), 4, 2), kv.numpy())
 
 
 def test_gemma_norms_are_written_plus_one_and_names_come_from_the_gguf_map() -> None:
@@ -155,3 +161,10 @@ def test_sentencepiece_style_tokenizer_round_trips_through_gguf(tmp_path: Path) 
     _, _, loaded_tokenizer = _round_trip(model, tokenizer, tmp_path)
     for text in ("the tin heron", "인슐린을 분비하는 기관은?", " Answer: B"):
         assert loaded_tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"], text
+
+
+@pytest.mark.parametrize("arch", ["gemma3_4b", "llama3_3_70b"])
+def test_the_papers_architectures_are_writable(arch: str) -> None:
+    from medtune.models import arch_config
+
+    check_gguf_supported(arch_config(arch))  # Gemma 3 4B: linear rope x8 on global layers; Llama 3.3: llama3 rope

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from medtune.data.prompts import render_mcq_prompt
 from medtune.data.sources import sample_dir, sample_record
@@ -121,7 +122,7 @@ def _log_probs(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
 def reference(model: torch.nn.Module, tokenizer: Any, questions_per_language: int | None = None) -> list[Reference]:
     """Score every probe with the merged model and keep only what the comparison reads (not the full vocab)."""
     refs = []
-    for probe in probes(questions_per_language):
+    for probe in tqdm(probes(questions_per_language), desc="check: merged model", unit="probe"):
         ids = list(tokenizer(probe.text)["input_ids"])
         logp = _log_probs(model, ids)
         top = torch.topk(logp, TOP_K, dim=-1).indices
@@ -182,7 +183,8 @@ def compare(refs: list[Reference], model: torch.nn.Module, tokenizer: Any, toler
     per_lang, failures, questions = {}, [], []
     for lang in LANGUAGES:
         mine = [r for r in refs if r.probe.language == lang]
-        scored = [_score(r, model, tokenizer, tolerance) for r in mine]
+        bar = tqdm(mine, desc=f"check: export, {lang}", unit="probe")
+        scored = [_score(r, model, tokenizer, tolerance) for r in bar]
         per_lang[lang] = _language_figures(scored, sum(len(r.ids) for r in mine))
         failures += _failures(lang, per_lang[lang], tolerance)
         questions += [s["letter"] for s in scored if "letter" in s]

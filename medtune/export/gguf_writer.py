@@ -92,21 +92,21 @@ def check_gguf_supported(config: Any) -> None:
         )
 
 
-def _permute_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+def permute_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Reorder each head's rows from transformers' halves (i, i + d/2) to llama.cpp's adjacent pairs (2i, 2i+1)."""
     rows, cols = weight.shape
     return weight.reshape(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
 
 
-def _to_gguf_layout(name: str, weight: torch.Tensor, config: Any) -> torch.Tensor:
+def to_gguf_layout(name: str, weight: torch.Tensor, config: Any) -> torch.Tensor:
     """The tensor as llama.cpp computes with it (see the module docstring for each change)."""
     weight = weight.detach().to("cpu", torch.float32)
     if config.model_type == "gemma3_text" and name.endswith("norm.weight"):
         return weight + 1.0
     if config.model_type == "llama" and name.endswith("self_attn.q_proj.weight"):
-        return _permute_rope_rows(weight, config.num_attention_heads)
+        return permute_rope_rows(weight, config.num_attention_heads)
     if config.model_type == "llama" and name.endswith("self_attn.k_proj.weight"):
-        return _permute_rope_rows(weight, config.num_key_value_heads)
+        return permute_rope_rows(weight, config.num_key_value_heads)
     return weight
 
 
@@ -135,7 +135,7 @@ def gguf_tensors(model: torch.nn.Module) -> list[tuple[str, str, torch.Tensor]]:
         if target is None:
             unmapped.append(name)
             continue
-        out.append((name, f"{target}.{suffix}", _to_gguf_layout(name, param, config)))
+        out.append((name, f"{target}.{suffix}", to_gguf_layout(name, param, config)))
     if unmapped:
         raise GGUFExportError(f"no GGUF name for {unmapped[:5]} (gguf {gguf.__version__} tensor map)")
     if config.model_type == "llama" and _rope(config.rope_parameters)[0] == "llama3":
