@@ -108,9 +108,12 @@ def _check_table(record: dict[str, Any]) -> list[str]:
     ]
     for lang, result in record["languages"].items():
         lp, letters = result["logprobs"], result["letters"]
+        ties = letters["disagree_within_tolerance"]
         lines.append(
             f"| {lang} | {lp['positions']} | {lp['max_abs_dlogp']:.4g} | {lp['mean_abs_dlogp']:.3g} | "
-            f"{lp['top1_agreement']:.4f} | {letters['agree']}/{letters['questions']} |"
+            f"{lp['top1_agreement']:.4f} | {letters['agree']}/{letters['questions']}"
+            + (f" ({ties} changed within the tie margin)" if ties else "")
+            + " |"
         )
     evaluated = record.get("evaluated")
     if evaluated and evaluated.get("questions"):
