@@ -26,7 +26,7 @@ from medtune.export.gguf_loader import ExportLoadError
 from medtune.export.gguf_tokenizer import TokenizerExportError
 from medtune.export.gguf_writer import GGUFExportError, check_gguf_supported
 from medtune.export.merge import Merged, merge_adapter
-from medtune.export.source import ExportInputError, ExportSource, hub_offline, resolve_source
+from medtune.export.source import ExportInputError, ExportSource, resolve_source
 from medtune.storage import free_bytes, size_text
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,6 @@ def _publish_failed(tmp: Path, target: Path) -> Path:
 def export(request: ExportRequest) -> dict[str, Path]:
     """Merge the run's adapter and write each requested format, each checked; returns {format: folder}."""
     _validate(request)
-    hub_offline()
     source = resolve_source(request.path, request.base)
     paths = targets(request, source)
     _refuse_existing(paths, request.overwrite)

@@ -11,7 +11,6 @@ the user can fix is an ExportInputError with one line naming the path or argumen
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,22 +65,28 @@ def _run_config(run_dir: Path) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
 
 
-def _hub_cached(repo_id: str) -> bool:
-    """True when a hub id's config is in the local Hugging Face cache (an export never downloads)."""
-    from huggingface_hub import try_to_load_from_cache
+def _hub_snapshot(repo_id: str) -> str | None:
+    """The local snapshot folder of a hub id already in the Hugging Face cache, else None (nothing is downloaded)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except (LocalEntryNotFoundError, ValueError, OSError):
+        return None
 
 
 def _check_base_offline(model_cfg: ModelConfig, where: str) -> None:
-    """The base must be loadable without the network: a local directory, or a hub id already in the cache."""
+    """The base must be on this machine: a local directory, or a hub id in the cache (then read from there)."""
     if model_cfg.source != "hf" or model_cfg.init == "random":
         return
     path = model_cfg.path or ""
     local = Path(path).expanduser()
     if local.is_dir() and (local / "config.json").is_file():
         return
-    if not path.startswith(("/", ".", "~")) and _hub_cached(path):
+    snapshot = None if path.startswith(("/", ".", "~")) else _hub_snapshot(path)
+    if snapshot and (Path(snapshot) / "config.json").is_file():
+        model_cfg.path = snapshot  # a local path: transformers then never asks the hub for a newer revision
         return
     raise ExportInputError(
         f"the adapter's base {path!r} ({where}) cannot be found offline: it is neither a local model directory nor "
@@ -128,9 +133,3 @@ def resolve_source(path: Path, base: str | None = None) -> ExportSource:
     _check_base_offline(model_cfg, where)
     _check_model_type(model_cfg)
     return ExportSource(adapter_dir, run_dir, model_cfg, quant_cfg, int(run_cfg.get("seed", 0)), run_cfg)
-
-
-def hub_offline() -> None:
-    """Make every Hugging Face call local for this process (an export must not wait on an unreachable hub)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
