@@ -120,13 +120,18 @@ def test_q8_0_export_passes_within_its_tolerance(tmp_path: Path) -> None:
     assert types == {"Q8_0", "F32"}
 
 
-@pytest.mark.parametrize("quant", ["f16", "q8_0"])
-def test_size_estimate_matches_the_tensor_data(tmp_path: Path, quant: str) -> None:
-    model = tiny_model("tiny_llama")
+@pytest.mark.parametrize(("quant", "ffn"), [("f16", 128), ("q8_0", 128), ("q8_0", 100)])
+def test_size_estimate_matches_the_tensor_data(tmp_path: Path, quant: str, ffn: int) -> None:
+    model = tiny_model("tiny_llama", intermediate_size=ffn)
     tokenizer = _tokenizer_for(model)
-    path, *_ = _round_trip(model, tokenizer, tmp_path, quant)
-    tensor_bytes = sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors)
+    path, loaded, loaded_tokenizer = _round_trip(model, tokenizer, tmp_path, quant)
+    reader = gguf.GGUFReader(path)
+    tensor_bytes = sum(int(t.n_bytes) for t in reader.tensors)
     assert estimate_gguf_bytes([tuple(p.shape) for p in model.parameters()], quant) == tensor_bytes
+    if ffn == 100:  # rows of 100 do not split into q8_0's blocks of 32: that matrix stays f16, the model still loads
+        types = {t.name: t.tensor_type.name for t in reader.tensors}
+        assert types["blk.0.ffn_down.weight"] == "F16" and types["blk.0.ffn_up.weight"] == "Q8_0"
+        assert compare(reference(model, tokenizer), loaded, loaded_tokenizer, TOLERANCES["q8_0"])["passed"]
 
 
 def _sentencepiece_style_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:

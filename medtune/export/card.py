@@ -62,7 +62,9 @@ def dataset_license(name: str, readme: Path | None) -> str:
 def _mix_table(source: ExportSource, summary: dict[str, Any]) -> list[str]:
     mix = source.run_cfg.get("data_mix", {})
     if not mix:
-        return ["Unknown: no run config.yaml next to the adapter."]
+        return [
+            "Unknown: " + ("the run's config.yaml records no data mix." if source.run_cfg else "no run config.yaml.")
+        ]
     unit = summary.get("data_mix/unit", mix.get("unit", "examples"))
     readme = _data_readme(source.run_cfg)
     lines = [

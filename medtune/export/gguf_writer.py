@@ -110,12 +110,18 @@ def to_gguf_layout(name: str, weight: torch.Tensor, config: Any) -> torch.Tensor
     return weight
 
 
+def _matrix_type(shape: tuple[int, ...], quant: str) -> gguf.GGMLQuantizationType:
+    """The requested type, or f16 for a matrix whose rows do not split into whole quantisation blocks."""
+    qtype = QUANTS[quant][0]
+    return qtype if shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0] == 0 else gguf.GGMLQuantizationType.F16
+
+
 def _encode(name: str, weight: torch.Tensor, quant: str) -> tuple[np.ndarray, gguf.GGMLQuantizationType]:
     """Weights as stored: 1-D tensors (norms) stay f32, as llama.cpp keeps them; matrices become f16 or q8_0."""
     array = weight.numpy()
     if array.ndim == 1:
         return array.astype(np.float32), gguf.GGMLQuantizationType.F32
-    qtype = QUANTS[quant][0]
+    qtype = _matrix_type(array.shape, quant)
     if qtype == gguf.GGMLQuantizationType.F16:
         peak = float(np.abs(array).max())
         if peak > F16_MAX:
@@ -180,12 +186,11 @@ def _add_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
 
 def estimate_gguf_bytes(shapes: list[tuple[int, ...]], quant: str) -> int:
     """Bytes of the tensor data for these weight shapes (the tokenizer adds a few MB, counted by the caller)."""
-    qtype = QUANTS[quant][0]
-    block, size = gguf.GGML_QUANT_SIZES[qtype]
     total = 0
     for shape in shapes:
         n = int(np.prod(shape))
-        total += 4 * n if len(shape) == 1 else n // block * size
+        block, size = (1, 4) if len(shape) == 1 else gguf.GGML_QUANT_SIZES[_matrix_type(shape, quant)]
+        total += n // block * size
     return total
 
 

@@ -74,6 +74,10 @@ def _write_safetensors(merged: Merged, dtype: torch.dtype, folder: Path) -> None
     merged.model.save_pretrained(folder, state_dict=state)
     config = json.loads((folder / "config.json").read_text())
     config["dtype"] = DTYPE_NAMES[dtype]  # the weights' dtype, not the float32 the merged model computes in
+    # medtune loads a multimodal Gemma 3's text model through a subclass; servers pick the class by this name
+    config["architectures"] = [
+        next(c.__name__ for c in type(merged.model).__mro__ if c.__module__.startswith("transformers."))
+    ]
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     merged.tokenizer.save_pretrained(folder)
 
