@@ -1,142 +1,28 @@
-"""Evaluate a model (and optionally a trained adapter) on local medical tasks through lm-eval, offline.
+"""`python -m medtune.evaluate`: evaluate a model (and optionally a trained adapter) on local tasks through lm-eval.
 
     python -m medtune.evaluate model=gemma3_270m eval=medical eval.limit=50     # the base model, a subset
     python -m medtune.evaluate eval.adapter=runs/.../adapter                     # an adapter vs the (cached) base
+    torchrun --nproc-per-node 2 -m medtune.evaluate ... sharding=fsdp            # questions spread over the ranks
 
-The config is conf/train.yaml (same groups, same overrides); only the evaluation stage runs. Writes, under the run
-dir: eval/tasks/ (generated lm-eval tasks), eval/<label>/predictions.jsonl and samples.jsonl, eval/metrics.json,
-eval/report.md. From Python (the eval stage of medtune.train):
-
-    metrics = evaluate(model, tokenizer, cfg.eval, cfg.data, run_dir, label="adapter")
+The config is conf/train.yaml (same groups, same overrides); only the evaluation stage runs (medtune.eval.evaluation
+writes eval/ under the run directory: tasks, predictions, metrics.json, report.md).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from medtune.config import ConfigError, DataConfig, EvalConfig, TrainConfig, register_configs, to_train_config
-
-if TYPE_CHECKING:
-    from medtune.eval.ranks import Ranks
+from medtune.config import ConfigError, TrainConfig, register_configs, to_train_config
 
 log = logging.getLogger("medtune.evaluate")
-BASE_PREFIX = "base/eval"  # base-model metrics next to an adapter's: base/eval/<task>/acc, base/eval/lang/ko/acc
-TABLE_COLUMNS = ["acc", "acc_ci_low", "acc_ci_high", "n", "gold_ll_letter", "gold_ll_text", "delta_pp", "p_mcnemar"]
 register_configs()
-
-
-def _compare(base_rows: list[dict], rows: list[dict], eval_cfg: EvalConfig, out: Path | None) -> tuple[dict, str]:
-    """Forgetting metrics and table of rows against base_rows; forgetting.json under out (unless None)."""
-    from medtune.eval.forgetting import forgetting, forgetting_metrics, format_forgetting
-
-    cmp = forgetting(base_rows, rows, eval_cfg.confidence, eval_cfg.bootstrap_samples, eval_cfg.seed)
-    if out is not None:
-        (out / "forgetting.json").write_text(json.dumps(cmp, indent=1))
-    return forgetting_metrics(cmp), format_forgetting(cmp, eval_cfg.confidence)
-
-
-def evaluate(
-    model: Any,
-    tokenizer: Any,
-    eval_cfg: EvalConfig,
-    data_cfg: DataConfig,
-    run_dir: Path,
-    label: str = "adapter",
-    loader: Any = None,
-    ranks: Ranks | None = None,
-) -> dict[str, float]:
-    """Score the model (and the base, for forgetting) on eval_cfg.tasks; returns flat metrics, writes run_dir/eval.
-
-    A peft model is checked to be active, scored as `label`, and compared with itself with the adapter disabled
-    (the base, cached). A plain model with label="base" is the base; with another label it is scored alone.
-    `loader` replaces medtune.data.load_records (tests). Under torchrun every rank calls this (`ranks`, default:
-    the current process group): questions are scored as shares, every rank gets every metric, rank 0 writes.
-    """
-    from medtune.eval.ranks import Ranks
-    from medtune.eval.runner import score
-    from medtune.eval.tasks import build_task_data, write_task_files
-
-    ranks = ranks or Ranks.current()
-    out = Path(run_dir) / "eval"
-    tasks = build_task_data(
-        eval_cfg.tasks, data_cfg, eval_cfg.limit, eval_cfg.num_fewshot, eval_cfg.seed, loader, eval_cfg.task_limits
-    )
-    with contextlib.ExitStack() as stack:
-        # lm-eval reads the task files back (and caches them as datasets): one folder per rank, rank 0's is kept.
-        task_dir = out / "tasks" if ranks.is_main else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        names = write_task_files(tasks, task_dir, eval_cfg.scoring, eval_cfg.num_fewshot)
-
-        def score_fn(m: Any, where: Path) -> list[dict]:
-            args = (tasks, task_dir, names, eval_cfg.scoring, eval_cfg.batch_size, where, eval_cfg.seed)
-            return score(m, tokenizer, *args, max_length=eval_cfg.max_length, ranks=ranks, scorer=eval_cfg.scorer)
-
-        metrics, report = _score_all(model, tokenizer, eval_cfg, tasks, score_fn, out, label, ranks)
-    if ranks.is_main:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
-        (out / "report.md").write_text("\n\n".join(report) + "\n", encoding="utf-8")
-    return metrics
-
-
-def _score_all(
-    model: Any, tokenizer: Any, eval_cfg: EvalConfig, tasks: list, score_fn: Any, out: Path, label: str, ranks: Ranks
-) -> tuple[dict[str, float], list[str]]:
-    """Base (cached) and `label` scores, their summaries and the paired comparison; metrics and report sections."""
-    from medtune.eval.adapter import check_adapter_active, is_peft_model
-    from medtune.eval.base_cache import base_predictions
-    from medtune.eval.sanity import check_predictions
-    from medtune.eval.summary import format_table, summarise
-
-    has_adapter = is_peft_model(model)
-    if has_adapter:
-        check_adapter_active(model, tokenizer)
-    elif label != "base":
-        log.warning("'%s' has no adapter to switch off: scored alone, without a base comparison", label)
-    metrics: dict[str, float] = {}
-    report: list[str] = []
-    base_rows = None
-    if label == "base" or (has_adapter and eval_cfg.compare_base):
-        base_rows = base_predictions(model, tokenizer, eval_cfg, tasks, score_fn, out, ranks)
-        prefix = "eval" if label == "base" else BASE_PREFIX
-        metrics |= summarise(base_rows, prefix, eval_cfg.confidence)
-        report += ["## base model", format_table(metrics, prefix)]
-    if label != "base":
-        rows = score_fn(model, out / label)
-        check_predictions(rows, eval_cfg.sanity, label)
-        metrics |= summarise(rows, "eval", eval_cfg.confidence)
-        report += [f"## {label}", format_table(metrics, "eval")]
-        if base_rows is not None:
-            flat, table = _compare(base_rows, rows, eval_cfg, out if ranks.is_main else None)
-            metrics |= flat
-            report += [f"## {label} - base (paired, same questions)", table]
-    return metrics, report
-
-
-def evaluate_run(
-    model: Any, tokenizer: Any, cfg: TrainConfig, run_dir: Path, tracker: Any, ranks: Ranks | None = None
-) -> dict[str, float]:
-    """The eval stage of medtune.train: evaluate the trained adapter, log metrics and tables to the tracker."""
-    label = "adapter" if cfg.lora.enabled else "full_finetune"
-    metrics = evaluate(model, tokenizer, cfg.eval, cfg.data, run_dir, label=label, ranks=ranks)
-    tracker.log(metrics, step=cfg.trainer.max_steps)
-    per_group = sorted({k.rsplit("/", 1)[0] for k in metrics if k.startswith(("eval/", "forgetting/"))})
-    rows = [[g, *(metrics.get(f"{g}/{c}") for c in TABLE_COLUMNS)] for g in per_group]
-    tracker.log_table("eval/summary", ["group", *TABLE_COLUMNS], rows)
-    report = run_dir / "eval" / "report.md"
-    # the per-language accuracy and forgetting tables, at the end of the console output (once, from rank 0)
-    if (ranks is None or ranks.is_main) and report.is_file():
-        log.info("evaluation tables:\n%s", report.read_text(encoding="utf-8"))
-    return metrics
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
@@ -150,7 +36,7 @@ def _hydra_main(dict_cfg: DictConfig) -> None:
     except ConfigError as err:
         log.error("invalid config: %s", err)
         sys.exit(2)
-    from medtune.eval.adapter import AdapterInactiveError
+    from medtune.eval.adapter_check import AdapterInactiveError
     from medtune.eval.sanity import EvalSanityError
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -167,7 +53,7 @@ def _hydra_main(dict_cfg: DictConfig) -> None:
 def _preflight(cfg: TrainConfig, dict_cfg: DictConfig) -> None:
     """The checks that need no model: keys, launch (replicas allowed), tasks and their data, the adapter dir."""
     from medtune.data.prepare import resolve_dir
-    from medtune.preflight import check_known_keys, check_launch, check_tasks
+    from medtune.training.preflight import check_known_keys, check_launch, check_tasks
 
     check_known_keys(dict_cfg)
     check_launch(cfg, replicas_ok=True, entry="medtune.evaluate")
@@ -187,11 +73,12 @@ def _evaluate_command(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path) -> 
     """
     import torch
 
-    from medtune import distributed
-    from medtune.eval.adapter import load_adapter
+    from medtune.eval.adapter_check import load_adapter
+    from medtune.eval.evaluation import evaluate
     from medtune.eval.ranks import Ranks
-    from medtune.models import build_model
-    from medtune.watchdog import Watchdog
+    from medtune.models.build import build_model
+    from medtune.training import distributed
+    from medtune.training.watchdog import Watchdog
 
     dist = distributed.init(cfg.sharding, cfg.trainer.device, replicas_ok=True)
     if dist.is_main:
@@ -221,7 +108,7 @@ def _evaluate_command(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path) -> 
 def main() -> None:
     """Console entry: name the run directory (shared by all torchrun ranks), then let Hydra run."""
     if "MEDTUNE_RUN_STAMP" not in os.environ and not any(a in ("--help", "-h", "--cfg", "-c") for a in sys.argv):
-        from medtune.launch import shared_run_stamp
+        from medtune.training.launch import shared_run_stamp
 
         os.environ["MEDTUNE_RUN_STAMP"] = shared_run_stamp().replace("/", "_") + "_eval"
     os.environ.setdefault("MEDTUNE_RUN_STAMP", time.strftime("%Y-%m-%d_%H-%M-%S") + "_eval")

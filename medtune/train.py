@@ -19,10 +19,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from medtune import sweep
 from medtune.config import ConfigError, register_configs, to_train_config
-from medtune.preflight import check_run
-from medtune.storage import StorageError, explain
+from medtune.files.space import StorageError, explain
+from medtune.training import sweep
+from medtune.training.preflight import check_run
 
 log = logging.getLogger("medtune.train")
 register_configs()
@@ -53,7 +53,7 @@ def _hydra_main(dict_cfg: DictConfig) -> float | None:
 def _train(dict_cfg: DictConfig, run_dir: Path, multirun: bool) -> dict:
     cfg = to_train_config(dict_cfg)
     check_run(cfg, dict_cfg)  # before torch: names, files, resume target, launch
-    from medtune.recipe import run
+    from medtune.training.run import run
 
     return run(cfg, dict_cfg, run_dir, multirun)
 
@@ -61,7 +61,7 @@ def _train(dict_cfg: DictConfig, run_dir: Path, multirun: bool) -> dict:
 def main() -> None:
     """Console entry: fix the run directory's timestamp (shared by all torchrun ranks), then let Hydra run."""
     if "MEDTUNE_RUN_STAMP" not in os.environ and not any(a in ("--help", "-h", "--cfg", "-c") for a in sys.argv):
-        from medtune.launch import shared_run_stamp
+        from medtune.training.launch import shared_run_stamp
 
         os.environ["MEDTUNE_RUN_STAMP"] = shared_run_stamp()
     os.environ.setdefault("MEDTUNE_RUN_STAMP", "now")

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-ARCHS = REPO / "medtune" / "archs"
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+FIXTURES = TESTS / "fixtures"
+ARCHS = REPO / "medtune" / "models" / "archs"
 
 
 def tiny_config(arch: str, **overrides):
-    """A transformers config for a tiny architecture shipped in medtune/archs."""
+    """A transformers config for a tiny architecture shipped in medtune/models/archs."""
     from transformers import AutoConfig
 
     spec = json.loads((ARCHS / f"{arch}.json").read_text())

@@ -13,7 +13,7 @@ stage=${1:-all}
 } 2>&1 | tee "$OUT/env.txt"
 
 if [[ $stage == all || $stage == tests ]]; then
-  python3 -m pytest -q -s -m gpu -p no:cacheprovider tests/test_attention.py 2>&1 | tee "$OUT/gpu_tests.log"
+  python3 -m pytest -q -s -m gpu -p no:cacheprovider tests/models/test_document_masks.py 2>&1 | tee "$OUT/gpu_tests.log"
 fi
 if [[ $stage == all || $stage == bench ]]; then
   python3 -m medtune.bench --steps 10 --warmup 3 --profile --out "$OUT/efficiency" 2>&1 | tee "$OUT/bench.log" | grep --line-buffered -v "it/s\]"

@@ -11,7 +11,7 @@ from medtune.data.loading import assert_trainable, eval_split_specs, is_eval_spl
 from medtune.data.prepare import prepare
 from medtune.data.prompts import IGNORE_INDEX, encode_example, format_prompt, render_mcq_prompt, render_target
 from medtune.data.schema import LETTERS, BadRowError, Record
-from medtune.data.sources import SOURCES, VIEW_SUBJECTS, parse_spec
+from medtune.data.sources.registry import SOURCES, VIEW_SUBJECTS, parse_spec
 
 __all__ = [
     "IGNORE_INDEX",

@@ -18,24 +18,23 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from medtune.cachefs import atomic_write_text, file_lock
 from medtune.config import ConfigError, DataConfig
+from medtune.config.checks import cache_root
 from medtune.data.loading import is_eval_split, load_records
 from medtune.data.prepare import prepare_source, resolve_dir, version_key
-from medtune.data.sources import SOURCES
+from medtune.data.sources.registry import SOURCES
+from medtune.files.atomic import atomic_write_text, file_lock
 
 
 def build_config(args: argparse.Namespace) -> DataConfig:
     """DataConfig from env defaults, --data-dir/--cache-dir/--hub and key=value overrides."""
-    cache_root = os.environ.get("MEDTUNE_CACHE_DIR", str(Path.home() / ".cache" / "medtune"))
     values: dict[str, Any] = {
         "data_dir": os.environ.get("MEDTUNE_DATA_DIR", "data"),
-        "cache_dir": str(Path(cache_root) / "data"),
+        "cache_dir": str(cache_root() / "data"),
     }
     fields = {f.name for f in dataclasses.fields(DataConfig)}
     for item in args.overrides:

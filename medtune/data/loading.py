@@ -11,11 +11,11 @@ import logging
 from typing import Any
 
 from medtune.config import DataConfig
-from medtune.data.adapters_ko import is_law_block, law_uids
 from medtune.data.leakage import DupIndex, Overlap
 from medtune.data.prepare import read_prepared, resolve_dir, use_hub, version_key
 from medtune.data.schema import Record
-from medtune.data.sources import SOURCES, parse_spec, resolve
+from medtune.data.sources.korean import is_law_block, law_uids
+from medtune.data.sources.registry import SOURCES, parse_spec, resolve
 
 log = logging.getLogger(__name__)
 _INDEX_CACHE: dict[tuple, tuple[DupIndex, list[str]]] = {}

@@ -3,7 +3,7 @@
 Layout: `<cache_dir>/prepared/<source>-<version key>/{<split>.parquet, manifest.json}`. The key hashes the
 adapter version and the size and mtime of every raw file (or the hub id), so changed data re-prepares and an
 unchanged source is read straight from parquet. A source is written to a uniquely named temporary folder and renamed
-into place, under the entry's lock (`medtune.cachefs`): jobs or ranks that need the same source at once prepare it
+into place, under the entry's lock (`medtune.files.atomic`): jobs or ranks that need the same source at once prepare it
 once, and none of them ever reads a half-written folder.
 """
 
@@ -19,10 +19,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from medtune.cachefs import atomic_dir, file_lock
 from medtune.config import DataConfig
 from medtune.data.schema import BadRowError, Record, RowSink
-from medtune.data.sources import HUB_SPLITS, SOURCES, Source, hub_reader, sample_dir
+from medtune.data.sources.registry import HUB_SPLITS, SOURCES, Source, hub_reader, sample_dir
+from medtune.files.atomic import atomic_dir, file_lock
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,9 @@ import logging
 from typing import Any
 
 from medtune.config import DataConfig
-from medtune.data.schema import LETTERS, Record
+from medtune.data.schema import IGNORE_INDEX, LETTERS, Record
 
 log = logging.getLogger(__name__)
-IGNORE_INDEX = -100
 WORDS = {
     "ko": {"question": "질문", "mcq_cue": "정답:", "open_cue": "답변:", "instruction": "정답의 기호를 고르세요."},
     "en": {

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-LETTERS = "ABCDEFGHIJ"
+LETTERS = "ABCDEFGHIJ"  # option letters, in order (at most 10 options)
+IGNORE_INDEX = -100  # the label of a position that is not a target (PyTorch cross-entropy's ignore_index)
 LANGUAGES = ("ko", "en")
 KINDS = ("mcq", "open")
 

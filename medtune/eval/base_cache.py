@@ -3,7 +3,7 @@
 An entry is `<eval.cache_dir>/<key>/predictions.jsonl`; the key hashes everything the scores depend on (model,
 weights fingerprint, tasks, prompts, few-shot, scoring, seed, batch size, lm-eval version). Sweep jobs running side
 by side share entries safely: the file is written through a unique temporary name and renamed into place
-(`medtune.cachefs`), and a one-process job holds the entry's lock while it scores, so that a second job asking for
+(`medtune.files.atomic`), and a one-process job holds the entry's lock while it scores, so that a second job asking for
 the same base waits for those scores instead of computing them again.
 
     rows = base_predictions(model, tokenizer, eval_cfg, tasks, score_fn, out_dir, ranks)
@@ -20,9 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medtune.cachefs import atomic_copy, file_lock
 from medtune.config import EvalConfig
 from medtune.data.prepare import resolve_dir
+from medtune.eval.adapter_check import base_probe_logits, fingerprint, is_peft_model
+from medtune.eval.sanity import check_predictions
+from medtune.eval.scoring import read_predictions
+from medtune.eval.tasks import PROMPT_VERSION
+from medtune.files.atomic import atomic_copy, file_lock
+from medtune.models.anatomy import peft_base_of
 
 if TYPE_CHECKING:
     from medtune.eval.ranks import Ranks
@@ -35,11 +40,9 @@ def base_cache_key(model: Any, base_fingerprint: str, tasks: list, eval_cfg: Eva
     """Hash of everything the base model's scores depend on."""
     import lm_eval
 
-    from medtune.eval.tasks import PROMPT_VERSION
-
     # The transformers model under any peft wrapper: `medtune.evaluate` (plain model) and the eval stage of
     # `medtune.train` (peft model, adapter disabled) must find the same entry for the same base.
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = peft_base_of(model)
     config = getattr(base, "config", None)
     parts = {
         "model": getattr(config, "_name_or_path", "") or type(base).__name__,
@@ -74,7 +77,6 @@ def score_base(
     does not wait on the entry's lock there (the other ranks would sit in a collective past the process-group
     timeout), so two torchrun jobs may both score one base: the entry stays whole either way.
     """
-    from medtune.eval.adapter import is_peft_model
 
     with file_lock(cache) if cache is not None and not ranks.spread else contextlib.nullcontext():
         cached = _read_entry(cache, out_dir) if ranks.is_main and cache is not None else None
@@ -93,7 +95,6 @@ def score_base(
 
 def _read_entry(cache: Path, out_dir: Path) -> list[dict] | None:
     """The cached base predictions, copied into out_dir; None when the entry does not exist yet."""
-    from medtune.eval.runner import read_predictions
 
     if not (cache / "predictions.jsonl").is_file():
         return None
@@ -120,8 +121,6 @@ def base_predictions(
     model: Any, tokenizer: Any, eval_cfg: EvalConfig, tasks: list, score_fn: ScoreFn, out: Path, ranks: Ranks
 ) -> list[dict]:
     """The base model's predictions under out/base (adapter disabled), from the cache when scored before."""
-    from medtune.eval.adapter import base_probe_logits, fingerprint
-    from medtune.eval.sanity import check_predictions
 
     cache = None
     if eval_cfg.cache_base:

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medtune.eval.ranks import SpreadHFLM
+from medtune.models.anatomy import decoder_of, final_softcap_of, output_head_of
 
 Request = tuple[Any, list[int], list[int]]  # ((context, continuation), context tokens, continuation tokens)
 
@@ -35,7 +36,7 @@ class ContinuationLM(SpreadHFLM):
             by_row.setdefault(row_of[toks], []).append(i)
         size = override_bs or (self.batch_size if isinstance(self.batch_size, int) else 8)
         results: list[tuple[float, bool] | None] = [None] * len(requests)
-        head, softcap = _head(self.model)
+        head, softcap = output_head_of(self.model), final_softcap_of(self.model)
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="scoring continuations")
         for start in range(0, len(order), size):
             rows = order[start : start + size]
@@ -63,7 +64,7 @@ class ContinuationLM(SpreadHFLM):
         """Last hidden states [batch, length, hidden] (right padding cannot reach earlier positions: causal)."""
         self._before_forward()
         with torch.no_grad():
-            return _decoder(self.model)(input_ids=ids).last_hidden_state
+            return decoder_of(self.model)(input_ids=ids).last_hidden_state
 
 
 def _right_padded(rows: Sequence[tuple[int, ...]], pad_id: int, device: torch.device) -> torch.Tensor:
@@ -86,19 +87,3 @@ def _continuation_ll(
     logprobs = torch.log_softmax(logits, dim=-1)
     ll = float(logprobs.gather(1, target[:, None]).sum())
     return ll, bool((logits.argmax(dim=-1) == target).all())
-
-
-def _causal_lm(model: torch.nn.Module) -> torch.nn.Module:
-    inner = model
-    while hasattr(inner, "get_base_model"):
-        inner = inner.get_base_model()
-    return inner
-
-
-def _decoder(model: torch.nn.Module) -> torch.nn.Module:
-    return _causal_lm(model).get_decoder()
-
-
-def _head(model: torch.nn.Module) -> tuple[torch.nn.Module, float | None]:
-    lm = _causal_lm(model)
-    return lm.get_output_embeddings(), getattr(lm.config, "final_logit_softcapping", None)

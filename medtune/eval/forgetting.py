@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from medtune.eval.runner import read_predictions
+from medtune.eval.scoring import read_predictions
 from medtune.eval.stats import (
     format_alpha,
     format_level,

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import random
-import string
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +26,11 @@ from typing import Any
 
 import yaml
 
+from medtune.data import load_records
 from medtune.data.prompts import render_mcq_prompt
+from medtune.data.schema import LETTERS, mcq
 
 log = logging.getLogger(__name__)
-
-LETTERS = string.ascii_uppercase
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,6 @@ TASKS: dict[str, TaskSpec] = {
 
 def _prompt_version() -> str:
     """A hash of how two reference questions render: changes whenever the prompt wording changes."""
-    from medtune.data.schema import mcq
 
     probes = [mcq("probe", "test", "0", lang, "s", "q?", ["x", "y"], 0, context="c") for lang in ("ko", "en")]
     return "mcq-" + hashlib.sha256("\n".join(map(render_mcq_prompt, probes)).encode()).hexdigest()[:12]
@@ -112,7 +110,6 @@ def record_to_doc(record: Any, where: str) -> dict[str, Any]:
 
 
 def _default_loader() -> Callable[[str, str, Any], list[Any]]:
-    from medtune.data import load_records
 
     return load_records
 

@@ -1,0 +1,1 @@
+"""The efficiency benchmark: `python -m medtune.bench` (see medtune/bench/run.py)."""

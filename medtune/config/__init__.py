@@ -1,0 +1,53 @@
+"""Config: one dataclass schema per Hydra group, their checks, and the Hydra glue. No torch, nothing else of medtune.
+
+from medtune.config import TrainConfig, ConfigError, compose, to_train_config
+"""
+
+from medtune.config.checks import CACHE_ROOT, DTYPES, ConfigError, cache_root, check_choice, check_positive
+from medtune.config.compose import CONF, GROUPS, compose, register_configs, to_train_config
+from medtune.config.data import (
+    DEFAULT_EVAL_SPLITS,
+    DataConfig,
+    DataMixConfig,
+    EvalConfig,
+    LoggerConfig,
+    parse_ratio,
+)
+from medtune.config.training import (
+    LoraConfig,
+    ModelConfig,
+    OptimConfig,
+    PackingConfig,
+    QuantizationConfig,
+    ShardingConfig,
+    TrainConfig,
+    TrainerConfig,
+)
+
+__all__ = [
+    "CACHE_ROOT",
+    "CONF",
+    "DEFAULT_EVAL_SPLITS",
+    "DTYPES",
+    "GROUPS",
+    "ConfigError",
+    "DataConfig",
+    "DataMixConfig",
+    "EvalConfig",
+    "LoggerConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "PackingConfig",
+    "QuantizationConfig",
+    "ShardingConfig",
+    "TrainConfig",
+    "TrainerConfig",
+    "cache_root",
+    "check_choice",
+    "check_positive",
+    "compose",
+    "parse_ratio",
+    "register_configs",
+    "to_train_config",
+]

@@ -1,0 +1,192 @@
+"""Config schemas of the data side: data_mix, data, eval and logger (see medtune/config/training.py for the rest)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from medtune.config.checks import CACHE_ROOT, ConfigError, check_choice, check_positive
+
+
+@dataclass
+class DataMixConfig:
+    """Which training sources, grouped by language, and in what ratio (see README, 'Data mix')."""
+
+    # language -> {"<source>:<split>": weight inside that language}
+    sources: dict[str, dict[str, float]] = field(default_factory=dict)
+    # language -> weight, e.g. {en: 10, ko: 3}: each language's share of the *unit* in the training set
+    weights: dict[str, float] = field(default_factory=dict)
+    ratio: str | None = None  # shorthand "en:ko" such as "10:3"; overrides weights when set
+    unit: str = "tokens"  # examples | tokens: what the weights and the budget count
+    budget: int | None = None  # total training examples or tokens; None = as much as the scarcest source allows
+    upsample: bool = False  # allow repeating rows (whole passes over a source) to meet the request
+    # with upsample: a source may give at most this many times its rows (or tokens); ~4 epochs of repeated data
+    # cost little against unique data (Muennighoff et al. 2023, "Scaling Data-Constrained Language Models")
+    max_repeat: float = 4.0
+    heldout_frac: float = 0.02  # of each source's selected rows, kept out of training for the eval-loss pass
+    seed: int = 0
+    # how a language's share is split between its sources: by the weights in `sources` (given), or by each source's
+    # size in the unit, so the language's rows are drawn evenly from all its sources (proportional; weight 0 = out)
+    source_weighting: str = "given"
+
+    def __post_init__(self) -> None:
+        check_choice("data_mix.unit", self.unit, ("examples", "tokens"))
+        check_choice("data_mix.source_weighting", self.source_weighting, ("given", "proportional"))
+        if self.ratio is not None:
+            self.weights = parse_ratio(self.ratio, list(self.sources) or ["en", "ko"])
+        if any(not w >= 0 for w in self.weights.values()):
+            raise ConfigError(f"data_mix.weights={dict(self.weights)} has a negative weight; weights must be >= 0.")
+        if self.weights and sum(self.weights.values()) <= 0:
+            raise ConfigError("data_mix.weights are all zero; give at least one language a positive weight.")
+        unknown = {lang for lang, w in self.weights.items() if w > 0} - set(self.sources)
+        if self.sources and unknown:
+            raise ConfigError(
+                f"data_mix.weights names {sorted(unknown)} but data_mix.sources has only {sorted(self.sources)}; "
+                "add those languages to data_mix.sources or give them weight 0."
+            )
+        missing = set(self.sources) - set(self.weights)
+        if self.sources and missing:
+            raise ConfigError(
+                f"data_mix.sources has {sorted(missing)} but data_mix.weights gives them no weight; "
+                "set data_mix.weights (or data_mix.ratio), with 0 to leave a language out."
+            )
+        for lang, specs in self.sources.items():
+            if any(not w >= 0 for w in specs.values()):
+                raise ConfigError(f"data_mix.sources.{lang}={dict(specs)} has a negative weight; use >= 0.")
+            if self.weights.get(lang, 0) > 0 and sum(specs.values()) <= 0:
+                raise ConfigError(
+                    f"data_mix.sources.{lang} has no source with a positive weight but data_mix.weights.{lang}="
+                    f"{self.weights[lang]}; add a source or set the language's weight to 0."
+                )
+        check_positive("data_mix.budget", self.budget, allow_none=True)
+        if not self.max_repeat >= 1.0:
+            raise ConfigError(f"data_mix.max_repeat={self.max_repeat} must be >= 1 (1 = every row at most once).")
+        if not 0.0 <= self.heldout_frac < 0.5:
+            raise ConfigError(f"data_mix.heldout_frac={self.heldout_frac} must be in [0, 0.5).")
+
+    def languages(self) -> list[str]:
+        """The mix's languages: those with a weight, in weight order, then any other with sources."""
+        return list(self.weights) + [lang for lang in self.sources if lang not in self.weights]
+
+
+def parse_ratio(ratio: str, languages: list[str]) -> dict[str, float]:
+    """'10:3' -> {'en': 10.0, 'ko': 3.0}: the first number is English, the second Korean."""
+    parts = str(ratio).replace("-", ":").split(":")
+    order = ["en", "ko"] if set(languages) <= {"en", "ko"} else languages
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != len(order) or not all(math.isfinite(v) and v >= 0 for v in values):
+        hint = " (an unquoted 10:3 in YAML is the base-60 number 603: quote it)" if ":" not in str(ratio) else ""
+        raise ConfigError(
+            f"data_mix.ratio={ratio!r} is not of the form 'en:ko' such as '10:3' (non-negative numbers, "
+            f"languages in that order: {order}){hint}."
+        )
+    return dict(zip(order, values, strict=True))
+
+
+# Splits that only ever evaluate: training loads drop rows duplicating their questions (see medtune/data/leakage.py)
+DEFAULT_EVAL_SPLITS = (
+    "kormedmcqa:test",
+    "kormed_law:test",
+    "medqa_4opt:test",
+    "medqa_5opt:test",
+    "mmlu:test",
+    "pubmedqa:test",
+    "kmmlu_criminal_law:test",
+    "sample_ko:test",
+    "sample_en:test",
+)
+
+
+@dataclass
+class DataConfig:
+    """Where the raw and prepared data live, and how records become prompts and labels."""
+
+    data_dir: str = "${oc.env:MEDTUNE_DATA_DIR,data}"
+    cache_dir: str = f"{CACHE_ROOT}/data"
+    on_bad_row: str = "error"  # error | skip (skipped rows are counted in the prepare report)
+    loss_on: str = "answer"  # answer (prompt masked with -100) | all
+    answer_format: str = "letter_text"  # letter | letter_text: what an MCQ's training target looks like
+    exclude_eval_overlap: bool = True  # drop training rows whose question duplicates an eval question
+    hub: bool = False  # load sources that have a hub copy by their hub id (datasets.load_dataset) instead of data_dir
+    eval_splits: list[str] = field(default_factory=lambda: list(DEFAULT_EVAL_SPLITS))  # "<source>:<split>"
+    exclude_law_from_train: bool = True  # keep every KorMedMCQA law row (block and regex) out of training loads
+    near_dup_threshold: float = 0.9  # character 5-gram Jaccard at or above which a question is a near duplicate
+
+    def __post_init__(self) -> None:
+        check_choice("data.on_bad_row", self.on_bad_row, ("error", "skip"))
+        check_choice("data.loss_on", self.loss_on, ("answer", "all"))
+        check_choice("data.answer_format", self.answer_format, ("letter", "letter_text"))
+        if not 0.5 <= self.near_dup_threshold <= 1.0:
+            raise ConfigError(f"data.near_dup_threshold={self.near_dup_threshold} must be in [0.5, 1].")
+        bad = [s for s in self.eval_splits if s.count(":") != 1]
+        if bad:
+            raise ConfigError(f"data.eval_splits has {bad}; write each as '<source>:<split>', e.g. 'mmlu:test'.")
+
+
+@dataclass
+class EvalConfig:
+    """Post-training evaluation through lm-eval on locally prepared tasks."""
+
+    enabled: bool = True
+    tasks: list[str] = field(default_factory=lambda: ["kormed_law", "medqa_4opt"])
+    limit: int | None = None  # questions per task; None = all
+    task_limits: dict[str, int] = field(default_factory=dict)  # per-task override of limit, e.g. {mmlu_general: 2000}
+    num_fewshot: int = 0
+    scoring: str = "letter"  # letter | cloze
+    batch_size: int = 8
+    # continuation: project only the answer positions onto the vocabulary (evaluation fits in training memory);
+    # hflm: lm-eval's own HFLM, which takes the log-softmax of every position (batch x length x vocabulary)
+    scorer: str = "continuation"
+    compare_base: bool = True  # also score the base model (cached) and report forgetting
+    bootstrap_samples: int = 2000
+    confidence: float = 0.95
+    seed: int = 0  # also picks the `limit` subset, so runs with one seed are scored on the same questions
+    adapter: str | None = None  # python -m medtune.evaluate: a saved peft adapter dir to load onto the model
+    sanity: str = "error"  # error | warn | off: identical letter logits, one letter everywhere, below chance
+    cache_base: bool = True  # reuse the base model's scores across a sweep (keyed on model, data, settings)
+    cache_dir: str = f"{CACHE_ROOT}/eval_base"
+    max_length: int | None = None  # lm-eval context length; None: from the model config
+
+    def __post_init__(self) -> None:
+        check_choice("eval.scoring", self.scoring, ("letter", "cloze"))
+        check_choice("eval.scorer", self.scorer, ("continuation", "hflm"))
+        check_choice("eval.sanity", self.sanity, ("error", "warn", "off"))
+        check_positive("eval.batch_size", self.batch_size)
+        check_positive("eval.bootstrap_samples", self.bootstrap_samples)
+        if self.num_fewshot < 0:
+            raise ConfigError(f"eval.num_fewshot={self.num_fewshot} must be >= 0.")
+        check_positive("eval.limit", self.limit, allow_none=True)
+        for name, n in self.task_limits.items():
+            if name not in self.tasks:
+                raise ConfigError(
+                    f"eval.task_limits.{name}: {name!r} is not in eval.tasks {list(self.tasks)}; "
+                    "remove the key or add the task."
+                )
+            check_positive(f"eval.task_limits.{name}", n)
+        if not 0.5 < self.confidence < 1.0:
+            raise ConfigError(f"eval.confidence={self.confidence} must be in (0.5, 1).")
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking: W&B (offline unless asked), local csv/jsonl, or nothing."""
+
+    backend: str = "wandb"  # wandb | csv | jsonl | none
+    project: str = "medtune"
+    entity: str | None = None
+    mode: str = "offline"  # offline | online (online needs WANDB_API_KEY or a prior `wandb login`)
+    group: str | None = None  # None: the Hydra sweep (`<date>_<time>`) in a multirun, no group otherwise
+    tags: list[str] = field(default_factory=list)
+    name: str | None = None  # W&B run name; None: the run directory's name
+    job_type: str | None = None  # W&B job type, e.g. train | eval | report
+    init_timeout_s: float = 30.0  # longest wait for W&B to start (and per request); then local files only
+    finish_timeout_s: float = 30.0  # longest wait for the upload at the end of an online run
+
+    def __post_init__(self) -> None:
+        check_choice("logger.backend", self.backend, ("wandb", "csv", "jsonl", "none"))
+        check_choice("logger.mode", self.mode, ("offline", "online"))
+        check_positive("logger.init_timeout_s", self.init_timeout_s)
+        check_positive("logger.finish_timeout_s", self.finish_timeout_s)

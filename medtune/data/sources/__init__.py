@@ -1,0 +1,1 @@
+"""Source readers: the registry of sources and views, one module per family (english, korean), the hub, file readers."""

@@ -1,0 +1,92 @@
+"""`python -m medtune.memory <overrides> [world_size=N] [label_tokens_per_row=N] [--json]`: per-rank peak memory.
+
+    python -m medtune.memory model=medgemma_4b model.init=random quantization=nf4 packing=packed
+    python -m medtune.memory model=llama3_3_70b quantization=nf4 sharding=fsdp world_size=8 trainer.micro_batch_size=2
+    python -m medtune.memory ... --json          # the breakdown as JSON
+    python -m medtune.memory ... packing=packed label_tokens_per_row=873   # loss on 873 label tokens per row
+
+`world_size=N` (default: $WORLD_SIZE or 1) and `label_tokens_per_row=N` (default: every token carries a label, the
+worst case) are read before Hydra composes conf/train.yaml; every other argument is a Hydra override. No torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict
+
+from medtune.config import ConfigError, compose
+from medtune.files.space import GIB
+from medtune.memory.estimate import Calibration, estimate
+from medtune.memory.fit import fit_micro_batch
+
+
+def _number(arg: str) -> float:
+    key, value = arg.split("=", 1)
+    try:
+        return float(value)
+    except ValueError:
+        raise SystemExit(f"{key}={value!r}: expected a number (e.g. {key}=765).") from None
+
+
+def _world_size(arg: str) -> int:
+    value = _number(arg)
+    if value < 1 or value != int(value):
+        raise SystemExit(f"{arg}: expected a whole number of ranks >= 1 (e.g. world_size=8).")
+    return int(value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: print the per-rank breakdown of a composed config (`world_size=N`, `label_tokens_per_row=N`, `--json`)."""
+    from hydra.errors import HydraException
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(args):
+        print(__doc__)
+        return
+    as_json = "--json" in args
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    label_tokens_per_row: float | None = None
+    overrides = []
+    for arg in args:
+        if arg.startswith("world_size="):
+            world_size = _world_size(arg)
+        elif arg.startswith("label_tokens_per_row="):
+            label_tokens_per_row = _number(arg)
+        elif arg != "--json":
+            overrides.append(arg)
+    try:
+        cfg = compose(overrides)
+    except (HydraException, ConfigError) as err:
+        raise SystemExit(f"error: {err}\n(arguments are Hydra overrides of conf/train.yaml; see --help)") from None
+    if cfg.trainer.micro_batch_size == "auto":
+        cfg, fitted = fit_micro_batch(cfg, world_size, label_tokens_per_row)
+        print(f"micro_batch_size=auto: {fitted['trainer/micro_batch_size_auto']} rows fit the budget")
+    est = estimate(cfg, world_size, label_tokens_per_row=label_tokens_per_row)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "parts": est.parts,
+                    "peak_gib": est.peak_gib,
+                    "load_peak_gib": est.load_peak_bytes / GIB,
+                    "world_size": world_size,
+                    "label_tokens_per_row": label_tokens_per_row,
+                    "label_tokens_per_micro_batch": est.label_tokens,
+                    "calibration": asdict(Calibration()),
+                },
+                indent=2,
+            )
+        )
+        return
+    q, p = cfg.quantization.method, cfg.packing
+    print(
+        f"{cfg.model.name}: quantization={q} packing={p.mode} rows={cfg.trainer.micro_batch_size}x{p.max_seq_len} "
+        f"sharding={cfg.sharding.strategy} grad_ckpt_every={cfg.trainer.grad_ckpt_every}"
+    )
+    print(est.table())
+
+
+if __name__ == "__main__":
+    main()

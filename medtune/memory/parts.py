@@ -1,0 +1,218 @@
+"""The parts of the memory estimate: frozen weights by storage, activations and the chunked loss, in bytes.
+
+medtune/memory/estimate.py reads the architecture, adds the adapters and optimizer state and picks the peak moment; the
+shape (`Arch`) and the GPU-calibrated numbers (`Calibration`) are defined here. No torch import.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from medtune.config import TrainConfig
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+NF4_BLOCK = 64  # bitsandbytes 4-bit blocksize: one absmax per 64 weights
+NF4_BLOCK2 = 256  # double quantisation: the absmax values are themselves quantised in blocks of 256
+NF4_CODE_BYTES = 16 * 4  # the 16-entry fp32 NF4 lookup table, one per quantised weight
+DQ_CODE_BYTES = 256 * 4 + 4  # double quant: 256-entry fp32 dynamic map + fp32 offset, one per quantised weight
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Numbers the GPU measurements calibrate (bytes per token per unit of width unless said otherwise).
+
+    Checked on 2026-11-25 against `python -m medtune.bench --steps 10 --warmup 3` on an NVIDIA H100 80GB (torch 2.11,
+    transformers 5.24, peft 0.21, bitsandbytes 0.50.2): Gemma 3 4B text architecture with random weights, 1 x 2048
+    rows, LoRA r=16 on all linear layers, grad_ckpt_every=1, loss_chunk_size=1024, bf16 weights and autocast,
+    samples of experiments/efficiency/lengths.json. Measured peak allocated GiB over the timed steps (load peak):
+    bf16_pad 8.61 (8.48), nf4_pad 4.06 (3.05), bf16_packed 9.76 (8.54), nf4_packed 5.34 (3.05). The largest timed
+    packed micro-batch held 873 label tokens, the pad ones at most 142.
+    Only `logits_fp32_copies` moved (3.0 -> 2.0, see its comment); the other fields are the derivations' values,
+    which the pad configurations (whose peak is the backward) confirm within 1.5%.
+    """
+
+    norm_bytes: float = 4.0  # RMSNorm keeps an fp32 copy of its input for backward
+    lora_input_bytes: float = 2.0  # bf16 copy of a LoRA input saved by lora_A (+1 for the dropout mask if p > 0)
+    mlp_bytes: float = 6.0  # gate out (act input), act out and up out, bf16 each: 3 x 2 bytes per intermediate unit
+    attn_bytes: float = 2.0  # q, k, v after RoPE and the attention output, bf16
+    eager_score_bytes: float = 6.0  # eager: fp32 softmax probs + their bf16 copy, per head per (query, key) pair
+    work_hidden_bytes: float = 16.0  # backward working set per hidden unit (gradient of the residual stream, fp32)
+    work_intermediate_bytes: float = 8.0  # backward working set per intermediate unit (grads of gate/up, bf16)
+    # the chunked loss holds two fp32 [chunk, vocab] buffers at once: the logits and logsumexp's shifted exp, then
+    # the logits and the softmax gradient. 3.0 assumed a third; the H100 packed runs fit 2.02-2.04.
+    logits_fp32_copies: float = 2.0
+    fsdp_gathered_layers: float = 2.0  # FSDP2 holds the current and the prefetched layer unsharded
+    fixed_bytes: int = 32 * 1024**2  # cuBLAS workspace and small allocations
+    scale: float = 1.0  # multiplies the activation terms (one-number calibration)
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The shape of a decoder-only transformer, as far as memory is concerned."""
+
+    model_type: str
+    vocab: int
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    tied: bool
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @property
+    def gemma(self) -> bool:
+        return self.model_type.startswith("gemma3")
+
+    def linears(self) -> dict[str, tuple[int, int]]:
+        """(in_features, out_features) of each projection of one decoder layer."""
+        h, i = self.hidden, self.intermediate
+        return {
+            "q_proj": (h, self.q_dim),
+            "k_proj": (h, self.kv_dim),
+            "v_proj": (h, self.kv_dim),
+            "o_proj": (self.q_dim, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
+
+
+def quantized_bytes(n: int, method: str, double_quant: bool) -> int:
+    """Bytes of one bitsandbytes-quantised weight of n elements, its quantisation state included.
+
+    nf4: n/2 bytes of packed 4-bit codes + the 16-entry fp32 code (64 B) + per 64-weight block either an fp32 absmax
+    (4 B) or, with double quantisation, a uint8 absmax (1 B) plus one fp32 absmax per 256 blocks, the 256-entry fp32
+    map and the fp32 offset (1028 B). int8 (LLM.int8): n bytes + one fp32 scale per output row (added by the caller).
+    """
+    if method == "int8":
+        return n
+    blocks = math.ceil(n / NF4_BLOCK)
+    stats = blocks + 4 * math.ceil(blocks / NF4_BLOCK2) + DQ_CODE_BYTES if double_quant else 4 * blocks
+    return math.ceil(n / 2) + NF4_CODE_BYTES + stats
+
+
+def weight_bytes(arch: Arch, cfg: TrainConfig) -> dict[str, int]:
+    """Frozen base bytes by storage: decoder linears (quantised or model.dtype), embeddings/norms/lm_head, buffers.
+
+    Per layer: the 7 projections (q, k, v, o, gate, up, down; no biases), 2 RMSNorms of `hidden` (Llama) or 4 plus
+    the q/k norms of `head_dim` (Gemma 3). Outside the layers: the embedding vocab x hidden, the final norm and, when
+    not tied, lm_head vocab x hidden: all in model.dtype, since transformers/bitsandbytes skip the output projection
+    and tied weights. Buffers: RoPE inv_freq and original_inv_freq (head_dim/2 fp32 each) per rotary type (2 for
+    Gemma 3: sliding and full) and Gemma 3's embed_scale scalar in model.dtype.
+    """
+    dtype_b, q = DTYPE_BYTES[cfg.model.dtype], cfg.quantization
+    linear = 0
+    for n_in, n_out in arch.linears().values():
+        n = n_in * n_out
+        if q.method == "none":
+            linear += n * dtype_b
+        else:
+            linear += quantized_bytes(n, q.method, q.double_quant) + (4 * n_out if q.method == "int8" else 0)
+    norms = 4 * arch.hidden + 2 * arch.head_dim if arch.gemma else 2 * arch.hidden
+    layers = arch.layers * (linear + norms * dtype_b)
+    embed = arch.vocab * arch.hidden * (1 if arch.tied else 2) + arch.hidden  # + final norm
+    rope_types = 2 if arch.gemma else 1
+    buffers = rope_types * 2 * (arch.head_dim // 2) * 4 + (dtype_b if arch.gemma else 0)
+    return {"layers": layers, "embed_head": embed * dtype_b, "buffers": buffers}
+
+
+def adapted(cfg: TrainConfig, name: str) -> bool:
+    """Whether lora.target_modules adapts the projection `name` (e.g. 'q_proj')."""
+    targets = list(cfg.lora.target_modules)
+    return targets == ["all-linear"] or any(t.rsplit(".", 1)[-1] == name for t in targets)
+
+
+def seq_len(cfg: TrainConfig) -> int:
+    """The row length the estimate is for: packing.max_seq_len."""
+    if not cfg.packing.max_seq_len:
+        raise ValueError("packing.max_seq_len is empty (packing=none): set it to the longest row you expect.")
+    return cfg.packing.max_seq_len
+
+
+def layer_activation_bytes(arch: Arch, cfg: TrainConfig, tokens: int, cal: Calibration) -> float:
+    """Bytes one decoder layer keeps for backward when it is not checkpointed, for `tokens` tokens.
+
+    Per token: norm_bytes x (RMSNorm inputs: 4 x hidden + q_dim + kv_dim on Gemma 3, 2 x hidden on Llama)
+    + (lora_input_bytes + 1 if dropout) x (sum of adapted projections' in_features) + 2 x r per adapted projection
+    + attn_bytes x (q after RoPE + k, v (expanded to q_dim by sdpa with a mask; kv_dim with flex/flash) + output)
+    + 4 x heads (fp32 log-sum-exp) + mlp_bytes x intermediate.
+    eager attention adds eager_score_bytes x heads x seq_len (the probabilities: the seq^2 term).
+    """
+    h, i = arch.hidden, arch.intermediate
+    norm_units = 4 * h + arch.q_dim + arch.kv_dim if arch.gemma else 2 * h
+    lora_b = cal.lora_input_bytes + (1.0 if cfg.lora.dropout > 0 else 0.0)
+    shapes = arch.linears()
+    chosen = [n for n in shapes if adapted(cfg, n)] if cfg.lora.enabled else []
+    lora_units = sum(shapes[n][0] for n in chosen)
+    impl = cfg.model.attn_implementation
+    kv_saved = arch.kv_dim if impl in ("flex_attention", "flash_attention_2") else arch.q_dim
+    per_token = (
+        cal.norm_bytes * norm_units
+        + lora_b * lora_units
+        + 2 * cfg.lora.r * len(chosen)
+        + cal.attn_bytes * (2 * arch.q_dim + 2 * kv_saved)
+        + 4 * arch.heads
+        + cal.mlp_bytes * i
+    )
+    if impl == "eager":
+        per_token += cal.eager_score_bytes * arch.heads * seq_len(cfg)
+    return per_token * tokens * cal.scale
+
+
+def activation_bytes(arch: Arch, cfg: TrainConfig, cal: Calibration) -> dict[str, float]:
+    """Stored activations of a micro-batch, the recomputed layer and the backward working set.
+
+    With grad_ckpt_every=k, layers 0, k, 2k, ... are checkpointed: they keep only their bf16 input (2 x hidden per
+    token) and one of them at a time is recomputed in backward (one full layer); the other layers keep everything
+    (`layer_activation_bytes`). Working set: (work_hidden_bytes x hidden + work_intermediate_bytes x intermediate)
+    per token. Dense document masks (packed rows with sdpa/eager) add rows x seq^2 bytes per layer type.
+    """
+    seq = seq_len(cfg)
+    tokens = cfg.trainer.micro_batch_size * seq
+    k = cfg.trainer.grad_ckpt_every
+    n_ckpt = len(range(0, arch.layers, k)) if k > 0 else 0
+    full = layer_activation_bytes(arch, cfg, tokens, cal)
+    stored = n_ckpt * 2 * arch.hidden * tokens + (arch.layers - n_ckpt) * full
+    work = (cal.work_hidden_bytes * arch.hidden + cal.work_intermediate_bytes * arch.intermediate) * tokens
+    masks = 0.0
+    if cfg.packing.mode == "packed" and cfg.model.attn_implementation in ("sdpa", "eager"):
+        mask_b = 1 if cfg.model.attn_implementation == "sdpa" else DTYPE_BYTES[cfg.model.dtype]
+        masks = (2 if arch.gemma else 1) * cfg.trainer.micro_batch_size * seq * seq * mask_b
+    return {"stored": stored, "recompute": full if n_ckpt else 0.0, "work": work * cal.scale, "masks": masks}
+
+
+def label_tokens(cfg: TrainConfig, label_tokens_per_row: float | None) -> float:
+    """Label tokens of one micro-batch: rows x label_tokens_per_row, capped at its tokens; None = every token."""
+    tokens = cfg.trainer.micro_batch_size * seq_len(cfg)
+    if label_tokens_per_row is None:
+        return float(tokens)
+    if label_tokens_per_row < 0:
+        raise ValueError(f"label_tokens_per_row={label_tokens_per_row} must be >= 0 (or None for the worst case).")
+    return min(float(tokens), cfg.trainer.micro_batch_size * label_tokens_per_row)
+
+
+def loss_bytes(arch: Arch, cfg: TrainConfig, cal: Calibration, label_tokens_per_row: float | None = None) -> float:
+    """The chunked loss at its peak: logits_fp32_copies x chunk x vocab x 4 B, chunk = min(loss_chunk_size, label
+    tokens of the micro-batch), since the chunked loss sends only label tokens to the output projection; plus the
+    gathered label rows and their gradient (label tokens x hidden x dtype bytes each), plus the last hidden state
+    and the final norm's fp32 input and bf16 output (tokens x hidden x (dtype + 6) B).
+
+    label_tokens_per_row=None is the worst case (loss on every token). For a peak, give the largest micro-batch's.
+    """
+    tokens = cfg.trainer.micro_batch_size * seq_len(cfg)
+    labels = label_tokens(cfg, label_tokens_per_row)
+    chunk = min(cfg.trainer.loss_chunk_size, labels)
+    dtype_b = DTYPE_BYTES[cfg.model.dtype]
+    return cal.logits_fp32_copies * chunk * arch.vocab * 4 + arch.hidden * (
+        2 * dtype_b * labels + (dtype_b + 6) * tokens
+    )

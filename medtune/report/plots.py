@@ -1,0 +1,173 @@
+"""The report's figures, drawn on plain matplotlib Figures (no pyplot state, no GUI backend needed).
+
+    fig = plot_vs_share(runs, "acc", base, ylabel="accuracy (%)", title="...", scale=100)
+    fig.savefig("accuracy_vs_share.png")
+
+Every figure reads without the report's text: titled panels, axis labels with units, the base model as a labelled
+dashed line, single runs with their own intervals, and the mean across seeds with its interval across seeds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from medtune.eval.stats import format_alpha, format_level
+from medtune.report.sweep import TRAIN_ALLOC, TRAIN_RESERVED
+
+LANG_NAMES = {"ko": "Korean (ko)", "en": "English (en)"}
+MEAN_COLOR = {"ko": "#c0392b", "en": "#1f5fa8"}
+RUN_COLOR = {"ko": "#e6a39b", "en": "#9dbbe0"}
+X_LABEL = "English share of the training mix (%)  [en / (en + ko) by weight]"
+
+
+def _share_ticks(ax: object, runs: pd.DataFrame) -> None:
+    """Ticks at the swept shares, labelled with the en:ko ratio and the share in %."""
+    ticks = runs.drop_duplicates("en_share").sort_values("en_share")
+    labels = [f"{r}\n{100 * s:.0f}%" for r, s in zip(ticks["ratio"], ticks["en_share"], strict=True)]
+    ax.set_xticks(100 * ticks["en_share"], labels)
+    ax.set_xlim(-6, 106)
+    ax.set_xlabel(X_LABEL)
+    ax.grid(alpha=0.3)
+
+
+def _jitter(seeds: pd.Series) -> np.ndarray:
+    """Spread the runs of one ratio sideways (by seed rank) so their intervals do not hide each other."""
+    rank = seeds.rank(method="dense").to_numpy() - 1
+    n = max(1, int(rank.max()) + 1) if len(rank) else 1
+    return (rank - (n - 1) / 2) * 2.5
+
+
+def _runs_with_ci(ax: object, sub: pd.DataFrame, key: str, scale: float, color: str, label: str) -> None:
+    x = 100 * sub["en_share"].to_numpy() + _jitter(sub["seed"])
+    y = scale * sub[key].to_numpy(dtype=float)
+    low, high = f"{key}_ci_low", f"{key}_ci_high"
+    if low in sub and high in sub and sub[low].notna().any():
+        err = np.vstack([y - scale * sub[low].to_numpy(float), scale * sub[high].to_numpy(float) - y])
+        ax.errorbar(x, y, yerr=np.clip(err, 0, None), fmt="o", ms=4, color=color, elinewidth=1, capsize=2, label=label)
+    else:
+        ax.plot(x, y, "o", ms=4, color=color, label=label)
+
+
+def _mean_line(ax: object, mean: pd.DataFrame, scale: float, color: str, confidence: float) -> None:
+    n_max = int(mean["n_seeds"].max())
+    label = f"mean of {n_max} seeds" if n_max > 1 else "run (1 seed)"
+    ax.plot(100 * mean["en_share"], scale * mean["mean"], "-D", ms=6, lw=2, color=color, label=label)
+    if mean["ci_low"].notna().any():
+        ax.fill_between(
+            100 * mean["en_share"],
+            scale * mean["ci_low"],
+            scale * mean["ci_high"],
+            color=color,
+            alpha=0.15,
+            label=f"{format_level(confidence)} interval across seeds",
+        )
+
+
+def plot_vs_share(
+    runs: pd.DataFrame,
+    metric: str,
+    base: dict[str, float | None],
+    means: dict[str, pd.DataFrame],
+    *,
+    ylabel: str,
+    title: str,
+    scale: float = 1.0,
+    unit: str = "",
+    confidence: float = 0.95,
+    failed_shares: tuple[float, ...] = (),
+    ticks: pd.DataFrame | None = None,
+) -> Figure:
+    """One panel per language: eval/lang/<lang>/<metric> of each run and the seed mean against the English share."""
+    langs = [lang for lang in means if not means[lang].empty]
+    fig = Figure(figsize=(6.2 * max(1, len(langs)), 4.8), layout="constrained")
+    axes = fig.subplots(1, max(1, len(langs)), sharey=True, squeeze=False)[0]
+    level = format_level(confidence)
+    for ax, lang in zip(axes, langs, strict=False):
+        key = f"eval/lang/{lang}/{metric}"
+        sub = runs[runs[key].notna()]
+        run_label = f"single run ({level} Wilson CI)" if f"{key}_ci_low" in sub else "single run"
+        _runs_with_ci(ax, sub, key, scale, RUN_COLOR[lang], run_label)
+        _mean_line(ax, means[lang], scale, MEAN_COLOR[lang], confidence)
+        if base.get(lang) is not None and math.isfinite(base[lang]):
+            value = scale * base[lang]
+            ax.axhline(value, ls="--", lw=1.5, color="0.3", label=f"base model (no fine-tuning): {value:.2f}{unit}")
+            ax.annotate(f"base {value:.2f}{unit}", (1.0, value), xycoords=("axes fraction", "data"), xytext=(-4, 3),
+                        textcoords="offset points", ha="right", va="bottom", fontsize=8, color="0.3")  # fmt: skip
+        if failed_shares:  # a job that died still shows where the curve has a hole
+            ax.plot([100 * x for x in failed_shares], [0.04] * len(failed_shares), "x", ms=9, mew=2, color="black",
+                    transform=ax.get_xaxis_transform(), label="failed run (no result)")  # fmt: skip
+        ax.set_title(LANG_NAMES.get(lang, lang))
+        _share_ticks(ax, runs if ticks is None else ticks)
+        ax.legend(fontsize=8, loc="best")
+    axes[0].set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=12)
+    return fig
+
+
+def plot_forgetting(table: pd.DataFrame, means: dict[str, pd.DataFrame], confidence: float = 0.95) -> Figure:
+    """Change in accuracy vs the base model (pp) per language; filled markers are significant (McNemar)."""
+    langs = [lang for lang in means if not means[lang].empty]
+    fig = Figure(figsize=(6.2 * max(1, len(langs)), 4.8), layout="constrained")
+    axes = fig.subplots(1, max(1, len(langs)), sharey=True, squeeze=False)[0]
+    level = format_level(confidence)
+    for ax, lang in zip(axes, langs, strict=False):
+        sub = table[table["lang"] == lang]
+        x = 100 * sub["en_share"].to_numpy() + _jitter(sub["seed"])
+        y = sub["delta_pp"].to_numpy(float)
+        err = np.vstack([y - sub["ci_low_pp"].to_numpy(float), sub["ci_high_pp"].to_numpy(float) - y])
+        ax.errorbar(x, y, yerr=np.clip(np.nan_to_num(err), 0, None), fmt="none", color=RUN_COLOR[lang], capsize=2)
+        sig = sub["significant"].fillna(False).astype(bool).to_numpy()
+        ax.plot(
+            x[sig],
+            y[sig],
+            "o",
+            ms=7,
+            color=MEAN_COLOR[lang],
+            label=f"run, significant (McNemar p < {format_alpha(confidence)})",
+        )
+        ax.plot(x[~sig], y[~sig], "o", ms=7, mfc="white", color=MEAN_COLOR[lang], label="run, not significant")
+        _mean_line(ax, means[lang], 1.0, MEAN_COLOR[lang], confidence)
+        ax.axhline(0, ls="--", lw=1.5, color="0.3", label="base model (no change)")
+        ax.set_title(f"{LANG_NAMES.get(lang, lang)}: bars = {level} paired bootstrap CI")
+        _share_ticks(ax, table)
+        ax.legend(fontsize=8, loc="best")
+    axes[0].set_ylabel("accuracy change vs base model (percentage points)")
+    fig.suptitle("Forgetting: fine-tuned minus base accuracy, same questions (negative = forgotten)", fontsize=12)
+    return fig
+
+
+def _bars(ax: object, labels: list[str], values: np.ndarray, fmt: str, color: str, **kwargs: object) -> None:
+    bars = ax.bar(labels, values, color=color, **kwargs)
+    ax.bar_label(bars, [fmt.format(v) if math.isfinite(v) else "n/a" for v in values], fontsize=8, padding=2)
+
+
+def plot_efficiency(eff: pd.DataFrame) -> Figure:
+    """Peak GPU memory (GiB) and useful tokens/s per configuration, mean over its runs."""
+    fig = Figure(figsize=(max(8.0, 1.6 * len(eff) + 4), 4.8), layout="constrained")
+    mem_ax, speed_ax = fig.subplots(1, 2)
+    labels = eff["config"].tolist()
+    if TRAIN_RESERVED in eff:
+        _bars(mem_ax, labels, eff[TRAIN_RESERVED].to_numpy(float), "{:.2f}", "#d5dbe3", label="reserved")
+    if TRAIN_ALLOC in eff:
+        _bars(mem_ax, labels, eff[TRAIN_ALLOC].to_numpy(float), "{:.2f}", "#4a6fa5", label="allocated")
+    if TRAIN_RESERVED in eff or TRAIN_ALLOC in eff:
+        mem_ax.legend(fontsize=8)
+    else:
+        mem_ax.text(0.5, 0.5, "no GPU memory recorded (CPU runs)", ha="center", va="center", transform=mem_ax.transAxes)
+    mem_ax.set_ylabel("training peak GPU memory per rank (GiB)")
+    mem_ax.set_title("Peak memory per configuration (lower is better)")
+    speed_key = "train/useful_tokens_per_s"
+    if speed_key in eff:
+        _bars(speed_ax, labels, eff[speed_key].to_numpy(float), "{:,.0f}", "#3c8d5a")
+    speed_ax.set_ylabel("training throughput (useful, non-padding tokens/s)")
+    speed_ax.set_title("Throughput per configuration (higher is better)")
+    for ax in (mem_ax, speed_ax):
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        ax.margins(y=0.15)
+    fig.suptitle("Efficiency: mean over the runs of each configuration", fontsize=12)
+    return fig

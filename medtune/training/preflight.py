@@ -1,0 +1,155 @@
+"""Checks that need no model, run before anything heavy (and before torch is imported, where they can be).
+
+    check_run(cfg, dict_cfg)   # raises ConfigError naming the key, the file or the launch, and the fix
+
+`to_train_config` checks each value and the rules between groups; this module checks the config against the world
+around it: keys nobody reads (`+trainer.max_step=5`), source and task names, the data files they need (present and
+not empty), the resume target, and whether the launch (torchrun or not, a GPU or not) fits `sharding` and
+`trainer.device`. A training run that would fail on any of these after loading a model, or after hours of training
+(an unknown `eval.tasks` name), stops here in about a second with exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import logging
+import typing
+from pathlib import Path
+from typing import Any
+
+from medtune.config import ConfigError, TrainConfig
+from medtune.training.launch import env_world, launched_by_torchrun
+
+log = logging.getLogger("medtune.training.preflight")
+
+
+def check_run(cfg: TrainConfig, dict_cfg: Any = None) -> None:
+    """Every check of this module, in order of cost; `dict_cfg` (the composed DictConfig) adds the key check."""
+    if dict_cfg is not None:
+        check_known_keys(dict_cfg)
+    check_launch(cfg)
+    if cfg.stage in ("train", "train_eval"):
+        for specs in cfg.data_mix.sources.values():
+            for spec in specs:
+                check_source(spec, cfg.data, f"data_mix.sources ({spec})", training=True)
+    if cfg.stage in ("eval", "train_eval") and cfg.eval.enabled:
+        check_tasks(cfg)
+    check_resume(cfg.trainer.resume)
+
+
+def check_known_keys(dict_cfg: Any) -> None:
+    """Refuse keys that no schema field reads (a `+key=value` typo would be stored and silently ignored)."""
+    from omegaconf import OmegaConf
+
+    unknown = _unknown_keys(OmegaConf.to_container(dict_cfg, resolve=False), TrainConfig, "")
+    if unknown:
+        key, known = unknown[0]
+        close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+        hint = f" Did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}?" if close else ""
+        raise ConfigError(
+            f"{key} is not a setting medtune reads (it would be ignored).{hint} Known keys here: {', '.join(known)}."
+        )
+
+
+def _unknown_keys(node: Any, schema: type, prefix: str) -> list[tuple[str, list[str]]]:
+    if not isinstance(node, dict):
+        return []
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    out: list[tuple[str, list[str]]] = []
+    for key, value in node.items():
+        if key not in fields:
+            out.append((f"{prefix}{key}", sorted(fields)))
+            continue
+        sub = hints.get(key)
+        if dataclasses.is_dataclass(sub):
+            out += _unknown_keys(value, sub, f"{prefix}{key}.")
+    return out
+
+
+def check_launch(cfg: TrainConfig, replicas_ok: bool = False, entry: str = "medtune.train") -> None:
+    """The number of processes fits `sharding`, and a GPU exists when `trainer.device=cuda` asks for one.
+
+    `replicas_ok`: several processes with sharding=none are fine (evaluation: a whole model on every rank).
+    """
+    _, world, _ = env_world()
+    strategy = cfg.sharding.strategy
+    if strategy in ("ddp", "fsdp") and not launched_by_torchrun():
+        raise ConfigError(
+            f"sharding={strategy} needs a torchrun launch (one process per GPU): torchrun --nproc-per-node N "
+            f"-m {entry} ... sharding={strategy} (N=1 is fine); or sharding=none for one process."
+        )
+    if strategy == "none" and world > 1 and not replicas_ok:
+        raise ConfigError(f"launched with {world} processes but sharding=none; add sharding=ddp or sharding=fsdp.")
+    if cfg.sharding.cpu_offload and cfg.trainer.device == "cpu":
+        raise ConfigError("sharding.cpu_offload=true needs CUDA devices; set sharding.cpu_offload=false on CPU.")
+    if cfg.trainer.device == "cuda":  # only this choice pays for importing torch here
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=auto or cpu.")
+
+
+def check_source(spec: str, data_cfg: Any, where: str, training: bool = False) -> None:
+    """`<source>:<split>` names a known source or view and split, and its raw files are here (warns when empty)."""
+    from medtune.data import assert_trainable
+    from medtune.data.prepare import raw_files, source_splits, use_hub
+    from medtune.data.sources.registry import parse_spec, resolve
+
+    try:
+        name, split = parse_spec(spec)
+        source, _ = resolve(name)
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"{where}: {err.args[0]}") from None
+    splits = source_splits(source, data_cfg)
+    if split not in splits:
+        raise ConfigError(f"{where}: {source.name} has no split {split!r}; its splits: {list(splits)}.")
+    if training:
+        try:
+            assert_trainable(spec, data_cfg)
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    if source.builtin or use_hub(source, data_cfg):
+        return
+    try:
+        files = raw_files(source, data_cfg)
+    except FileNotFoundError as err:
+        raise ConfigError(
+            f"{where}: {err} Point MEDTUNE_DATA_DIR (or data.data_dir) at the datasets' folder "
+            "(../shared/data/README.md lists the layouts), or set data.hub=true with hub access."
+        ) from None
+    for path in files:
+        if Path(path).stat().st_size == 0:
+            log.warning("%s: %s is empty (0 bytes): it contributes no rows", where, path)
+
+
+def check_tasks(cfg: TrainConfig) -> None:
+    """Every `eval.tasks` name is a task, and the data its questions (and few-shot examples) come from is here."""
+    from medtune.eval.tasks import TASKS
+
+    unknown = [t for t in cfg.eval.tasks if t not in TASKS]
+    if unknown:
+        close = {t: difflib.get_close_matches(t, list(TASKS), n=1) for t in unknown}
+        hints = "; ".join(f"{t} -> {c[0]}?" for t, c in close.items() if c)
+        raise ConfigError(
+            f"eval.tasks names unknown tasks {unknown}{' (' + hints + ')' if hints else ''}; known tasks: "
+            f"{sorted(TASKS)}."
+        )
+    for name in cfg.eval.tasks:
+        spec = TASKS[name]
+        check_source(f"{spec.source}:{spec.split}", cfg.data, f"eval.tasks ({name})")
+        if cfg.eval.num_fewshot > 0 and spec.fewshot:
+            check_source(spec.fewshot, cfg.data, f"eval.tasks ({name} few-shot)")
+
+
+def check_resume(resume: str) -> None:
+    """`trainer.resume` is never, auto, or an existing checkpoint or run directory."""
+    if resume in ("never", "auto"):
+        return
+    path = Path(resume).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"trainer.resume={resume!r} is neither 'never', 'auto' nor an existing checkpoint or run directory; "
+            "use trainer.resume=auto with hydra.run.dir=<the run's directory>, or the path of a checkpoint."
+        )

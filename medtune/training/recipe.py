@@ -1,0 +1,272 @@
+"""The LoRA/QLoRA fine-tuning recipe behind `python -m medtune.train`: setup, train, evaluate, cleanup.
+
+The loop is written out in `TrainRecipe.train` and `optimizer_step`; builders in other modules turn config
+sections into objects, so nothing below them reads the config tree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medtune.config import TrainConfig
+from medtune.models.build import build_model
+from medtune.models.lora import apply_lora, merge_and_save, save_adapter, trainable_parameters
+from medtune.training import checkpoint, distributed, step_metrics
+from medtune.training.batches import DataPipeline, build_data
+from medtune.training.loss_module import compute_loss, eval_loss
+from medtune.training.schedule import lr_factor
+from medtune.training.speed import apply_speedups, offloaded_activations
+from medtune.training.watchdog import Watchdog
+
+log = logging.getLogger("medtune.train")
+
+
+class TrainingError(RuntimeError):
+    """A run stopped for a reason the user can act on (NaN loss, out of memory)."""
+
+
+class TrainRecipe:
+    """One run: model + adapter, data, optimizer, the loop, checkpoints and the final adapter."""
+
+    def __init__(
+        self, cfg: TrainConfig, run_dir: Path, tracker: Any, dist: distributed.DistInfo, watch: Watchdog | None = None
+    ) -> None:
+        self.cfg, self.run_dir, self.tracker, self.dist = cfg, run_dir, tracker, dist
+        self.watch = watch or Watchdog()  # phase and step of this rank; started (it can stop the run) by run()
+        self.device = dist.device
+        self.step = 0
+        self.data_position = {"epoch": 0, "batch": 0}
+        self.summary: dict[str, Any] = {}
+        self.checkpoint_record: dict[str, Any] = {}  # the run's config and resume history, stored in each checkpoint
+
+    # ----------------------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        """Load the model and adapter, build the data, the optimizer and schedule; resume if asked."""
+        self.watch.pause("load model")  # no collective while loading: a slow disk is not a hang
+        self.setup_model()
+        self.watch.pause("data")  # each rank tokenizes and packs on its own (no collective): slow is not stuck
+        self.data: DataPipeline = build_data(self.cfg, self.tokenizer, self.model, self.dist)
+        self.summary.update(self.data.report)
+        self.setup_optimizer()
+        self._maybe_resume()
+
+    def setup_model(self) -> None:
+        """Base model (quantised as configured), LoRA adapter, then the loss wrapper and DDP/FSDP."""
+
+        cfg = self.cfg
+        step_metrics.reset_peak_memory(self.device, release_cache=True)  # a multirun's previous job cached blocks too
+        model, self.tokenizer = build_model(cfg.model, cfg.quantization, self.device)
+        model = apply_lora(model, cfg.lora, cfg.quantization, cfg.trainer.grad_ckpt_every)
+        self.summary["trainer/speedups"] = ",".join(apply_speedups(model, cfg.trainer)) or "none"
+        self.model = distributed.wrap_model(model, cfg.sharding, self.dist, cfg.trainer.loss_chunk_size)
+        counts = trainable_parameters(model)
+        self.summary.update(
+            {
+                "model/trainable_params": counts["trainable"],
+                "model/total_params": counts["total"],
+                "model/trainable_pct": counts["percent"],
+            }
+        )
+        self.summary.update(distributed.per_rank_memory(step_metrics.memory_metrics(self.device, "load"), self.device))
+
+    def setup_optimizer(self) -> None:
+        """Optimizer over the trainable parameters, schedule, and the FLOP model for MFU."""
+        self.optimizer = build_optimizer(self.cfg, self.model)
+        self.scheduler = build_scheduler(self.cfg, self.optimizer)
+        self.flops = step_metrics.flop_model(distributed.unwrap(self.model), self.cfg.trainer.grad_ckpt_every)
+        self.peak_tflops = step_metrics.device_peak_tflops(self.device)
+
+    def _maybe_resume(self) -> None:
+        if self.dist.is_main:
+            checkpoint.remove_partial(self.run_dir / "checkpoints")
+        distributed.barrier()  # still paused: a rank may wait here while another finishes its data (bounded by the
+        self.watch.enter("resume")  # process group's timeout); from here on every collective is watched
+        point = checkpoint.find_resume_point(self.cfg.trainer.resume, self.run_dir)
+        if point is None:
+            return
+        state = checkpoint.load_checkpoint(point, self.model, self.optimizer, self.scheduler)
+        self.step = state["step"]
+        self.data_position = state["data_position"]
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", point, self.step, *self.data_position.values())
+
+    # ----------------------------------------------------------------------------------------------- train
+    def train(self) -> dict[str, float]:
+        """Run optimizer steps until trainer.max_steps; returns the last logged metrics."""
+        tc = self.cfg.trainer
+        self.model.train()
+        step_metrics.reset_peak_memory(self.device)
+        micro_batches = self.data.train_stream(self.data_position)
+        last: dict[str, float] = {}
+        bar = _progress(tc.max_steps, self.step, enabled=tc.progress_bar and self.dist.is_main)
+        self.watch.enter("train", self.step + 1)  # the step in progress
+        while self.step < tc.max_steps:
+            group = [next(micro_batches) for _ in range(tc.grad_accum_steps)]
+            with out_of_memory_hint(self.cfg, f"training step {self.step + 1}"):
+                measured = self.optimizer_step([b for b, _ in group])
+            self.data_position = group[-1][1]
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{measured['train/loss']:.4f}")
+            if self.step % tc.log_every == 0 or self.step == tc.max_steps:
+                memory = distributed.per_rank_memory(step_metrics.memory_metrics(self.device, "train"), self.device)
+                last = {**measured, **memory, "train/epoch": self.data.epochs(0, self.data_position)}
+                self.tracker.log(last, step=self.step)
+            if tc.eval_every and self.step % tc.eval_every == 0:  # inside the train phase: its peak stays whole
+                self.tracker.log(self.eval_loss(measure_memory=False), step=self.step)
+            if tc.save_every and self.step % tc.save_every == 0:
+                self.save_checkpoint()
+            self.watch.enter("train", self.step + 1)  # the step in progress
+        bar.close()
+        return last
+
+    def optimizer_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """One optimizer step over gradient-accumulation micro-batches, loss normalised by all label tokens."""
+        tc = self.cfg.trainer
+        n_labels = distributed.all_reduce_sum(sum(int(b["n_label_tokens"]) for b in batches), self.device)
+        loss_total = torch.zeros((), device=self.device)
+        with step_metrics.StepTimer(self.device) as timer:
+            for i, batch in enumerate(batches):
+                self.watch.tick(self.step + 1)
+                last = i == len(batches) - 1
+                with distributed.no_sync_unless(self.model, last=last), offloaded_activations(tc):
+                    loss_sum, _ = compute_loss(self.model, batch, self.device, tc)
+                    # Scaled so that the gradient is d(sum of token losses)/d(theta) / (label tokens of the step, all
+                    # ranks); DDP/FSDP average over ranks, hence the world_size factor.
+                    (loss_sum * self.dist.world_size / n_labels).backward()
+                loss_total += loss_sum.detach()
+            grad_norm = self._clip_grads()
+            self._check_finite(loss_total, grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        useful = sum(int(b["n_useful_tokens"]) for b in batches)
+        # one all-reduce for the step's loss and every rank's useful tokens (throughput of the whole job)
+        totals = distributed.all_reduce_sum(
+            torch.stack([loss_total.float(), loss_total.new_tensor(useful)]), self.device
+        )
+        loss = totals[0] / n_labels
+        rows = sum(b["input_ids"].numel() for b in batches)
+        labels = sum(int(b["n_label_tokens"]) for b in batches)
+        ctx = sum(float(b["ctx_tokens"]) for b in batches) / max(useful, 1)
+        flops = self.flops.per_token(ctx) * useful
+        out = {"train/loss": float(loss), "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm}
+        out.update(step_metrics.throughput_metrics(useful, rows, labels, timer.seconds, flops, self.peak_tflops))
+        if self.dist.world_size > 1:  # train/useful_tokens_per_s stays per GPU (this rank's)
+            out["train/useful_tokens_per_s_all_ranks"] = float(totals[1]) / timer.seconds
+        return out
+
+    def _clip_grads(self) -> float:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = self.cfg.trainer.max_grad_norm or float("inf")
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def _check_finite(self, loss: torch.Tensor, grad_norm: float) -> None:
+        if torch.isfinite(loss).item() and math.isfinite(grad_norm):
+            return
+        found = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
+        last_good = str(found[-1]) if found else "none (set trainer.save_every to keep some)"
+        raise TrainingError(
+            f"non-finite {'loss' if not torch.isfinite(loss).item() else 'gradient norm'} at step {self.step + 1}; "
+            f"last good checkpoint: {last_good}. Lower optim.lr, check quantization.compute_dtype, or resume with "
+            "trainer.resume=<that checkpoint>."
+        )
+
+    # ----------------------------------------------------------------------------------------------- eval / save
+    @torch.no_grad()
+    def eval_loss(self, measure_memory: bool = True) -> dict[str, float]:
+        """Mean loss per label token on the held-out rows of the mix (and the eval phase's memory, if asked)."""
+        if measure_memory:
+            step_metrics.reset_peak_memory(self.device)
+        self.watch.enter("held-out loss", self.step)
+        self.model.eval()
+        total, n = eval_loss(self.model, self.data.heldout_batches(), self.device, self.cfg.trainer, self.watch.tick)
+        self.model.train()
+        total = distributed.all_reduce_sum(total, self.device)
+        n = distributed.all_reduce_sum(n, self.device)
+        out = {"eval/loss": float(total / n) if n else float("nan"), "eval/loss_tokens": float(n)}
+        if not measure_memory:
+            return out
+        return {**out, **distributed.per_rank_memory(step_metrics.memory_metrics(self.device, "eval"), self.device)}
+
+    def save_checkpoint(self) -> None:
+        """Write a resumable checkpoint: one file set from rank 0, or every rank's shard under FSDP."""
+        self.watch.enter("checkpoint", self.step)
+        args = (self.run_dir / "checkpoints", self.step, self.model, self.optimizer, self.scheduler)
+        state = {"data_position": self.data_position, **self.checkpoint_record}
+        rngs = distributed.all_gather_objects(checkpoint.rng_state())  # dropout draws differ by rank
+        if self.cfg.sharding.strategy == "fsdp":
+            checkpoint.save_sharded_checkpoint(*args, state, self.cfg.trainer.keep_checkpoints, rngs)
+            return
+        if self.dist.is_main:
+            checkpoint.save_checkpoint(*args, state, self.cfg.trainer.keep_checkpoints, rngs)
+        distributed.barrier()
+
+    def release(self) -> None:
+        """Drop everything the run holds (model, optimizer, data), so the memory is free for the next run in this
+        process even while a traceback still references the recipe."""
+        self.__dict__.clear()
+
+    def release_optimizer(self) -> None:
+        """Drop the optimizer and its state (after the last checkpoint): evaluation does not need them."""
+        self.optimizer = self.scheduler = None
+
+    def save_adapter(self) -> Path:
+        """Save the adapter in peft format (and a merged bf16 model when trainer.merge_adapter)."""
+
+        path = self.run_dir / "adapter"
+        self.watch.enter("save adapter", self.step)
+        state = distributed.full_state_dict(self.model)
+        if self.dist.is_main:
+            save_adapter(distributed.unwrap(self.model), path, state)
+            if self.cfg.trainer.merge_adapter:
+                merge_and_save(distributed.unwrap(self.model), self.run_dir / "merged")
+        distributed.barrier()
+        return path
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The optimizer named by optim._target_ over the trainable parameters."""
+    from hydra.utils import get_class
+
+    oc = cfg.optim
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("no trainable parameters: is lora.enabled=true and are lora.target_modules in the model?")
+    cls = get_class(oc._target_)
+    return cls(params, lr=oc.lr, weight_decay=oc.weight_decay, betas=tuple(oc.betas), eps=oc.eps)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then cosine or linear decay to min_lr_ratio * lr (or constant): see training/schedule.py."""
+    optim, total = cfg.optim, cfg.trainer.max_steps
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(optim, total, step))
+
+
+@contextlib.contextmanager
+def out_of_memory_hint(cfg: TrainConfig, phase: str) -> Iterator[None]:
+    """Turn a CUDA out-of-memory error into one that says what was running and which knobs lower the peak."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as err:
+        tc, pk = cfg.trainer, cfg.packing
+        rows = f"{tc.micro_batch_size} x {pk.max_seq_len or 'longest'} tokens"
+        raise TrainingError(
+            f"CUDA out of memory in {phase} ({rows} per micro-batch, quantization={cfg.quantization.method}, "
+            f"grad_ckpt_every={tc.grad_ckpt_every}, loss_chunk_size={tc.loss_chunk_size}): {str(err).splitlines()[0]}\n"
+            "Lower the peak with trainer.micro_batch_size (and raise trainer.grad_accum_steps to keep the batch), "
+            "packing.max_seq_len, trainer.grad_ckpt_every=1, trainer.loss_chunk_size, quantization=nf4, or "
+            "sharding=fsdp; `python -m medtune.memory <same overrides>` predicts the peak before you run."
+        ) from err
+
+
+def _progress(total: int, start: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)

@@ -1,0 +1,135 @@
+"""One run of `python -m medtune.train`: set up, train, hold-out loss, adapter, eval stage; summary.json at the end.
+
+    summary = run(cfg, dict_cfg, run_dir, multirun=False)
+
+In a sweep a failure is recorded in the job's summary.json, not raised. Under torchrun a watchdog stops every rank
+when one stalls (a collective nobody else joins) or when the launcher stops the job, and rank 0 records where.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from medtune.config import TrainConfig
+from medtune.files import space
+from medtune.memory.fit import fit_micro_batch
+from medtune.training import distributed, run_record
+from medtune.training.eval_stage import run_eval_stage
+from medtune.training.recipe import TrainRecipe
+from medtune.training.watchdog import Watchdog
+
+log = logging.getLogger("medtune.train")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and every GPU)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -> dict[str, Any]:
+    """Train and/or evaluate one configuration; write summary.json; in a sweep, a failure is recorded, not raised.
+
+    Under torchrun a watchdog stops every rank when one stalls (a collective nobody else joins) or when the
+    launcher stops the job, and rank 0 records where in summary.json (`run/failed_phase`, `run/failed_step`).
+    """
+    dist = distributed.init(cfg.sharding, cfg.trainer.device)
+    fitted: dict[str, Any] = {}
+    if cfg.trainer.micro_batch_size == "auto":
+        cfg, fitted = fit_micro_batch(cfg, dist.world_size)
+        log.info(
+            "trainer.micro_batch_size=auto: %d rows, predicted peak %.2f GiB per GPU within the %.2f GiB budget",
+            fitted["trainer/micro_batch_size_auto"],
+            fitted["trainer/predicted_peak_gib"],
+            fitted["trainer/memory_budget_gib"],
+        )
+    tracker, resumed, record = run_record.open_record(cfg, dict_cfg, run_dir, dist)
+    seed_everything(cfg.seed)  # same seed on every rank: random-init base weights must agree under FSDP
+    started = time.perf_counter()
+    summary: dict[str, Any] = {"run/status": "failed", **resumed, **fitted}
+
+    record_lock = threading.Lock()  # the watchdog's thread and this one never write the record together
+
+    def record_failure(message: str, phase: str, step: int | None) -> None:  # the watchdog's thread; exits next
+        with record_lock:
+            failed = {"run/error": message, "run/failed_phase": phase, "run/failed_step": step}
+            tracker.summary(summary | failed | {"run/wall_s": time.perf_counter() - started})
+
+    watch = Watchdog(cfg.sharding.timeout_min * 60, record_failure)
+    if dist.world_size > 1:
+        watch.start()
+    try:
+        _run_stages(cfg, run_dir, tracker, dist, watch, summary, record)
+        summary["run/status"] = "ok"
+    except Exception as err:
+        _note_failure(err, watch, summary)
+        if not multirun:
+            raise
+    finally:
+        watch.stop()
+        with record_lock:
+            if not watch.fired:  # else the watchdog wrote this rank's record and is ending the process
+                summary["run/wall_s"] = time.perf_counter() - started
+                _close_record(tracker, summary)
+        distributed.cleanup()
+    return summary
+
+
+def _note_failure(err: Exception, watch: Watchdog, summary: dict[str, Any]) -> None:
+    """Put the error in the summary and the log: one line for a full or unwritable disk, else with the traceback."""
+    disk = space.explain(err)
+    summary["run/error"] = f"{type(err).__name__} in {watch.where()}: {disk or err}"
+    summary["run/failed_phase"], summary["run/failed_step"] = watch.phase, watch.step
+    if disk:  # the zip writer's chained errors say nothing the line does not; kept for --verbose / debug logs
+        log.error("run failed in %s: %s", watch.where(), disk)
+        log.debug("traceback of the failed write", exc_info=err)
+    else:
+        log.error("run failed in %s: %s\n%s", watch.where(), err, traceback.format_exc())
+
+
+def _close_record(tracker: Any, summary: dict[str, Any]) -> None:
+    """Write the final summary.json; a disk that is still full costs the record, not a second traceback."""
+    try:
+        tracker.summary(summary)
+        tracker.finish(exit_code=0 if summary["run/status"] == "ok" else 1)
+    except OSError as err:
+        log.error("summary.json not written: %s", space.explain(err) or err)
+
+
+def _run_stages(
+    cfg: TrainConfig,
+    run_dir: Path,
+    tracker: Any,
+    dist: distributed.DistInfo,
+    watch: Watchdog,
+    summary: dict,
+    record: dict[str, Any],
+) -> None:
+    """Setup, training, final held-out loss and adapter, then the eval stage; fills `summary` as it goes."""
+    recipe = TrainRecipe(cfg, run_dir, tracker, dist, watch)
+    recipe.checkpoint_record = record
+    recipe.setup()
+    summary.update(recipe.summary)
+    if recipe.step == 0:  # a resumed run logged its data report when it started
+        tracker.log(recipe.data.report, step=0)
+    if cfg.stage in ("train", "train_eval"):
+        summary.update(recipe.train())
+        final_eval = recipe.eval_loss()
+        tracker.log(final_eval, step=recipe.step)
+        summary.update(final_eval)
+        summary["run/adapter_dir"] = str(recipe.save_adapter())
+    if cfg.stage in ("eval", "train_eval") and cfg.eval.enabled:
+        recipe.release_optimizer()  # its state is not needed to score; lm-eval's logits want the memory
+        watch.enter("eval", recipe.step)
+        summary.update(run_eval_stage(cfg, recipe.model, recipe.tokenizer, run_dir, tracker, dist, watch.tick))

@@ -1,0 +1,71 @@
+"""The efficiency benchmark end to end on the CPU with a tiny model, and its arithmetic."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medtune.bench.lengths import LENGTHS_JSON, length_histogram, sample_lengths
+from medtune.bench.run import add_ratios, format_table, main, synthetic_examples
+
+PAIRS = [(40, 10), (12, 3), (90, 30), (25, 25), (7, 2)] * 4
+
+
+def test_committed_histogram_is_consistent() -> None:
+    hist = json.loads(LENGTHS_JSON.read_text())
+    assert sum(c for _, _, c in hist["joint"]) == hist["n_examples"]
+    assert sum(hist["total_len_hist"].values()) == hist["n_examples"]
+    assert all(label <= total for total, label, _ in hist["joint"])
+    assert hist["total_tokens"] == sum(t * c for t, _, c in hist["joint"])
+
+
+def test_samples_follow_histogram_and_are_clipped() -> None:
+    hist = length_histogram(PAIRS, {})
+    drawn = sample_lengths(hist, 500, max_seq_len=32, seed=1)
+    assert drawn == sample_lengths(hist, 500, max_seq_len=32, seed=1)
+    assert {t for t, _ in drawn} == {32, 12, 25, 7}  # 40 and 90 clipped to the row length
+    assert all(1 <= label <= total - 1 for total, label in drawn)
+    examples = synthetic_examples(hist, 50, vocab=512, max_seq_len=32, seed=0)
+    for ex in examples:
+        n_label = sum(x != -100 for x in ex["labels"])
+        assert ex["labels"][-n_label:] == ex["input_ids"][-n_label:] and max(ex["input_ids"]) < 512
+
+
+def test_ratios_come_from_the_measured_numbers() -> None:
+    rows = [
+        {"name": "base", "status": "ok", "peak_alloc_gib": 30.0, "predicted_gib": 27.0, "useful_tokens_per_s": 900.0},
+        {"name": "fast", "status": "ok", "peak_alloc_gib": 12.0, "predicted_gib": 13.2, "useful_tokens_per_s": 8100.0},
+        {"name": "oom", "status": "failed", "error": "OutOfMemoryError"},
+    ]
+    add_ratios(rows, "base")
+    assert rows[1]["memory_ratio"] == pytest.approx(0.4) and rows[1]["speed_ratio"] == pytest.approx(9.0)
+    assert rows[0]["error_pct"] == pytest.approx(-10.0) and rows[1]["error_pct"] == pytest.approx(10.0)
+    for row in rows[:2]:
+        row.update({"peak_reserved_gib": 1.0, "mfu": 0.5, "first_step_s": 41.04, "wall_to_last_step_s": 95.55})
+    table = format_table(rows, "base")
+    assert "| fast | 12.00 | 1.00 | 13.20 | +10.0 | 8,100 | 50.0% | 41.0 | 95.5 | 0.40x | 9.00x |" in table
+    assert "failed: OutOfMemoryError" in table
+
+
+def test_bench_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
+    lengths = tmp_path / "lengths.json"
+    lengths.write_text(json.dumps(length_histogram(PAIRS, {})))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "common: [model=tiny_gemma3, trainer.micro_batch_size=2, trainer.autocast_dtype=null, logger=none, eval=none,"
+        " trainer.progress_bar=false, trainer.device=cpu]\nbaseline: pad\n"
+        "configurations:\n  pad: [packing=pad_to_max]\n  packed: [packing=packed]\n"
+    )
+    out = tmp_path / "out"
+    main(["--config", str(plan), "--lengths", str(lengths), "--steps", "2", "--warmup", "1", "--out", str(out),
+          "packing.max_seq_len=48"])  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert results["device"] == "cpu" and results["versions"]["torch"] and results["command"]
+    pad, packed = results["configurations"]
+    assert pad["status"] == "ok" and packed["status"] == "ok", (pad.get("error"), packed.get("error"))
+    assert packed["speed_ratio"] == pytest.approx(packed["useful_tokens_per_s"] / pad["useful_tokens_per_s"])
+    assert pad["useful_tokens_per_s"] < pad["padded_tokens_per_s"]  # rows of 48 hold samples of 7-40 tokens
+    assert packed["predicted_gib"] > 0 and pad["speed_ratio"] == 1.0
+    assert f"{packed['speed_ratio']:.2f}x" in (out / "results.md").read_text()

@@ -1,0 +1,129 @@
+"""files.atomic: concurrent writers never fail or mix, readers never see half a file, locks exclude, modes share."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fixtures import cache_writers
+from fixtures.race import race
+
+from medtune.files import atomic as cachefs
+from medtune.files.atomic import atomic_copy, atomic_dir, atomic_write_text, file_lock, temp_path
+
+TRIALS = 20
+
+
+@contextlib.contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
+
+
+@pytest.mark.timeout(120)
+def test_two_processes_writing_one_file_never_fail_nor_mix(tmp_path: Path) -> None:
+    result = race(cache_writers.bytes_writer, tmp_path, trials=TRIALS, reader=cache_writers.bytes_reader)
+    assert result.errors == [] and result.bad_reads == []
+    assert result.complete_reads > 0  # the reader did look at the file while it was being replaced
+    payloads = {cache_writers.payload(0), cache_writers.payload(1)}
+    for trial in range(TRIALS):
+        folder = tmp_path / f"trial_{trial:03d}"
+        assert (folder / "entry.bin").read_bytes() in payloads
+        assert _leftovers(folder) == []
+
+
+@pytest.mark.timeout(120)
+def test_file_lock_excludes_another_process(tmp_path: Path) -> None:
+    locked = race(cache_writers.counter_writer, tmp_path / "locked", trials=2)
+    assert locked.errors == []
+    assert [int((tmp_path / "locked" / f"trial_{t:03d}" / "counter").read_text()) for t in range(2)] == [50, 50]
+    # the same read-modify-write without the lock loses updates: the check above can fail
+    unlocked = race(functools.partial(cache_writers.counter_writer, locked=False), tmp_path / "unlocked", trials=2)
+    assert unlocked.errors == []
+    assert int((tmp_path / "unlocked" / "trial_000" / "counter").read_text()) < 50
+
+
+def test_temporary_names_are_unique_hidden_and_beside_the_entry(tmp_path: Path) -> None:
+    names = {temp_path(tmp_path / "entry.json") for _ in range(100)}
+    assert len(names) == 100
+    assert all(p.parent == tmp_path and p.name.startswith(".entry.json.tmp-") for p in names)
+    assert f"-{os.getpid()}-" in next(iter(names)).name
+
+
+@pytest.mark.parametrize(("mask", "file_mode", "dir_mode"), [(0o002, 0o664, 0o775), (0o022, 0o644, 0o755)])
+def test_modes_follow_the_umask_and_let_the_group_read(tmp_path: Path, mask: int, file_mode: int, dir_mode: int):
+    with umask(mask):
+        atomic_write_text(tmp_path / "a.txt", "a")
+        atomic_copy(tmp_path / "a.txt", tmp_path / "b.txt")
+        with atomic_dir(tmp_path / "entry") as tmp:
+            (tmp / "weights.bin").write_bytes(b"w")
+        with file_lock(tmp_path / "entry"):
+            pass
+    assert _mode(tmp_path / "a.txt") == _mode(tmp_path / "b.txt") == file_mode  # not tempfile's 0o600
+    assert _mode(tmp_path / "entry") == dir_mode  # not tempfile's 0o700
+    assert _mode(tmp_path / "entry" / "weights.bin") == file_mode
+    assert _mode(tmp_path / ".entry.lock") == file_mode
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    atomic_write_text(tmp_path / "summary.json", "old")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cachefs.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        atomic_write_text(tmp_path / "summary.json", "new")
+    assert (tmp_path / "summary.json").read_text() == "old"
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_dir_publishes_whole_or_not_at_all(tmp_path: Path) -> None:
+    final = tmp_path / "entry"
+    with pytest.raises(RuntimeError), atomic_dir(final) as tmp:
+        (tmp / "half.bin").write_bytes(b"h")
+        raise RuntimeError("killed mid-write")
+    assert not final.exists() and _leftovers(tmp_path) == []
+    with atomic_dir(final) as tmp:
+        (tmp / "v").write_text("1")
+    with atomic_dir(final) as tmp:  # another writer's copy of an existing entry is dropped, the entry kept
+        (tmp / "v").write_text("2")
+    assert (final / "v").read_text() == "1"
+    with atomic_dir(final, replace=True) as tmp:  # a stale entry is swapped out whole
+        (tmp / "v").write_text("3")
+    assert [p.name for p in final.iterdir()] == ["v"] and (final / "v").read_text() == "3"
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_lock_that_cannot_be_created_does_not_stop_the_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read-only shared cache: nobody can write the entry there, so reading it goes on without a lock."""
+    real_open = os.open
+
+    def refuse_locks(path: object, *args: object, **kwargs: object) -> int:
+        if str(path).endswith(".lock"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(cachefs.os, "open", refuse_locks)
+    ran = False
+    with file_lock(tmp_path / "entry", shared=True):
+        ran = True
+    assert ran and not (tmp_path / ".entry.lock").exists()

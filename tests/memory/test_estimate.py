@@ -1,0 +1,281 @@
+"""The memory estimator's weight, adapter and optimizer arithmetic against real tiny models built on the CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from medtune.config import compose
+from medtune.memory.__main__ import main
+from medtune.memory.estimate import (
+    Calibration,
+    estimate,
+    layer_activation_bytes,
+    load_arch,
+    lora_param_count,
+    quantized_bytes,
+    weight_bytes,
+)
+from medtune.models.lora import apply_lora
+
+
+def _storage_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every distinct parameter/buffer storage, bitsandbytes quantisation state included."""
+    seen: dict[int, int] = {}
+
+    def add(t: torch.Tensor | None) -> None:
+        if t is not None:
+            seen[t.data_ptr()] = t.numel() * t.element_size()
+
+    for tensor in [*model.parameters(), *model.buffers()]:
+        add(tensor)
+        state = getattr(tensor, "quant_state", None)
+        if state is not None:
+            for part in (state.absmax, state.code, state.offset):
+                add(part)
+            if state.state2 is not None:
+                add(state.state2.absmax)
+                add(state.state2.code)
+        add(getattr(tensor, "SCB", None))
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("arch", ["tiny_gemma3", "tiny_llama"])
+def test_fp32_weights_equal_the_conftest_model(arch: str) -> None:
+    cfg = compose([f"model={arch}", "quantization=none"])
+    assert sum(weight_bytes(load_arch(cfg), cfg).values()) == _storage_bytes(tiny_model(arch))
+
+
+@pytest.mark.parametrize("method", ["none", "nf4", "int8"])
+@pytest.mark.parametrize("arch", ["tiny_gemma3", "tiny_llama"])
+def test_stored_weights_equal_built_model(arch: str, method: str) -> None:
+    from medtune.models.build import build_model
+
+    cfg = compose([f"model={arch}", f"quantization={method}", "model.dtype=bfloat16"])
+    model, _ = build_model(cfg.model, cfg.quantization, torch.device("cpu"))
+    assert sum(weight_bytes(load_arch(cfg), cfg).values()) == _storage_bytes(model)
+
+
+def test_nf4_bytes_by_hand() -> None:
+    # 2560 x 10240 weights: 13,107,200 B of codes, 409,600 blocks -> 409,600 B uint8 absmax + 1600 fp32 second-level
+    # absmax (6400 B) + 1028 B map/offset + 64 B NF4 code; without double quant 4 B per block.
+    n = 2560 * 10240
+    assert quantized_bytes(n, "nf4", True) == 13_107_200 + 409_600 + 6_400 + 1_028 + 64
+    assert quantized_bytes(n, "nf4", False) == 13_107_200 + 4 * 409_600 + 64
+
+
+@pytest.mark.parametrize(
+    "overrides", [[], ["lora.r=4", "lora.target_modules=[q_proj,down_proj]"], ["lora.use_dora=true"]]
+)
+def test_adapter_grads_and_adam_state_equal_measured(overrides: list[str]) -> None:
+    cfg = compose(["model=tiny_gemma3", "quantization=none", *overrides])
+    model = apply_lora(tiny_model("tiny_gemma3"), cfg.lora, cfg.quantization, grad_ckpt_every=0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.dtype == torch.float32 for p in trainable)
+    est = estimate(cfg)
+    assert est.parts["lora/params"] == sum(p.numel() * 4 for p in trainable)
+    model.train()
+    model(input_ids=torch.randint(3, 500, (2, 12))).logits.float().square().mean().backward()
+    assert est.parts["lora/grads"] == sum(p.grad.numel() * p.grad.element_size() for p in trainable)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    optimizer.step()
+    state = sum(t.numel() * t.element_size() for s in optimizer.state.values() for k, t in s.items() if k != "step")
+    assert est.parts["optimizer/states"] == state
+
+
+def test_lora_count_for_gemma3_4b() -> None:
+    # per layer r * (in + out): q 16*(2560+2048), k and v 16*(2560+1024), o 16*(2048+2560), gate/up/down 16*12800
+    cfg = compose(["model=medgemma_4b", "model.init=random"])
+    per_layer = 16 * (4608 + 3584 + 3584 + 4608 + 3 * 12800)
+    assert lora_param_count(load_arch(cfg), cfg) == 34 * per_layer
+
+
+def test_fsdp_divides_weights_and_optimizer_but_not_activations() -> None:
+    one = estimate(compose(["model=medgemma_4b", "model.init=random", "quantization=nf4"]))
+    four = estimate(compose(["model=medgemma_4b", "model.init=random", "quantization=nf4", "sharding=fsdp"]), 4)
+    for key in ("weights/layers", "weights/embed_head", "lora/params", "optimizer/states"):
+        assert four.parts[key] == pytest.approx(one.parts[key] / 4)
+    assert four.parts["activations/stored"] == one.parts["activations/stored"]
+    assert four.parts["fsdp/gathered"] > 0
+    assert four.peak_bytes < one.peak_bytes
+
+
+def test_checkpointing_and_attention_terms() -> None:
+    base = ["model=medgemma_4b", "model.init=random", "packing=pad_to_max", "trainer.micro_batch_size=1"]
+    every = estimate(compose([*base, "trainer.grad_ckpt_every=1"])).parts
+    half = estimate(compose([*base, "trainer.grad_ckpt_every=2"])).parts
+    off = estimate(compose([*base, "trainer.grad_ckpt_every=0"])).parts
+    assert every["activations/stored"] < half["activations/stored"] < off["activations/stored"]
+    assert off["activations/recompute"] == 0
+    # 34 layers, every layer checkpointed: only the bf16 inputs stay, 2 B x 2560 x 2048 tokens each
+    assert every["activations/stored"] == 34 * 2 * 2560 * 2048
+    cfg_sdpa = compose(base)
+    cfg_eager = compose([*base, "model.attn_implementation=eager"])
+    arch, cal = load_arch(cfg_sdpa), Calibration()
+    extra = layer_activation_bytes(arch, cfg_eager, 2048, cal) - layer_activation_bytes(arch, cfg_sdpa, 2048, cal)
+    assert extra == cal.eager_score_bytes * 8 * 2048 * 2048  # heads x seq^2 probabilities per layer
+
+
+def test_loss_chunk_scales_with_chunk_size() -> None:
+    small = estimate(compose(["model=medgemma_4b", "model.init=random", "trainer.loss_chunk_size=256"]))
+    big = estimate(compose(["model=medgemma_4b", "model.init=random", "trainer.loss_chunk_size=1024"]))
+    delta = big.parts["loss/chunk"] - small.parts["loss/chunk"]
+    assert delta == Calibration().logits_fp32_copies * (1024 - 256) * 262208 * 4
+
+
+GEMMA_4B = ["model=medgemma_4b", "model.init=random", "model.dtype=bfloat16", "trainer.autocast_dtype=bfloat16"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "per_row", "chunk_rows"),
+    [(1, 45.0, 45), (1, 765.0, 765), (1, 1900.0, 1024), (4, 765.0, 1024), (1, 5000.0, 1024)],
+)
+def test_loss_chunk_holds_min_of_chunk_and_label_tokens(rows: int, per_row: float, chunk_rows: int) -> None:
+    # the chunked loss sends only label tokens to the output projection: the logits chunk has min(chunk, labels) rows
+    cfg = compose([*GEMMA_4B, "packing=packed", f"trainer.micro_batch_size={rows}", "trainer.loss_chunk_size=1024"])
+    tokens, hidden, vocab = rows * 2048, 2560, 262208
+    labels = min(tokens, rows * per_row)
+    est = estimate(cfg, label_tokens_per_row=per_row)
+    logits = Calibration().logits_fp32_copies * chunk_rows * vocab * 4
+    assert est.label_tokens == labels
+    assert est.parts["loss/chunk"] == pytest.approx(logits + hidden * (4 * labels + 8 * tokens))
+    assert estimate(cfg).parts["loss/chunk"] >= est.parts["loss/chunk"]  # None: every token carries a label
+
+
+# Measured on 2026-11-25 by `python -m medtune.bench --steps 10 --warmup 3` on an H100 80GB (see Calibration):
+# (peak alloc GiB over the timed steps, load peak GiB, label tokens per row of the largest timed micro-batch).
+H100 = {
+    "bf16_pad": (["quantization=none", "packing=pad_to_max"], 8.61, 8.48, 142),
+    "nf4_pad": (["quantization=nf4", "packing=pad_to_max"], 4.06, 3.05, 142),
+    "bf16_packed": (["quantization=none", "packing=packed"], 9.76, 8.54, 873),
+    "nf4_packed": (["quantization=nf4", "packing=packed"], 5.34, 3.05, 873),
+}
+
+
+@pytest.mark.parametrize("name", list(H100))
+def test_calibration_matches_h100_measurements(name: str) -> None:
+    overrides, peak_gib, load_gib, per_row = H100[name]
+    common = ["trainer.micro_batch_size=1", "trainer.grad_ckpt_every=1", "packing.max_seq_len=2048", "lora.r=16"]
+    est = estimate(compose([*GEMMA_4B, *common, *overrides]), label_tokens_per_row=per_row)
+    # the fit is within 3%; issue 10 asks for 15%, 5% keeps the calibration from drifting unnoticed
+    assert est.peak_gib == pytest.approx(peak_gib, rel=0.05)
+    assert est.load_peak_bytes / 1024**3 == pytest.approx(load_gib, rel=0.05)
+
+
+# Measured on 2026-11-25 on an H100 80GB by experiments/gpu/llama70b_1gpu.sh (10 steps, 1x2048 packed rows, ~305
+# label tokens per row): LLaMA 3.3 70B architecture, random weights, nf4, full width, N decoder layers, one rank.
+# (layers, sharding) -> train peak alloc GiB; results in experiments/results/llama70b_1gpu/.
+H100_70B = {
+    (2, "none"): 6.703,
+    (80, "none"): 43.465,
+    (2, "fsdp"): 10.774,
+    (4, "fsdp"): 11.716,
+    (8, "fsdp"): 13.602,
+    (80, "fsdp"): 47.536,
+}
+
+
+@pytest.mark.parametrize(("layers", "sharding"), list(H100_70B))
+def test_llama70b_estimate_matches_h100(layers: int, sharding: str) -> None:
+    overrides = [
+        "model=llama3_3_70b",
+        "model.init=random",
+        "quantization=nf4",
+        "packing=packed",
+        f"sharding={sharding}",
+    ]
+    overrides += ["packing.max_seq_len=2048", "trainer.micro_batch_size=1", f"model.num_layers={layers}"]
+    est = estimate(compose(overrides), world_size=1, label_tokens_per_row=305)
+    assert est.peak_gib == pytest.approx(H100_70B[layers, sharding], rel=0.03)
+
+
+def test_fsdp_keeps_the_root_gathered_even_on_one_rank() -> None:
+    base = ["model=llama3_3_70b", "model.init=random", "quantization=nf4", "model.num_layers=2"]
+    none, one = estimate(compose([*base, "sharding=none"])), estimate(compose([*base, "sharding=fsdp"]), world_size=1)
+    two = estimate(compose([*base, "sharding=fsdp"]), world_size=2)
+    embed_head = none.parts["weights/embed_head"]
+    assert one.parts["fsdp/gathered"] == pytest.approx(embed_head)
+    per_layer = none.parts["weights/layers"] / 2
+    # the shard plus the gathered buffers hold two whole roots per rank at any world size (H100 at 1, H200 at 2)
+    assert two.parts["fsdp/gathered"] == pytest.approx(1.5 * embed_head + 2 * per_layer)
+    assert two.parts["weights/embed_head"] == pytest.approx(embed_head / 2)
+
+
+# Measured on 2026-11-29 on two H200s by experiments/gpu/fsdp_2gpu.sh (results in experiments/results/fsdp_2gpu/):
+# per-rank peak allocated GiB over training and the load peak, at 2 ranks under FSDP.
+H200_2GPU = {
+    "llama70b_1x2048": (["model=llama3_3_70b", "trainer.micro_batch_size=1"], 305, 30.525, 38.425),
+    "gemma4b_4x2048": ([*GEMMA_4B[:1], *GEMMA_4B[2:], "trainer.micro_batch_size=4"], 1051.5, 7.451, 2.972),
+}
+
+
+@pytest.mark.parametrize("name", list(H200_2GPU))
+def test_two_rank_fsdp_matches_h200_measurements(name: str) -> None:
+    overrides, per_row, peak_gib, load_gib = H200_2GPU[name]
+    common = ["model.init=random", "quantization=nf4", "sharding=fsdp", "packing=packed", "packing.max_seq_len=2048"]
+    est = estimate(compose([*common, *overrides]), world_size=2, label_tokens_per_row=per_row)
+    assert est.peak_gib == pytest.approx(peak_gib, rel=0.03)
+    assert est.load_peak_bytes / 1024**3 == pytest.approx(load_gib, rel=0.03)  # the whole model, on every rank
+
+
+def test_backward_counts_gradients_and_stored_inputs_at_their_larger_end() -> None:
+    cfg = compose([*GEMMA_4B, "packing=pad_to_max", "trainer.grad_ckpt_every=1"])
+    p = estimate(cfg, label_tokens_per_row=0).parts
+    static = sum(v for k, v in p.items() if k.split("/")[0] in ("weights", "fixed")) + p["lora/params"]
+    static += p["optimizer/states"] + p["activations/masks"]
+    first_layer = p["activations/stored"] + p["lora/grads"] / 34  # stored inputs dominate: the last layer's grads
+    expected = static + first_layer + p["activations/recompute"] + p["activations/work"]
+    assert estimate(cfg, label_tokens_per_row=0).peak_bytes == pytest.approx(expected)
+
+
+def test_random_bf16_load_holds_the_untied_head_until_tie_weights() -> None:
+    p = estimate(compose([*GEMMA_4B, "quantization=none"]))
+    weights = p.parts["weights/layers"] + p.parts["weights/embed_head"] + p.parts["weights/buffers"]
+    assert p.load_peak_bytes == weights + 262208 * 2560 * 2
+
+
+def test_cli_prints_label_tokens(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["model=tiny_llama", "packing.max_seq_len=64", "trainer.micro_batch_size=2", "label_tokens_per_row=20"])
+    assert "40 per micro-batch (label_tokens_per_row=20)" in capsys.readouterr().out
+    main(["model=tiny_llama", "packing.max_seq_len=64", "trainer.micro_batch_size=2"])
+    assert "128 per micro-batch (worst case: every token)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="label_tokens_per_row='many'"):
+        main(["model=tiny_llama", "label_tokens_per_row=many"])
+
+
+def test_cli_help_and_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--help"])
+    assert "python -m medtune.memory model=" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"world_size=1\.5: expected a whole number"):
+        main(["model=tiny_llama", "world_size=1.5"])
+    with pytest.raises(SystemExit, match=r"(?s)error: .*model/no_such_model.*gemma3_270m.*see --help"):
+        main(["model=no_such_model"])
+    with pytest.raises(SystemExit, match=r"trainer\.micro_batch_size"):
+        main(["model=tiny_llama", "trainer.micro_batch_size=0"])
+
+
+def test_bench_predicts_with_the_largest_timed_micro_batch() -> None:
+    from types import SimpleNamespace
+
+    from medtune.bench.run import _timed_label_tokens_per_row
+
+    labels = [10, 20, 30, 40, 50, 60]  # micro-batches of 2 rows; warmup 1 step x 2 accumulation, then 2 steps
+    batches = [({"n_label_tokens": torch.tensor(n)}, None) for n in labels]
+    recipe = SimpleNamespace(data=SimpleNamespace(train_stream=lambda position: iter(batches)))
+    cfg = SimpleNamespace(trainer=SimpleNamespace(grad_accum_steps=2, micro_batch_size=2))
+    out = _timed_label_tokens_per_row(recipe, cfg, SimpleNamespace(warmup=1, steps=2))
+    assert out == {"max": 30.0, "mean": 22.5}  # batches 3-6: 30, 40, 50, 60 tokens over 2 rows
+
+
+def test_cli_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["model=tiny_llama", "quantization=nf4", "sharding=fsdp", "world_size=2", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["world_size"] == 2 and out["peak_gib"] > 0 and "weights/layers" in out["parts"]
+
+
+def test_unknown_target_module_is_named() -> None:
+    with pytest.raises(ValueError, match="qkv_proj"):
+        estimate(compose(["model=tiny_llama", "lora.target_modules=[qkv_proj]"]))

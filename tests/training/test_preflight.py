@@ -1,0 +1,142 @@
+"""Checks that need no model stop a bad run before anything loads, with the key or file and the fix."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from medtune.config import CONF, ConfigError, TrainConfig, compose
+from medtune.training.preflight import (
+    check_known_keys,
+    check_launch,
+    check_resume,
+    check_run,
+    check_source,
+    check_tasks,
+)
+
+
+def _dict_cfg(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from medtune.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides)
+
+
+@pytest.fixture
+def single_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def test_a_plus_key_nobody_reads_is_refused_with_the_near_name() -> None:
+    with pytest.raises(ConfigError, match=r"trainer\.max_step is not a setting.*Did you mean trainer\.max_steps"):
+        check_known_keys(_dict_cfg(["+trainer.max_step=5"]))
+    with pytest.raises(ConfigError, match=r"^lora\.rank is not"):
+        check_known_keys(_dict_cfg(["+lora.rank=8"]))
+    check_known_keys(_dict_cfg(["+experiment=mix_10_3"]))  # free-form dicts (data_mix.sources) are not checked
+
+
+def test_unknown_source_split_and_eval_split_are_named(tmp_path: Path) -> None:
+    cfg = compose([])
+    with pytest.raises(ConfigError, match=r"data_mix\.sources.*unknown data source 'nope'"):
+        check_source("nope:train", cfg.data, "data_mix.sources (nope:train)")
+    with pytest.raises(ConfigError, match="sample_en has no split 'dev'"):
+        check_source("sample_en:dev", cfg.data, "data_mix.sources (sample_en:dev)")
+    with pytest.raises(ConfigError, match="is an evaluation split"):
+        check_source("sample_en:test", cfg.data, "data_mix.sources (sample_en:test)", training=True)
+    cfg.data_mix.sources = {"en": {"nope:train": 1.0}, "ko": {"sample_ko:train": 1.0}}
+    with pytest.raises(ConfigError, match="unknown data source"):
+        check_run(cfg)
+
+
+def test_missing_data_dir_and_empty_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = compose([f"data.data_dir={tmp_path / 'nowhere'}"])
+    with pytest.raises(ConfigError, match=r"no raw files for source 'pubmedqa'.*MEDTUNE_DATA_DIR"):
+        check_source("pubmedqa:train", cfg.data, "data_mix.sources (pubmedqa:train)")
+    (tmp_path / "data" / "pubmedqa").mkdir(parents=True)
+    (tmp_path / "data" / "pubmedqa" / "ori_pqal.json").write_text("")
+    cfg = compose([f"data.data_dir={tmp_path / 'data'}"])
+    with caplog.at_level(logging.WARNING, logger="medtune.training.preflight"):
+        check_source("pubmedqa:train", cfg.data, "data_mix.sources (pubmedqa:train)")
+    assert "ori_pqal.json is empty (0 bytes)" in caplog.text
+
+
+def test_unknown_task_is_refused_before_training(tmp_path: Path) -> None:
+    cfg = compose(["eval.tasks=[sample_ko,medqa_4opz]"])
+    with pytest.raises(ConfigError, match=r"unknown tasks \['medqa_4opz'\] \(medqa_4opz -> medqa_4opt\?\)"):
+        check_tasks(cfg)
+    cfg = compose(["eval=medical", f"data.data_dir={tmp_path}"])  # the tasks' data is not here
+    with pytest.raises(ConfigError, match=r"eval\.tasks \(kormedmcqa_doctor\): no raw files"):
+        check_run(cfg)
+
+
+def test_resume_target_must_exist(tmp_path: Path) -> None:
+    for ok in ("never", "auto", str(tmp_path)):
+        check_resume(ok)
+    with pytest.raises(ConfigError, match=r"trainer\.resume='sometimes' is neither"):
+        check_resume("sometimes")
+
+
+def test_launch_must_fit_sharding(single_process: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="sharding=fsdp needs a torchrun launch"):
+        check_launch(compose(["sharding=fsdp"]))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    with pytest.raises(ConfigError, match="2 processes but sharding=none"):
+        check_launch(compose([]))
+    check_launch(compose([]), replicas_ok=True)  # evaluation: a whole model per rank
+    check_launch(compose(["sharding=fsdp"]))
+
+
+def test_cuda_without_a_gpu(single_process: None) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(ConfigError, match=r"trainer\.device=cuda but no CUDA GPU"):
+        check_launch(compose(["trainer.device=cuda"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.save_every=-5", r"trainer\.save_every=-5 must be >= 0"),
+        ("trainer.keep_checkpoints=-1", r"trainer\.keep_checkpoints=-1 must be >= 0"),
+        ("trainer.eval_every=-1", r"trainer\.eval_every=-1 must be >= 0"),
+        ("run_name=", "run_name='' must be a non-empty name"),
+        ("run_name=a/b", "without slashes"),
+    ],
+)
+def test_values_that_cannot_work(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        compose([override])
+
+
+@pytest.mark.timeout(120)
+def test_a_bad_config_exits_2_without_importing_torch(tmp_path: Path) -> None:
+    """The cost of a bad config is the config check, not torch (2 s and ~250 MB on import)."""
+    for override in ("optim.lr=-1", "+trainer.max_step=5", "eval.tasks=[nope]", "trainer.resume=sometimes"):
+        cmd = [sys.executable, "-X", "importtime", "-m", "medtune.train", override, f"hydra.run.dir={tmp_path}"]
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=100)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "import time:" in line}
+        assert "torch" not in imported, override
+        assert "Traceback" not in proc.stderr and "invalid config" in proc.stdout + proc.stderr
+
+
+def test_a_good_config_passes(single_process: None) -> None:
+    cfg = compose([])
+    assert isinstance(cfg, TrainConfig)
+    check_run(cfg, _dict_cfg([]))

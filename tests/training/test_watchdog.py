@@ -1,0 +1,84 @@
+"""The watchdog ends a stalled rank with a record naming the phase and step, and records a SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from medtune.training.watchdog import TIMEOUT_EXIT_CODE, Watchdog, process_group_timeout
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.failures: list[tuple[str, str, int | None]] = []
+        self.codes: list[int] = []
+        self.done = threading.Event()
+
+    def on_failure(self, message: str, phase: str, step: int | None) -> None:
+        self.failures.append((message, phase, step))
+
+    def exit(self, code: int) -> None:
+        self.codes.append(code)
+        self.done.set()
+
+
+def test_stall_fires_with_phase_and_step() -> None:
+    rec = _Recorder()
+    watch = Watchdog(0.3, rec.on_failure, exit=rec.exit).start(catch_sigterm=False)
+    try:
+        watch.enter("train", step=4)
+        watch.tick(step=5)
+        assert rec.done.wait(10), "the watchdog did not fire"
+    finally:
+        watch.stop()
+    ((message, phase, step),) = rec.failures
+    assert (phase, step) == ("train", 5) and rec.codes == [TIMEOUT_EXIT_CODE]
+    assert "phase train at step 5" in message and "sharding.timeout_min" in message
+
+
+def test_progress_and_pause_keep_it_quiet() -> None:
+    rec = _Recorder()
+    watch = Watchdog(0.5, rec.on_failure, exit=rec.exit).start(catch_sigterm=False)
+    try:
+        watch.enter("eval")
+        for _ in range(10):  # 1 s of work, a tick every 0.1 s
+            time.sleep(0.1)
+            watch.tick()
+        watch.pause("load model")  # long, but no collective: not timed
+        time.sleep(1.0)
+    finally:
+        watch.stop()
+    assert rec.failures == [] and rec.codes == []
+
+
+def test_sigterm_is_recorded_even_while_the_main_thread_waits() -> None:
+    rec = _Recorder()
+    before = signal.getsignal(signal.SIGTERM)
+    watch = Watchdog(60, rec.on_failure, exit=rec.exit).start()
+    try:
+        watch.enter("checkpoint", step=7)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert rec.done.wait(10), "SIGTERM was not seen"
+    finally:
+        watch.stop()
+    assert signal.getsignal(signal.SIGTERM) == before  # stop() restored it
+    ((message, phase, step),) = rec.failures
+    assert "SIGTERM" in message and (phase, step) == ("checkpoint", 7)
+    assert rec.codes == [128 + signal.SIGTERM]
+
+
+def test_process_group_timeout_is_later_than_the_watchdog() -> None:
+    for minutes in (0.1, 1, 10, 120):
+        assert process_group_timeout(minutes * 60).total_seconds() > minutes * 60 + 59
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_timeout_must_be_positive(bad: float) -> None:
+    from medtune.config import ConfigError, ShardingConfig
+
+    with pytest.raises(ConfigError, match=r"sharding\.timeout_min"):
+        ShardingConfig(timeout_min=bad)
