@@ -14,11 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from medtune.data.loading import resolve
-from medtune.data.sources import sample_dir
+from medtune.data.sources.registry import resolve, sample_dir
 from medtune.export.check import probes
 from medtune.export.source import ExportSource
-from medtune.storage import size_text
+from medtune.files.space import size_text
 
 BASE_LICENSES = {  # first match wins: MedGemma is a Gemma model under its own terms
     "medgemma": "Health AI Developer Foundations Terms of Use (https://developers.google.com/health-ai-developer-foundations/terms)",

@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from medtune.data.prompts import render_mcq_prompt
-from medtune.data.sources import sample_dir, sample_record
+from medtune.data.sources.registry import sample_dir, sample_record
 
 LANGUAGES = ("ko", "en")
 QUESTIONS_PER_LANGUAGE = 12

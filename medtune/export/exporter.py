@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medtune.cachefs import atomic_dir
 from medtune.export import card, writers
 from medtune.export.check import TOLERANCES, Reference, Tolerance, against_evaluation, compare, reference
 from medtune.export.gguf_loader import ExportLoadError
@@ -27,7 +26,8 @@ from medtune.export.gguf_tokenizer import TokenizerExportError
 from medtune.export.gguf_writer import GGUFExportError, check_gguf_supported
 from medtune.export.merge import Merged, merge_adapter
 from medtune.export.source import ExportInputError, ExportSource, resolve_source
-from medtune.storage import free_bytes, size_text
+from medtune.files.atomic import atomic_dir
+from medtune.files.space import free_bytes, size_text
 
 log = logging.getLogger(__name__)
 

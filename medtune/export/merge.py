@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from medtune.eval.adapter import AdapterInactiveError, check_adapter_active, load_adapter, probe_logits
+from medtune.eval.adapter_check import AdapterInactiveError, check_adapter_active, load_adapter, probe_logits
 from medtune.export.source import SUPPORTED_MODEL_TYPES, ExportInputError, ExportSource
-from medtune.models import ModelLoadError, build_model
+from medtune.models.build import ModelLoadError, build_model
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune.config import ModelConfig, QuantizationConfig
-from medtune.models import arch_config
+from medtune.models.build import arch_config
 
 SUPPORTED_MODEL_TYPES = ("gemma3_text", "gemma3", "llama")  # gemma3: a multimodal checkpoint, its text model only
 

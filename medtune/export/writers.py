@@ -19,11 +19,12 @@ from medtune.export.gguf_loader import ExportLoadError, load_gguf
 from medtune.export.gguf_writer import estimate_gguf_bytes, write_gguf
 from medtune.export.merge import Merged
 from medtune.export.source import ExportInputError, ExportSource
-from medtune.gguf_convert import ensure_converted
-from medtune.models import DTYPE, arch_config
+from medtune.models.build import arch_config
+from medtune.models.gguf import ensure_converted
+from medtune.models.precision import TORCH_DTYPES
 
 TOKENIZER_MARGIN_BYTES = 64 * 2**20  # tokenizer files, card, check record: a few MB (Gemma's tokenizer.json: 33 MB)
-DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}
 
 
 def base_config(model_cfg: ModelConfig) -> Any:
@@ -55,7 +56,7 @@ def estimate_bytes(model_cfg: ModelConfig, fmt: str, quant: str) -> int:
         raise ExportInputError(f"cannot read the base's architecture to size the export: {err}") from err
     if fmt == "gguf":
         return estimate_gguf_bytes(shapes, quant) + TOKENIZER_MARGIN_BYTES
-    itemsize = torch.empty(0, dtype=DTYPE[model_cfg.dtype]).element_size()
+    itemsize = torch.empty(0, dtype=TORCH_DTYPES[model_cfg.dtype]).element_size()
     return sum(int(torch.Size(s).numel()) for s in shapes) * itemsize + TOKENIZER_MARGIN_BYTES
 
 
@@ -99,7 +100,7 @@ def _license_id(model: torch.nn.Module) -> str:
 def write(merged: Merged, source: ExportSource, fmt: str, quant: str, folder: Path) -> dict[str, Any]:
     """Write one format into folder; returns the weight type (float32 / bfloat16 / f16 / q8_0) and file sizes."""
     if fmt == "safetensors":
-        dtype = DTYPE[source.model_cfg.dtype]
+        dtype = TORCH_DTYPES[source.model_cfg.dtype]
         _write_safetensors(merged, dtype, folder)
         return {"weight_type": DTYPE_NAMES[dtype], "files": _sizes(folder)}
     path = _write_gguf(merged, source, quant, folder)
