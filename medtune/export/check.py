@@ -146,13 +146,14 @@ def _score(ref: Reference, model: torch.nn.Module, tokenizer: Any, tolerance: To
     if ref.letter_ids:
         letter_logp = logp[-1, ref.letter_ids]
         chosen, exported = int(ref.letter_logp.argmax()), int(letter_logp.argmax())
-        margin = float(ref.letter_logp[chosen] - ref.letter_logp[exported])  # 0 when they agree
+        # when the letter changed: how far apart the merged model had the two letters (None when it did not change)
+        margin = float(ref.letter_logp[chosen] - ref.letter_logp[exported]) if chosen != exported else None
         out["letter"] = {
             "id": ref.probe.id,
             "ref": chosen,
             "export": exported,
-            "ref_margin_nats": margin,
-            "near_tie": margin < tolerance.letter_tie_nats,
+            "changed_margin_nats": margin,
+            "changed_near_tie": margin is not None and margin < tolerance.letter_tie_nats,
             "ref_letter_logp": ref.letter_logp.tolist(),
             "export_letter_logp": letter_logp.tolist(),
         }
@@ -172,7 +173,7 @@ def _language_figures(scored: list[dict], positions: int) -> dict[str, Any]:
         "letters": {
             "questions": len(letters),
             "agree": sum(r["ref"] == r["export"] for r in letters),
-            "disagree_within_tolerance": sum(r["near_tie"] and r["ref"] != r["export"] for r in letters),
+            "disagree_within_tolerance": sum(r["changed_near_tie"] for r in letters),
         },
         "tokenization_mismatches": sum(not s["same_tokens"] for s in scored),
     }
