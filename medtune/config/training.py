@@ -20,6 +20,7 @@ from medtune.config.data import (
     EvalConfig,
     LoggerConfig,
 )
+from medtune.config.watch import WORST_LANG, GuardConfig, check_watch_config
 
 
 @dataclass
@@ -196,6 +197,9 @@ class TrainerConfig:
     resume_allow: list[str] = field(default_factory=list)
     merge_adapter: bool = False  # also save the adapter merged into a bf16 copy of the base
     progress_bar: bool = True
+    guard: GuardConfig = field(default_factory=GuardConfig)  # acts on the watch (eval.watch): config/watch.py
+    keep: str = "last"  # last | best: the adapter of the best watched step by keep_by
+    keep_by: str = WORST_LANG  # worst_lang | lang:<language> | <watch set>: its change from base, higher is better
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "micro_batch_size", "grad_accum_steps", "log_every", "loss_chunk_size"):
@@ -258,5 +262,6 @@ class TrainConfig:
                 f"quantization.method={q.method} freezes the base in low precision, so only an adapter can train; "
                 "set lora.enabled=true or quantization=none."
             )
+        check_watch_config(self.eval, self.trainer)
         if q.method != "none" and self.model.init == "random" and self.model.source == "gguf":
             raise ConfigError("model.source=gguf always loads weights; set model.init=pretrained.")
