@@ -1,0 +1,165 @@
+"""The watch inside training: its series at the watched steps equal a direct computation of the change from base,
+the guard stops (or marks) a run that forgets and stays quiet on one that does not move, and keep=best saves the
+adapter of the step it names."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from medtune.config import register_configs, to_train_config
+from medtune.models.anatomy import causal_lm_of
+from medtune.training import watcher as watcher_module
+from medtune.training.distributed import DistInfo, unwrap
+from medtune.training.recipe import TrainRecipe
+from medtune.training.run import run
+
+CONF = REPO / "conf"
+register_configs()
+TINY = ["model=tiny_llama", "trainer.device=cpu", "trainer.progress_bar=false", "packing.max_seq_len=1024"]
+WATCH = ["eval=none", "trainer.log_every=1", "eval.watch=[sample_ko,sample_en]", "eval.watch_limit=6", "logger=jsonl", "lora.dropout=0"]
+
+
+def _compose(tmp_path: Path, *overrides: str) -> Any:
+    extra = [f"eval.cache_dir={tmp_path / 'eval_cache'}"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        return compose("train", overrides=[*TINY, *WATCH, *extra, *overrides])
+
+
+def _run(tmp_path: Path, *overrides: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One run through training.run; its summary.json and metrics.jsonl lines."""
+    dict_cfg = _compose(tmp_path, *overrides)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run(to_train_config(dict_cfg), dict_cfg, run_dir, multirun=False)
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return json.loads((run_dir / "summary.json").read_text()), lines
+
+
+def _direct_gold_ll(model: torch.nn.Module, prompts: list, options: list, golds: list) -> np.ndarray:
+    """Log-probability of each gold letter from a plain full-vocabulary forward."""
+    out = []
+    for prompt, opts, gold in zip(prompts, options, golds, strict=True):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt])).logits[0, -1].float()
+        out.append(float(torch.log_softmax(logits, -1)[opts[gold]]))
+    return np.array(out)
+
+
+class CheckingTracker:
+    """Records every log call; at a watched step, recomputes each set's change from base from the model itself."""
+
+    def __init__(self) -> None:
+        self.recipe: TrainRecipe | None = None
+        self.steps: list[int] = []
+        self.checked: dict[tuple[int, str], tuple[float, float]] = {}
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if "watch/step" not in metrics:
+            return
+        self.steps.append(step)
+        model = unwrap(self.recipe.model).eval()
+        for s in self.recipe.watcher.sets:
+            args = (s.prompts, s.options, s.golds)
+            run = _direct_gold_ll(model, *args)
+            with model.disable_adapter():
+                base = _direct_gold_ll(model, *args)
+            self.checked[(step, s.name)] = (metrics[f"watch/{s.name}/delta_gold_ll"], float((run - base).mean()))
+        model.train()
+
+
+def test_series_are_logged_at_the_watched_steps_with_the_base_deltas(tmp_path: Path) -> None:
+    cfg = to_train_config(_compose(tmp_path, "trainer.max_steps=5", "eval.watch_every=2", "optim.lr=1e-2"))
+    tracker = CheckingTracker()
+    recipe = TrainRecipe(cfg, tmp_path / "run", tracker, DistInfo(0, 1, 0, torch.device("cpu")))
+    tracker.recipe = recipe
+    recipe.setup()
+    out = recipe.train()
+    assert tracker.steps == [2, 4, 5]  # every watch_every steps, and the last
+    assert len(tracker.checked) == 6
+    for (step, name), (logged, direct) in tracker.checked.items():
+        assert logged == pytest.approx(direct, abs=1e-5), (step, name)
+    assert abs(tracker.checked[(5, "sample_ko")][1]) > 1e-4  # the adapter moved: not a comparison of zeros
+    assert 0 < out["watch/total_s"] and out["watch/overhead_frac"] > 0
+
+
+def _fake_step(factor: float) -> Any:
+    """An optimizer step that multiplies the final norm's weight by `factor` (1.0: a model that never changes).
+
+    A constructed drift: sharper logits lower the log-probability of every gold letter that is not already the
+    most likely token, on every question of every set (LoRA on this random tiny model barely moves its near-uniform
+    letter probabilities, so real training cannot make it forget on cue). The base is scored before the first step.
+    """
+
+    def step(self: TrainRecipe, batches: list) -> dict[str, float]:
+        with torch.no_grad():
+            causal_lm_of(self.model).model.norm.weight.mul_(factor)
+        return {"train/loss": 1.0}
+
+    return step
+
+
+@pytest.mark.parametrize(("action", "patience"), [("stop", 1), ("mark", 2)])
+def test_guard_acts_on_a_run_that_forgets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, action: str, patience: int
+) -> None:
+    """A drift that lowers every gold letter's probability: stop ends training at the first watched step; mark
+    records the second (patience 2) and trains on to the end."""
+    monkeypatch.setattr(TrainRecipe, "optimizer_step", _fake_step(3.0))
+    guard = ["trainer.guard.protect=[lang:ko,sample_en]", "trainer.guard.margin=0.05", f"trainer.guard.action={action}"]
+    summary, lines = _run(
+        tmp_path, "trainer.max_steps=6", "eval.watch_every=2", *guard, f"trainer.guard.patience={patience}"
+    )
+    fired_at = 2 * patience
+    assert summary["run/status"] == "ok" and summary["guard/fired"] == 1
+    assert summary["guard/step"] == fired_at and summary["guard/action"] == action
+    assert summary["guard/ci_high"] < -0.05 and summary["guard/ci_low"] <= summary["guard/delta"]
+    assert summary["guard/group"] in ("lang:ko", "sample_en") and summary["guard/level"] == 0.95
+    assert "paired bootstrap" in summary["guard/test"] and "upper end below -0.05" in summary["guard/test"]
+    trained = max(x["step"] for x in lines if "train/loss" in x)
+    assert trained == (fired_at if action == "stop" else 6)
+    assert [x["step"] for x in lines if "guard/fired_step" in x] == [fired_at]
+    assert (tmp_path / "run" / "adapter").is_dir()
+
+
+def test_guard_stays_quiet_on_a_model_that_does_not_move(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(TrainRecipe, "optimizer_step", _fake_step(1.0))
+    summary, lines = _run(
+        tmp_path, "trainer.max_steps=4", "eval.watch_every=1", "trainer.guard.protect=[lang:ko,lang:en]",
+        "trainer.guard.margin=0",
+    )  # fmt: skip
+    assert summary["guard/fired"] == 0 and max(x["step"] for x in lines if "train/loss" in x) == 4
+    watched = [x for x in lines if "watch/step" in x]
+    assert [x["step"] for x in watched] == [1, 2, 3, 4]
+    assert all(x["watch/lang/ko/delta_gold_ll"] == 0.0 and x["guard/below"] == 0.0 for x in watched)
+
+
+def test_keep_best_saves_the_adapter_of_the_step_it_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Real training, a checkpoint at every step; the criterion is scripted so that the best (step 2, the first
+    of two equal values) is not the last: the saved adapter is step 2's checkpoint, not step 4's."""
+    scripted = iter([0.1, 0.5, 0.2, 0.5])  # steps 1-4, one watch each
+    monkeypatch.setattr(watcher_module, "criterion", lambda metrics, by: next(scripted))
+    summary, _ = _run(
+        tmp_path, "trainer.max_steps=4", "eval.watch_every=1", "trainer.keep=best", "trainer.save_every=1",
+        "trainer.keep_checkpoints=0", "optim.lr=1e-2",
+    )  # fmt: skip
+    assert (summary["keep/step"], summary["keep/value"], summary["keep/last_step"]) == (2, 0.5, 4)
+    saved = load_file(tmp_path / "run" / "adapter" / "adapter_model.safetensors")
+
+    def checkpoint(step: int) -> dict[str, torch.Tensor]:
+        state = torch.load(tmp_path / "run" / "checkpoints" / f"step_{step:06d}" / "trainable.pt")
+        return {k.removeprefix("model.").replace(".default", ""): v for k, v in state.items()}
+
+    best, last = checkpoint(2), checkpoint(4)
+    assert saved.keys() == best.keys() and saved
+    for key in saved:
+        torch.testing.assert_close(saved[key], best[key], rtol=0, atol=0)
+    assert any(not torch.equal(saved[k], last[k]) for k in saved)
