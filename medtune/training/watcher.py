@@ -42,7 +42,8 @@ class Watcher:
         self.cfg, self.sets, self.tokenizer, self.on_forward = cfg, sets, tokenizer, on_forward
         self.ranks: Ranks | None = None
         self.base: Scores = {}
-        self.seconds = 0.0  # spent watching, base scores included: the overhead
+        self.seconds = 0.0  # spent watching in this invocation, base scores included: the overhead
+        self.base_s = 0.0  # of which the base model's scores (about nothing when cached)
         self.streak = 0  # consecutive watched steps with a protected group below the margin
         self.fired: dict[str, Any] | None = None
         self.best: dict[str, Any] | None = None  # keep=best: step and value of the best watched step
@@ -76,7 +77,8 @@ class Watcher:
         self.ranks = Ranks.current(lockstep=is_fsdp(model), on_forward=self.on_forward)
         with scoring_view(model) as plain, unpacked_attention(plain):
             self.base = base_watch_scores(plain, self.tokenizer, self.sets, self.cfg.eval, self.ranks)
-        self.seconds += time.perf_counter() - started
+        self.base_s = time.perf_counter() - started
+        self.seconds += self.base_s
 
     def observe(self, model: torch.nn.Module, step: int) -> dict[str, float]:
         """Score the adapter at `step`; the change from base per set and language, the guard, the kept step."""
@@ -123,7 +125,11 @@ class Watcher:
     def finish(self, model: torch.nn.Module, step: int, loop_s: float) -> dict[str, Any]:
         """Summary keys of the watch, the guard and keep; keep=best puts the best step's weights back in `model`."""
         overhead = self.seconds / max(loop_s - self.seconds, 1e-9)  # watch time over the rest of the loop's time
-        out: dict[str, Any] = {"watch/total_s": self.seconds, "watch/overhead_frac": overhead}
+        out: dict[str, Any] = {
+            "watch/total_s": self.seconds,
+            "watch/base_s": self.base_s,
+            "watch/overhead_frac": overhead,
+        }
         if self.cfg.trainer.guard.protect:
             out |= guard_summary(self.fired)
         if self.cfg.trainer.keep == "best" and self.best is not None:
@@ -138,11 +144,11 @@ class Watcher:
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint stores to continue the watch (the best step's weights are not stored)."""
-        return {"seconds": self.seconds, "streak": self.streak, "fired": self.fired, "best": self.best}
+        return {"streak": self.streak, "fired": self.fired, "best": self.best}
 
     def load_state(self, state: dict[str, Any], step: int) -> None:
         """Continue from a checkpoint at `step`; keep=best then chooses among the steps watched from here on."""
-        self.seconds, self.streak, self.fired = state["seconds"], state["streak"], state["fired"]
+        self.streak, self.fired = state["streak"], state["fired"]  # the time counts this invocation's loop only
         if state.get("best") is not None and self.cfg.trainer.keep == "best":
             log.warning(
                 "keep=best after a resume: the weights of step %d (best so far) were not checkpointed; the kept "

@@ -25,7 +25,14 @@ from medtune.training.run import run
 CONF = REPO / "conf"
 register_configs()
 TINY = ["model=tiny_llama", "trainer.device=cpu", "trainer.progress_bar=false", "packing.max_seq_len=1024"]
-WATCH = ["eval=none", "trainer.log_every=1", "eval.watch=[sample_ko,sample_en]", "eval.watch_limit=6", "logger=jsonl", "lora.dropout=0"]
+WATCH = [
+    "eval=none",
+    "trainer.log_every=1",
+    "eval.watch=[sample_ko,sample_en]",
+    "eval.watch_limit=6",
+    "logger=jsonl",
+    "lora.dropout=0",
+]
 
 
 def _compose(tmp_path: Path, *overrides: str) -> Any:
@@ -88,7 +95,7 @@ def test_series_are_logged_at_the_watched_steps_with_the_base_deltas(tmp_path: P
     for (step, name), (logged, direct) in tracker.checked.items():
         assert logged == pytest.approx(direct, abs=1e-5), (step, name)
     assert abs(tracker.checked[(5, "sample_ko")][1]) > 1e-4  # the adapter moved: not a comparison of zeros
-    assert 0 < out["watch/total_s"] and out["watch/overhead_frac"] > 0
+    assert out["watch/total_s"] > 0 and out["watch/overhead_frac"] > 0
 
 
 def _fake_step(factor: float) -> Any:
@@ -163,3 +170,15 @@ def test_keep_best_saves_the_adapter_of_the_step_it_names(tmp_path: Path, monkey
     for key in saved:
         torch.testing.assert_close(saved[key], best[key], rtol=0, atol=0)
     assert any(not torch.equal(saved[k], last[k]) for k in saved)
+
+
+def test_a_resumed_watch_keeps_the_guard_and_chooses_among_later_steps(tmp_path: Path) -> None:
+    """The checkpoint's watch state comes back (the guard's streak and record); the best step's weights were not
+    checkpointed, so keep=best starts over from the resume step and says so."""
+    cfg = to_train_config(_compose(tmp_path, "eval.watch_every=2", "trainer.keep=best"))
+    watcher = watcher_module.Watcher(cfg, [], tokenizer=None)
+    fired = {"step": 4, "group": "lang:ko", "action": "mark"}
+    watcher.load_state({"streak": 2, "fired": fired, "best": {"step": 4, "value": 0.2}}, step=6)
+    assert (watcher.streak, watcher.fired, watcher.best) == (2, fired, None)
+    assert watcher.since_step == 6 and not watcher.stop
+    assert watcher.due(8) and watcher.due(cfg.trainer.max_steps) and not watcher.due(7)
