@@ -4,6 +4,7 @@ adapter of the step it names."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from medtune.config import register_configs, to_train_config
+from medtune.eval.ranks import Ranks
+from medtune.eval.watch import WatchSet
 from medtune.models.anatomy import causal_lm_of
 from medtune.training import watcher as watcher_module
 from medtune.training.distributed import DistInfo, unwrap
@@ -67,12 +70,14 @@ class CheckingTracker:
     def __init__(self) -> None:
         self.recipe: TrainRecipe | None = None
         self.steps: list[int] = []
+        self.logged: dict[int, dict[str, float]] = {}
         self.checked: dict[tuple[int, str], tuple[float, float]] = {}
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if "watch/step" not in metrics:
             return
         self.steps.append(step)
+        self.logged[step] = metrics
         model = unwrap(self.recipe.model).eval()
         for s in self.recipe.watcher.sets:
             args = (s.prompts, s.options, s.golds)
@@ -95,6 +100,12 @@ def test_series_are_logged_at_the_watched_steps_with_the_base_deltas(tmp_path: P
     for (step, name), (logged, direct) in tracker.checked.items():
         assert logged == pytest.approx(direct, abs=1e-5), (step, name)
     assert abs(tracker.checked[(5, "sample_ko")][1]) > 1e-4  # the adapter moved: not a comparison of zeros
+    for step, logged in tracker.logged.items():  # each language pools its one medical set; worst_lang the lower
+        assert logged["watch/step"] == step
+        ko, en = logged["watch/lang/ko/delta_gold_ll"], logged["watch/lang/en/delta_gold_ll"]
+        assert (ko, en) == (logged["watch/sample_ko/delta_gold_ll"], logged["watch/sample_en/delta_gold_ll"])
+        assert logged["watch/worst_lang/delta_gold_ll"] == min(ko, en)
+        assert logged["watch/lang/ko/delta_gold_ll_ci_low"] <= ko <= logged["watch/lang/ko/delta_gold_ll_ci_high"]
     assert out["watch/total_s"] > 0 and out["watch/overhead_frac"] > 0
 
 
@@ -147,6 +158,37 @@ def test_guard_stays_quiet_on_a_model_that_does_not_move(tmp_path: Path, monkeyp
     watched = [x for x in lines if "watch/step" in x]
     assert [x["step"] for x in watched] == [1, 2, 3, 4]
     assert all(x["watch/lang/ko/delta_gold_ll"] == 0.0 and x["guard/below"] == 0.0 for x in watched)
+
+
+def _scripted_watcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deltas: list[float]) -> Any:
+    """A watcher of one Korean set whose run scores are the base's plus `deltas` (gold option 0), no model."""
+    guard = ["eval.watch=[sample_ko]", "eval.watch_every=10", "trainer.guard.protect=[sample_ko]"]
+    cfg = to_train_config(_compose(tmp_path, *guard, "trainer.guard.margin=0.05"))
+    n = len(deltas)
+    ids, prompts, options = [str(i) for i in range(n)], [(1, 2)] * n, [[5, 6]] * n
+    watcher = watcher_module.Watcher(
+        cfg, [WatchSet("sample_ko", "ko", "medical", ids, prompts, options, [0] * n)], None
+    )
+    watcher.ranks, watcher.base = Ranks(), {"sample_ko": [[-2.0, -1.0]] * n}
+    run = {"sample_ko": [[-2.0 + d, -1.0] for d in deltas]}
+    monkeypatch.setattr(watcher_module, "score_watch", lambda *args: run)
+    monkeypatch.setattr(watcher_module, "scoring_view", contextlib.nullcontext)
+    monkeypatch.setattr(watcher_module, "unpacked_attention", contextlib.nullcontext)
+    return watcher
+
+
+def test_the_guard_tests_the_interval_not_the_mean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both runs lose 0.1 nats on average, twice the margin; only the one whose paired interval lies wholly below
+    -margin fires (the noisy one's interval reaches above it), and at the step it was watched."""
+    noisy = _scripted_watcher(tmp_path, monkeypatch, [-0.6, 0.4] * 4)
+    metrics = noisy.observe(torch.nn.Linear(1, 1), step=10)
+    assert metrics["watch/sample_ko/delta_gold_ll"] == pytest.approx(-0.1)
+    assert metrics["watch/sample_ko/delta_gold_ll_ci_high"] > -0.05 and metrics["guard/below"] == 0.0
+    assert noisy.fired is None and not noisy.stop
+    steady = _scripted_watcher(tmp_path, monkeypatch, [-0.1] * 8)
+    metrics = steady.observe(torch.nn.Linear(1, 1), step=10)
+    assert metrics["guard/below"] == 1.0 and metrics["guard/fired_step"] == 10.0 and steady.stop
+    assert steady.fired["delta"] == pytest.approx(-0.1) and steady.fired["ci_high"] == pytest.approx(-0.1)
 
 
 def test_keep_best_saves_the_adapter_of_the_step_it_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
