@@ -136,8 +136,10 @@ class TrainRecipe:
                 break
             self.watch.enter("train", self.step + 1)  # the step in progress
         bar.close()
+        loop_s = time.perf_counter() - started  # this invocation's loop: base scores, steps, watch, checkpoints
+        last = {**last, "train/loop_s": loop_s}
         if self.watcher is not None:  # keep=best: the kept step's weights are back in the model from here on
-            last = {**last, **self.watcher.finish(self.model, self.step, time.perf_counter() - started)}
+            last |= self.watcher.finish(self.model, self.step, loop_s)
         return last
 
     def optimizer_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
