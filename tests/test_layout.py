@@ -4,7 +4,7 @@
     data            config, files
     models          config, files, data
     eval            config, files, data, models
-    training        config, files, data, models, eval (the eval stage runs inside a training run)
+    training        config, files, data, models, eval (the eval stage runs inside a training run), memory
     report          config, files, eval, training (tracking, to publish to W&B)
     memory          config, files, models.arch_spec (no torch: memory is planned before anything loads)
     bench           anything below it
@@ -29,7 +29,7 @@ ALLOWED = {
     "data": {"config", "files"},
     "models": {"config", "files", "data"},
     "eval": {"config", "files", "data", "models"},
-    "training": {"config", "files", "data", "models", "eval"},
+    "training": {"config", "files", "data", "models", "eval", "memory"},
     "report": {"config", "files", "eval", "training"},
     "memory": {"config", "files", "models"},
     "bench": {"config", "files", "data", "models", "eval", "training", "memory"},
