@@ -58,7 +58,8 @@ class TrainRecipe:
         self.data: DataPipeline = build_data(self.cfg, self.tokenizer, self.model, self.dist)
         self.summary.update(self.data.report)
         self.setup_optimizer()
-        self.watcher = Watcher.build(self.cfg, self.tokenizer, self.watch.tick)  # None unless eval.watch is on
+        # the watch sets are read and tokenized here, still paused (local work); None unless eval.watch is on
+        self.watcher = Watcher.build(self.cfg, self.tokenizer, self.watch.tick)
         self._maybe_resume()
 
     def setup_model(self) -> None:

@@ -12,18 +12,19 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, tiny_model
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from medtune.config import register_configs, to_train_config
 from medtune.eval.ranks import Ranks
 from medtune.eval.watch import WatchSet
-from medtune.models.anatomy import causal_lm_of
+from medtune.models.anatomy import causal_lm_of, decoder_layers
 from medtune.training import watcher as watcher_module
 from medtune.training.distributed import DistInfo, unwrap
 from medtune.training.recipe import TrainRecipe
 from medtune.training.run import run
+from medtune.training.speed import apply_speedups
 
 CONF = REPO / "conf"
 register_configs()
@@ -181,14 +182,35 @@ def test_the_guard_tests_the_interval_not_the_mean(tmp_path: Path, monkeypatch: 
     """Both runs lose 0.1 nats on average, twice the margin; only the one whose paired interval lies wholly below
     -margin fires (the noisy one's interval reaches above it), and at the step it was watched."""
     noisy = _scripted_watcher(tmp_path, monkeypatch, [-0.6, 0.4] * 4)
-    metrics = noisy.observe(torch.nn.Linear(1, 1), step=10)
+    metrics = noisy.observe(tiny_model("tiny_llama"), step=10)
     assert metrics["watch/sample_ko/delta_gold_ll"] == pytest.approx(-0.1)
     assert metrics["watch/sample_ko/delta_gold_ll_ci_high"] > -0.05 and metrics["guard/below"] == 0.0
     assert noisy.fired is None and not noisy.stop
     steady = _scripted_watcher(tmp_path, monkeypatch, [-0.1] * 8)
-    metrics = steady.observe(torch.nn.Linear(1, 1), step=10)
+    metrics = steady.observe(tiny_model("tiny_llama"), step=10)
     assert metrics["guard/below"] == 1.0 and metrics["guard/fired_step"] == 10.0 and steady.stop
     assert steady.fired["delta"] == pytest.approx(-0.1) and steady.fired["ci_high"] == pytest.approx(-0.1)
+
+
+def test_the_watch_scores_with_the_eager_layers_of_a_compiled_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trainer.compile compiles each decoder layer for the training rows; the watch's batches have other lengths, so
+    it scores with the eager forwards (no recompilation) and training gets the compiled ones back."""
+    watcher = _scripted_watcher(tmp_path, monkeypatch, [0.0] * 4)
+    scripted, seen = watcher_module.score_watch, []
+
+    def spy(plain: torch.nn.Module, *args: Any) -> Any:
+        seen.append([layer.forward for layer in decoder_layers(plain)])
+        return scripted(plain, *args)
+
+    monkeypatch.setattr(watcher_module, "score_watch", spy)
+    model = tiny_model("tiny_llama")
+    eager = [layer.forward for layer in decoder_layers(model)]
+    apply_speedups(model, to_train_config(_compose(tmp_path, "trainer.compile=true")).trainer)  # compiles lazily
+    compiled = [layer.forward for layer in decoder_layers(model)]
+    watcher.observe(model, step=10)
+    assert seen == [eager] and [layer.forward for layer in decoder_layers(model)] == compiled != eager
 
 
 def test_keep_best_saves_the_adapter_of_the_step_it_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
