@@ -182,6 +182,7 @@ def _watch_panels(curves: pd.DataFrame) -> list[str]:
 def plot_watch_curves(curves: pd.DataFrame, confidence: float = 0.95) -> Figure:
     """Change from base against the training step, one panel per language and watch set, one line per ratio."""
     from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
 
     groups = _watch_panels(curves)
     shares = sorted(curves["en_share"].unique())
@@ -203,6 +204,7 @@ def plot_watch_curves(curves: pd.DataFrame, confidence: float = 0.95) -> Figure:
         name = group.removeprefix("lang/")
         ax.set_title(LANG_NAMES.get(name, name) if group.startswith("lang/") else f"set {group}")
         ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     for ax in axes[len(groups) :]:
