@@ -17,12 +17,18 @@
 #   bash experiments/gpu/mix_sweep.sh wait 560         # progress; repeat until it says "all done"
 #   bash experiments/gpu/mix_sweep.sh collect          # $OUT/mix_sweep.tar.gz: run dirs (no checkpoints), logs
 # and here: python -m medtune.report <runs> --out <report> --reference 1:1
+# Another experiment through the same steps (issue 22, the watch): EXPERIMENT=mix_watch RATIOS="1:1 1:0" SEEDS=0;
+# ARGS adds overrides to every training job and NAME names its runs' folder (default: the experiment), e.g. the
+# same 1:1 run without the watch, to time it:
+#   NAME=mix_watch_off ARGS="eval.watch_every=0 trainer.guard.protect=[]" EXPERIMENT=mix_watch RATIOS=1:1 SEEDS=0
 # Jobs run from a copy of the repo in /root/src (the work tree is replaced at every call) and outlive the call.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 SRC=/root/src RUNS=/root/runs LOGS=/root/runs/logs
 GGUF=/root/tmp/bundle/gemma-3-270m-q4_k_m.gguf
 SEEDS=${SEEDS:-0,1,2} RATIOS=${RATIOS:-"0:1 3:10 1:1 10:3 1:0"}
+EXPERIMENT=${EXPERIMENT:-mix_sweep} ARGS=${ARGS:-}
+NAME=${NAME:-$EXPERIMENT}
 export PYTHONPATH=/root/site:$SRC PYTHONUNBUFFERED=1 MEDTUNE_CACHE_DIR=/root/cache MEDTUNE_RUNS_DIR=$RUNS
 export MEDTUNE_DATA_DIR=/root/data/.gpudata HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=3
@@ -33,7 +39,7 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=3
 # (EVAL_BS=16 RATIOS="3:10 10:3", two streams) measured 20.0 GiB allocated / 22.5 reserved per lm-eval process.
 # Keep one batch size for a whole sweep: in bf16 batch 8 vs 16 changed 60 of 8,110 base predictions.
 EVAL_BS=${EVAL_BS:-8}
-COMMON=(+experiment=mix_sweep "model.path=$GGUF" logger=jsonl "eval.batch_size=$EVAL_BS" eval.sanity=warn)
+COMMON=("+experiment=$EXPERIMENT" "model.path=$GGUF" logger=jsonl "eval.batch_size=$EVAL_BS" eval.sanity=warn)
 
 case "${1:-}" in
   stage)
@@ -66,8 +72,9 @@ case "${1:-}" in
     fi
     # One multirun per ratio (seeds inside), the five side by side: if time runs out, every ratio has as many seeds.
     for r in $RATIOS; do
-      setsid nohup python3 -m medtune.train -m "${COMMON[@]}" "data_mix.ratio='$r'" "seed=$SEEDS" \
-        "hydra.sweep.dir=$RUNS/mix_sweep/ratio_${r/:/-}" > "$LOGS/ratio_${r/:/-}.log" 2>&1 < /dev/null &
+      # shellcheck disable=SC2086  # ARGS: word-split on purpose, one override per word
+      setsid nohup python3 -m medtune.train -m "${COMMON[@]}" "data_mix.ratio='$r'" "seed=$SEEDS" $ARGS \
+        "hydra.sweep.dir=$RUNS/$NAME/ratio_${r/:/-}" > "$LOGS/ratio_${r/:/-}.log" 2>&1 < /dev/null &
       sleep 3
     done
     "$0" wait "${2:-420}" ;;
@@ -82,6 +89,6 @@ case "${1:-}" in
   collect)
     cd "$RUNS" && cp /root/versions.txt "$LOGS/" 2>/dev/null
     tar --exclude="checkpoints" --exclude="*.safetensors" --exclude="*.bin" --exclude="samples.jsonl" --exclude="tasks" --exclude="hf_cache" \
-      -czf "$OUT/mix_sweep.tar.gz" base_probe mix_sweep logs && ls -la "$OUT" ;;
+      -czf "$OUT/$NAME.tar.gz" base_probe "$NAME" logs && ls -la "$OUT" ;;
   *) echo "usage: $0 stage N | setup | start [wait_s] | wait [s] | collect" >&2; exit 2 ;;
 esac

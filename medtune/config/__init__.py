@@ -23,6 +23,7 @@ from medtune.config.training import (
     TrainConfig,
     TrainerConfig,
 )
+from medtune.config.watch import WORST_LANG, GuardConfig
 
 __all__ = [
     "CACHE_ROOT",
@@ -30,10 +31,12 @@ __all__ = [
     "DEFAULT_EVAL_SPLITS",
     "DTYPES",
     "GROUPS",
+    "WORST_LANG",
     "ConfigError",
     "DataConfig",
     "DataMixConfig",
     "EvalConfig",
+    "GuardConfig",
     "LoggerConfig",
     "LoraConfig",
     "ModelConfig",

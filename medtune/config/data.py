@@ -149,6 +149,15 @@ class EvalConfig:
     cache_base: bool = True  # reuse the base model's scores across a sweep (keyed on model, data, settings)
     cache_dir: str = f"{CACHE_ROOT}/eval_base"
     max_length: int | None = None  # lm-eval context length; None: from the model config
+    # The watch during training (medtune/eval/watch.py): eval tasks scored every watch_every optimizer steps and at
+    # the last, on a seeded subset (eval.seed) of watch_limit questions each (watch_limits: per set), by the gold
+    # letter's log-probability, against the base model on the same questions (cached like the base scores).
+    watch: list[str] = field(default_factory=list)  # [] or watch_every=0: no watch
+    watch_every: int = 0
+    watch_limit: int | None = 64  # None: every question of the set
+    watch_limits: dict[str, int] = field(default_factory=dict)  # e.g. +eval.watch_limits.kormed_law=239
+    watch_accuracy: bool = False  # also log letter accuracy and its change from base (the same forward)
+    watch_batch_size: int = 16  # questions per forward
 
     def __post_init__(self) -> None:
         check_choice("eval.scoring", self.scoring, ("letter", "cloze"))

@@ -21,6 +21,7 @@ from medtune.config.data import (
     EvalConfig,
     LoggerConfig,
 )
+from medtune.config.watch import WORST_LANG, GuardConfig, check_watch_config
 
 
 @dataclass
@@ -203,6 +204,9 @@ class TrainerConfig:
     resume_allow: list[str] = field(default_factory=list)
     merge_adapter: bool = False  # also save the adapter merged into a bf16 copy of the base
     progress_bar: bool = True
+    guard: GuardConfig = field(default_factory=GuardConfig)  # acts on the watch (eval.watch): config/watch.py
+    keep: str = "last"  # last | best: the adapter of the best watched step by keep_by
+    keep_by: str = WORST_LANG  # worst_lang | lang:<language> | <watch set>: its change from base, higher is better
     # Speed (measured so far: experiments/results/efficiency_h200/): torch.compile each decoder layer
     # (regional: compiled once per row shape), fused RMSNorm/gated-MLP/RoPE kernels (liger, CUDA), and keeping the
     # checkpointed layer inputs in pinned CPU memory instead of the GPU (less memory, some speed).
@@ -287,5 +291,6 @@ class TrainConfig:
                 f"quantization.method={q.method} freezes the base in low precision, so only an adapter can train; "
                 "set lora.enabled=true or quantization=none."
             )
+        check_watch_config(self.eval, self.trainer)
         if q.method != "none" and self.model.init == "random" and self.model.source == "gguf":
             raise ConfigError("model.source=gguf always loads weights; set model.init=pretrained.")

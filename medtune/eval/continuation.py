@@ -40,7 +40,7 @@ class ContinuationLM(SpreadHFLM):
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="scoring continuations")
         for start in range(0, len(order), size):
             rows = order[start : start + size]
-            hidden = self._hidden(_right_padded(rows, self._pad_id(), self.device))
+            hidden = self._hidden(right_padded(rows, self._pad_id(), self.device))
             for j, toks in enumerate(rows):
                 for i in by_row[start + j]:
                     cont = requests[i][2]
@@ -67,7 +67,8 @@ class ContinuationLM(SpreadHFLM):
             return decoder_of(self.model)(input_ids=ids).last_hidden_state
 
 
-def _right_padded(rows: Sequence[tuple[int, ...]], pad_id: int, device: torch.device) -> torch.Tensor:
+def right_padded(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> torch.Tensor:
+    """Token rows as one [rows, longest] tensor, right-padded (causal: padding never reaches earlier positions)."""
     width = max(len(r) for r in rows)
     out = torch.full((len(rows), width), pad_id, dtype=torch.long)
     for i, row in enumerate(rows):
@@ -79,11 +80,16 @@ def _continuation_ll(
     hidden: torch.Tensor, continuation: list[int], head: torch.nn.Module, softcap: float | None
 ) -> tuple[float, bool]:
     """(sum of the continuation tokens' log-probabilities, whether each was the argmax) from their hidden states."""
+    logprobs = projected_logprobs(hidden, head, softcap)
+    target = torch.tensor(continuation, device=logprobs.device)
+    ll = float(logprobs.gather(1, target[:, None]).sum())
+    return ll, bool((logprobs.argmax(dim=-1) == target).all())
+
+
+def projected_logprobs(hidden: torch.Tensor, head: torch.nn.Module, softcap: float | None) -> torch.Tensor:
+    """Float32 log-probabilities over the vocabulary [positions, vocab] of a few positions' hidden states."""
     with torch.no_grad():
-        logits = head(hidden).float()  # [continuation, vocab]; the head module: a LoRA on it counts too
+        logits = head(hidden).float()  # the head module: a LoRA on it counts too
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
-    target = torch.tensor(continuation, device=logits.device)
-    logprobs = torch.log_softmax(logits, dim=-1)
-    ll = float(logprobs.gather(1, target[:, None]).sum())
-    return ll, bool((logits.argmax(dim=-1) == target).all())
+    return torch.log_softmax(logits, dim=-1)

@@ -171,3 +171,45 @@ def plot_efficiency(eff: pd.DataFrame) -> Figure:
         ax.margins(y=0.15)
     fig.suptitle("Efficiency: mean over the runs of each configuration", fontsize=12)
     return fig
+
+
+def _watch_panels(curves: pd.DataFrame) -> list[str]:
+    """The groups to draw: languages first, then each watch set (worst_lang repeats a language)."""
+    groups = [g for g in curves["group"].unique() if g != "worst_lang"]
+    return sorted(groups, key=lambda g: (not g.startswith("lang/"), g))
+
+
+def plot_watch_curves(curves: pd.DataFrame, confidence: float = 0.95) -> Figure:
+    """Change from base against the training step, one panel per language and watch set, one line per ratio."""
+    from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
+
+    groups = _watch_panels(curves)
+    shares = sorted(curves["en_share"].unique())
+    palette = colormaps["tab10"]  # one distinct colour per ratio, in the order of the English share
+    cols = min(3, max(1, len(groups)))
+    rows = math.ceil(len(groups) / cols) if groups else 1
+    fig = Figure(figsize=(5.6 * cols, 4.2 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, group in zip(axes, groups, strict=False):
+        sub = curves[curves["group"] == group]
+        for (ratio, share), c in sub.groupby(["ratio", "en_share"], sort=True):
+            c = c.sort_values("step")
+            seeds = int(c["n_seeds"].max())
+            color = palette(shares.index(share) % 10)
+            ax.plot(c["step"], c["mean"], "-o", ms=3, lw=1.8, color=color, label=f"{ratio} ({seeds} seed(s))")
+            low, high = ("seed_low", "seed_high") if seeds > 1 else ("ci_low", "ci_high")
+            ax.fill_between(c["step"], c[low], c[high], color=color, alpha=0.15)
+        ax.axhline(0, ls="--", lw=1.2, color="0.3", label="base model (no change)")
+        name = group.removeprefix("lang/")
+        ax.set_title(LANG_NAMES.get(name, name) if group.startswith("lang/") else f"set {group}")
+        ax.set_xlabel("training step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    for ax in axes[len(groups) :]:
+        ax.set_visible(False)
+    axes[0].set_ylabel("gold-letter log-likelihood change vs base (nats)")
+    band = f"band: lowest to highest seed (one seed: its {format_level(confidence)} paired bootstrap CI)"
+    fig.suptitle(f"Change from base during training, one line per en:ko ratio\n{band}", fontsize=11)
+    return fig

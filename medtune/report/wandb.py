@@ -34,8 +34,9 @@ def publish_wandb(rep: Any, sweep_dir: Path, out_dir: Path, init_timeout_s: floa
     tracker = Tracker(run_dir, "wandb", run)
     tracker.log_images({p.stem: p for p in sorted(out_dir.glob("*.png"))})
     frames = {"forgetting": rep.forgetting, "efficiency": rep.efficiency}
-    if not rep.contrast.empty:
-        frames["contrast"] = rep.contrast
+    for name, frame in (("contrast", rep.contrast), ("watch_curves", rep.watch), ("watch_guard", rep.guard)):
+        if not frame.empty:
+            frames[name] = frame
     for name, frame in frames.items():
         tracker.log_table(name, [str(c) for c in frame.columns], frame.astype(object).values.tolist())
     cols = [c for c in runs.columns if c in ("run", "ratio", "en_share", "seed", "status") or c.startswith("eval/lang")]

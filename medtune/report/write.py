@@ -19,6 +19,7 @@ from medtune.report import plots
 from medtune.report.contrast import contrast_table
 from medtune.report.levels import RECOMPUTED
 from medtune.report.sweep import LANGS, across_seeds, base_metrics, efficiency_table, forgetting_table, load_sweep
+from medtune.report.watch import guard_table, watch_curves, watch_section
 
 log = logging.getLogger("medtune.report")
 
@@ -34,6 +35,8 @@ class SweepReport:
     means: dict[str, dict[str, pd.DataFrame]] = field(default_factory=dict)  # metric -> lang -> across_seeds
     base: dict[str, dict[str, float | None]] = field(default_factory=dict)  # metric -> lang -> base value
     contrast: pd.DataFrame = field(default_factory=pd.DataFrame)  # each ratio vs the reference ratio
+    watch: pd.DataFrame = field(default_factory=pd.DataFrame)  # change from base per ratio, group and step
+    guard: pd.DataFrame = field(default_factory=pd.DataFrame)  # per run: guard, kept step, watch overhead
 
 
 METRICS = ("acc", "gold_ll_letter", "gold_ll_text")
@@ -51,6 +54,7 @@ def build(sweep_dir: Path, confidence: float = 0.95, reference: str | None = Non
     rep.means["delta_pp"] = {lang: across_seeds(table[table["lang"] == lang], "delta_pp", confidence) for lang in LANGS}
     if reference is not None:
         rep.contrast = contrast_table(runs, reference, confidence=confidence)
+    rep.watch, rep.guard = watch_curves(runs), guard_table(runs)
     return rep
 
 
@@ -80,6 +84,8 @@ def figures(rep: SweepReport) -> dict[str, Any]:
         figs["forgetting"] = plots.plot_forgetting(rep.forgetting, rep.means["delta_pp"], rep.confidence)
     if not rep.efficiency.empty:
         figs["efficiency"] = plots.plot_efficiency(rep.efficiency)
+    if not rep.watch.empty:
+        figs["watch_curves"] = plots.plot_watch_curves(rep.watch, rep.confidence)
     return figs
 
 
@@ -270,14 +276,15 @@ def markdown(rep: SweepReport, sweep_dir: Path, figs: dict[str, Any]) -> str:
     lines += _contrast_section(rep.contrast, rep.confidence)
     if "forgetting" in figs:
         lines += _forgetting_section(rep)
+    lines += watch_section(rep.watch, rep.guard, rep.confidence)
     if "efficiency" in figs:
         lines += _efficiency_section(rep)
     return "\n".join(lines)
 
 
 def write(sweep_dir: Path, out_dir: Path, confidence: float = 0.95, reference: str | None = None) -> SweepReport:
-    """Write report.md, the PNGs and runs.csv / forgetting.csv / efficiency.csv / by_share.csv (and contrast.csv with
-    a reference ratio) into out_dir."""
+    """Write report.md, the PNGs and runs.csv / forgetting.csv / efficiency.csv / by_share.csv (contrast.csv with a
+    reference ratio, watch_curves.csv and watch_guard.csv when the runs watched) into out_dir."""
     rep = build(sweep_dir, confidence, reference)  # first: a wrong path must not leave an empty report dir behind
     out_dir.mkdir(parents=True, exist_ok=True)
     figs = figures(rep)
@@ -289,6 +296,9 @@ def write(sweep_dir: Path, out_dir: Path, confidence: float = 0.95, reference: s
     rep.efficiency.to_csv(out_dir / "efficiency.csv", index=False)
     if reference is not None:
         rep.contrast.to_csv(out_dir / "contrast.csv", index=False)
+    if not rep.watch.empty or not rep.guard.empty:
+        rep.watch.to_csv(out_dir / "watch_curves.csv", index=False)
+        rep.guard.to_csv(out_dir / "watch_guard.csv", index=False)
     means = [m.assign(metric=metric, lang=lang) for metric, by in rep.means.items() for lang, m in by.items()]
     pd.concat([m for m in means if not m.empty] or [pd.DataFrame()]).to_csv(out_dir / "by_share.csv", index=False)
     log.info("report written to %s (%d runs, %d plots)", out_dir, len(rep.runs), len(figs))

@@ -18,7 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from medtune.config import ConfigError, TrainConfig
+from medtune.config import WORST_LANG, ConfigError, TrainConfig
 from medtune.training.launch import env_world, launched_by_torchrun
 
 log = logging.getLogger("medtune.training.preflight")
@@ -35,6 +35,8 @@ def check_run(cfg: TrainConfig, dict_cfg: Any = None) -> None:
                 check_source(spec, cfg.data, f"data_mix.sources ({spec})", training=True)
     if cfg.stage in ("eval", "train_eval") and cfg.eval.enabled:
         check_tasks(cfg)
+    if cfg.stage in ("train", "train_eval") and cfg.eval.watch and cfg.eval.watch_every > 0:
+        check_watch(cfg)
     check_resume(cfg.trainer.resume)
 
 
@@ -141,6 +143,27 @@ def check_tasks(cfg: TrainConfig) -> None:
         check_source(f"{spec.source}:{spec.split}", cfg.data, f"eval.tasks ({name})")
         if cfg.eval.num_fewshot > 0 and spec.fewshot:
             check_source(spec.fewshot, cfg.data, f"eval.tasks ({name} few-shot)")
+
+
+def check_watch(cfg: TrainConfig) -> None:
+    """`eval.watch` names tasks whose data is here; the guard's and keep's `lang:<language>` groups are watched."""
+    from medtune.eval.tasks import TASKS
+
+    unknown = [t for t in cfg.eval.watch if t not in TASKS]
+    if unknown:
+        raise ConfigError(f"eval.watch names unknown tasks {unknown}; known tasks: {sorted(TASKS)}.")
+    for name in cfg.eval.watch:
+        check_source(f"{TASKS[name].source}:{TASKS[name].split}", cfg.data, f"eval.watch ({name})")
+    langs = sorted({TASKS[t].language for t in cfg.eval.watch if TASKS[t].domain == "medical"})
+    tc = cfg.trainer
+    wanted = [("trainer.guard.protect", g) for g in tc.guard.protect]
+    wanted += [("trainer.keep_by", tc.keep_by)] if tc.keep == "best" else []
+    for key, group in wanted:
+        if (group.startswith("lang:") and group[5:] not in langs) or (group == WORST_LANG and not langs):
+            raise ConfigError(
+                f"{key}={group} needs a watched medical set in that language; the watch's languages: {langs} "
+                f"(eval.watch={list(cfg.eval.watch)})."
+            )
 
 
 def check_resume(resume: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from medtune.training.loss_module import compute_loss, eval_loss
 from medtune.training.schedule import lr_factor
 from medtune.training.speed import apply_speedups, offloaded_activations
 from medtune.training.watchdog import Watchdog
+from medtune.training.watcher import Watcher
 
 log = logging.getLogger("medtune.train")
 
@@ -45,6 +47,7 @@ class TrainRecipe:
         self.data_position = {"epoch": 0, "batch": 0}
         self.summary: dict[str, Any] = {}
         self.checkpoint_record: dict[str, Any] = {}  # the run's config and resume history, stored in each checkpoint
+        self.watcher: Watcher | None = None  # the watch during training (eval.watch), built in setup
 
     # ----------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -55,6 +58,8 @@ class TrainRecipe:
         self.data: DataPipeline = build_data(self.cfg, self.tokenizer, self.model, self.dist)
         self.summary.update(self.data.report)
         self.setup_optimizer()
+        # the watch sets are read and tokenized here, still paused (local work); None unless eval.watch is on
+        self.watcher = Watcher.build(self.cfg, self.tokenizer, self.watch.tick)
         self._maybe_resume()
 
     def setup_model(self) -> None:
@@ -94,16 +99,22 @@ class TrainRecipe:
         state = checkpoint.load_checkpoint(point, self.model, self.optimizer, self.scheduler)
         self.step = state["step"]
         self.data_position = state["data_position"]
+        if self.watcher is not None and "watch" in state:
+            self.watcher.load_state(state["watch"], self.step)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", point, self.step, *self.data_position.values())
 
     # ----------------------------------------------------------------------------------------------- train
     def train(self) -> dict[str, float]:
-        """Run optimizer steps until trainer.max_steps; returns the last logged metrics."""
+        """Run optimizer steps until trainer.max_steps (or the guard stops it); returns the last logged metrics."""
         tc = self.cfg.trainer
+        started = time.perf_counter()
         self.model.train()
         step_metrics.reset_peak_memory(self.device)
         micro_batches = self.data.train_stream(self.data_position)
         last: dict[str, float] = {}
+        if self.watcher is not None:
+            self.watch.enter("watch base", self.step)
+            self.watcher.begin(self.model)
         bar = _progress(tc.max_steps, self.step, enabled=tc.progress_bar and self.dist.is_main)
         self.watch.enter("train", self.step + 1)  # the step in progress
         while self.step < tc.max_steps:
@@ -120,10 +131,19 @@ class TrainRecipe:
                 self.tracker.log(last, step=self.step)
             if tc.eval_every and self.step % tc.eval_every == 0:  # inside the train phase: its peak stays whole
                 self.tracker.log(self.eval_loss(measure_memory=False), step=self.step)
+            if self.watcher is not None and self.watcher.due(self.step):
+                self.watch.enter("watch", self.step)
+                self.tracker.log(self.watcher.observe(self.model, self.step), step=self.step)
             if tc.save_every and self.step % tc.save_every == 0:
                 self.save_checkpoint()
+            if self.watcher is not None and self.watcher.stop:
+                break
             self.watch.enter("train", self.step + 1)  # the step in progress
         bar.close()
+        loop_s = time.perf_counter() - started  # this invocation's loop: base scores, steps, watch, checkpoints
+        last = {**last, "train/loop_s": loop_s}
+        if self.watcher is not None:  # keep=best: the kept step's weights are back in the model from here on
+            last |= self.watcher.finish(self.model, self.step, loop_s)
         return last
 
     def optimizer_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -200,6 +220,8 @@ class TrainRecipe:
         self.watch.enter("checkpoint", self.step)
         args = (self.run_dir / "checkpoints", self.step, self.model, self.optimizer, self.scheduler)
         state = {"data_position": self.data_position, **self.checkpoint_record}
+        if self.watcher is not None:
+            state["watch"] = self.watcher.state()
         rngs = distributed.all_gather_objects(checkpoint.rng_state())  # dropout draws differ by rank
         if self.cfg.sharding.strategy == "fsdp":
             checkpoint.save_sharded_checkpoint(*args, state, self.cfg.trainer.keep_checkpoints, rngs)

@@ -45,7 +45,10 @@ FREE = (
     "model.cache_dir",
     "data.cache_dir",
     "logger",
-    "eval",  # scores the trained adapter; does not change it
+    "eval",  # scores the trained adapter; does not change it (the watch included)
+    "trainer.guard",  # may end the run earlier, never changes a step's weights
+    "trainer.keep",  # which watched step's adapter is saved
+    "trainer.keep_by",
     "stage",
     "run_name",
 )

@@ -107,6 +107,17 @@ def saved_wandb_id(run_dir: Path) -> str | None:
     return (path.read_text().strip() or None) if path.is_file() else None
 
 
+def define_step_axes(run: Any) -> None:
+    """Draw watch/, guard/ and keep/ against `watch/step` (the training step they were scored at), so that one W&B
+    panel over a sweep's runs shows every run's curve on the same axis; a failure costs the axis, not the run."""
+    try:
+        run.define_metric("watch/step")
+        for prefix in ("watch", "guard", "keep"):
+            run.define_metric(f"{prefix}/*", step_metric="watch/step")
+    except Exception as err:  # an old wandb, a broken run: the series are still logged against W&B's own step
+        log.warning("W&B define_metric failed (%s: %s); watch/* is drawn against W&B's step", type(err).__name__, err)
+
+
 def start_wandb(logger_cfg: LoggerConfig, config: dict, run_dir: Path, resume: bool = False) -> Any:
     """A W&B run (the run dir's earlier one when `resume`), falling back online -> offline -> None; never raises."""
     try:
@@ -131,6 +142,7 @@ def start_wandb(logger_cfg: LoggerConfig, config: dict, run_dir: Path, resume: b
             )
             continue
         log.info("W&B run %s (%s, id %s) in %s", run.name, mode, run.id, run.dir)
+        define_step_axes(run)
         (run_dir / WANDB_ID_FILE).write_text(f"{run.id}\n")
         return run
     log.warning("W&B is unavailable; logging to %s (metrics.jsonl, summary.json) only.", run_dir)

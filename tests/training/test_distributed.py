@@ -118,6 +118,28 @@ def test_heldout_loss_with_fewer_or_odd_batches_than_ranks(heldout_batches: int,
     assert _metric(tmp_path / "two", "eval/loss_tokens") == _metric(tmp_path / "one", "eval/loss_tokens")
 
 
+def test_watch_on_two_ranks_equals_one_process(cache: Path, tmp_path: Path) -> None:
+    """The watch under 2-rank FSDP (7 questions per set, 2 per forward: the ranks' shares differ, so the lockstep
+    joins run) logs one process's values at every watched step; keep=best restores the same step's sharded weights
+    and the guard reads the same test. The base is scored afresh in both runs."""
+    watch = ["eval.watch=[sample_ko,sample_en]", "eval.watch_limit=7", "eval.watch_every=1", "eval.watch_batch_size=2"]
+    watch += ["eval.watch_accuracy=true", "eval.cache_base=false", "trainer.max_steps=3", "trainer.keep=best"]
+    watch += ["trainer.guard.protect=[lang:ko]", "trainer.guard.action=mark", "trainer.micro_batch_size=2"]
+    _run(tmp_path / "one", cache, 1, *watch, "trainer.grad_accum_steps=2")
+    _run(tmp_path / "two", cache, 2, *watch, "sharding=fsdp")
+    keys = ["watch/lang/ko/delta_gold_ll", "watch/lang/ko/delta_gold_ll_ci_high", "watch/sample_en/base_gold_ll"]
+    for key in [*keys, "watch/sample_en/gold_ll", "watch/sample_ko/acc", "guard/lang/ko/ci_high", "keep/criterion"]:
+        one, two = _metric(tmp_path / "one", key), _metric(tmp_path / "two", key)
+        assert sorted(one) == sorted(two) == [1, 2, 3], key
+        for step in one:
+            assert two[step] == pytest.approx(one[step], rel=1e-4, abs=1e-5), (key, step)
+    one, two = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+    assert two["keep/step"] == one["keep/step"] and two["guard/fired"] == one["guard/fired"]
+    ours, theirs = (load_file(tmp_path / d / "adapter" / "adapter_model.safetensors") for d in ("two", "one"))
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-6)
+
+
 def _predictions(eval_dir: Path, label: str) -> dict[tuple[str, str], dict]:
     lines = (eval_dir / label / "predictions.jsonl").read_text(encoding="utf-8").splitlines()
     return {(r["task"], r["id"]): r for r in map(json.loads, lines)}

@@ -18,6 +18,7 @@ from medtune.training.preflight import (
     check_run,
     check_source,
     check_tasks,
+    check_watch,
 )
 
 
@@ -140,3 +141,25 @@ def test_a_good_config_passes(single_process: None) -> None:
     cfg = compose([])
     assert isinstance(cfg, TrainConfig)
     check_run(cfg, _dict_cfg([]))
+
+
+def test_watch_sets_and_the_groups_that_act_on_them_are_checked_before_training(tmp_path: Path, data_dir: Path) -> None:
+    """eval.watch names known tasks whose data is here; a guarded or kept lang:<language> needs a watched medical
+    set in it (a general probe is not pooled into a language)."""
+    with pytest.raises(ConfigError, match=r"eval\.watch names unknown tasks \['kormed_lav'\]"):
+        check_watch(compose(["eval.watch=[kormed_lav]"]))
+    with pytest.raises(ConfigError, match=r"eval\.watch \(kormed_law\): no raw files"):
+        check_run(compose(["eval.watch=[kormed_law]", f"data.data_dir={tmp_path}"]))
+    guard_en = ["eval.watch=[sample_ko,mmlu_general]", "trainer.guard.protect=[lang:en]", f"data.data_dir={data_dir}"]
+    with pytest.raises(ConfigError, match=r"trainer\.guard\.protect=lang:en needs a watched medical set.*\['ko'\]"):
+        check_watch(compose(guard_en))
+    with pytest.raises(ConfigError, match=r"trainer\.keep_by=worst_lang needs a watched medical set"):
+        check_watch(compose(["eval.watch=[mmlu_general]", "trainer.keep=best", f"data.data_dir={data_dir}"]))
+    check_watch(compose(["trainer.guard.protect=[lang:ko,lang:en]", "trainer.keep=best"]))  # the demo's sets
+
+
+@pytest.mark.parametrize("ratio", ["1:1", "1:0"])
+def test_the_gpu_watch_experiment_passes_the_preflight(single_process: None, data_dir: Path, ratio: str) -> None:
+    """mix_watch (issue 22 on the GPU) with the real data: every source, eval task and watch set is there."""
+    overrides = ["+experiment=mix_watch", f"data_mix.ratio='{ratio}'", "seed=0", f"data.data_dir={data_dir}"]
+    check_run(compose(overrides), _dict_cfg(overrides))

@@ -286,3 +286,17 @@ def test_a_resumed_run_continues_its_wandb_run(tmp_path: Path) -> None:
         assert (run_dir / "wandb_run_id.txt").read_text().strip() == tracker.wandb_run.id
         tracker.finish()
     assert ids[0] == ids[1] != ids[2]
+
+
+def test_wandb_draws_the_watch_against_the_training_step(tmp_path: Path) -> None:
+    """watch/, guard/ and keep/ are defined on watch/step, so a panel over a sweep's runs shares one step axis."""
+    tracker = build_tracker(LoggerConfig(backend="wandb"), CONFIG, tmp_path)
+    for step in (10, 20):
+        tracker.log({"train/loss": 1.0}, step=step)
+        tracker.log({"watch/step": step, "watch/lang/ko/delta_gold_ll": -0.01 * step}, step=step)
+    tracker.finish()
+    records = _wandb_records(tmp_path)
+    metrics = {r.metric.glob_name or r.metric.name: r.metric.step_metric for r in records if r.HasField("metric")}
+    assert {metrics[f"{p}/*"] for p in ("watch", "guard", "keep")} == {"watch/step"}
+    rows = [row for row in _history(tmp_path) if "watch/lang/ko/delta_gold_ll" in row]
+    assert [(row["watch/step"], row["watch/lang/ko/delta_gold_ll"]) for row in rows] == [(10, -0.1), (20, -0.2)]

@@ -1,0 +1,118 @@
+"""Watch sets score the gold letter like a full forward and like the eval stage; the base scores are cached."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_model
+from fixtures.eval.lm import byte_tokenizer, fixture_loader, register_fixture_tasks
+
+from medtune.config import EvalConfig
+from medtune.eval import watch
+from medtune.eval.ranks import Ranks
+from medtune.eval.scoring import score
+from medtune.eval.tasks import build_task_data, write_task_files
+from medtune.eval.watch_stats import group_change, watch_groups, watch_metrics
+
+
+def _lora(arch: str = "tiny_llama") -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_model(arch, attn_implementation="sdpa"), LoraConfig(r=4, target_modules=["q_proj"]))
+    torch.manual_seed(1)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0.0, 0.3)
+    return model.eval()
+
+
+def _sets(monkeypatch: pytest.MonkeyPatch, limit: int = 9, limits: dict | None = None) -> list[watch.WatchSet]:
+    register_fixture_tasks(monkeypatch)
+    tok = byte_tokenizer()
+    return watch.build_watch_sets(["fx_ko", "fx_en"], limit, limits or {}, None, tok, seed=0, loader=fixture_loader)
+
+
+@pytest.mark.parametrize(("arch", "batch_size"), [("tiny_llama", 4), ("tiny_gemma3", 3)])
+def test_gold_letter_scores_equal_a_full_forward_and_the_eval_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arch: str, batch_size: int
+) -> None:
+    """Every option letter's log-probability equals a full-vocabulary forward over the prompt alone, and the gold
+    letter's equals the eval stage's gold_ll_letter (lm-eval's requests) on the same questions."""
+    sets = _sets(monkeypatch)
+    model = _lora(arch)
+    got = watch.score_watch(model, sets, batch_size)
+    for s in sets:
+        for prompt, options, lls in zip(s.prompts, s.options, got[s.name], strict=True):
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([prompt])).logits[0, -1].float()
+            expected = torch.log_softmax(logits, -1)[options].tolist()
+            assert lls == pytest.approx(expected, abs=1e-4)
+    tasks = build_task_data(["fx_ko", "fx_en"], None, limit=9, seed=0, loader=fixture_loader)
+    assert [d["id"] for t in tasks for d in t.docs] == [i for s in sets for i in s.ids]  # eval.limit's subset
+    names = write_task_files(tasks, tmp_path / "tasks", "letter", 0)
+    rows = score(model, byte_tokenizer(), tasks, tmp_path / "tasks", names, "letter", 4, tmp_path / "out")
+    eval_gold = {(r["task"], r["id"]): r["gold_ll_letter"] for r in rows}
+    for s in sets:
+        for qid, gold, lls in zip(s.ids, s.golds, got[s.name], strict=True):
+            assert lls[gold] == pytest.approx(eval_gold[(s.name, qid)], abs=1e-4), qid
+
+
+def test_subset_sizes_follow_the_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    sets = _sets(monkeypatch, limit=5, limits={"fx_en": 3})
+    assert [len(s.ids) for s in sets] == [5, 3]
+    again = _sets(monkeypatch, limit=5)
+    assert again[0].ids == sets[0].ids and again[0].fingerprint() == sets[0].fingerprint()  # seeded
+
+
+def test_base_scores_are_cached_and_keyed_by_the_questions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Scored with the adapter off once; the second run reads the entry; a different subset is another entry."""
+    caplog.set_level(logging.INFO)
+    sets = _sets(monkeypatch, limit=4)
+    model = _lora()
+    cfg = EvalConfig(cache_dir=str(tmp_path / "cache"), watch_batch_size=2)
+    first = watch.base_watch_scores(model, byte_tokenizer(), sets, cfg, Ranks())
+    with model.disable_adapter():
+        assert first == watch.score_watch(model, sets, 2)  # the base, not the adapter
+    assert first != watch.score_watch(model, sets, 2)
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("scored again instead of reading the cache")
+
+    monkeypatch.setattr(watch, "score_watch", fail)
+    assert watch.base_watch_scores(model, byte_tokenizer(), sets, cfg, Ranks()) == first
+    assert "reused" in caplog.text
+    with pytest.raises(AssertionError, match="scored again"):
+        watch.base_watch_scores(model, byte_tokenizer(), _sets(monkeypatch, limit=5), cfg, Ranks())
+    assert len(list((tmp_path / "cache").glob("watch-*.json"))) == 1
+
+
+def _constructed(values: dict[str, list[float]], gold: int = 0) -> dict[str, list[list[float]]]:
+    """Scores whose gold option (index `gold`) has the given log-probabilities; the other option gets -1.8."""
+    return {name: [[v, -1.8] if gold == 0 else [-1.8, v] for v in vs] for name, vs in values.items()}
+
+
+def test_changes_from_base_pool_languages_and_leave_general_probes_alone() -> None:
+    sets = [
+        watch.WatchSet("a_ko", "ko", "medical", ["1", "2"], [(1,), (2,)], [[5, 6], [5, 6]], [0, 0]),
+        watch.WatchSet("b_ko", "ko", "medical", ["3"], [(3,)], [[5, 6]], [0]),
+        watch.WatchSet("g_en", "en", "general", ["4", "5"], [(4,), (5,)], [[5, 6], [5, 6]], [0, 0]),
+    ]
+    base = _constructed({"a_ko": [-2.0, -2.0], "b_ko": [-2.0], "g_en": [-2.0, -2.0]})
+    run = _constructed({"a_ko": [-1.5, -2.5], "b_ko": [-0.5], "g_en": [-3.0, -0.5]})
+    assert watch_groups(sets) == {"a_ko": ["a_ko"], "b_ko": ["b_ko"], "g_en": ["g_en"], "lang/ko": ["a_ko", "b_ko"]}
+    out = watch_metrics(sets, base, run, accuracy=True)
+    assert out["watch/lang/ko/delta_gold_ll"] == pytest.approx(np.mean([0.5, -0.5, 1.5]))
+    assert out["watch/lang/ko/n"] == 3 and "watch/lang/en/delta_gold_ll" not in out  # the probe is not pooled
+    assert out["watch/g_en/delta_gold_ll"] == pytest.approx(0.25)
+    assert out["watch/worst_lang/delta_gold_ll"] == out["watch/lang/ko/delta_gold_ll"]
+    assert out["watch/a_ko/acc"] == 0.5 and out["watch/a_ko/delta_acc_pp"] == pytest.approx(50.0)  # -1.5 > -1.8
+    test = group_change(sets, base, run, "lang:ko", "gold_ll", level=0.9)
+    assert test["ci_low"] <= test["delta"] <= test["ci_high"] and test["base"] == -2.0
+    same = group_change(sets, base, base, "a_ko", "gold_ll", level=0.95)
+    assert (same["delta"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0)
