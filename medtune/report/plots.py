@@ -6,7 +6,7 @@
 Every figure reads without the report's text: titled panels, axis labels with units, the base model as a labelled
 dashed line, single runs with their own intervals, and the mean across seeds with its interval across seeds. There
 is one panel per language evaluated, each in its own colour (Korean red and English blue as in the paper's
-figures; any other language a hue of its own, spread around the colour wheel).
+figures; any other language a colour of its own from PALETTE).
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from medtune.report.sweep import TRAIN_ALLOC, TRAIN_RESERVED
 
 MEAN_COLOR = {"ko": "#c0392b", "en": "#1f5fa8"}  # the paper's two languages keep their colours
 RUN_COLOR = {"ko": "#e6a39b", "en": "#9dbbe0"}
-GOLDEN = 0.618033988749895  # hue step: consecutive languages land far apart on the colour wheel
+# every other language, in order of appearance: hues well apart from each other and from Korean red and English blue
+PALETTE = ("#2a9d3f", "#e07b10", "#7b3fa0", "#138d90", "#8c564b", "#c2417f", "#9a9a1a", "#4d4d4d", "#111111")
+GOLDEN = 0.618033988749895  # beyond the palette: hue steps that land consecutive languages far apart
 
 
 def lang_label(lang: str) -> str:
@@ -34,19 +36,20 @@ def lang_label(lang: str) -> str:
 
 
 def lang_colors(lang: str, langs: Sequence[str]) -> tuple[str, str]:
-    """(mean colour, lighter run colour) of `lang`; languages other than ko/en get hues spread from green on."""
+    """(mean colour, lighter run colour) of `lang`: ko and en keep the paper's, the others take the palette."""
     if lang in MEAN_COLOR:
         return MEAN_COLOR[lang], RUN_COLOR[lang]
     others = [x for x in langs if x not in MEAN_COLOR]
-    hue = (0.33 + GOLDEN * (others.index(lang) if lang in others else len(others))) % 1.0
-    if min(min(abs(hue - h), 1.0 - abs(hue - h)) for h in (0.0, 0.6)) < 0.06:  # near Korean red or English blue
-        hue = (hue + 0.12) % 1.0
+    index = others.index(lang) if lang in others else len(others)
+    if index < len(PALETTE):
+        mean = tuple(int(PALETTE[index][i : i + 2], 16) / 255 for i in (1, 3, 5))
+    else:
+        mean = colorsys.hsv_to_rgb((0.33 + GOLDEN * index) % 1.0, 0.8, 0.45 + 0.3 * (index % 2))
 
-    def hexed(rgb: tuple[float, float, float]) -> str:
+    def hexed(rgb: Sequence[float]) -> str:
         return "#" + "".join(f"{round(255 * c):02x}" for c in rgb)
 
-    mean = colorsys.hsv_to_rgb(hue, 0.8, 0.65)
-    return hexed(mean), hexed(tuple(0.45 * c + 0.55 for c in mean))
+    return hexed(mean), hexed([0.45 * c + 0.55 for c in mean])
 
 
 def x_label(mix_langs: Sequence[str]) -> str:

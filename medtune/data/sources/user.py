@@ -181,7 +181,7 @@ class Declared:
         """Rows by their split column (its values, or the splits they are mapped to)."""
         column = str(self.cfg.split_column)
         to_split = {str(theirs): ours for ours, theirs in self.cfg.splits.items()}
-        out: dict[str, list[Entry]] = {}
+        out: dict[str, list[Entry]] = {ours: [] for ours in self.cfg.splits}  # a mapped split must get rows
         for location, row, auto_id in pool:
             value = row.get(column)
             if value is None or str(value).strip() == "":
