@@ -110,6 +110,18 @@ def cached_leakage(names: list[str], data_cfg: DataConfig) -> tuple[list[dict[st
     return rows, False
 
 
+def guarded_specs(data_cfg: DataConfig) -> list[str]:
+    """The eval splits the leakage guard holds against (a declared dataset without its eval split has none)."""
+    known = all_sources(data_cfg)
+    out = []
+    for spec in eval_split_specs(data_cfg):
+        name, _, split = spec.partition(":")
+        source = known.get(name)
+        if source is None or source.declared is None or split in prepare_source(source, data_cfg)["counts"]:
+            out.append(spec)
+    return out
+
+
 def print_table(headers: list[str], rows: list[list[Any]]) -> None:
     """A plain fixed-width table on stdout."""
     widths = [max(len(str(x)) for x in [h, *(r[i] for r in rows)]) for i, h in enumerate(headers)]
@@ -144,7 +156,7 @@ def prepare_command(args: argparse.Namespace) -> int:
     if not args.no_leakage:
         leak, cached = cached_leakage(names, data_cfg)
         print(
-            f"\nleakage guard (training candidates vs eval splits {eval_split_specs(data_cfg)}; near = 5-gram Jaccard "
+            f"\nleakage guard (training candidates vs eval splits {guarded_specs(data_cfg)}; near = 5-gram Jaccard "
             f">= {data_cfg.near_dup_threshold}){' [cached]' if cached else ''}"
         )
         print_table(

@@ -33,11 +33,14 @@ def test_prepare_prints_the_example_by_language_and_role(tmp_path: Path, capsys:
     argv = ["prepare", "--data-dir", str(tmp_path), "--cache-dir", str(tmp_path), "--sources", "ja_exam",
             "ja_instructions", "sample_en"]  # fmt: skip
     assert data_main([*argv, "+experiment=own_data_ja"]) == 0
-    table = [line.split() for line in capsys.readouterr().out.splitlines()]
+    out = capsys.readouterr().out
+    table = [line.split() for line in out.splitlines()]
     rows = {tuple(cells[:4]): cells[4] for cells in table if len(cells) == 7}  # source split lang role records ...
     assert rows[("ja_exam", "train", "ja", "train")] == "48" and rows[("ja_exam", "test", "ja", "eval")] == "12"
     assert rows[("ja_instructions", "train", "ja", "train")] == "40"
     assert rows[("sample_en", "test", "en", "eval")] == "40"
+    guarded = out.split("leakage guard (training candidates vs eval splits ", 1)[1].split(";", 1)[0]
+    assert "'ja_exam:test'" in guarded and "ja_instructions" not in guarded  # a training-only set guards nothing
 
 
 @pytest.fixture(scope="module")

@@ -164,12 +164,13 @@ def test_preflight_stops_a_run_on_a_bad_file_before_any_model(tmp_path: Path) ->
 
 
 @pytest.mark.timeout(120)
-def test_the_command_exits_2_on_a_bad_file_without_importing_torch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("entry", ["medtune.train", "medtune.evaluate"])
+def test_the_command_exits_2_on_a_bad_file_without_importing_torch(tmp_path: Path, entry: str) -> None:
     declare(tmp_path, lines([*GOOD[:2], {**GOOD[2], "correct": "F"}]))
     columns = "{id:qid,question:stem,options:choices,answer:correct}"
     dataset = f"{{format:mcq,language:ja,path:'{tmp_path / 'raw' / 'exam.jsonl'}',columns:{columns}}}"
     # declared, not even used by the mix: every declared dataset is prepared (checked) before anything loads
-    cmd = [sys.executable, "-X", "importtime", "-m", "medtune.train", f"+data.datasets.mine={dataset}",
+    cmd = [sys.executable, "-X", "importtime", "-m", entry, f"+data.datasets.mine={dataset}",
            f"hydra.run.dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=100)
     out = proc.stdout + proc.stderr
