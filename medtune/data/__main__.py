@@ -27,7 +27,9 @@ from medtune.config import GROUPS, ConfigError, DataConfig, compose
 from medtune.config.checks import cache_root
 from medtune.data.loading import eval_split_specs, is_eval_split, load_records
 from medtune.data.prepare import prepare_source, resolve_dir, version_key
+from medtune.data.schema import BadRowError
 from medtune.data.sources.registry import SOURCES, all_sources
+from medtune.data.sources.tables import DatasetError
 from medtune.files.atomic import atomic_write_text, file_lock
 
 
@@ -188,12 +190,20 @@ def main(argv: list[str] | None = None) -> int:
         help="data config values, e.g. on_bad_row=skip, or run config overrides such as "
         "+experiment=own_data_ja (its data section and declared datasets)",
     )
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    stray = [item for item in extra if item.startswith("-") or "=" not in item]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    args.overrides += extra  # key=value after an option (`--cache-dir DIR key=value`): argparse leaves it over
     if args.sources:  # `--sources a b key=value`: nargs="+" also takes the overrides that follow it
         args.overrides += [s for s in args.sources if "=" in s]
         args.sources = [s for s in args.sources if "=" not in s] or None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return prepare_command(args)
+    try:
+        return prepare_command(args)
+    except (ConfigError, DatasetError, BadRowError) as err:  # the message names the key or file:line and the fix
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from conftest import REPO
 
 from medtune.config import ConfigError, DataConfig, compose
 from medtune.data import BadRowError, load_records, prepare
+from medtune.data.__main__ import main as data_main
 from medtune.data.loading import skipped_rows
 from medtune.data.sources.registry import resolve
 from medtune.data.sources.tables import DatasetError
@@ -178,3 +179,17 @@ def test_the_command_exits_2_on_a_bad_file_without_importing_torch(tmp_path: Pat
     assert "data.datasets.mine:" in out and "exam.jsonl:3: field 'correct': 'F' is not a letter in A-D" in out
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "import time:" in line}
     assert "torch" not in imported and "Traceback" not in out
+
+
+def test_the_prepare_command_exits_2_with_the_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """No traceback: the line the user needs, on stderr; the overrides may follow the options."""
+    shipped = (REPO / "medtune" / "data" / "examples" / "ja" / "exam_questions.jsonl").read_text().splitlines()
+    (tmp_path / "exam.jsonl").write_text(
+        "\n".join([*shipped[:2], shipped[2].replace('"correct": "D"', '"correct": "E"')])
+    )
+    argv = ["prepare", "+experiment=own_data_ja", "--sources", "ja_exam", "--cache-dir", str(tmp_path / "cache")]
+    assert data_main([*argv, f"data.datasets.ja_exam.path={tmp_path / 'exam.jsonl'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "exam.jsonl:3: field 'correct': 'E' is not a letter in A-D" in err
+    assert data_main([*argv, "data.datasets.ja_exam.language=japanese"]) == 2
+    assert "data.datasets.ja_exam.language: 'japanese' is not a language code" in capsys.readouterr().err
