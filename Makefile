@@ -5,7 +5,7 @@ export MEDTUNE_DATA_DIR ?= $(abspath ../shared/data)
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-gpu lint format demo train sweep bench report clean
+.PHONY: help install test test-slow test-gpu lint format demo train sweep bench report export clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ bench:  ## efficiency benchmark (GPU): writes experiments/results/efficiency/
 
 report:  ## report over a sweep directory: make report DIR=runs/multirun/...
 	$(PYTHON) -m medtune.report $(DIR) $(ARGS)
+
+export:  ## merge a run's adapter and export it, checked: make export DIR=runs/... ARGS="--format gguf --quant q8_0"
+	$(PYTHON) -m medtune.export $(DIR) $(ARGS)
 
 clean:  ## remove caches and local run outputs (not the model/data cache in ~/.cache/medtune)
 	rm -rf .pytest_cache .ruff_cache .hypothesis build *.egg-info outputs multirun

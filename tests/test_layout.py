@@ -4,10 +4,11 @@
     data            config, files
     models          config, files, data
     eval            config, files, data, models
-    training        config, files, data, models, eval (the eval stage runs inside a training run)
+    training        config, files, data, models, eval (the eval stage runs inside a training run), memory
     report          config, files, eval, training (tracking, to publish to W&B)
     memory          config, files, models.arch_spec (no torch: memory is planned before anything loads)
     bench           anything below it
+    export          config, files, data, models, eval (a top layer: merges, writes, checks; nothing imports it)
     commands        medtune/train.py, medtune/evaluate.py, */__main__.py: anything; nobody imports them
 
 Also: no import circle between modules, no private name imported from another module, and modules and functions
@@ -29,10 +30,11 @@ ALLOWED = {
     "data": {"config", "files"},
     "models": {"config", "files", "data"},
     "eval": {"config", "files", "data", "models"},
-    "training": {"config", "files", "data", "models", "eval"},
+    "training": {"config", "files", "data", "models", "eval", "memory"},
     "report": {"config", "files", "eval", "training"},
     "memory": {"config", "files", "models"},
     "bench": {"config", "files", "data", "models", "eval", "training", "memory"},
+    "export": {"config", "files", "data", "models", "eval"},
 }
 MEMORY_MODELS = {"medtune.models.arch_spec"}  # the only piece of models the torch-free estimator may read
 TORCH_FREE = ("config", "files", "memory")

@@ -19,8 +19,10 @@ def add_ratios(rows: list[dict[str, Any]], baseline: str) -> None:
         alloc, pred = row.get("peak_alloc_gib"), row.get("predicted_gib")
         row["error_pct"] = 100.0 * (pred - alloc) / alloc if alloc and pred is not None else None
         ok_base = base is not None
-        row["memory_ratio"] = alloc / base["peak_alloc_gib"] if ok_base and alloc and base["peak_alloc_gib"] else None
-        row["speed_ratio"] = row["useful_tokens_per_s"] / base["useful_tokens_per_s"] if ok_base else None
+        base_alloc = base.get("peak_alloc_gib") if ok_base else None
+        row["memory_ratio"] = alloc / base_alloc if alloc and base_alloc else None
+        speed = row.get("useful_tokens_per_s")
+        row["speed_ratio"] = speed / base["useful_tokens_per_s"] if ok_base and speed else None
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -28,28 +30,29 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def format_table(rows: list[dict[str, Any]], baseline: str) -> str:
-    """The markdown results table (ratios are against `baseline` measured in the same run)."""
+    """The markdown results table (ratios are against `baseline` measured in the same run; peers included)."""
     head = (
         "| configuration | peak alloc GiB | peak reserved GiB | predicted GiB | error % | useful tokens/s "
-        f"| padded tokens/s | MFU | memory vs {baseline} | speed vs {baseline} |"
+        f"| MFU | first step s | to last step s | memory vs {baseline} | speed vs {baseline} |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         if r.get("status") != "ok":
-            lines.append(f"| {r['name']} | failed: {r.get('error', '')[:80]} |" + " |" * 8)
+            lines.append(f"| {r['name']} | failed: {r.get('error', '')[:80]} |" + " |" * 9)
             continue
-        mfu = None if r["mfu"] is None else 100 * r["mfu"]
+        mfu = None if r.get("mfu") is None else 100 * r["mfu"]
         cells = [
             r["name"],
-            _fmt(r["peak_alloc_gib"], ".2f"),
-            _fmt(r["peak_reserved_gib"], ".2f"),
-            _fmt(r["predicted_gib"], ".2f"),
-            _fmt(r["error_pct"], "+.1f"),
-            _fmt(r["useful_tokens_per_s"], ",.0f"),
-            _fmt(r["padded_tokens_per_s"], ",.0f"),
+            _fmt(r.get("peak_alloc_gib"), ".2f"),
+            _fmt(r.get("peak_reserved_gib"), ".2f"),
+            _fmt(r.get("predicted_gib"), ".2f"),
+            _fmt(r.get("error_pct"), "+.1f"),
+            _fmt(r.get("useful_tokens_per_s"), ",.0f"),
             _fmt(mfu, ".1f") + ("%" if mfu is not None else ""),
-            _fmt(r["memory_ratio"], ".2f") + ("x" if r["memory_ratio"] is not None else ""),
-            _fmt(r["speed_ratio"], ".2f") + ("x" if r["speed_ratio"] is not None else ""),
+            _fmt(r.get("first_step_s"), ".1f"),
+            _fmt(r.get("wall_to_last_step_s"), ".1f"),
+            _fmt(r.get("memory_ratio"), ".2f") + ("x" if r.get("memory_ratio") is not None else ""),
+            _fmt(r.get("speed_ratio"), ".2f") + ("x" if r.get("speed_ratio") is not None else ""),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

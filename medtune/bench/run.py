@@ -32,11 +32,14 @@ import torch
 import yaml
 
 from medtune.bench.lengths import LENGTHS_JSON, REPO, sample_lengths, write_length_histogram
+from medtune.bench.peers import PEERS
+from medtune.bench.peers.launch import peer_inputs, run_peers
 from medtune.bench.results import add_ratios, environment, format_table, write_results
 from medtune.config import compose
 from medtune.data.packing import build_batches
 from medtune.files.space import GIB
 from medtune.memory.estimate import estimate
+from medtune.models.build import arch_config, load_tokenizer
 from medtune.models.document_masks import enable_document_masking
 from medtune.training import distributed
 from medtune.training import step_metrics as metrics
@@ -116,18 +119,25 @@ def measure(cfg: Any, hist: dict, args: argparse.Namespace, out_dir: Path, profi
 
     dist = distributed.init(cfg.sharding, cfg.trainer.device)
     recipe = TrainRecipe(cfg, out_dir, NullTracker(), dist)
+    loaded_at = time.perf_counter()  # the model's build: the peers' clocks start at their model load too
     try:
         metrics.reset_peak_memory(dist.device)
         recipe.setup_model()
         load_alloc, load_reserved = _peak_gib(dist.device)
         step = _prepare_steps(recipe, cfg, hist, args)
         labels = _timed_label_tokens_per_row(recipe, cfg, args)
+        ends = []
         for _ in range(args.warmup):
             step()
+            ends.append(time.perf_counter())  # optimizer_step synchronises the device before it returns
         metrics.reset_peak_memory(dist.device)
-        timed = [step() for _ in range(args.steps)]
+        timed = []
+        for _ in range(args.steps):
+            timed.append(step())
+            ends.append(time.perf_counter())
         alloc, reserved = _peak_gib(dist.device)
         result = {**_aggregate(timed), "peak_alloc_gib": alloc, "peak_reserved_gib": reserved}
+        result.update({"first_step_s": ends[0] - loaded_at, "wall_to_last_step_s": ends[-1] - loaded_at})
         result.update({"load_peak_alloc_gib": load_alloc, "load_peak_reserved_gib": load_reserved})
         if profile:
             result["profile"] = _profile(step, dist.device)
@@ -234,6 +244,8 @@ def run_bench(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
         row["wall_s"] = time.perf_counter() - started
         rows.append(row)
         log.info("%s: %s", name, {k: v for k, v in row.items() if k not in ("predicted_parts_gib", "overrides")})
+    if args.peers:
+        rows += _peer_rows(plan, args, extra, hist, out, world)
     add_ratios(rows, baseline)
     if args.profile:
         best = max((r for r in rows if r["status"] == "ok"), key=lambda r: r["useful_tokens_per_s"], default=None)
@@ -251,6 +263,23 @@ def run_bench(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     return results
 
 
+def _peer_rows(plan: dict, args: argparse.Namespace, extra: list[str], hist: dict, out: Path, world: int) -> list:
+    """Each peer on medtune's samples of `--peer-config` (one GPU: peers run as single processes)."""
+    if world > 1:
+        log.warning("--peers runs on one GPU; skipped under torchrun")
+        return []
+    name = args.peer_config or plan.get("baseline", next(iter(plan["configurations"])))
+    cfg, _ = _compose_config(plan, name, extra, args, world)
+    tc, max_len = cfg.trainer, cfg.packing.max_seq_len
+    config = arch_config(cfg.model.arch, cfg.model.num_layers)
+    rows = (args.warmup + args.steps + 2) * tc.grad_accum_steps * tc.micro_batch_size
+    examples = synthetic_examples(hist, _samples_needed(hist, rows, max_len), config.vocab_size, max_len, 0)
+    inputs = peer_inputs(cfg, examples, load_tokenizer(cfg.model, config), out / "peers")
+    envs = dict(item.split("=", 1) for item in args.peer_env)
+    results = run_peers([p.strip() for p in args.peers.split(",") if p.strip()], inputs, cfg, args, envs)
+    return [r | {"mirrors": name} for r in results]
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: options first, then Hydra overrides applied to every configuration."""
     parser = argparse.ArgumentParser(prog="python -m medtune.bench", description=__doc__.split("\n")[0])
@@ -260,8 +289,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, kernels, compile)")
     parser.add_argument("--out", default=str(REPO / "experiments" / "results" / "efficiency"))
     parser.add_argument("--profile", action="store_true", help="profile the fastest configuration")
+    parser.add_argument("--peers", default="", help=f"also run peers on the same samples: {','.join(PEERS)}")
+    parser.add_argument("--peer-config", default=None, help="the configuration the peers mirror (default: baseline)")
+    parser.add_argument("--peer-env", action="append", default=[], metavar="PEER=SITE_DIR",
+                        help="run a peer with its own site-packages (e.g. unsloth=/opt/unsloth-site)")  # fmt: skip
+    parser.add_argument("--peer-timeout-s", type=float, default=1800, help="a peer's whole run, compile included")
     args, extra = parser.parse_known_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
+    unknown = [p for p in args.peers.split(",") if p.strip() and p.strip() not in PEERS]
+    if unknown:
+        parser.error(f"--peers: unknown {unknown}; known: {', '.join(PEERS)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     run_bench(args, extra)

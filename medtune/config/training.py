@@ -10,6 +10,7 @@ No torch here: `python -m medtune.train` validates the config before torch is im
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -73,9 +74,13 @@ class LoraConfig:
     dropout: float = 0.05
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     use_dora: bool = False
+    # float32: adapters train in fp32 (cast to bf16 in each forward under autocast); bfloat16: stored in bf16 (no
+    # casts, half the adapter and optimizer-state memory; AdamW updates in bf16 lose the smallest steps)
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         check_positive("lora.r", self.r)
+        check_choice("lora.dtype", self.dtype, ("float32", "bfloat16"))
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"lora.dropout={self.dropout} must be in [0, 1).")
 
@@ -178,7 +183,9 @@ class TrainerConfig:
     """The loop: steps, batch, accumulation, precision, checkpointing and logging cadence."""
 
     max_steps: int = 100
-    micro_batch_size: int = 1
+    # rows per micro-batch, or "auto": the largest that the memory estimator fits in trainer.memory_budget_gib
+    micro_batch_size: Any = 1
+    memory_budget_gib: float | None = None
     grad_accum_steps: int = 1
     max_grad_norm: float | None = 1.0
     grad_ckpt_every: int = 1  # 0: off; 1: every decoder layer; k: every k-th layer
@@ -196,10 +203,18 @@ class TrainerConfig:
     resume_allow: list[str] = field(default_factory=list)
     merge_adapter: bool = False  # also save the adapter merged into a bf16 copy of the base
     progress_bar: bool = True
+    # Speed (measured so far: experiments/results/efficiency_h200/): torch.compile each decoder layer
+    # (regional: compiled once per row shape), fused RMSNorm/gated-MLP/RoPE kernels (liger, CUDA), and keeping the
+    # checkpointed layer inputs in pinned CPU memory instead of the GPU (less memory, some speed).
+    compile: bool = False
+    kernels: str = "none"  # none | liger
+    offload_activations: bool = False
 
     def __post_init__(self) -> None:
-        for key in ("max_steps", "micro_batch_size", "grad_accum_steps", "log_every", "loss_chunk_size"):
+        for key in ("max_steps", "grad_accum_steps", "log_every", "loss_chunk_size"):
             check_positive(f"trainer.{key}", getattr(self, key))
+        self._check_micro_batch()
+        check_choice("trainer.kernels", self.kernels, ("none", "liger"))
         if self.grad_ckpt_every < 0:
             raise ConfigError("trainer.grad_ckpt_every must be >= 0 (0 turns gradient checkpointing off).")
         check_choice("trainer.device", self.device, ("auto", "cpu", "cuda"))
@@ -210,6 +225,20 @@ class TrainerConfig:
             raise ConfigError("trainer.resume is empty; use never, auto, or the path of a checkpoint or run dir.")
         if self.autocast_dtype is not None:
             check_choice("trainer.autocast_dtype", self.autocast_dtype, DTYPES)
+
+    def _check_micro_batch(self) -> None:
+        if self.micro_batch_size == "auto":
+            if not (isinstance(self.memory_budget_gib, int | float) and self.memory_budget_gib > 0):
+                raise ConfigError(
+                    "trainer.micro_batch_size=auto needs trainer.memory_budget_gib (GiB per GPU, e.g. 20): the "
+                    "estimator picks the largest micro-batch whose predicted peak fits it."
+                )
+            return
+        if isinstance(self.micro_batch_size, bool) or not isinstance(self.micro_batch_size, int):
+            raise ConfigError(
+                f"trainer.micro_batch_size={self.micro_batch_size!r} must be a whole number of rows or 'auto'."
+            )
+        check_positive("trainer.micro_batch_size", self.micro_batch_size)
 
 
 _ZERO_MEANS = {

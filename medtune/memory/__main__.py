@@ -19,6 +19,7 @@ from dataclasses import asdict
 from medtune.config import ConfigError, compose
 from medtune.files.space import GIB
 from medtune.memory.estimate import Calibration, estimate
+from medtune.memory.fit import fit_micro_batch
 
 
 def _number(arg: str) -> float:
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> None:
         cfg = compose(overrides)
     except (HydraException, ConfigError) as err:
         raise SystemExit(f"error: {err}\n(arguments are Hydra overrides of conf/train.yaml; see --help)") from None
+    if cfg.trainer.micro_batch_size == "auto":
+        cfg, fitted = fit_micro_batch(cfg, world_size, label_tokens_per_row)
+        print(f"micro_batch_size=auto: {fitted['trainer/micro_batch_size_auto']} rows fit the budget")
     est = estimate(cfg, world_size, label_tokens_per_row=label_tokens_per_row)
     if as_json:
         print(

@@ -72,8 +72,13 @@ def apply_lora(
             f"quantization.method={quant_cfg.method} needs lora.enabled=true: a quantised base cannot train."
         )
     if lora_cfg.enabled:
-        # autocast_adapter_dtype keeps the (small) adapter weights in fp32 for stable AdamW updates.
-        model = get_peft_model(model, peft_config(lora_cfg), autocast_adapter_dtype=True)
+        # autocast_adapter_dtype keeps the (small) adapter weights in fp32 for stable AdamW updates (lora.dtype);
+        # in bf16 they need no casts in the forward, and AdamW then updates bf16 weights.
+        model = get_peft_model(model, peft_config(lora_cfg), autocast_adapter_dtype=lora_cfg.dtype == "float32")
+        if lora_cfg.dtype == "bfloat16":
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.data = param.data.to(torch.bfloat16)
     chosen = set_gradient_checkpointing(model, grad_ckpt_every)
     stats = trainable_parameters(model)
     log.info(

@@ -22,6 +22,7 @@ from medtune.training import checkpoint, distributed, step_metrics
 from medtune.training.batches import DataPipeline, build_data
 from medtune.training.loss_module import compute_loss, eval_loss
 from medtune.training.schedule import lr_factor
+from medtune.training.speed import apply_speedups, offloaded_activations
 from medtune.training.watchdog import Watchdog
 
 log = logging.getLogger("medtune.train")
@@ -50,7 +51,7 @@ class TrainRecipe:
         """Load the model and adapter, build the data, the optimizer and schedule; resume if asked."""
         self.watch.pause("load model")  # no collective while loading: a slow disk is not a hang
         self.setup_model()
-        self.watch.enter("data")
+        self.watch.pause("data")  # each rank tokenizes and packs on its own (no collective): slow is not stuck
         self.data: DataPipeline = build_data(self.cfg, self.tokenizer, self.model, self.dist)
         self.summary.update(self.data.report)
         self.setup_optimizer()
@@ -63,6 +64,7 @@ class TrainRecipe:
         step_metrics.reset_peak_memory(self.device, release_cache=True)  # a multirun's previous job cached blocks too
         model, self.tokenizer = build_model(cfg.model, cfg.quantization, self.device)
         model = apply_lora(model, cfg.lora, cfg.quantization, cfg.trainer.grad_ckpt_every)
+        self.summary["trainer/speedups"] = ",".join(apply_speedups(model, cfg.trainer)) or "none"
         self.model = distributed.wrap_model(model, cfg.sharding, self.dist, cfg.trainer.loss_chunk_size)
         counts = trainable_parameters(model)
         self.summary.update(
@@ -84,7 +86,8 @@ class TrainRecipe:
     def _maybe_resume(self) -> None:
         if self.dist.is_main:
             checkpoint.remove_partial(self.run_dir / "checkpoints")
-        distributed.barrier()
+        distributed.barrier()  # still paused: a rank may wait here while another finishes its data (bounded by the
+        self.watch.enter("resume")  # process group's timeout); from here on every collective is watched
         point = checkpoint.find_resume_point(self.cfg.trainer.resume, self.run_dir)
         if point is None:
             return
@@ -131,7 +134,8 @@ class TrainRecipe:
         with step_metrics.StepTimer(self.device) as timer:
             for i, batch in enumerate(batches):
                 self.watch.tick(self.step + 1)
-                with distributed.no_sync_unless(self.model, last=i == len(batches) - 1):
+                last = i == len(batches) - 1
+                with distributed.no_sync_unless(self.model, last=last), offloaded_activations(tc):
                     loss_sum, _ = compute_loss(self.model, batch, self.device, tc)
                     # Scaled so that the gradient is d(sum of token losses)/d(theta) / (label tokens of the step, all
                     # ranks); DDP/FSDP average over ranks, hence the world_size factor.

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from medtune.config import TrainConfig
 from medtune.files import space
+from medtune.memory.fit import fit_micro_batch
 from medtune.training import distributed, run_record
 from medtune.training.eval_stage import run_eval_stage
 from medtune.training.recipe import TrainRecipe
@@ -44,10 +45,19 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
     launcher stops the job, and rank 0 records where in summary.json (`run/failed_phase`, `run/failed_step`).
     """
     dist = distributed.init(cfg.sharding, cfg.trainer.device)
+    fitted: dict[str, Any] = {}
+    if cfg.trainer.micro_batch_size == "auto":
+        cfg, fitted = fit_micro_batch(cfg, dist.world_size)
+        log.info(
+            "trainer.micro_batch_size=auto: %d rows, predicted peak %.2f GiB per GPU within the %.2f GiB budget",
+            fitted["trainer/micro_batch_size_auto"],
+            fitted["trainer/predicted_peak_gib"],
+            fitted["trainer/memory_budget_gib"],
+        )
     tracker, resumed, record = run_record.open_record(cfg, dict_cfg, run_dir, dist)
     seed_everything(cfg.seed)  # same seed on every rank: random-init base weights must agree under FSDP
     started = time.perf_counter()
-    summary: dict[str, Any] = {"run/status": "failed", **resumed}
+    summary: dict[str, Any] = {"run/status": "failed", **resumed, **fitted}
 
     record_lock = threading.Lock()  # the watchdog's thread and this one never write the record together
 

@@ -43,9 +43,9 @@ def test_ratios_come_from_the_measured_numbers() -> None:
     assert rows[1]["memory_ratio"] == pytest.approx(0.4) and rows[1]["speed_ratio"] == pytest.approx(9.0)
     assert rows[0]["error_pct"] == pytest.approx(-10.0) and rows[1]["error_pct"] == pytest.approx(10.0)
     for row in rows[:2]:
-        row.update({"peak_reserved_gib": 1.0, "padded_tokens_per_s": 1.0, "mfu": 0.5})
+        row.update({"peak_reserved_gib": 1.0, "mfu": 0.5, "first_step_s": 41.04, "wall_to_last_step_s": 95.55})
     table = format_table(rows, "base")
-    assert "| fast | 12.00 | 1.00 | 13.20 | +10.0 | 8,100 | 1 | 50.0% | 0.40x | 9.00x |" in table
+    assert "| fast | 12.00 | 1.00 | 13.20 | +10.0 | 8,100 | 50.0% | 41.0 | 95.5 | 0.40x | 9.00x |" in table
     assert "failed: OutOfMemoryError" in table
 
 

