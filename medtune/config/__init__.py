@@ -7,12 +7,15 @@ from medtune.config.checks import CACHE_ROOT, DTYPES, ConfigError, cache_root, c
 from medtune.config.compose import CONF, GROUPS, compose, register_configs, to_train_config
 from medtune.config.data import (
     DEFAULT_EVAL_SPLITS,
+    PROMPT_WORD_KEYS,
     DataConfig,
     DataMixConfig,
     EvalConfig,
     LoggerConfig,
     parse_ratio,
 )
+from medtune.config.datasets import DatasetConfig, HoldoutConfig
+from medtune.config.languages import language_name, normalize_language
 from medtune.config.training import (
     LoraConfig,
     ModelConfig,
@@ -31,12 +34,15 @@ __all__ = [
     "DEFAULT_EVAL_SPLITS",
     "DTYPES",
     "GROUPS",
+    "PROMPT_WORD_KEYS",
     "WORST_LANG",
     "ConfigError",
     "DataConfig",
     "DataMixConfig",
+    "DatasetConfig",
     "EvalConfig",
     "GuardConfig",
+    "HoldoutConfig",
     "LoggerConfig",
     "LoraConfig",
     "ModelConfig",
@@ -50,6 +56,8 @@ __all__ = [
     "check_choice",
     "check_positive",
     "compose",
+    "language_name",
+    "normalize_language",
     "parse_ratio",
     "register_configs",
     "to_train_config",

@@ -33,3 +33,12 @@ def check_positive(key: str, value: float | int | None, allow_none: bool = False
 def cache_root() -> Path:
     """The cache root outside Hydra (command-line tools): $MEDTUNE_CACHE_DIR, else ~/.cache/medtune."""
     return Path(os.environ.get("MEDTUNE_CACHE_DIR", DEFAULT_CACHE_ROOT)).expanduser()
+
+
+def resolve_dir(value: str) -> Path:
+    """A config path that may still hold ${oc.env:...} interpolations (a DataConfig built outside Hydra)."""
+    if "${" in value:
+        from omegaconf import OmegaConf
+
+        value = str(OmegaConf.create({"v": value}).v)
+    return Path(value).expanduser()

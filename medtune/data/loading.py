@@ -1,8 +1,9 @@
 """`load_records`: prepared records of one split, with the leakage guard applied to training loads.
 
-A (source, split) listed in data.eval_splits is evaluation data and is returned as is. Any other split is a
-training candidate: KorMedMCQA loses its law rows (data.exclude_law_from_train) and every row duplicating an
-evaluation question, exactly or nearly, is dropped (data.exclude_eval_overlap). The drops are logged and counted.
+A (source, split) listed in data.eval_splits, or the `eval_split` of a dataset declared in data.datasets, is
+evaluation data and is returned as is. Any other split is a training candidate: KorMedMCQA loses its law rows
+(data.exclude_law_from_train) and every row duplicating an evaluation question, exactly or nearly, is dropped
+(data.exclude_eval_overlap). The drops are logged and counted.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from medtune.config import DataConfig
 from medtune.data.leakage import DupIndex, Overlap
-from medtune.data.prepare import read_prepared, resolve_dir, use_hub, version_key
+from medtune.data.prepare import prepare_source, read_prepared, resolve_dir, use_hub, version_key
 from medtune.data.schema import Record
 from medtune.data.sources.korean import is_law_block, law_uids
 from medtune.data.sources.registry import SOURCES, parse_spec, resolve
@@ -22,14 +23,15 @@ _INDEX_CACHE: dict[tuple, tuple[DupIndex, list[str]]] = {}
 
 
 def eval_split_specs(data_cfg: DataConfig) -> list[str]:
-    """The "<source>:<split>" specs that only ever evaluate (data.eval_splits)."""
-    return list(data_cfg.eval_splits)
+    """The "<source>:<split>" specs that only ever evaluate: data.eval_splits and each declared dataset's eval_split."""
+    declared = [f"{name}:{ds.eval_split}" for name, ds in (getattr(data_cfg, "datasets", None) or {}).items()]
+    return list(data_cfg.eval_splits) + [spec for spec in declared if spec not in data_cfg.eval_splits]
 
 
 def is_eval_split(source: str, split: str, data_cfg: DataConfig) -> bool:
     """True when `source:split` (or the source a view reads) is an evaluation split."""
-    base, _ = resolve(source)
-    return f"{base.name}:{split}" in set(data_cfg.eval_splits)
+    base, _ = resolve(source, data_cfg)
+    return f"{base.name}:{split}" in set(eval_split_specs(data_cfg))
 
 
 def assert_trainable(spec: str, data_cfg: DataConfig) -> None:
@@ -44,24 +46,31 @@ def assert_trainable(spec: str, data_cfg: DataConfig) -> None:
 
 def _available(source: str, data_cfg: DataConfig) -> bool:
     try:
-        version_key(SOURCES[source], data_cfg)
+        version_key(resolve(source, data_cfg)[0], data_cfg)
     except FileNotFoundError:
         return False
     return True
 
 
+def _declared_without(name: str, split: str, data_cfg: DataConfig) -> bool:
+    """True for a declared dataset that has no such split (a training-only set): nothing to guard there."""
+    source, _ = resolve(name, data_cfg)
+    return source.declared is not None and split not in prepare_source(source, data_cfg)["counts"]
+
+
 def eval_index(data_cfg: DataConfig) -> tuple[DupIndex, list[str]]:
     """A duplicate index over every available evaluation split (cached per data version), and the missing specs."""
-    specs = [parse_spec(s) for s in data_cfg.eval_splits]
+    specs = [parse_spec(s) for s in eval_split_specs(data_cfg)]
     present = [(name, split) for name, split in specs if _available(name, data_cfg)]
     missing = [f"{name}:{split}" for name, split in specs if (name, split) not in present]
+    present = [(name, split) for name, split in present if not _declared_without(name, split, data_cfg)]
     key = (
-        tuple((n, s, version_key(SOURCES[n], data_cfg)) for n, s in present),
+        tuple((n, s, version_key(resolve(n, data_cfg)[0], data_cfg)) for n, s in present),
         data_cfg.near_dup_threshold,
         str(resolve_dir(data_cfg.cache_dir)),
     )
     if key not in _INDEX_CACHE:
-        records = [r for name, split in present for r in read_prepared(SOURCES[name], split, data_cfg)]
+        records = [r for name, split in present for r in read_prepared(resolve(name, data_cfg)[0], split, data_cfg)]
         _INDEX_CACHE[key] = (DupIndex(records, data_cfg.near_dup_threshold), missing)
         if missing:
             log.warning("leakage guard: eval splits %s have no data here and are not checked", missing)
@@ -94,7 +103,7 @@ def load_records(source: str, split: str, data_cfg: DataConfig, report: dict[str
     `report`, when given, receives flat counts: data/<source>:<split>/{loaded,dropped_law,dropped_exact,
     dropped_near,kept}.
     """
-    base, keep = resolve(source)
+    base, keep = resolve(source, data_cfg)
     records = read_prepared(base, split, data_cfg)
     if keep is not None:
         records = [r for r in records if keep(r)]
@@ -123,8 +132,6 @@ def load_records(source: str, split: str, data_cfg: DataConfig, report: dict[str
 
 def skipped_rows(source: Any, data_cfg: DataConfig) -> dict[str, int]:
     """Bad rows that data.on_bad_row=skip dropped from `source` (all splits), warned once: the run records them."""
-    from medtune.data.prepare import prepare_source
-
     skipped = prepare_source(source, data_cfg)["skipped"]
     if not skipped:
         return {}

@@ -9,6 +9,7 @@ once, and none of them ever reads a half-written folder.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -20,8 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medtune.config import DataConfig
+from medtune.config.checks import resolve_dir
 from medtune.data.schema import BadRowError, Record, RowSink
-from medtune.data.sources.registry import HUB_SPLITS, SOURCES, Source, hub_reader, sample_dir
+from medtune.data.sources.registry import HUB_SPLITS, Source, all_sources, hub_reader, sample_dir
 from medtune.files.atomic import atomic_dir, file_lock
 
 log = logging.getLogger(__name__)
@@ -42,21 +44,15 @@ SCHEMA = pa.schema(
         ("answer_index", pa.int32()),
         ("answer_text", pa.string()),
         ("context", pa.string()),
+        ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
     ]
 )
 
 
-def resolve_dir(value: str) -> Path:
-    """A config path that may still hold ${oc.env:...} interpolations (a DataConfig built outside Hydra)."""
-    if "${" in value:
-        from omegaconf import OmegaConf
-
-        value = str(OmegaConf.create({"v": value}).v)
-    return Path(value).expanduser()
-
-
 def use_hub(source: Source, data_cfg: DataConfig) -> bool:
     """True when this source is read from the hub (data.hub=true and the source has a hub copy)."""
+    if source.declared is not None:
+        return source.declared.is_hub()
     return bool(getattr(data_cfg, "hub", False)) and hub_reader(source.name) is not None
 
 
@@ -67,6 +63,8 @@ def source_splits(source: Source, data_cfg: DataConfig) -> tuple[str, ...]:
 
 def raw_files(source: Source, data_cfg: DataConfig) -> list[Path]:
     """The raw files a local source reads; an error names the folder when there are none."""
+    if source.declared is not None:
+        return source.declared.files()
     root = sample_dir() if source.builtin else resolve_dir(data_cfg.data_dir)
     files = sorted(p for pattern in source.files for p in root.glob(pattern) if p.is_file())
     if not files:
@@ -82,8 +80,10 @@ def raw_files(source: Source, data_cfg: DataConfig) -> list[Path]:
 def version_key(source: Source, data_cfg: DataConfig) -> str:
     """'<source>-<12 hex>': hashes the adapter version and the raw files' names, sizes and mtimes (or the hub)."""
     digest = hashlib.sha256(f"adapter-v{ADAPTER_VERSION}".encode())
+    if source.declared is not None:  # its declaration decides what its rows are, as much as its files do
+        digest.update(json.dumps(dataclasses.asdict(source.declared.cfg), sort_keys=True).encode())
     if use_hub(source, data_cfg):
-        digest.update(f"hub:{source.name}".encode())
+        digest.update(f"hub:{source.name}:{source.declared.cfg.path if source.declared else ''}".encode())
     else:
         for path in raw_files(source, data_cfg):
             stat = path.stat()
@@ -102,7 +102,9 @@ def read_source(source: Source, data_cfg: DataConfig) -> tuple[dict[str, list[Re
     reader = hub_reader(source.name) if use_hub(source, data_cfg) else source.read
     data_dir = resolve_dir(data_cfg.data_dir)
     by_split: dict[str, list[Record]] = {}
-    for split in source_splits(source, data_cfg):
+    if source.declared is not None:
+        by_split = source.declared.read_all(sink)
+    for split in source_splits(source, data_cfg) if source.declared is None else ():
         start = len(sink.records)
         reader(data_dir, split, sink)
         by_split[split] = sink.records[start:]
@@ -175,13 +177,15 @@ def read_prepared(source: Source, split: str, data_cfg: DataConfig) -> list[Reco
 
 
 def prepare(data_cfg: DataConfig, sources: list[str] | None = None, force: bool = False) -> dict[str, dict[str, Any]]:
-    """Prepare the named sources (default: every source whose raw files are present); {source: manifest}."""
+    """Prepare the named sources (default: every source whose raw files are present, and every declared dataset);
+    {source: manifest}."""
+    known = all_sources(data_cfg)
     if sources is None:
-        sources = [name for name, source in SOURCES.items() if source.builtin or _present(source, data_cfg)]
-    unknown = [name for name in sources if name not in SOURCES]
+        sources = [n for n, s in known.items() if s.builtin or s.declared is not None or _present(s, data_cfg)]
+    unknown = [name for name in sources if name not in known]
     if unknown:
-        raise KeyError(f"unknown data sources {unknown}; known: {', '.join(SOURCES)}.")
-    return {name: prepare_source(SOURCES[name], data_cfg, force=force) for name in sources}
+        raise KeyError(f"unknown data sources {unknown}; known: {', '.join(known)}.")
+    return {name: prepare_source(known[name], data_cfg, force=force) for name in sources}
 
 
 def _present(source: Source, data_cfg: DataConfig) -> bool:

@@ -12,8 +12,7 @@ from typing import Any
 
 LETTERS = "ABCDEFGHIJ"  # option letters, in order (at most 10 options)
 IGNORE_INDEX = -100  # the label of a position that is not a target (PyTorch cross-entropy's ignore_index)
-LANGUAGES = ("ko", "en")
-KINDS = ("mcq", "open")
+KINDS = ("mcq", "open", "chat")
 
 
 @dataclass(frozen=True)
@@ -22,15 +21,18 @@ class Record:
 
     id: str  # "<source>:<split>:<native id>", unique
     source: str
-    language: str  # ko | en
+    language: str  # a BCP 47 code (medtune.config.normalize_language): ko, en, ja, zh-Hant, ...
     subject: str
     split: str
-    kind: str  # mcq | open
+    kind: str  # mcq | open | chat
     question: str
     choices: tuple[str, ...]  # empty for open QA
     answer_index: int | None  # 0-based; None for open QA
     answer_text: str
     context: str = ""  # e.g. the PubMedQA abstract
+    # chat: every turn as (role, content), role in system | user | assistant; question is the first user turn and
+    # answer_text the last assistant turn (what the leakage guard and the reports see)
+    messages: tuple[tuple[str, str], ...] = ()
 
     @property
     def answer_letter(self) -> str:
@@ -41,14 +43,18 @@ class Record:
         """A plain dict for a columnar file (choices as a list)."""
         row = asdict(self)
         row["choices"] = list(self.choices)
+        row["messages"] = [{"role": role, "content": content} for role, content in self.messages]
         return row
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Record:
         """Inverse of `to_row`."""
         answer = row["answer_index"]
+        # prepared before chat records existed: no messages column
+        messages = tuple((m["role"], m["content"]) for m in row.get("messages") or ())
         return cls(
             **{**row, "choices": tuple(row["choices"] or ()), "answer_index": None if answer is None else int(answer)}
+            | {"messages": messages}
         )
 
 
@@ -110,7 +116,7 @@ def text_field(row: dict[str, Any], key: str, allow_empty: bool = False) -> str:
     text = str(value).strip()
     # surrogateescape decoding turns bytes that are not UTF-8 into lone surrogates: find them here, per field
     if any("\udc80" <= ch <= "\udcff" for ch in text):
-        raise RowError(key, "undecodable bytes (the file is not valid UTF-8 here)")
+        raise RowError(key, "undecodable bytes (the file is not valid UTF-8 here; save it as UTF-8)")
     if not text and not allow_empty:
         raise RowError(key, "empty")
     return text
@@ -169,4 +175,24 @@ def open_qa(source: str, split: str, native_id: str, language: str, subject: str
         choices=(),
         answer_index=None,
         answer_text=answer,
+    )
+
+
+def chat(
+    source: str, split: str, native_id: str, language: str, subject: str, messages: list[tuple[str, str]]
+) -> Record:
+    """Build a chat Record: the conversation, its first user turn as the question, its last answer as the answer."""
+    first_user = next(content for role, content in messages if role == "user")
+    return Record(
+        id=f"{source}:{split}:{native_id}",
+        source=source,
+        language=language,
+        subject=subject,
+        split=split,
+        kind="chat",
+        question=first_user,
+        choices=(),
+        answer_index=None,
+        answer_text=messages[-1][1],
+        messages=tuple(messages),
     )

@@ -3,7 +3,8 @@
     rows = score(model, tokenizer, tasks, task_dir, scoring="letter", batch_size=8, out_dir=run_dir / "eval/base")
 
 The model (a transformers model or a peft model) is wrapped in lm-eval's `HFLM` as it is: no reload, no hub.
-Each row: task, id, language, subject, gold, pred, correct, choice_lls, letter_lls, gold_ll_letter, gold_ll_text.
+Each row: task, id, language, domain, subject, gold, pred, correct, choice_lls, letter_lls, gold_ll_letter,
+gold_ll_text.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def _rows_for_task(task: TaskData, main: list[dict], aux: list[dict], scoring: s
                 "task": task.name,
                 "id": doc["id"],
                 "language": doc["language"],
+                "domain": task.spec.domain,  # medical questions pool per language; a general probe stays apart
                 "subject": doc["subject"],
                 "gold": LETTERS[gold],
                 "pred": LETTERS[pred],

@@ -22,9 +22,9 @@ from medtune.eval.tasks import TASKS
 def pool_name(row: dict[str, Any]) -> str | None:
     """The language pool a prediction row counts towards (None for general probes)."""
     spec = TASKS.get(row["task"])
-    if spec is not None and spec.domain != "medical":
-        return None
-    return row["language"]
+    # rows written before they carried their domain name a built-in task; a declared dataset's rows carry it
+    domain = row.get("domain") or (spec.domain if spec is not None else "medical")
+    return row["language"] if domain == "medical" else None
 
 
 def group_rows(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

@@ -10,7 +10,9 @@ folder that `TaskManager(include_path=...)` reads:
     <task>_gold_text.yaml       (letter scoring) log-likelihood of " <gold option text>" after the prompt
     <task>_letters.yaml         (cloze scoring) the letter pass too, for the gold-letter log-likelihood
 
-Main tasks carry the lm-eval tag `lang_<language>` (groups lang_ko and lang_en).
+Main tasks carry the lm-eval tag `lang_<language>` (groups lang_ko, lang_en, lang_ja, ...). A multiple-choice
+dataset declared in data.datasets is a task of the same name (its eval_split scored, few-shot from its train split):
+`all_tasks(data_cfg)` lists them next to TASKS.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 import yaml
 
 from medtune.data import load_records
-from medtune.data.prompts import render_mcq_prompt
+from medtune.data.prompts import prompt_words, render_mcq_prompt
 from medtune.data.schema import LETTERS, mcq
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ log = logging.getLogger(__name__)
 class TaskSpec:
     """Where one evaluation task's questions come from (sources and views of medtune.data)."""
 
-    language: str  # ko | en
+    language: str  # a BCP 47 code: ko, en, or a declared dataset's language
     source: str  # a medtune.data source or view, e.g. kormedmcqa_doctor (one subject) or mmlu_medical
     split: str
     fewshot: str | None = None  # "<source>:<split>" holding few-shot examples
@@ -61,6 +63,21 @@ TASKS: dict[str, TaskSpec] = {
     "sample_ko": TaskSpec("ko", "sample_ko", "test", fewshot="sample_ko:train"),
     "sample_en": TaskSpec("en", "sample_en", "test", fewshot="sample_en:train"),
 }
+
+
+def declared_tasks(data_cfg: Any) -> dict[str, TaskSpec]:
+    """The multiple-choice datasets declared in data.datasets, as tasks (few-shot from train when declared)."""
+    out = {}
+    for name, ds in (getattr(data_cfg, "datasets", None) or {}).items():
+        if ds.format == "mcq":
+            fewshot = None if ds.eval_split == "train" else f"{name}:train"
+            out[name] = TaskSpec(ds.language, name, ds.eval_split, fewshot=fewshot, domain=ds.domain)
+    return out
+
+
+def all_tasks(data_cfg: Any) -> dict[str, TaskSpec]:
+    """Every task a run can name: the built-in TASKS and the declared multiple-choice datasets."""
+    return TASKS | declared_tasks(data_cfg)
 
 
 def _prompt_version() -> str:
@@ -88,7 +105,7 @@ class TaskData:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def record_to_doc(record: Any, where: str) -> dict[str, Any]:
+def record_to_doc(record: Any, where: str, words: Mapping | None = None) -> dict[str, Any]:
     """A Record as an lm-eval document; refuses open questions and answers outside the options."""
     if record.kind != "mcq" or record.answer_index is None:
         raise ValueError(f"{where}: record {record.id} is kind={record.kind!r}; evaluation tasks need mcq records.")
@@ -100,7 +117,7 @@ def record_to_doc(record: Any, where: str) -> dict[str, Any]:
         "id": record.id,
         "language": record.language,
         "subject": record.subject,
-        "prompt": render_mcq_prompt(record),
+        "prompt": render_mcq_prompt(record, words=words),
         "letters": list(LETTERS[:n]),
         "texts": texts,
         "answer_index": int(record.answer_index),
@@ -127,13 +144,15 @@ def build_task_data(
 
     `limit` applies to every task; `task_limits` overrides it for the tasks it names.
     """
-    unknown = [n for n in names if n not in TASKS]
+    known = all_tasks(data_cfg)
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"eval.tasks names unknown tasks {unknown}; known tasks: {sorted(TASKS)}.")
+        raise ValueError(f"eval.tasks names unknown tasks {unknown}; known tasks: {sorted(known)}.")
     load = loader or _default_loader()
+    words = prompt_words(data_cfg)
     out = []
     for name in names:
-        spec = TASKS[name]
+        spec = known[name]
         where = f"eval task {name} ({spec.source}:{spec.split})"
         if num_fewshot > 0 and spec.fewshot is None:
             raise ValueError(f"{where}: eval.num_fewshot={num_fewshot} but this task has no few-shot split.")
@@ -148,10 +167,10 @@ def build_task_data(
         shots: list[dict[str, Any]] = []
         if num_fewshot > 0 and spec.fewshot is not None:
             src, split = spec.fewshot.split(":")
-            shots = [record_to_doc(r, f"{name} few-shot") for r in load(src, split, data_cfg)]
+            shots = [record_to_doc(r, f"{name} few-shot", words) for r in load(src, split, data_cfg)]
             if len(shots) < num_fewshot:
                 raise ValueError(f"{where}: {len(shots)} few-shot examples in {spec.fewshot} < {num_fewshot}.")
-        out.append(TaskData(name, spec, [record_to_doc(r, where) for r in records], shots))
+        out.append(TaskData(name, spec, [record_to_doc(r, where, words) for r in records], shots))
     return out
 
 

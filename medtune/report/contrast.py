@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from medtune.report.sweep import LANGS
+from medtune.report.sweep import languages
 
 CONTRAST_COLUMNS = [
     "ratio", "reference", "metric", "unit", "n_seeds", "n_seeds_ref", "mean", "mean_ref", "diff", "ci_low",
@@ -43,8 +43,9 @@ def welch(values: Sequence[float], reference: Sequence[float], confidence: float
 
 def default_metrics(runs: pd.DataFrame) -> list[tuple[str, str, float]]:
     """(summary key, unit, scale): per-language accuracy and gold-letter LL, plus the law block when it was run."""
-    keys = [(f"eval/lang/{lang}/acc", "pp", 100.0) for lang in LANGS] + [("eval/kormed_law/acc", "pp", 100.0)]
-    keys += [(f"eval/lang/{lang}/gold_ll_letter", "nats", 1.0) for lang in LANGS]
+    langs = languages(runs)
+    keys = [(f"eval/lang/{lang}/acc", "pp", 100.0) for lang in langs] + [("eval/kormed_law/acc", "pp", 100.0)]
+    keys += [(f"eval/lang/{lang}/gold_ll_letter", "nats", 1.0) for lang in langs]
     return [k for k in keys if k[0] in runs]
 
 

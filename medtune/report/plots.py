@@ -4,33 +4,66 @@
     fig.savefig("accuracy_vs_share.png")
 
 Every figure reads without the report's text: titled panels, axis labels with units, the base model as a labelled
-dashed line, single runs with their own intervals, and the mean across seeds with its interval across seeds.
+dashed line, single runs with their own intervals, and the mean across seeds with its interval across seeds. There
+is one panel per language evaluated, each in its own colour (Korean red and English blue as in the paper's
+figures; any other language a colour of its own from PALETTE).
 """
 
 from __future__ import annotations
 
+import colorsys
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from medtune.config import language_name
 from medtune.eval.stats import format_alpha, format_level
 from medtune.report.sweep import TRAIN_ALLOC, TRAIN_RESERVED
 
-LANG_NAMES = {"ko": "Korean (ko)", "en": "English (en)"}
-MEAN_COLOR = {"ko": "#c0392b", "en": "#1f5fa8"}
+MEAN_COLOR = {"ko": "#c0392b", "en": "#1f5fa8"}  # the paper's two languages keep their colours
 RUN_COLOR = {"ko": "#e6a39b", "en": "#9dbbe0"}
-X_LABEL = "English share of the training mix (%)  [en / (en + ko) by weight]"
+# every other language, in order of appearance: hues well apart from each other and from Korean red and English blue
+PALETTE = ("#2a9d3f", "#e07b10", "#7b3fa0", "#138d90", "#8c564b", "#c2417f", "#9a9a1a", "#4d4d4d", "#111111")
+GOLDEN = 0.618033988749895  # beyond the palette: hue steps that land consecutive languages far apart
 
 
-def _share_ticks(ax: object, runs: pd.DataFrame) -> None:
-    """Ticks at the swept shares, labelled with the en:ko ratio and the share in %."""
+def lang_label(lang: str) -> str:
+    """'Japanese (ja)': a panel title."""
+    return f"{language_name(lang)} ({lang})"
+
+
+def lang_colors(lang: str, langs: Sequence[str]) -> tuple[str, str]:
+    """(mean colour, lighter run colour) of `lang`: ko and en keep the paper's, the others take the palette."""
+    if lang in MEAN_COLOR:
+        return MEAN_COLOR[lang], RUN_COLOR[lang]
+    others = [x for x in langs if x not in MEAN_COLOR]
+    index = others.index(lang) if lang in others else len(others)
+    if index < len(PALETTE):
+        mean = tuple(int(PALETTE[index][i : i + 2], 16) / 255 for i in (1, 3, 5))
+    else:
+        mean = colorsys.hsv_to_rgb((0.33 + GOLDEN * index) % 1.0, 0.8, 0.45 + 0.3 * (index % 2))
+
+    def hexed(rgb: Sequence[float]) -> str:
+        return "#" + "".join(f"{round(255 * c):02x}" for c in rgb)
+
+    return hexed(mean), hexed([0.45 * c + 0.55 for c in mean])
+
+
+def x_label(mix_langs: Sequence[str]) -> str:
+    """The share axis: 'English share of the training mix (%)  [en / (en + ko) by weight]'."""
+    return f"English share of the training mix (%)  [en / ({' + '.join(mix_langs)}) by weight]"
+
+
+def _share_ticks(ax: object, runs: pd.DataFrame, mix_langs: Sequence[str] = ("en", "ko")) -> None:
+    """Ticks at the swept shares, labelled with the ratio and the share in %."""
     ticks = runs.drop_duplicates("en_share").sort_values("en_share")
     labels = [f"{r}\n{100 * s:.0f}%" for r, s in zip(ticks["ratio"], ticks["en_share"], strict=True)]
     ax.set_xticks(100 * ticks["en_share"], labels)
     ax.set_xlim(-6, 106)
-    ax.set_xlabel(X_LABEL)
+    ax.set_xlabel(x_label(mix_langs))
     ax.grid(alpha=0.3)
 
 
@@ -80,6 +113,7 @@ def plot_vs_share(
     confidence: float = 0.95,
     failed_shares: tuple[float, ...] = (),
     ticks: pd.DataFrame | None = None,
+    mix_langs: Sequence[str] = ("en", "ko"),
 ) -> Figure:
     """One panel per language: eval/lang/<lang>/<metric> of each run and the seed mean against the English share."""
     langs = [lang for lang in means if not means[lang].empty]
@@ -90,8 +124,9 @@ def plot_vs_share(
         key = f"eval/lang/{lang}/{metric}"
         sub = runs[runs[key].notna()]
         run_label = f"single run ({level} Wilson CI)" if f"{key}_ci_low" in sub else "single run"
-        _runs_with_ci(ax, sub, key, scale, RUN_COLOR[lang], run_label)
-        _mean_line(ax, means[lang], scale, MEAN_COLOR[lang], confidence)
+        mean_color, run_color = lang_colors(lang, langs)
+        _runs_with_ci(ax, sub, key, scale, run_color, run_label)
+        _mean_line(ax, means[lang], scale, mean_color, confidence)
         if base.get(lang) is not None and math.isfinite(base[lang]):
             value = scale * base[lang]
             ax.axhline(value, ls="--", lw=1.5, color="0.3", label=f"base model (no fine-tuning): {value:.2f}{unit}")
@@ -100,15 +135,20 @@ def plot_vs_share(
         if failed_shares:  # a job that died still shows where the curve has a hole
             ax.plot([100 * x for x in failed_shares], [0.04] * len(failed_shares), "x", ms=9, mew=2, color="black",
                     transform=ax.get_xaxis_transform(), label="failed run (no result)")  # fmt: skip
-        ax.set_title(LANG_NAMES.get(lang, lang))
-        _share_ticks(ax, runs if ticks is None else ticks)
+        ax.set_title(lang_label(lang))
+        _share_ticks(ax, runs if ticks is None else ticks, mix_langs)
         ax.legend(fontsize=8, loc="best")
     axes[0].set_ylabel(ylabel)
     fig.suptitle(title, fontsize=12)
     return fig
 
 
-def plot_forgetting(table: pd.DataFrame, means: dict[str, pd.DataFrame], confidence: float = 0.95) -> Figure:
+def plot_forgetting(
+    table: pd.DataFrame,
+    means: dict[str, pd.DataFrame],
+    confidence: float = 0.95,
+    mix_langs: Sequence[str] = ("en", "ko"),
+) -> Figure:
     """Change in accuracy vs the base model (pp) per language; filled markers are significant (McNemar)."""
     langs = [lang for lang in means if not means[lang].empty]
     fig = Figure(figsize=(6.2 * max(1, len(langs)), 4.8), layout="constrained")
@@ -119,21 +159,22 @@ def plot_forgetting(table: pd.DataFrame, means: dict[str, pd.DataFrame], confide
         x = 100 * sub["en_share"].to_numpy() + _jitter(sub["seed"])
         y = sub["delta_pp"].to_numpy(float)
         err = np.vstack([y - sub["ci_low_pp"].to_numpy(float), sub["ci_high_pp"].to_numpy(float) - y])
-        ax.errorbar(x, y, yerr=np.clip(np.nan_to_num(err), 0, None), fmt="none", color=RUN_COLOR[lang], capsize=2)
+        mean_color, run_color = lang_colors(lang, langs)
+        ax.errorbar(x, y, yerr=np.clip(np.nan_to_num(err), 0, None), fmt="none", color=run_color, capsize=2)
         sig = sub["significant"].fillna(False).astype(bool).to_numpy()
         ax.plot(
             x[sig],
             y[sig],
             "o",
             ms=7,
-            color=MEAN_COLOR[lang],
+            color=mean_color,
             label=f"run, significant (McNemar p < {format_alpha(confidence)})",
         )
-        ax.plot(x[~sig], y[~sig], "o", ms=7, mfc="white", color=MEAN_COLOR[lang], label="run, not significant")
-        _mean_line(ax, means[lang], 1.0, MEAN_COLOR[lang], confidence)
+        ax.plot(x[~sig], y[~sig], "o", ms=7, mfc="white", color=mean_color, label="run, not significant")
+        _mean_line(ax, means[lang], 1.0, mean_color, confidence)
         ax.axhline(0, ls="--", lw=1.5, color="0.3", label="base model (no change)")
-        ax.set_title(f"{LANG_NAMES.get(lang, lang)}: bars = {level} paired bootstrap CI")
-        _share_ticks(ax, table)
+        ax.set_title(f"{lang_label(lang)}: bars = {level} paired bootstrap CI")
+        _share_ticks(ax, table, mix_langs)
         ax.legend(fontsize=8, loc="best")
     axes[0].set_ylabel("accuracy change vs base model (percentage points)")
     fig.suptitle("Forgetting: fine-tuned minus base accuracy, same questions (negative = forgotten)", fontsize=12)
@@ -202,7 +243,7 @@ def plot_watch_curves(curves: pd.DataFrame, confidence: float = 0.95) -> Figure:
             ax.fill_between(c["step"], c[low], c[high], color=color, alpha=0.15)
         ax.axhline(0, ls="--", lw=1.2, color="0.3", label="base model (no change)")
         name = group.removeprefix("lang/")
-        ax.set_title(LANG_NAMES.get(name, name) if group.startswith("lang/") else f"set {group}")
+        ax.set_title(lang_label(name) if group.startswith("lang/") else f"set {group}")
         ax.set_xlabel("training step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
         ax.grid(alpha=0.3)

@@ -5,7 +5,8 @@
 
 A run is any directory below DIR with a summary.json (config.yaml next to it gives the mix, seed, model...); a
 directory with only Hydra's .hydra/config.yaml is a job that died before writing its summary and is reported as
-failed. The English share of a run is en / (en + ko) of its data_mix weights (data_mix.ratio when set).
+failed. The English share of a run is en / (sum of all languages) of its data_mix weights (data_mix.ratio when
+set); the languages reported are every language a run was evaluated on (`eval/lang/<language>/...`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from medtune.config import ConfigError, parse_ratio
 from medtune.report.levels import forgetting_from_predictions, restate, stored_forgetting
 
 log = logging.getLogger("medtune.report")
-LANGS = ("ko", "en")
+FIRST_LANGS = ("ko", "en")  # the paper's languages lead every table, in the order its reports always had
 CONFIG_KEYS = {  # report column -> dotted config key
     "seed": "seed",
     "model": "model.name",
@@ -78,21 +80,44 @@ def _get(config: dict, dotted: str) -> Any:
     return node
 
 
-def mix_of(config: dict, where: str = "config") -> tuple[str | None, float | None]:
-    """(en:ko label, English share) from data_mix.ratio, else data_mix.weights; (None, None) when absent."""
+def mix_weights(config: dict, where: str = "config") -> dict[str, float]:
+    """A run's language weights, in the mix's order: data_mix.ratio when set, else data_mix.weights."""
     mix = config.get("data_mix") or {}
     try:
         if mix.get("ratio") not in (None, ""):
-            weights = parse_ratio(str(mix["ratio"]), ["en", "ko"])
-        else:
-            weights = {k: float(v) for k, v in (mix.get("weights") or {}).items()}
+            return parse_ratio(str(mix["ratio"]), list(mix.get("sources") or {}) or ["en", "ko"])
+        return {k: float(v) for k, v in (mix.get("weights") or {}).items()}
     except (ConfigError, TypeError, ValueError) as err:
         raise ValueError(f"{where}: data_mix cannot be read ({err}).") from err
-    en, ko = weights.get("en", 0.0), weights.get("ko", 0.0)
-    if en + ko <= 0:
+
+
+def mix_of(config: dict, where: str = "config") -> tuple[str | None, float | None]:
+    """(ratio label such as 10:3 or 2:1:1, English share of all the weight) ; (None, None) when absent."""
+    weights = mix_weights(config, where)
+    total = sum(weights.values())
+    if total <= 0:
         return None, None
-    label = str(mix["ratio"]) if mix.get("ratio") not in (None, "") else f"{en:g}:{ko:g}"
-    return label, en / (en + ko)
+    ratio = (config.get("data_mix") or {}).get("ratio")
+    label = str(ratio).rpartition("=")[2] if ratio not in (None, "") else ":".join(f"{w:g}" for w in weights.values())
+    return label, weights.get("en", 0.0) / total
+
+
+def languages(df: pd.DataFrame) -> list[str]:
+    """Every language the runs were evaluated on (eval/lang/<language>/acc, base's too): ko, en first, then A-Z."""
+    found = {m.group(1) for c in df.columns if (m := re.fullmatch(r"(?:base/)?eval/lang/(.+)/acc", str(c)))}
+    first = [lang for lang in FIRST_LANGS if lang in found]
+    return first + sorted(found - set(first)) if found else list(FIRST_LANGS)
+
+
+def mix_languages(df: pd.DataFrame) -> list[str]:
+    """The languages of the runs' mixes in their config order (the ratio's 'en:ko:ja' header); en, ko without any."""
+    order: dict[str, None] = {}
+    for path in df.get("path", []):
+        try:
+            order.update(dict.fromkeys(mix_weights(read_config(Path(path)))))
+        except ValueError:  # a job stopped by its own bad mix: its languages are not known
+            continue
+    return list(order) or ["en", "ko"]
 
 
 def load_run(run_dir: Path, sweep_dir: Path, confidence: float | None = None) -> dict[str, Any]:
@@ -140,7 +165,7 @@ def load_sweep(sweep_dir: Path, confidence: float | None = None) -> pd.DataFrame
 def base_metrics(df: pd.DataFrame, metric: str = "acc") -> dict[str, float | None]:
     """The base model's eval/lang/<lang>/<metric> (base/... keys), per language; None when no run has it."""
     out: dict[str, float | None] = {}
-    for lang in LANGS:
+    for lang in languages(df):
         key = f"base/eval/lang/{lang}/{metric}"
         values = df[key].dropna().astype(float) if key in df else pd.Series(dtype=float)
         if values.nunique() > 1:
@@ -181,10 +206,11 @@ def holm(p_values: Sequence[float]) -> list[float]:
 def forgetting_table(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
     """Per finished run and language: delta pp vs base, paired bootstrap CI, McNemar p, significance (+ Holm)."""
     out = []
+    langs = languages(df)
     for _, run in df[df["status"] == "ok"].iterrows():
         recomputed: dict[str, dict[str, Any]] | None = None
         config = read_config(Path(run["path"]))
-        for lang in LANGS:
+        for lang in langs:
             pre = f"forgetting/{lang}/"
             if pd.notna(run.get(pre + "delta_pp")) and pd.notna(run.get(pre + "p_mcnemar")):
                 got = stored_forgetting(run, lang, config, confidence)

@@ -18,7 +18,15 @@ from medtune.eval.stats import format_alpha, format_level
 from medtune.report import plots
 from medtune.report.contrast import contrast_table
 from medtune.report.levels import RECOMPUTED
-from medtune.report.sweep import LANGS, across_seeds, base_metrics, efficiency_table, forgetting_table, load_sweep
+from medtune.report.sweep import (
+    across_seeds,
+    base_metrics,
+    efficiency_table,
+    forgetting_table,
+    languages,
+    load_sweep,
+    mix_languages,
+)
 from medtune.report.watch import guard_table, watch_curves, watch_section
 
 log = logging.getLogger("medtune.report")
@@ -37,6 +45,13 @@ class SweepReport:
     contrast: pd.DataFrame = field(default_factory=pd.DataFrame)  # each ratio vs the reference ratio
     watch: pd.DataFrame = field(default_factory=pd.DataFrame)  # change from base per ratio, group and step
     guard: pd.DataFrame = field(default_factory=pd.DataFrame)  # per run: guard, kept step, watch overhead
+    langs: list[str] = field(default_factory=lambda: ["ko", "en"])  # the languages evaluated, in table order
+    mix_langs: list[str] = field(default_factory=lambda: ["en", "ko"])  # the mixes' languages, in ratio order
+
+    @property
+    def mix_label(self) -> str:
+        """The header of a ratio column: 'en:ko', 'en:ko:ja'."""
+        return ":".join(self.mix_langs)
 
 
 METRICS = ("acc", "gold_ll_letter", "gold_ll_text")
@@ -47,11 +62,13 @@ def build(sweep_dir: Path, confidence: float = 0.95, reference: str | None = Non
     runs = load_sweep(sweep_dir, confidence)  # every stored interval restated at this level, or an error
     ok = runs[runs["status"] == "ok"]
     table = forgetting_table(runs, confidence)
-    rep = SweepReport(runs, table, efficiency_table(runs), confidence)
+    rep = SweepReport(runs, table, efficiency_table(runs), confidence, langs=languages(runs))
+    rep.mix_langs = mix_languages(runs)
     for metric in METRICS:
-        rep.means[metric] = {lang: across_seeds(ok, f"eval/lang/{lang}/{metric}", confidence) for lang in LANGS}
+        rep.means[metric] = {lang: across_seeds(ok, f"eval/lang/{lang}/{metric}", confidence) for lang in rep.langs}
         rep.base[metric] = base_metrics(runs, metric)
-    rep.means["delta_pp"] = {lang: across_seeds(table[table["lang"] == lang], "delta_pp", confidence) for lang in LANGS}
+    delta = {lang: across_seeds(table[table["lang"] == lang], "delta_pp", confidence) for lang in rep.langs}
+    rep.means["delta_pp"] = delta
     if reference is not None:
         rep.contrast = contrast_table(runs, reference, confidence=confidence)
     rep.watch, rep.guard = watch_curves(runs), guard_table(runs)
@@ -68,20 +85,20 @@ def figures(rep: SweepReport) -> dict[str, Any]:
     if any(not m.empty for m in rep.means["acc"].values()):
         figs["accuracy_vs_share"] = plots.plot_vs_share(
             runs, "acc", rep.base["acc"], rep.means["acc"], ylabel="accuracy (%)", scale=100, unit="%",
-            failed_shares=failed_shares, ticks=ticks,
+            failed_shares=failed_shares, ticks=ticks, mix_langs=rep.mix_langs,
             title="Accuracy on the medical eval vs English share of the fine-tuning mix", confidence=rep.confidence,
         )  # fmt: skip
     for metric, what in (("gold_ll_letter", "letter"), ("gold_ll_text", "text (summed over its tokens)")):
         if any(not m.empty for m in rep.means[metric].values()):
             figs[f"{metric}_vs_share"] = plots.plot_vs_share(
                 runs, metric, rep.base[metric], rep.means[metric], confidence=rep.confidence,
-                failed_shares=failed_shares, ticks=ticks,
+                failed_shares=failed_shares, ticks=ticks, mix_langs=rep.mix_langs,
                 ylabel="mean gold-answer log-likelihood (nats)",
                 title=f"Log-likelihood of the gold answer {what} vs English share (higher = more probability on "
                 "the right answer)",
             )  # fmt: skip
     if not rep.forgetting.empty:
-        figs["forgetting"] = plots.plot_forgetting(rep.forgetting, rep.means["delta_pp"], rep.confidence)
+        figs["forgetting"] = plots.plot_forgetting(rep.forgetting, rep.means["delta_pp"], rep.confidence, rep.mix_langs)
     if not rep.efficiency.empty:
         figs["efficiency"] = plots.plot_efficiency(rep.efficiency)
     if not rep.watch.empty:
@@ -130,7 +147,7 @@ def _task_section(rep: SweepReport) -> list[str]:
     tasks = _task_names(ok)
     if not tasks:
         return []
-    ratios = rep.means["acc"][LANGS[0]]["ratio"].tolist() or sorted(ok["ratio"].dropna().unique())
+    ratios = rep.means["acc"][rep.langs[0]]["ratio"].tolist() or sorted(ok["ratio"].dropna().unique())
     header = ["task", "n", "base acc %", *(f"{r}: acc % (delta pp)" for r in ratios)]
     rows = []
     for task in tasks:
@@ -152,14 +169,14 @@ def _task_section(rep: SweepReport) -> list[str]:
 
 def _runs_section(rep: SweepReport) -> list[str]:
     level = format_level(rep.confidence)
-    header = ["run", "status", "en:ko", "en share % (weights)", "en share % (tokens)", "seed", "model", "quant"]
-    header += ["packing", f"ko acc % [{level} CI]", f"en acc % [{level} CI]", "wall s"]
+    header = ["run", "status", rep.mix_label, "en share % (weights)", "en share % (tokens)", "seed", "model", "quant"]
+    header += ["packing", *(f"{lang} acc % [{level} CI]" for lang in rep.langs), "wall s"]
     rows = []
     for _, r in rep.runs.iterrows():
         status = r["status"] if r["status"] == "ok" else f"**{str(r['status']).upper()}**: {_short(r.get('run/error'))}"
         where = [f"`{r['run']}`", status, str(r["ratio"]), _num(r["en_share"], "{:.1f}", 100)]
         what = [_num(r.get("data_mix/en/share_tokens"), "{:.1f}", 100), str(r["seed"]), str(r["model"])]
-        how = [str(r["quantization"]), str(r["packing"]), _acc_cell(r, "ko"), _acc_cell(r, "en")]
+        how = [str(r["quantization"]), str(r["packing"]), *(_acc_cell(r, lang) for lang in rep.langs)]
         rows.append([*where, *what, *how, _num(r.get("run/wall_s"), "{:.0f}")])
     n_failed = int((rep.runs["status"] != "ok").sum())
     intro = f"{len(rep.runs)} runs, {n_failed} failed. Accuracy intervals are per-run Wilson intervals."
@@ -175,22 +192,24 @@ def _runs_section(rep: SweepReport) -> list[str]:
 def _share_section(rep: SweepReport, metric: str, title: str, scale: float, fmt: str, png: str) -> list[str]:
     level = format_level(rep.confidence)
     lines = [f"## {title}", "", f"![{title}]({png})", ""]
-    header = ["en:ko", "en share %"]
-    header += [f"{lang} mean [{level} CI across seeds] (seeds)" for lang in LANGS]
+    header = [rep.mix_label, "en share %"]
+    header += [f"{lang} mean [{level} CI across seeds] (seeds)" for lang in rep.langs]
     by_ratio: dict[Any, list[str]] = {}
-    for i, lang in enumerate(LANGS):
+    for i, lang in enumerate(rep.langs):
         for _, m in rep.means[metric][lang].iterrows():
-            row = by_ratio.setdefault(m["ratio"], [str(m["ratio"]), _num(m["en_share"], "{:.1f}", 100), "n/a", "n/a"])
+            first = [str(m["ratio"]), _num(m["en_share"], "{:.1f}", 100)]
+            row = by_ratio.setdefault(m["ratio"], first + ["n/a"] * len(rep.langs))
             ci = f"[{_num(m['ci_low'], fmt, scale)}, {_num(m['ci_high'], fmt, scale)}]"
             row[2 + i] = f"{_num(m['mean'], fmt, scale)} {ci} ({int(m['n_seeds'])})"
     base = rep.base[metric]
-    base_row = ["base model", "-", *(_num(base[lang], fmt, scale) for lang in LANGS)]
+    base_row = ["base model", "-", *(_num(base.get(lang), fmt, scale) for lang in rep.langs)]
     return [*lines, *_table(header, [*by_ratio.values(), base_row]), ""]
 
 
 def _forgetting_section(rep: SweepReport) -> list[str]:
     level = format_level(rep.confidence)
-    header = ["run", "en:ko", "seed", "lang", "n", "base acc %", "run acc %", f"delta pp [{level} paired bootstrap CI]"]
+    header = ["run", rep.mix_label, "seed", "lang", "n", "base acc %", "run acc %"]
+    header.append(f"delta pp [{level} paired bootstrap CI]")
     header += ["McNemar p", "Holm p", "verdict"]
     rows = []
     for _, r in rep.forgetting.iterrows():
@@ -202,16 +221,16 @@ def _forgetting_section(rep: SweepReport) -> list[str]:
     note = (
         f"delta = fine-tuned minus base accuracy on the same questions (negative = forgetting). Verdict: exact "
         f"McNemar p < {format_alpha(rep.confidence)} for that run alone; Holm p corrects for the {len(rows)} tests of "
-        "this table." + _bootstrap_note(rep.runs)
+        "this table." + _bootstrap_note(rep.runs, rep.langs)
     )
     return ["## Forgetting", "", "![forgetting](forgetting.png)", "", note, "", *_table(header, rows), ""]
 
 
-def _bootstrap_note(runs: pd.DataFrame) -> str:
+def _bootstrap_note(runs: pd.DataFrame, langs: list[str]) -> str:
     """The resamples and seed of the runs' paired bootstrap intervals, when their summaries record them."""
     settings = set()
     for _, run in runs.iterrows():
-        for lang in LANGS:
+        for lang in langs:
             pre = f"forgetting/{lang}/bootstrap_"
             samples, seed = run.get(pre + "samples"), run.get(pre + "seed")
             if pd.notna(samples) and pd.notna(seed):
@@ -238,7 +257,7 @@ def _efficiency_section(rep: SweepReport) -> list[str]:
     ]
 
 
-def _contrast_section(table: pd.DataFrame, confidence: float) -> list[str]:
+def _contrast_section(table: pd.DataFrame, confidence: float, mix_label: str = "en:ko") -> list[str]:
     """The report.md section for a contrast table (empty when there is nothing to compare)."""
     if table.empty:
         return []
@@ -249,7 +268,7 @@ def _contrast_section(table: pd.DataFrame, confidence: float) -> list[str]:
         f" {level} Welch t interval and two-sided p with the seed as the unit (not corrected for the"
         f" {len(table)} comparisons). Accuracy in percentage points, gold-letter log-likelihood in nats."
     )
-    header = ["en:ko", "metric", "seeds", f"mean ({reference} mean)", f"diff [{level} CI]", "Welch p"]
+    header = [mix_label, "metric", "seeds", f"mean ({reference} mean)", f"diff [{level} CI]", "Welch p"]
     rows = []
     for _, r in table.iterrows():
         fmt = "{:+.2f}" if r["unit"] == "pp" else "{:+.3f}"
@@ -273,7 +292,7 @@ def markdown(rep: SweepReport, sweep_dir: Path, figs: dict[str, Any]) -> str:
             title = f"Gold-answer log-likelihood ({metric.rsplit('_', 1)[1]}, nats) vs English share"
             lines += _share_section(rep, metric, title, 1.0, "{:.3f}", f"{metric}_vs_share.png")
     lines += _task_section(rep)
-    lines += _contrast_section(rep.contrast, rep.confidence)
+    lines += _contrast_section(rep.contrast, rep.confidence, rep.mix_label)
     if "forgetting" in figs:
         lines += _forgetting_section(rep)
     lines += watch_section(rep.watch, rep.guard, rep.confidence)

@@ -4,9 +4,11 @@
 
 `to_train_config` checks each value and the rules between groups; this module checks the config against the world
 around it: keys nobody reads (`+trainer.max_step=5`), source and task names, the data files they need (present and
-not empty), the resume target, and whether the launch (torchrun or not, a GPU or not) fits `sharding` and
-`trainer.device`. A training run that would fail on any of these after loading a model, or after hours of training
-(an unknown `eval.tasks` name), stops here in about a second with exit code 2.
+not empty), every dataset declared in data.datasets (prepared here, so a bad file, column or row stops the run with
+its file, line and field before any model loads), each source under its own language, the resume target, and
+whether the launch (torchrun or not, a GPU or not) fits `sharding` and `trainer.device`. A training run that would
+fail on any of these after loading a model, or after hours of training (an unknown `eval.tasks` name), stops here
+in about a second with exit code 2.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ def check_run(cfg: TrainConfig, dict_cfg: Any = None) -> None:
     if dict_cfg is not None:
         check_known_keys(dict_cfg)
     check_launch(cfg)
+    check_declared(cfg.data)
     if cfg.stage in ("train", "train_eval"):
-        for specs in cfg.data_mix.sources.values():
+        for language, specs in cfg.data_mix.sources.items():
             for spec in specs:
-                check_source(spec, cfg.data, f"data_mix.sources ({spec})", training=True)
+                check_source(spec, cfg.data, f"data_mix.sources.{language} ({spec})", training=True, language=language)
     if cfg.stage in ("eval", "train_eval") and cfg.eval.enabled:
         check_tasks(cfg)
     if cfg.stage in ("train", "train_eval") and cfg.eval.watch and cfg.eval.watch_every > 0:
@@ -93,26 +96,59 @@ def check_launch(cfg: TrainConfig, replicas_ok: bool = False, entry: str = "medt
             raise ConfigError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=auto or cpu.")
 
 
-def check_source(spec: str, data_cfg: Any, where: str, training: bool = False) -> None:
-    """`<source>:<split>` names a known source or view and split, and its raw files are here (warns when empty)."""
+def check_declared(data_cfg: Any) -> None:
+    """Prepare every dataset declared in data.datasets (cached after the first run): a bad one stops here."""
+    if not getattr(data_cfg, "datasets", None):
+        return
+    from medtune.data.prepare import prepare_source
+    from medtune.data.sources.registry import declared_sources
+
+    for name, source in declared_sources(data_cfg).items():
+        try:
+            manifest = prepare_source(source, data_cfg)
+        except (OSError, ValueError) as err:  # DatasetError, BadRowError, a file that is not there
+            message = str(err)
+            prefix = "" if message.startswith("data.datasets.") else f"data.datasets.{name}: "
+            raise ConfigError(prefix + message) from None
+        if manifest["skipped"]:
+            log.warning("data.datasets.%s: %d bad rows skipped (data.on_bad_row=skip)", name, len(manifest["skipped"]))
+
+
+def _splits_of(source: Any, data_cfg: Any) -> tuple[str, ...]:
+    from medtune.data.prepare import prepare_source, source_splits
+
+    if source.declared is not None:  # prepared by check_declared: its splits are what its data gave
+        return tuple(prepare_source(source, data_cfg)["counts"])
+    return source_splits(source, data_cfg)
+
+
+def check_source(spec: str, data_cfg: Any, where: str, training: bool = False, language: str | None = None) -> None:
+    """`<source>:<split>` names a known source or view and split, and its raw files are here (warns when empty);
+    with `language`, the source's records are in that language."""
     from medtune.data import assert_trainable
-    from medtune.data.prepare import raw_files, source_splits, use_hub
+    from medtune.data.prepare import raw_files, use_hub
     from medtune.data.sources.registry import parse_spec, resolve
 
     try:
         name, split = parse_spec(spec)
-        source, _ = resolve(name)
+        source, _ = resolve(name, data_cfg)
     except (KeyError, ValueError) as err:
         raise ConfigError(f"{where}: {err.args[0]}") from None
-    splits = source_splits(source, data_cfg)
+    if language is not None and source.language != language:
+        raise ConfigError(
+            f"{where}: {source.name} is in {source.language!r}, not {language!r}; list it under "
+            f"data_mix.sources.{source.language} (every row of a language's sources counts towards its share)."
+        )
+    splits = _splits_of(source, data_cfg)
     if split not in splits:
-        raise ConfigError(f"{where}: {source.name} has no split {split!r}; its splits: {list(splits)}.")
+        how = " (declare it: splits, split_column or holdout)" if source.declared is not None else ""
+        raise ConfigError(f"{where}: {source.name} has no split {split!r}; its splits: {list(splits)}{how}.")
     if training:
         try:
             assert_trainable(spec, data_cfg)
         except ValueError as err:
             raise ConfigError(f"{where}: {err}") from None
-    if source.builtin or use_hub(source, data_cfg):
+    if source.builtin or source.declared is not None or use_hub(source, data_cfg):
         return
     try:
         files = raw_files(source, data_cfg)
@@ -128,18 +164,26 @@ def check_source(spec: str, data_cfg: Any, where: str, training: bool = False) -
 
 def check_tasks(cfg: TrainConfig) -> None:
     """Every `eval.tasks` name is a task, and the data its questions (and few-shot examples) come from is here."""
-    from medtune.eval.tasks import TASKS
+    from medtune.eval.tasks import all_tasks
 
-    unknown = [t for t in cfg.eval.tasks if t not in TASKS]
+    tasks = all_tasks(cfg.data)
+    not_mcq = [t for t in cfg.eval.tasks if t in cfg.data.datasets and t not in tasks]
+    if not_mcq:
+        formats = {t: cfg.data.datasets[t].format for t in not_mcq}
+        raise ConfigError(
+            f"eval.tasks names {formats}: only a multiple-choice dataset (format: mcq) is an evaluation task; "
+            "train on the others through data_mix.sources and take them out of eval.tasks."
+        )
+    unknown = [t for t in cfg.eval.tasks if t not in tasks]
     if unknown:
-        close = {t: difflib.get_close_matches(t, list(TASKS), n=1) for t in unknown}
+        close = {t: difflib.get_close_matches(t, list(tasks), n=1) for t in unknown}
         hints = "; ".join(f"{t} -> {c[0]}?" for t, c in close.items() if c)
         raise ConfigError(
             f"eval.tasks names unknown tasks {unknown}{' (' + hints + ')' if hints else ''}; known tasks: "
-            f"{sorted(TASKS)}."
+            f"{sorted(tasks)}."
         )
     for name in cfg.eval.tasks:
-        spec = TASKS[name]
+        spec = tasks[name]
         check_source(f"{spec.source}:{spec.split}", cfg.data, f"eval.tasks ({name})")
         if cfg.eval.num_fewshot > 0 and spec.fewshot:
             check_source(spec.fewshot, cfg.data, f"eval.tasks ({name} few-shot)")

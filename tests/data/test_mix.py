@@ -376,3 +376,36 @@ def test_real_data_mixes_realise_their_ratio_in_tokens(data_dir: Path, cache_dir
             assert 0 <= sum(map(byte_tokens, rows)) - exact < max(map(byte_tokens, rows)), (name, lang)
         assert mix.report["data_mix/en/repeated"] == mix.report["data_mix/ko/repeated"] == 0
         print(format_mix_report(mix.report))  # shown with pytest -s
+
+
+# The paper's 10:3 mix (+experiment=mix_10_3, budget 900k Gemma 3 tokens) as main built it before declared datasets,
+# N-language ratios and chat records landed (issue 20): source -> (examples, tokens). Any change to how the built-in
+# sources are read, prompted, tokenised or drawn shows here.
+PAPER_10_3 = {
+    "en/chatdoctor_en:train": (2039, 173019),
+    "en/medmcqa:dev": (2757, 173124),
+    "en/medqa_4opt:dev": (800, 173300),
+    "en/medquad:train": (601, 172894),
+    "ko/genmedgpt_ko:train": (1028, 103887),
+    "ko/kormedmcqa:train": (606, 103848),
+}
+
+
+@pytest.mark.slow
+def test_the_paper_ten_to_three_mix_is_unchanged(data_dir: Path, cache_dir: Path) -> None:
+    from medtune.bench.lengths import gemma3_tokenizer
+    from medtune.config import compose
+    from medtune.data.prompts import encode_example
+    from medtune.training.batches import load_pools
+
+    cfg = compose(["+experiment=mix_10_3", f"data.data_dir={data_dir}", f"data.cache_dir={cache_dir / 'data'}"])
+    tokenizer = gemma3_tokenizer()
+
+    def length(record: Record) -> int:
+        return len(encode_example(record, tokenizer, cfg.data, chat_template=cfg.model.chat_template)["input_ids"])
+
+    report = build_mix(cfg.data_mix, load_pools(cfg, {}), length).report
+    got = {k: (report[f"data_mix/{k}/examples"], report[f"data_mix/{k}/tokens"]) for k in PAPER_10_3}
+    assert got == PAPER_10_3
+    assert (report["data_mix/en/tokens"], report["data_mix/ko/tokens"]) == (692337, 207735)
+    assert report["data_mix/achieved_ratio"] == "10:3.0005"

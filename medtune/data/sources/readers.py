@@ -27,9 +27,9 @@ def read_text(path: Path) -> str:
     return text.removeprefix("\ufeff")
 
 
-def iter_csv(path: Path, header: bool = True) -> Iterator[tuple[int, dict[str, Any] | list[str]]]:
+def iter_csv(path: Path, header: bool = True, delimiter: str = ",") -> Iterator[tuple[int, dict[str, Any] | list[str]]]:
     """(first line of the row, row) for each CSV row; dict rows when the file has a header."""
-    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter)
     columns: list[str] | None = None
     line = 1
     for cells in reader:
@@ -67,3 +67,11 @@ def read_json(path: Path) -> Any:
         return json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno}).") from None
+
+
+def csv_header(path: Path, delimiter: str = ",") -> list[str]:
+    """The column names of a CSV file (its first non-empty row); [] for an empty file."""
+    for cells in csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter):
+        if cells:
+            return cells
+    return []

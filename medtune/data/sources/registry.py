@@ -3,6 +3,8 @@
 A source spec is "<source>:<split>". Besides the prepared sources there are views, filtered at load time:
 `kormedmcqa_<doctor|nurse|pharm|dentist>` (one KorMedMCQA subject), `mmlu_medical` (MultiMedQA's six subjects),
 `mmlu_general` (the non-health subjects, the forgetting probe) and `mmlu_<subject>` (one MMLU subject).
+The datasets declared in config (`data.datasets.<name>`, read by sources/user.py) are sources too:
+`resolve(name, data_cfg)` and `all_sources(data_cfg)` see them next to the built-in ones.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
+from medtune.config import ConfigError
+from medtune.config.checks import resolve_dir
 from medtune.data.schema import Record, RowError, RowSink, letter_index, mcq, text_field
 from medtune.data.sources import english as en
 from medtune.data.sources import korean as ko
 from medtune.data.sources.hub import HUB_READERS, hub_rows
 from medtune.data.sources.readers import iter_jsonl
+from medtune.data.sources.user import Declared
 
 Reader = Callable[[Path, str, RowSink], None]
 
@@ -32,6 +38,7 @@ class Source:
     files: tuple[str, ...]  # glob patterns under data_dir; the version key hashes their sizes and mtimes
     read: Reader
     builtin: bool = False  # ships inside the package (no data_dir needed)
+    declared: Declared | None = None  # a dataset declared in config: read by its own rules, all splits at once
 
 
 def sample_record(row: dict, language: str, split: str) -> Record:
@@ -119,10 +126,33 @@ VIEW_SUBJECTS: dict[str, tuple[str, tuple[str, ...] | None]] = {
 }
 
 
-def resolve(name: str) -> tuple[Source, Callable[[Record], bool] | None]:
-    """A source or view name -> (prepared source, record filter or None)."""
+def _declared_reader(data_dir: Path, split: str, sink: RowSink) -> None:
+    raise RuntimeError("a declared dataset is read whole by Source.declared.read_all, not split by split (a bug).")
+
+
+def declared_sources(data_cfg: Any) -> dict[str, Source]:
+    """The datasets declared in data.datasets as sources; a name taken by a built-in source or view is refused."""
+    out = {}
+    for name, ds in (getattr(data_cfg, "datasets", None) or {}).items():
+        if name in SOURCES or name in VIEW_SUBJECTS or re.fullmatch(r"mmlu_([a-z_]+)", name):
+            raise ConfigError(f"data.datasets.{name}: {name!r} is the name of a built-in source or view; rename it.")
+        declared = Declared(name, ds, resolve_dir(data_cfg.data_dir), bool(getattr(data_cfg, "hub", False)))
+        out[name] = Source(name, ds.language, (), (), _declared_reader, declared=declared)
+    return out
+
+
+def all_sources(data_cfg: Any) -> dict[str, Source]:
+    """Built-in sources, then the declared datasets of `data_cfg` (None: built-in only)."""
+    return SOURCES | (declared_sources(data_cfg) if data_cfg is not None else {})
+
+
+def resolve(name: str, data_cfg: Any = None) -> tuple[Source, Callable[[Record], bool] | None]:
+    """A source, view or declared dataset name -> (prepared source, record filter or None)."""
     if name in SOURCES:
         return SOURCES[name], None
+    declared = declared_sources(data_cfg) if data_cfg is not None else {}
+    if name in declared:
+        return declared[name], None
     if name in VIEW_SUBJECTS:
         base, subjects = VIEW_SUBJECTS[name]
         if subjects is None:
@@ -135,7 +165,11 @@ def resolve(name: str) -> tuple[Source, Callable[[Record], bool] | None]:
         subject = match.group(1)
         return SOURCES["mmlu"], lambda r: r.subject == subject
     known = sorted([*SOURCES, *VIEW_SUBJECTS, "mmlu_<subject>"])
-    raise KeyError(f"unknown data source {name!r}; known sources and views: {', '.join(known)}.")
+    mine = f"; declared in data.datasets: {', '.join(declared)}" if declared else ""
+    raise KeyError(
+        f"unknown data source {name!r}; known sources and views: {', '.join(known)}{mine}. Your own data: declare "
+        "it under data.datasets (README, 'Your own data')."
+    )
 
 
 def parse_spec(spec: str) -> tuple[str, str]:

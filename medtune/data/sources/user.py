@@ -1,0 +1,243 @@
+"""A dataset declared in config (`data.datasets.<name>`) read into Records, split by files, a column or a holdout.
+
+    declared = Declared("my_ja_mcq", data_cfg.datasets["my_ja_mcq"], data_dir, hub=data_cfg.hub)
+    declared.files()              # the local files it reads (their sizes and mtimes key the prepared copy)
+    declared.read_all(sink)       # {split: [Record]}; bad rows go to the sink (file, line, field)
+
+Paths are relative to data.data_dir; `medtune://` points inside the installed package (the shipped examples).
+Without `splits`, one file (or glob) is all `train`, a saved or hub dataset keeps its own splits; `split_column`
+routes rows by a column; `holdout` moves a seeded fraction of one split (by a keyed hash of each row's id) into a
+new one. Row ids are `columns.id` when given (duplicates are bad rows), else `<file>-<line>` (or `<split>-<row>`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from medtune.config import DatasetConfig
+from medtune.data.schema import Record, RowError, RowSink, text_field
+from medtune.data.sources.tables import DatasetError, file_format, is_saved_dataset, read_dataset_dict, read_table
+from medtune.data.sources.user_rows import BUILDERS
+
+PACKAGE_PREFIX = "medtune://"
+Entry = tuple[str, dict[str, Any], str]  # (location, row, id when the dataset has no id column)
+
+
+def resolve_path(value: str, data_dir: Path) -> Path:
+    """A declared path: `medtune://...` inside the package, absolute as is, else under data.data_dir."""
+    if value.startswith(PACKAGE_PREFIX):
+        return Path(str(resources.files("medtune"))) / value[len(PACKAGE_PREFIX) :]
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else data_dir / path
+
+
+def _glob(pattern: Path) -> list[Path]:
+    if any(ch in str(pattern) for ch in "*?["):
+        anchor = Path(pattern.anchor)
+        return sorted(p for p in anchor.glob(str(pattern.relative_to(anchor))) if p.is_file())
+    return [pattern] if pattern.exists() else []
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One declared dataset and where its data is (local files, a saved folder or the hub)."""
+
+    name: str
+    cfg: DatasetConfig
+    data_dir: Path
+    hub: bool = False  # data.hub: a path that is not on disk is a hub id
+
+    @property
+    def key(self) -> str:
+        """The config key of this dataset, for messages."""
+        return f"data.datasets.{self.name}"
+
+    def root(self) -> Path:
+        """Where `path` points (a file, folder or glob), or data_dir when only `splits` name files."""
+        return resolve_path(self.cfg.path, self.data_dir) if self.cfg.path else self.data_dir
+
+    def is_hub(self) -> bool:
+        """True when `path` is read from the hub: data.hub=true and nothing on disk matches it."""
+        path = self.cfg.path or ""
+        return self.hub and bool(path) and not path.startswith(PACKAGE_PREFIX) and not _glob(self.root())
+
+    def is_saved(self) -> bool:
+        """True when `path` is a save_to_disk folder (or file_format says so)."""
+        return self.cfg.file_format == "saved" or is_saved_dataset(self.root())
+
+    def _by_file(self) -> bool:
+        return bool(self.cfg.splits) and self.cfg.split_column is None and not self.is_saved() and not self.is_hub()
+
+    def _missing(self, what: str, pattern: Path) -> DatasetError:
+        hub = "" if self.hub else "; a hub id needs data.hub=true"
+        return DatasetError(
+            f"{self.key}: {what} {pattern} matches no file (relative paths are under data.data_dir={self.data_dir})"
+            f"{hub}. Fix the path, or set data.data_dir (MEDTUNE_DATA_DIR)."
+        )
+
+    def split_files(self) -> dict[str, list[Path]]:
+        """{split: files} when `splits` name files; {'': files} for one file, glob or folder of files."""
+        root = self.root()
+        if self._by_file():
+            if root.is_file():
+                raise DatasetError(
+                    f"{self.key}: splits name files but path {root} is a file; set path to their folder."
+                )
+            out = {}
+            for split, value in self.cfg.splits.items():
+                patterns = value if isinstance(value, list) else [value]
+                out[split] = [f for p in patterns for f in _glob(resolve_path(str(p), root))]
+                if not out[split]:
+                    raise self._missing(f"splits.{split}", resolve_path(str(patterns[0]), root))
+            return out
+        files = _glob(root)
+        if files == [root] and root.is_dir():
+            files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not files:
+            raise self._missing("path", root)
+        return {"": files}
+
+    def files(self) -> list[Path]:
+        """Every local file the dataset reads ([] from the hub); DatasetError when a path matches nothing."""
+        if self.is_hub():
+            return []
+        if self.is_saved():
+            return sorted(p for p in self.root().rglob("*") if p.is_file())
+        return [f for files in self.split_files().values() for f in files]
+
+    def _check_columns(self, columns: list[str], where: str) -> None:
+        """A column named in the config that the table does not have: stop with the columns it has."""
+        wanted = {k: v for k, v in self.cfg.columns.items() if k not in ("role", "content")}  # keys inside messages
+        if self.cfg.format in ("instruction", "alpaca") and wanted.get("input") == "input":
+            wanted.pop("input")  # the default input column is optional
+        if self.cfg.split_column:
+            wanted["split_column"] = self.cfg.split_column
+        for field_name, value in wanted.items():
+            for column in value if isinstance(value, list) else [value]:
+                if column not in columns:
+                    raise DatasetError(
+                        f"{where}: no column {column!r} ({self.key}.columns.{field_name}); its columns are "
+                        f"{columns}. Set {self.key}.columns.{field_name} to one of them."
+                    )
+
+    def _table(self, path: Path, sink: RowSink) -> list[Entry]:
+        columns, rows = read_table(path, file_format(path, self.cfg.file_format, f"{self.key}.path"), sink)
+        if rows:
+            self._check_columns(columns, str(path))
+        try:
+            stem = str(path.relative_to(self.root() if self.root().is_dir() else self.root().parent).with_suffix(""))
+        except ValueError:
+            stem = path.stem
+        return [(loc, row, f"{stem}-{loc.rsplit(':', 1)[-1].rsplit(' ', 1)[-1]}") for loc, row in rows]
+
+    def raw_splits(self, sink: RowSink) -> dict[str, list[Entry]]:
+        """Rows per split as the data gives them ('' = not yet split: one pool for split_column or train)."""
+        if self.is_hub() or self.is_saved():
+            target = self.cfg.path if self.is_hub() else str(self.root())
+            loaded = read_dataset_dict(target, self.is_hub(), self.cfg.hub_config)
+            out: dict[str, list[Entry]] = {}
+            for split, (columns, rows) in loaded.items():
+                if rows:
+                    self._check_columns(columns, f"{target} [{split or 'all'}]")
+                out[split or ""] = [(loc, row, f"{split or 'all'}-{i}") for i, (loc, row) in enumerate(rows)]
+            return self._pick_splits(out)
+        return {split: [e for f in files for e in self._table(f, sink)] for split, files in self.split_files().items()}
+
+    def _pick_splits(self, loaded: dict[str, list[Entry]]) -> dict[str, list[Entry]]:
+        if self.cfg.split_column or not self.cfg.splits:
+            if self.cfg.split_column:
+                return {"": [e for entries in loaded.values() for e in entries]}
+            return {split or "": entries for split, entries in loaded.items()}
+        missing = {ours: theirs for ours, theirs in self.cfg.splits.items() if theirs not in loaded}
+        if missing:
+            raise DatasetError(f"{self.key}.splits maps {missing} but the dataset's splits are {sorted(loaded)}.")
+        return {ours: loaded[theirs] for ours, theirs in self.cfg.splits.items()}
+
+    def read_all(self, sink: RowSink) -> dict[str, list[Record]]:
+        """Every split's Records: split by column and holdout, ids checked, rows built (bad ones to the sink)."""
+        raw = self.raw_splits(sink)
+        if "" in raw:
+            raw = self._route(raw.pop(""), sink) if self.cfg.split_column else {"train": raw.pop("")}
+        entries = self._with_ids(raw, sink)
+        if self.cfg.holdout is not None:
+            entries = self._hold_out(entries)
+        build = BUILDERS[self.cfg.format]
+        out: dict[str, list[Record]] = {}
+        for split, items in entries.items():
+            start = len(sink.records)
+            for location, row, native_id in items:
+                sink.add(location, build, row, self.cfg, self.name, split, native_id)
+            out[split] = sink.records[start:]
+            if not out[split]:
+                why = "every row was bad and skipped" if items else "no rows"
+                raise DatasetError(f"{self.key}: split {split!r} is empty ({why}); give it rows or leave it out.")
+        return out
+
+    def _route(self, pool: list[Entry], sink: RowSink) -> dict[str, list[Entry]]:
+        """Rows by their split column (its values, or the splits they are mapped to)."""
+        column = str(self.cfg.split_column)
+        to_split = {str(theirs): ours for ours, theirs in self.cfg.splits.items()}
+        out: dict[str, list[Entry]] = {ours: [] for ours in self.cfg.splits}  # a mapped split must get rows
+        for location, row, auto_id in pool:
+            value = row.get(column)
+            if value is None or str(value).strip() == "":
+                sink.bad(location, column, "missing (the split column names each row's split)")
+                continue
+            split = to_split.get(str(value).strip(), None if to_split else str(value).strip())
+            if split is not None:  # a value the splits mapping leaves out: not used
+                out.setdefault(split, []).append((location, row, auto_id))
+        return out
+
+    def _with_ids(self, raw: dict[str, list[Entry]], sink: RowSink) -> dict[str, list[Entry]]:
+        """Each entry with its row id: columns.id (missing or repeated ids are bad rows) or the automatic one."""
+        column = self.cfg.columns.get("id")
+        first: dict[str, str] = {}
+        out: dict[str, list[Entry]] = {}
+        for split, items in raw.items():
+            kept = out.setdefault(split, [])
+            for location, row, auto_id in items:
+                native = auto_id
+                if column:
+                    try:
+                        native = text_field(row, column)
+                    except RowError as err:  # the id cell is missing or empty
+                        sink.bad(location, column, err.reason)
+                        continue
+                if native in first:
+                    why = f"id {native!r} repeats the row at {first[native]}; ids must be unique"
+                    sink.bad(location, column or "<id>", why + " (fix it, or drop columns.id to number rows by line)")
+                    continue
+                first[native] = location
+                kept.append((location, row, native))
+        return out
+
+    def _hold_out(self, entries: dict[str, list[Entry]]) -> dict[str, list[Entry]]:
+        """Move round(fraction x rows) of `from_split`, chosen by a keyed hash of (seed, row id), into `split`."""
+        h = self.cfg.holdout
+        assert h is not None
+        pool = entries.get(h.from_split)
+        if pool is None:
+            raise DatasetError(
+                f"{self.key}.holdout.from_split={h.from_split!r} is not a split; splits: {list(entries)}."
+            )
+        if h.split in entries:
+            raise DatasetError(f"{self.key}.holdout.split={h.split!r} is already a split of the data; name another.")
+        n = round(h.fraction * len(pool))
+        if not 0 < n < len(pool):
+            raise DatasetError(
+                f"{self.key}.holdout: {h.fraction} of the {len(pool)} rows of {h.from_split!r} is {n} rows, which "
+                f"leaves {h.split!r} or {h.from_split!r} empty; change holdout.fraction or add rows."
+            )
+
+        def key(entry: Entry) -> bytes:
+            return hashlib.blake2b(f"{h.seed}\x00{entry[2]}".encode(), digest_size=16).digest()
+
+        held = {id(e) for e in sorted(pool, key=key)[:n]}
+        return entries | {
+            h.from_split: [e for e in pool if id(e) not in held],
+            h.split: [e for e in pool if id(e) in held],
+        }
