@@ -69,6 +69,7 @@ class DatasetConfig:
     domain: str = "medical"  # medical: pooled into eval/lang/<language>; general: a probe reported on its own
     file_format: str = "auto"  # auto (by extension) | jsonl | json | csv | tsv | parquet | saved (save_to_disk)
     hub_config: str | None = None  # the hub dataset's configuration (subset) name, with data.hub=true
+    license: str | None = None  # terms of the data, shown in exported model cards (e.g. "internal, de-identified")
 
     def check(self, name: str) -> None:
         """Validate the declaration of data.datasets.<name>; normalise its language and fill default columns."""

@@ -41,8 +41,12 @@ def _data_readme(run_cfg: dict[str, Any]) -> Path | None:
     return None
 
 
-def dataset_license(name: str, readme: Path | None) -> str:
-    """A training source's license: the built-in sample's README, or the data README row of its folder."""
+def dataset_license(name: str, readme: Path | None, declared: dict[str, Any] | None = None) -> str:
+    """A training source's license: a declared dataset's `license`, the built-in sample's README, or the data
+    README row of its folder. `declared` is the run config's `data.datasets`."""
+    base = name.split(":")[0]
+    if declared and base in declared:
+        return (declared[base] or {}).get("license") or f"not stated (data.datasets.{base}.license)"
     try:
         source = resolve(name.split(":")[0])[0]
     except (KeyError, ValueError):
@@ -66,6 +70,7 @@ def _mix_table(source: ExportSource, summary: dict[str, Any]) -> list[str]:
         ]
     unit = summary.get("data_mix/unit", mix.get("unit", "examples"))
     readme = _data_readme(source.run_cfg)
+    declared = (source.run_cfg.get("data") or {}).get("datasets") or {}
     lines = [
         f"Unit: {unit}; requested ratio {summary.get('data_mix/requested_ratio', 'unknown')}, "
         f"realised {summary.get('data_mix/achieved_ratio', 'unknown')} (summary.json).",
@@ -85,7 +90,7 @@ def _mix_table(source: ExportSource, summary: dict[str, Any]) -> list[str]:
             lines.append(
                 f"| {lang} | {name} | {_num(summary.get(f'{sub}/requested_share'))} | "
                 f"{_num(summary.get(f'{sub}/share_{unit}'))} | {summary.get(f'{sub}/examples', '?')} | "
-                f"{summary.get(f'{sub}/tokens', '?')} | {dataset_license(name, readme)} |"
+                f"{summary.get(f'{sub}/tokens', '?')} | {dataset_license(name, readme, declared)} |"
             )
     return lines
 

@@ -46,6 +46,9 @@ def test_dataset_licenses_come_from_the_readmes(tmp_path: Path) -> None:
     assert dataset_license("medquad:train", None) == "unknown"
     assert dataset_license("no_such_source:train", readme) == "unknown"
     assert dataset_license("sample_ko:train", None) == "Apache-2.0"  # medtune/data/sample/README.md
+    declared = {"ja_exam": {"format": "mcq", "license": "internal, de-identified"}, "ja_notes": {"format": "qa"}}
+    assert dataset_license("ja_exam:train", readme, declared) == "internal, de-identified"
+    assert dataset_license("ja_notes:train", readme, declared) == "not stated (data.datasets.ja_notes.license)"
 
 
 def test_modelfile_passes_plain_prompts_through() -> None:
