@@ -252,5 +252,5 @@ def plot_watch_curves(curves: pd.DataFrame, confidence: float = 0.95) -> Figure:
         ax.set_visible(False)
     axes[0].set_ylabel("gold-letter log-likelihood change vs base (nats)")
     band = f"band: lowest to highest seed (one seed: its {format_level(confidence)} paired bootstrap CI)"
-    fig.suptitle(f"Change from base during training, one line per en:ko ratio\n{band}", fontsize=11)
+    fig.suptitle(f"Change from base during training, one line per mixing ratio\n{band}", fontsize=11)
     return fig

@@ -59,12 +59,13 @@ def watch_curves(runs: pd.DataFrame) -> pd.DataFrame:
     for _, run in ok.iterrows():
         series = load_watch_series(Path(run["path"]))
         if not series.empty:
-            frames.append(_long(series).assign(ratio=run["ratio"], en_share=run["en_share"]))
+            seed = run.get("seed", run["path"])  # a run without a recorded seed counts as one of its own
+            frames.append(_long(series).assign(ratio=run["ratio"], en_share=run["en_share"], seed=seed))
     if not frames:
         return pd.DataFrame(columns=CURVE_COLUMNS)
     grouped = pd.concat(frames).groupby(["ratio", "en_share", "group", "step"])
     curves = grouped.agg(
-        n_seeds=("value", "count"),
+        n_seeds=("seed", "nunique"),  # distinct seeds (two runs of one seed count once)
         mean=("value", "mean"),
         seed_low=("value", "min"),
         seed_high=("value", "max"),
@@ -120,12 +121,13 @@ def _guard_rows(table: pd.DataFrame) -> list[list[str]]:
     return rows
 
 
-def watch_section(curves: pd.DataFrame, table: pd.DataFrame, confidence: float) -> list[str]:
-    """The report.md section: the curves' figure, when and how far each ratio moved, the guard and keep records."""
+def watch_section(curves: pd.DataFrame, table: pd.DataFrame, confidence: float, mix_label: str = "en:ko") -> list[str]:
+    """The report.md section: the curves' figure, when and how far each ratio moved, the guard and keep records.
+    `mix_label` heads the ratio columns ('en:ko', 'en:ko:ja')."""
     if curves.empty and table.empty:
         return []
     level = format_level(confidence)
-    header = ["group", "en:ko", "seeds", "first watched", "lowest (step)", f"last [{level} paired CI]"]
+    header = ["group", mix_label, "seeds", "first watched", "lowest (step)", f"last [{level} paired CI]"]
     note = (
         "Change of the mean gold-letter log-likelihood from the base model on the same watch questions (nats; "
         "negative = the run puts less probability on the right answer than the base did), mean over seeds; the "
@@ -135,7 +137,7 @@ def watch_section(curves: pd.DataFrame, table: pd.DataFrame, confidence: float) 
     lines = ["## Forgetting as it happens (watch)", "", "![watch curves](watch_curves.png)", "", note, ""]
     lines += _table(header, _trajectory_rows(curves)) if not curves.empty else []
     if not table.empty:
-        guard_header = ["run", "en:ko", "seed", "guard", "stopped/marked at step", "kept step (criterion)"]
+        guard_header = ["run", mix_label, "seed", "guard", "stopped/marked at step", "kept step (criterion)"]
         lines += ["", "Guard, kept step and the watch's cost (its time over the rest of the training loop's):", ""]
         lines += _table([*guard_header, "last step (criterion)", "watch overhead %"], _guard_rows(table))
     return [*lines, ""]

@@ -295,7 +295,7 @@ def markdown(rep: SweepReport, sweep_dir: Path, figs: dict[str, Any]) -> str:
     lines += _contrast_section(rep.contrast, rep.confidence, rep.mix_label)
     if "forgetting" in figs:
         lines += _forgetting_section(rep)
-    lines += watch_section(rep.watch, rep.guard, rep.confidence)
+    lines += watch_section(rep.watch, rep.guard, rep.confidence, rep.mix_label)
     if "efficiency" in figs:
         lines += _efficiency_section(rep)
     return "\n".join(lines)

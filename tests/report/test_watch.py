@@ -80,3 +80,11 @@ def test_a_sweep_without_a_watch_has_no_watch_section(tmp_path: Path) -> None:
     assert "(watch)" not in (tmp_path / "report" / "report.md").read_text()
     assert not (tmp_path / "report" / "watch_curves.csv").exists()
     assert load_watch_series(sweep / "1_data_mix.ratio=1:1,seed=0").empty
+
+
+def test_a_repeated_seed_counts_once(sweep: Path, tmp_path: Path) -> None:
+    """A rerun of 1:1 seed 0 (another directory, same seed) adds a run, not a seed."""
+    shutil.copytree(sweep / "1-1_seed0", sweep / "1-1_seed0_rerun")
+    rep = write(sweep, tmp_path / "report")
+    ko = rep.watch[(rep.watch["group"] == "lang/ko") & (rep.watch["ratio"] == "1:1")]
+    assert (ko["n_seeds"] == 2).all()
