@@ -215,8 +215,16 @@ def plot_efficiency(eff: pd.DataFrame) -> Figure:
 
 
 def _watch_panels(curves: pd.DataFrame) -> list[str]:
-    """The groups to draw: languages first, then each watch set (worst_lang repeats a language)."""
+    """The groups to draw: languages first, then each watch set that is not its language's only set (worst_lang
+    and a language's single set would repeat a language panel point for point)."""
+
+    def points(group: str) -> tuple:
+        c = curves[curves["group"] == group].sort_values(["ratio", "step"])
+        return tuple(zip(c["ratio"], c["step"], c["mean"], strict=True))
+
     groups = [g for g in curves["group"].unique() if g != "worst_lang"]
+    langs = {points(g) for g in groups if g.startswith("lang/")}
+    groups = [g for g in groups if g.startswith("lang/") or points(g) not in langs]
     return sorted(groups, key=lambda g: (not g.startswith("lang/"), g))
 
 

@@ -88,3 +88,17 @@ def test_a_repeated_seed_counts_once(sweep: Path, tmp_path: Path) -> None:
     rep = write(sweep, tmp_path / "report")
     ko = rep.watch[(rep.watch["group"] == "lang/ko") & (rep.watch["ratio"] == "1:1")]
     assert (ko["n_seeds"] == 2).all()
+
+
+def test_a_languages_only_set_gets_no_panel_of_its_own() -> None:
+    """A set that is its language's only one has the language's curve point for point: one panel, not two."""
+    from medtune.report.plots import plot_watch_curves
+
+    rows = []
+    for step in STEPS:
+        rows += [(step, "lang/ko", -0.01 * step), (step, "kormed_law", -0.01 * step), (step, "lang/en", 0.1)]
+        rows += [(step, "medqa", 0.2), (step, "mmlu", 0.0), (step, "worst_lang", -0.01 * step)]
+    curves = pd.DataFrame(rows, columns=["step", "group", "mean"]).assign(ratio="1:1", en_share=0.5, n_seeds=1)
+    curves = curves.assign(seed_low=curves["mean"], seed_high=curves["mean"], ci_low=-1.0, ci_high=1.0)
+    titles = [ax.get_title() for ax in plot_watch_curves(curves).axes if ax.get_visible()]
+    assert titles == ["English (en)", "Korean (ko)", "set medqa", "set mmlu"]
