@@ -103,5 +103,4 @@ def watch_metrics(
 
 def criterion(metrics: dict[str, Any], keep_by: str) -> float:
     """The value `trainer.keep_by` ranks watched steps by (higher is better): a group's delta_gold_ll."""
-    group = WORST_LANG if keep_by == WORST_LANG else group_key(keep_by)
-    return float(metrics[f"watch/{group}/delta_gold_ll"])
+    return float(metrics[f"watch/{group_key(keep_by)}/delta_gold_ll"])

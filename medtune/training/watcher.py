@@ -1,6 +1,6 @@
 """The watch inside the training loop: change from base at the watched steps, the guard, and the step kept.
 
-    watcher = Watcher.build(cfg, tokenizer, dist, on_forward=watchdog.tick)   # None when eval.watch is off
+    watcher = Watcher.build(cfg, tokenizer, on_forward=watchdog.tick)   # None when eval.watch is off
     watcher.begin(model)                           # the base model's scores on the watch sets (cached), once
     if watcher.due(step):
         tracker.log(watcher.observe(model, step), step=step)   # watch/<set>/..., watch/lang/<lang>/..., guard/...
@@ -8,7 +8,8 @@
     summary |= watcher.finish(model, step, loop_s) # keep=best: the best step's adapter weights are put back
 
 Every rank calls every method (scores are spread over the ranks and gathered; under FSDP the forwards run in
-lockstep); all ranks hold the same scores, and rank 0's guard decision is the one every rank follows.
+lockstep); all ranks hold the same gathered scores and run the same seeded bootstrap, so every rank reaches the
+same guard decision without a collective (none sits behind a data-dependent branch).
 
 The guard fires when, for `patience` watched steps in a row, a protected group's paired bootstrap interval (at
 guard.level, over its questions) lies wholly below -margin: the drop from base is larger than the margin at that
@@ -110,7 +111,7 @@ class Watcher:
         if below and self.streak >= gc.patience and self.fired is None:
             group = below[0][1]  # the farthest below
             fired = {"step": step, "group": group, **tests[group], "metric": gc.metric, "margin": gc.margin}
-            self.fired = self.ranks.broadcast(fired | {"level": gc.level, "action": gc.action})
+            self.fired = fired | {"level": gc.level, "action": gc.action}
             log.warning("guard fired at step %d: %s", step, describe_guard(self.fired))
             out["guard/fired_step"] = float(step)
         return out

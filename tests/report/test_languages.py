@@ -80,9 +80,11 @@ def test_tables_and_plots_show_every_language(sweep: Path, tmp_path: Path) -> No
 
 
 def test_another_level_recomputes_every_language_from_predictions(sweep: Path) -> None:
-    rep = build(sweep, confidence=0.9)
-    ja = rep.forgetting[rep.forgetting["lang"] == "ja"]
+    rep, wide = build(sweep, confidence=0.9), build(sweep, confidence=0.95)
+    ja, ja95 = (r.forgetting[r.forgetting["lang"] == "ja"].reset_index(drop=True) for r in (rep, wide))
     assert len(ja) == 4 and (ja["ci_low_pp"] <= ja["delta_pp"]).all()
+    width, width95 = ja["ci_high_pp"] - ja["ci_low_pp"], ja95["ci_high_pp"] - ja95["ci_low_pp"]
+    assert (width <= width95).all() and (width < width95).any()  # restated at 0.9: narrower (0-wide ones stay 0)
     assert rep.runs["eval/lang/ja/confidence"].eq(0.9).all()
 
 
