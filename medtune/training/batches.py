@@ -37,6 +37,7 @@ class DataPipeline:
     report: dict[str, Any] = field(default_factory=dict)
     _cached: tuple[int, list[dict[str, torch.Tensor]]] | None = None  # (epoch, all ranks' batches)
     _heldout: list[dict[str, torch.Tensor]] | None = None
+    _per_epoch: int | None = None  # epoch 0's micro-batch count, the unit of `epochs` (kept: later epochs evict 0)
 
     def all_batches(self, epoch: int) -> list[dict[str, torch.Tensor]]:
         """Every rank's micro-batches of one epoch, built once (the stats and the loop share them)."""
@@ -72,9 +73,10 @@ class DataPipeline:
 
     def epochs(self, micro_batches: int, start: dict[str, int] | None = None) -> float:
         """Passes over the training set after `micro_batches` more micro-batches (all ranks) from `start`."""
-        per_epoch = len(self.all_batches(0))
+        if self._per_epoch is None:
+            self._per_epoch = len(self.all_batches(0))
         position = start or {"epoch": 0, "batch": 0}
-        return position["epoch"] + (position["batch"] + micro_batches) / per_epoch
+        return position["epoch"] + (position["batch"] + micro_batches) / self._per_epoch
 
     def heldout_batches(self) -> list[dict[str, torch.Tensor]]:
         """This rank's share of the first trainer.eval_batches held-out micro-batches, the same count on every rank.

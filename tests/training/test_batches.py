@@ -110,3 +110,21 @@ def test_a_micro_batch_larger_than_the_set_is_said(caplog: pytest.LogCaptureFixt
     with caplog.at_level("WARNING", logger="medtune.data"):
         _say_what_training_reads(cfg, _pipeline(3, 0, 0, 1), world_size=1)
     assert "trainer.micro_batch_size=100000 but the training set makes only 3 rows" in caplog.text
+
+
+def test_epoch_progress_does_not_repack_epoch_zero() -> None:
+    """train/epoch is logged every few steps: past epoch 0 it must not rebuild epoch 0's batches to count them."""
+    from medtune.training.batches import DataPipeline
+
+    built = []
+
+    def make(examples: list, epoch: int) -> list[dict]:
+        built.append(epoch)
+        return [{"i": i} for i in range(5)]
+
+    pipeline = DataPipeline(make, [{}], [], rank=0, world_size=1, eval_batches=1)
+    assert pipeline.epochs(10) == 2.0
+    for epoch in (1, 2):
+        pipeline.all_batches(epoch)
+        assert pipeline.epochs(0, {"epoch": epoch, "batch": 2}) == epoch + 0.4
+    assert built == [0, 1, 2]
