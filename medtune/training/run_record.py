@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from medtune.config import TrainConfig
+from medtune.files.atomic import atomic_write_text
 from medtune.files.space import StorageError, explain
 from medtune.training import resume
 from medtune.training.resume import ResumePlan
@@ -81,9 +81,7 @@ def trim_metrics(run_dir: Path, last_step: int) -> int:
         keep = [line for i, line in enumerate(lines) if _keep_line(name, i, line, last_step)]
         if len(keep) == len(lines):
             continue
-        tmp = path.with_name(f".{name}.{os.getpid()}.tmp")
-        tmp.write_text("".join(keep), encoding="utf-8")
-        os.replace(tmp, path)  # a crash here leaves the old file or the new one, never half of one
+        atomic_write_text(path, "".join(keep))  # a crash here leaves the old file or the new one, never half of one
         dropped += len(lines) - len(keep)
         log.info("%s: dropped %d line(s) after step %d; those steps run again", path, len(lines) - len(keep), last_step)
     return dropped
@@ -112,7 +110,6 @@ def write_failed_summary(run_dir: Path, failure: dict[str, Any]) -> dict[str, An
         summary = {}
     summary = summary | failure
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".summary.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    # the watchdog's thread and the main one may both write it: each through its own temporary file
+    atomic_write_text(path, json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
     return summary
