@@ -39,6 +39,7 @@ from medtune.config import compose
 from medtune.data.packing import build_batches
 from medtune.files.space import GIB
 from medtune.memory.estimate import estimate
+from medtune.memory.fit import fit_micro_batch
 from medtune.models.build import arch_config, load_tokenizer
 from medtune.models.document_masks import enable_document_masking
 from medtune.training import distributed
@@ -216,7 +217,8 @@ def _compose_config(plan: dict, name: str, extra: list[str], args: argparse.Name
     overrides = [*plan.get("common", []), *plan["configurations"][name], *extra]
     if world_size > 1:
         overrides += plan.get("distributed_overrides", ["sharding=fsdp"])
-    return compose([*overrides, f"trainer.max_steps={args.warmup + args.steps + 2}"]), overrides
+    cfg = compose([*overrides, f"trainer.max_steps={args.warmup + args.steps + 2}"])
+    return fit_micro_batch(cfg, world_size)[0], overrides  # trainer.micro_batch_size=auto -> a number
 
 
 def run_bench(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:

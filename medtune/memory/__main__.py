@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> None:
         cfg = compose(overrides)
     except (HydraException, ConfigError) as err:
         raise SystemExit(f"error: {err}\n(arguments are Hydra overrides of conf/train.yaml; see --help)") from None
-    if cfg.trainer.micro_batch_size == "auto":
-        cfg, fitted = fit_micro_batch(cfg, world_size, label_tokens_per_row)
-        print(f"micro_batch_size=auto: {fitted['trainer/micro_batch_size_auto']} rows fit the budget")
+    cfg, fitted = fit_micro_batch(cfg, world_size, label_tokens_per_row)
+    if fitted:  # on stderr: --json prints nothing but the JSON
+        print(f"micro_batch_size=auto: {fitted['trainer/micro_batch_size_auto']} rows fit the budget", file=sys.stderr)
     est = estimate(cfg, world_size, label_tokens_per_row=label_tokens_per_row)
     if as_json:
         print(

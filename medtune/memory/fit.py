@@ -26,7 +26,10 @@ def with_micro_batch(cfg: TrainConfig, rows: int) -> TrainConfig:
 def fit_micro_batch(
     cfg: TrainConfig, world_size: int = 1, label_tokens_per_row: float | None = None
 ) -> tuple[TrainConfig, dict[str, Any]]:
-    """cfg with the largest micro_batch_size (at most MAX_ROWS) whose predicted peak fits the budget."""
+    """cfg with the largest micro_batch_size (at most MAX_ROWS) whose predicted peak fits the budget; a cfg whose
+    micro_batch_size is a number comes back as it is, with no fit record."""
+    if cfg.trainer.micro_batch_size != "auto":
+        return cfg, {}
     budget = float(cfg.trainer.memory_budget_gib)
 
     def peak(rows: int) -> float:

@@ -46,8 +46,8 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
     """
     dist = distributed.init(cfg.sharding, cfg.trainer.device)
     fitted: dict[str, Any] = {}
-    if cfg.trainer.micro_batch_size == "auto":
-        cfg, fitted = fit_micro_batch(cfg, dist.world_size)
+    cfg, fitted = fit_micro_batch(cfg, dist.world_size)  # trainer.micro_batch_size=auto -> a number
+    if fitted:
         log.info(
             "trainer.micro_batch_size=auto: %d rows, predicted peak %.2f GiB per GPU within the %.2f GiB budget",
             fitted["trainer/micro_batch_size_auto"],

@@ -43,3 +43,20 @@ def test_auto_needs_a_budget_and_sizes_must_be_whole() -> None:
         compose(["trainer.micro_batch_size=often"])
     with pytest.raises(ConfigError, match=r"trainer\.micro_batch_size=0 must be > 0"):
         compose(["trainer.micro_batch_size=0"])
+
+
+def test_a_number_passes_through_and_json_output_stays_json() -> None:
+    """Every caller (train, bench, memory) sends its cfg through the fit; a fixed size comes back untouched, and
+    `python -m medtune.memory --json` with auto prints only JSON on stdout (the choice goes to stderr)."""
+    import json
+    import subprocess
+    import sys
+
+    cfg = compose([*GEMMA_4B[:-1], "trainer.micro_batch_size=3"])
+    assert fit_micro_batch(cfg) == (cfg, {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "medtune.memory", "--json", *GEMMA_4B, "trainer.memory_budget_gib=20"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["peak_gib"] <= 20 and "rows fit the budget" in proc.stderr
