@@ -7,12 +7,11 @@ row is ever dropped without a trace in the prepare report.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 LETTERS = "ABCDEFGHIJ"  # option letters, in order (at most 10 options)
 IGNORE_INDEX = -100  # the label of a position that is not a target (PyTorch cross-entropy's ignore_index)
-KINDS = ("mcq", "open", "chat")
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ class Record:
     language: str  # a BCP 47 code (medtune.config.normalize_language): ko, en, ja, zh-Hant, ...
     subject: str
     split: str
-    kind: str  # mcq | open | chat
+    kind: str  # mcq | open | chat (built by mcq(), open_qa() and chat() below)
     question: str
     choices: tuple[str, ...]  # empty for open QA
     answer_index: int | None  # 0-based; None for open QA
@@ -183,16 +182,5 @@ def chat(
 ) -> Record:
     """Build a chat Record: the conversation, its first user turn as the question, its last answer as the answer."""
     first_user = next(content for role, content in messages if role == "user")
-    return Record(
-        id=f"{source}:{split}:{native_id}",
-        source=source,
-        language=language,
-        subject=subject,
-        split=split,
-        kind="chat",
-        question=first_user,
-        choices=(),
-        answer_index=None,
-        answer_text=messages[-1][1],
-        messages=tuple(messages),
-    )
+    qa = open_qa(source, split, native_id, language, subject, first_user, messages[-1][1])
+    return replace(qa, kind="chat", messages=tuple(messages))

@@ -67,11 +67,3 @@ def read_json(path: Path) -> Any:
         return json.loads(read_text(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno}).") from None
-
-
-def csv_header(path: Path, delimiter: str = ",") -> list[str]:
-    """The column names of a CSV file (its first non-empty row); [] for an empty file."""
-    for cells in csv.reader(io.StringIO(read_text(path), newline=""), delimiter=delimiter):
-        if cells:
-            return cells
-    return []

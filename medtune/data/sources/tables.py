@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune.data.schema import RowSink
-from medtune.data.sources.readers import csv_header, iter_csv, iter_jsonl, read_text
+from medtune.data.sources.readers import iter_csv, iter_jsonl, read_text
 
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
 EXTENSIONS |= {".parquet": "parquet", ".pq": "parquet"}
@@ -86,16 +86,18 @@ def _parquet_rows(path: Path) -> tuple[list[str], Rows]:
 
 
 def read_table(path: Path, fmt: str, sink: RowSink) -> tuple[list[str], Rows]:
-    """(the file's columns, its rows with their locations); JSON columns are the union of the objects' keys."""
+    """(the file's columns, its rows with their locations); the columns are the union of the rows' keys."""
     if fmt == "parquet":
         return _parquet_rows(path)
     if fmt in ("csv", "tsv"):
         delimiter = "\t" if fmt == "tsv" else ","
         rows = [(f"{path}:{line}", row) for line, row in iter_csv(path, delimiter=delimiter)]
-        return csv_header(path, delimiter), rows  # type: ignore[return-value]
-    rows = [(f"{path}:{line}", row) for line, row in iter_jsonl(path, sink)] if fmt == "jsonl" else []
-    if fmt == "json":
+    elif fmt == "json":
         rows = _json_items(path, sink)
+    elif fmt == "jsonl":
+        rows = [(f"{path}:{line}", row) for line, row in iter_jsonl(path, sink)]
+    else:
+        raise DatasetError(f"{path}: format {fmt!r} is not a table file (jsonl, json, csv, tsv, parquet).")
     seen: dict[str, None] = {}
     for _, row in rows:
         seen.update(dict.fromkeys(row))
