@@ -12,6 +12,16 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 FIXTURES = TESTS / "fixtures"
 ARCHS = REPO / "medtune" / "models" / "archs"
+# a tiny CPU training run through medtune.train's overrides (tests add what they vary)
+TINY_RUN = [
+    "model=tiny_llama",
+    "trainer.device=cpu",
+    "trainer.micro_batch_size=2",
+    "trainer.progress_bar=false",
+    "packing.max_seq_len=1024",
+    "optim.lr=3e-3",
+    "optim.warmup_ratio=0",
+]
 
 
 def tiny_config(arch: str, **overrides):

@@ -10,21 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, TINY_RUN
 
 from medtune.data.__main__ import main as data_main
 from medtune.report.cli import main as report_main
 from medtune.report.write import build, figures
 
-TINY = [
-    "model=tiny_llama",
-    "trainer.device=cpu",
-    "trainer.micro_batch_size=2",
-    "trainer.progress_bar=false",
-    "packing.max_seq_len=1024",
-    "optim.lr=3e-3",
-    "optim.warmup_ratio=0",
-]
+TINY = TINY_RUN
 LANGS = {"en": 0.5, "ko": 0.25, "ja": 0.25}
 
 

@@ -12,16 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, TINY_RUN
 
 TINY = [
-    "model=tiny_llama",
-    "trainer.device=cpu",
-    "trainer.micro_batch_size=2",
-    "trainer.progress_bar=false",
-    "packing.max_seq_len=1024",
-    "optim.lr=3e-3",
-    "optim.warmup_ratio=0",
+    *TINY_RUN,
     "lora.dropout=0.1",
 ]
 
