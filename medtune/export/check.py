@@ -28,7 +28,9 @@ import torch
 from tqdm.auto import tqdm
 
 from medtune.data.prompts import render_mcq_prompt
+from medtune.data.schema import LETTERS
 from medtune.data.sources.registry import sample_dir, sample_record
+from medtune.eval.scoring import read_predictions
 
 LANGUAGES = ("ko", "en")
 QUESTIONS_PER_LANGUAGE = 12
@@ -119,10 +121,10 @@ def _log_probs(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
     return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
-def reference(model: torch.nn.Module, tokenizer: Any, questions_per_language: int | None = None) -> list[Reference]:
+def reference(model: torch.nn.Module, tokenizer: Any) -> list[Reference]:
     """Score every probe with the merged model and keep only what the comparison reads (not the full vocab)."""
     refs = []
-    for probe in tqdm(probes(questions_per_language), desc="check: merged model", unit="probe"):
+    for probe in tqdm(probes(), desc="check: merged model", unit="probe"):
         ids = list(tokenizer(probe.text)["input_ids"])
         logp = _log_probs(model, ids)
         top = torch.topk(logp, TOP_K, dim=-1).indices
@@ -222,13 +224,10 @@ def against_evaluation(questions: list[dict[str, Any]], predictions: Path) -> di
     """
     if not predictions.is_file():
         return None
-    evaluated = {}
-    for line in predictions.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        evaluated[row["id"]] = row
+    evaluated = {row["id"]: row for row in read_predictions(predictions)}
     common = [(q, evaluated[q["id"]]) for q in questions if q["id"] in evaluated]
     if not common:
         return {"questions": 0}
     deltas = [abs(a - b) for q, row in common for a, b in zip(q["export_letter_logp"], row["letter_lls"], strict=True)]
-    same = sum("ABCDE"[q["export"]] == row["pred"] for q, row in common)
+    same = sum(LETTERS[q["export"]] == row["pred"] for q, row in common)
     return {"questions": len(common), "same_letter": same, "max_abs_dlogp_letters": max(deltas)}

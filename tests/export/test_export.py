@@ -155,3 +155,25 @@ def test_real_gemma3_270m_exports_to_gguf_and_passes(tmp_path: Path) -> None:
     reader = gguf.GGUFReader(folder / "run_270m-f16.gguf")
     assert reader.get_field("tokenizer.ggml.model").contents() == "llama"
     assert reader.get_field("gemma3.attention.sliding_window").contents() == 512
+
+
+def test_against_evaluation_pairs_questions_by_id(tmp_path: Path) -> None:
+    """The card's comparison with the run's own evaluation: same ids only, letters and the largest letter gap."""
+    from medtune.eval.scoring import write_predictions
+    from medtune.export.check import against_evaluation
+
+    rows = [
+        {"id": "q1", "pred": "B", "letter_lls": [-2.0, -0.5]},
+        {"id": "q2", "pred": "A", "letter_lls": [-1.0, -3.0]},
+    ]
+    path = tmp_path / "predictions.jsonl"
+    write_predictions(path, rows)  # as the eval stage writes them
+    questions = [
+        {"id": "q1", "export": 1, "export_letter_logp": [-2.1, -0.5]},
+        {"id": "q2", "export": 1, "export_letter_logp": [-3.0, -1.0]},  # the export changed this letter
+        {"id": "q9", "export": 0, "export_letter_logp": [0.0, -9.0]},  # not evaluated by the run: left out
+    ]
+    got = against_evaluation(questions, path)
+    assert got["questions"] == 2 and got["same_letter"] == 1
+    assert got["max_abs_dlogp_letters"] == pytest.approx(2.0)
+    assert against_evaluation(questions, tmp_path / "absent.jsonl") is None
