@@ -19,19 +19,28 @@ from medtune.export.check import probes
 from medtune.export.source import ExportSource
 from medtune.files.space import size_text
 
-BASE_LICENSES = {  # first match wins: MedGemma is a Gemma model under its own terms
-    "medgemma": "Health AI Developer Foundations Terms of Use (https://developers.google.com/health-ai-developer-foundations/terms)",
-    "gemma": "Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
-    "llama": "Llama 3.3 Community License Agreement (https://www.llama.com/llama3_3/license/)",
+BASE_LICENSES = {  # name part -> (short id for GGUF general.license, the card's text); first match wins
+    "medgemma": (
+        "health-ai-developer-foundations",
+        "Health AI Developer Foundations Terms of Use (https://developers.google.com/health-ai-developer-foundations/terms)",
+    ),
+    "gemma": ("gemma", "Gemma Terms of Use (https://ai.google.dev/gemma/terms)"),
+    "llama": ("llama3.3", "Llama 3.3 Community License Agreement (https://www.llama.com/llama3_3/license/)"),
 }
 
 
-def base_license(source: ExportSource) -> str:
-    """The base model's license, from its name and architecture; 'unknown' when neither says."""
+def base_license_terms(source: ExportSource) -> tuple[str, str]:
+    """(short id, text) of the base model's license, from its name and architecture: the one source for the card
+    and the GGUF metadata. Random weights have none (id ''), an unrecognised base is 'unknown' (id '')."""
     if source.model_cfg.init == "random":
-        return "none: random weights built by medtune (not a released model)"
+        return "", "none: random weights built by medtune (not a released model)"
     named = f"{source.model_cfg.name} {source.model_cfg.path or ''} {source.model_cfg.arch or ''}".lower()
-    return next((text for key, text in BASE_LICENSES.items() if key in named), "unknown")
+    return next((terms for key, terms in BASE_LICENSES.items() if key in named), ("", "unknown"))
+
+
+def base_license(source: ExportSource) -> str:
+    """The base model's license as the card states it."""
+    return base_license_terms(source)[1]
 
 
 def _data_readme(run_cfg: dict[str, Any]) -> Path | None:

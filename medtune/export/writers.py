@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from medtune.config import ModelConfig
+from medtune.export.card import base_license_terms
 from medtune.export.gguf_loader import ExportLoadError, load_gguf
 from medtune.export.gguf_writer import estimate_gguf_bytes, write_gguf
 from medtune.export.merge import Merged
@@ -85,16 +86,12 @@ def _write_safetensors(merged: Merged, dtype: torch.dtype, folder: Path) -> None
 
 def _write_gguf(merged: Merged, source: ExportSource, quant: str, folder: Path) -> Path:
     path = folder / gguf_name(source.label, quant)
-    meta = {"name": f"{source.model_cfg.name} medtune {source.label}", "license": _license_id(merged.model)}
+    meta = {"name": f"{source.model_cfg.name} medtune {source.label}", "license": base_license_terms(source)[0]}
     with tempfile.TemporaryDirectory() as tokenizer_dir:  # gguf.SpecialVocab reads the saved tokenizer files
         merged.tokenizer.save_pretrained(tokenizer_dir)
         merged.model.config.save_pretrained(tokenizer_dir)
         write_gguf(merged.model, merged.tokenizer, Path(tokenizer_dir), path, quant, meta)
     return path
-
-
-def _license_id(model: torch.nn.Module) -> str:
-    return {"gemma3_text": "gemma", "llama": "llama3.3"}.get(model.config.model_type, "")
 
 
 def write(merged: Merged, source: ExportSource, fmt: str, quant: str, folder: Path) -> dict[str, Any]:

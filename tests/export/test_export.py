@@ -63,6 +63,7 @@ def test_gguf_keeps_the_tokenizer_and_the_weights(tmp_path: Path) -> None:
     path = run / "export" / "gguf-f16" / f"{run.name}-f16.gguf"
     reader = gguf.GGUFReader(path)
     assert reader.get_field("general.architecture").contents() == "llama"
+    assert reader.get_field("general.license") is None  # random weights: no license claimed (the card says so too)
     assert reader.get_field("tokenizer.ggml.model").contents() == "gpt2"
     assert reader.get_field("tokenizer.ggml.pre").contents() == "gpt2"
     assert len(reader.get_field("tokenizer.ggml.tokens").contents()) == 512  # padded to the embedding rows
