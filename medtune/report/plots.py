@@ -14,6 +14,7 @@ from __future__ import annotations
 import colorsys
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -100,6 +101,13 @@ def _mean_line(ax: object, mean: pd.DataFrame, scale: float, color: str, confide
         )
 
 
+def _language_axes(means: dict[str, pd.DataFrame]) -> tuple[Figure, Any, list[str]]:
+    """One panel per language that has results, side by side with a shared y axis."""
+    langs = [lang for lang in means if not means[lang].empty]
+    fig = Figure(figsize=(6.2 * max(1, len(langs)), 4.8), layout="constrained")
+    return fig, fig.subplots(1, max(1, len(langs)), sharey=True, squeeze=False)[0], langs
+
+
 def plot_vs_share(
     runs: pd.DataFrame,
     metric: str,
@@ -116,9 +124,7 @@ def plot_vs_share(
     mix_langs: Sequence[str] = ("en", "ko"),
 ) -> Figure:
     """One panel per language: eval/lang/<lang>/<metric> of each run and the seed mean against the English share."""
-    langs = [lang for lang in means if not means[lang].empty]
-    fig = Figure(figsize=(6.2 * max(1, len(langs)), 4.8), layout="constrained")
-    axes = fig.subplots(1, max(1, len(langs)), sharey=True, squeeze=False)[0]
+    fig, axes, langs = _language_axes(means)
     level = format_level(confidence)
     for ax, lang in zip(axes, langs, strict=False):
         key = f"eval/lang/{lang}/{metric}"
@@ -150,9 +156,7 @@ def plot_forgetting(
     mix_langs: Sequence[str] = ("en", "ko"),
 ) -> Figure:
     """Change in accuracy vs the base model (pp) per language; filled markers are significant (McNemar)."""
-    langs = [lang for lang in means if not means[lang].empty]
-    fig = Figure(figsize=(6.2 * max(1, len(langs)), 4.8), layout="constrained")
-    axes = fig.subplots(1, max(1, len(langs)), sharey=True, squeeze=False)[0]
+    fig, axes, langs = _language_axes(means)
     level = format_level(confidence)
     for ax, lang in zip(axes, langs, strict=False):
         sub = table[table["lang"] == lang]

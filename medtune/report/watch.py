@@ -135,13 +135,14 @@ def watch_section(curves: pd.DataFrame, table: pd.DataFrame, confidence: float, 
         "(with one seed: the run's paired interval)."
     )
     lines = ["## Forgetting as it happens (watch)", "", "![watch curves](watch_curves.png)", "", note, ""]
-    lines += _table(header, _trajectory_rows(curves)) if not curves.empty else []
+    lines += markdown_table(header, _trajectory_rows(curves)) if not curves.empty else []
     if not table.empty:
         guard_header = ["run", mix_label, "seed", "guard", "stopped/marked at step", "kept step (criterion)"]
         lines += ["", "Guard, kept step and the watch's cost (its time over the rest of the training loop's):", ""]
-        lines += _table([*guard_header, "last step (criterion)", "watch overhead %"], _guard_rows(table))
+        lines += markdown_table([*guard_header, "last step (criterion)", "watch overhead %"], _guard_rows(table))
     return [*lines, ""]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines (the report's tables all go through here)."""
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]

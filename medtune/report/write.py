@@ -27,7 +27,7 @@ from medtune.report.sweep import (
     load_sweep,
     mix_languages,
 )
-from medtune.report.watch import guard_table, watch_curves, watch_section
+from medtune.report.watch import guard_table, markdown_table, watch_curves, watch_section
 
 log = logging.getLogger("medtune.report")
 
@@ -112,10 +112,6 @@ def _num(value: Any, fmt: str = "{:.2f}", scale: float = 1.0) -> str:
     return fmt.format(scale * float(value))
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |" for r in rows)]
-
-
 def _acc_cell(run: pd.Series, lang: str) -> str:
     key = f"eval/lang/{lang}/acc"
     if pd.isna(run.get(key)):
@@ -164,7 +160,7 @@ def _task_section(rep: SweepReport) -> list[str]:
         "Mean over the seeds that finished; delta = mean of the per-run paired differences from the base on the same "
         "questions (each run's interval and McNemar test per task are in its eval/report.md and eval/forgetting.json)."
     )
-    return ["## Per task", "", note, "", *_table(header, rows), ""]
+    return ["## Per task", "", note, "", *markdown_table(header, rows), ""]
 
 
 def _runs_section(rep: SweepReport) -> list[str]:
@@ -186,7 +182,7 @@ def _runs_section(rep: SweepReport) -> list[str]:
             f" {int(rep.runs[RECOMPUTED].notna().sum())} runs were evaluated at {was}: all their intervals and "
             f"significance flags were recomputed at {level} from their stored predictions."
         )
-    return ["## Runs", "", intro, "", *_table(header, rows), ""]
+    return ["## Runs", "", intro, "", *markdown_table(header, rows), ""]
 
 
 def _share_section(rep: SweepReport, metric: str, title: str, scale: float, fmt: str, png: str) -> list[str]:
@@ -203,7 +199,7 @@ def _share_section(rep: SweepReport, metric: str, title: str, scale: float, fmt:
             row[2 + i] = f"{_num(m['mean'], fmt, scale)} {ci} ({int(m['n_seeds'])})"
     base = rep.base[metric]
     base_row = ["base model", "-", *(_num(base.get(lang), fmt, scale) for lang in rep.langs)]
-    return [*lines, *_table(header, [*by_ratio.values(), base_row]), ""]
+    return [*lines, *markdown_table(header, [*by_ratio.values(), base_row]), ""]
 
 
 def _forgetting_section(rep: SweepReport) -> list[str]:
@@ -223,7 +219,7 @@ def _forgetting_section(rep: SweepReport) -> list[str]:
         f"McNemar p < {format_alpha(rep.confidence)} for that run alone; Holm p corrects for the {len(rows)} tests of "
         "this table." + _bootstrap_note(rep.runs, rep.langs)
     )
-    return ["## Forgetting", "", "![forgetting](forgetting.png)", "", note, "", *_table(header, rows), ""]
+    return ["## Forgetting", "", "![forgetting](forgetting.png)", "", note, "", *markdown_table(header, rows), ""]
 
 
 def _bootstrap_note(runs: pd.DataFrame, langs: list[str]) -> str:
@@ -252,7 +248,7 @@ def _efficiency_section(rep: SweepReport) -> list[str]:
         " `train/useful_tokens_per_s`: non-pad tokens trained per second, per rank. `train/mfu`: model FLOPs"
         " utilisation against the GPU's dense bf16 peak. Runs that shared a GPU measure the shared throughput.",
         "",
-        *_table(["configuration", "runs", *keys], rows),
+        *markdown_table(["configuration", "runs", *keys], rows),
         "",
     ]
 
@@ -279,7 +275,7 @@ def _contrast_section(table: pd.DataFrame, confidence: float, mix_label: str = "
             f"{r['n_seeds']} vs {r['n_seeds_ref']}", f"{plain.format(r['mean'])} ({plain.format(r['mean_ref'])})",
             f"{fmt.format(r['diff'])} {ci}", "n/a" if not math.isfinite(r["p_welch"]) else f"{r['p_welch']:.3g}",
         ])  # fmt: skip
-    return [f"## Against the {reference} mix", "", note, "", *_table(header, rows), ""]
+    return [f"## Against the {reference} mix", "", note, "", *markdown_table(header, rows), ""]
 
 
 def markdown(rep: SweepReport, sweep_dir: Path, figs: dict[str, Any]) -> str:
