@@ -36,8 +36,21 @@ def eager(tmp_path_factory: pytest.TempPathFactory) -> list[float]:
     return _losses(tmp_path_factory.mktemp("eager"))
 
 
-def test_offloaded_activations_give_the_same_losses(eager: list[float], tmp_path: Path) -> None:
+def test_offloaded_activations_give_the_same_losses(
+    eager: list[float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every micro-batch's saved tensors go through save_on_cpu (on a CPU the copy changes nothing, so equal losses
+    alone would not show the switch did anything), and training is unchanged."""
+    entered = []
+    real = torch.autograd.graph.save_on_cpu
+
+    def counting(*args: object, **kwargs: object) -> object:
+        entered.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", counting)
     assert _losses(tmp_path, "trainer.offload_activations=true") == pytest.approx(eager, rel=1e-6)
+    assert len(entered) == 3  # one micro-batch per step, 3 steps
 
 
 def test_bf16_adapters_are_stored_in_bf16_and_train_alike(eager: list[float], tmp_path: Path) -> None:
