@@ -49,7 +49,7 @@ PY
 collect() {
   cd /root && find runs -name "*.log" -exec gzip -kf {} \;
   tar --exclude='*.safetensors' --exclude='*/checkpoints/*' --exclude='*.log' --exclude='*/hf_cache/*' \
-    --exclude='*/peers/model/*' --exclude='samples.jsonl' -czf "$OUT/speed_h200.tar.gz" runs versions.txt 2>/dev/null
+    --exclude='*/peers/model-*' --exclude='samples.jsonl' -czf "$OUT/speed_h200.tar.gz" runs versions.txt 2>/dev/null
   ls -la "$OUT"
 }
 

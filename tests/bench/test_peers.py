@@ -39,3 +39,21 @@ def test_trl_peer_runs_on_medtunes_samples(tmp_path: Path) -> None:
 def test_unknown_peer_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(["--peers", "axolotl", "--out", str(tmp_path)])
+
+
+def test_the_peers_checkpoint_follows_the_model(tmp_path: Path) -> None:
+    """A second bench into the same folder with another architecture must not hand the peers the first one."""
+    from transformers import AutoConfig
+
+    from medtune.bench.peers.launch import peer_inputs
+    from medtune.config import compose
+    from medtune.models.build import arch_config, load_tokenizer
+
+    dirs = {}
+    for arch in ("tiny_llama", "tiny_gemma3"):
+        cfg = compose([f"model={arch}"])
+        tokenizer = load_tokenizer(cfg.model, arch_config(cfg.model.arch, cfg.model.num_layers))
+        dirs[arch] = peer_inputs(cfg, [{"input_ids": [1, 2], "labels": [1, 2]}], tokenizer, tmp_path)["model"]
+    assert dirs["tiny_llama"] != dirs["tiny_gemma3"]
+    assert AutoConfig.from_pretrained(dirs["tiny_gemma3"]).model_type.startswith("gemma3")
+    assert AutoConfig.from_pretrained(dirs["tiny_llama"]).model_type == "llama"

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from medtune.bench.peers import PEERS
+from medtune.files.atomic import atomic_dir
 from medtune.models.build import arch_config
 
 log = logging.getLogger("medtune.bench")
@@ -37,14 +38,17 @@ def peer_inputs(cfg: Any, examples: list[dict], tokenizer: Any, out_dir: Path) -
     with samples.open("w", encoding="utf-8") as f:
         for ex in examples:
             f.write(json.dumps({"input_ids": ex["input_ids"], "labels": ex["labels"]}) + "\n")
-    model_dir = out_dir / "model"
+    # keyed by what the weights depend on, and published whole: a later run with another model (or a write that
+    # died half-way) never hands the peers a stale or partial checkpoint
+    model_dir = out_dir / f"model-{cfg.model.arch}-{cfg.model.num_layers or 'all'}layers-seed{cfg.seed}"
     if not (model_dir / "config.json").is_file():
         config = arch_config(cfg.model.arch, cfg.model.num_layers)
         torch.manual_seed(cfg.seed)
         with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init of 4B on a CPU takes minutes
             model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        model.save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+        with atomic_dir(model_dir) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         del model
     return {"samples": samples, "model": model_dir}
 
