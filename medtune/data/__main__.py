@@ -25,7 +25,7 @@ import yaml
 
 from medtune.config import GROUPS, ConfigError, DataConfig, compose
 from medtune.config.checks import cache_root
-from medtune.data.loading import eval_split_specs, is_eval_split, load_records
+from medtune.data.loading import eval_split_specs, guarded_specs, is_eval_split, load_records
 from medtune.data.prepare import prepare_source, resolve_dir, version_key
 from medtune.data.schema import BadRowError
 from medtune.data.sources.registry import SOURCES, all_sources
@@ -110,18 +110,6 @@ def cached_leakage(names: list[str], data_cfg: DataConfig) -> tuple[list[dict[st
         rows = leakage_rows(names, data_cfg)
         atomic_write_text(path, json.dumps(rows, indent=1))
     return rows, False
-
-
-def guarded_specs(data_cfg: DataConfig) -> list[str]:
-    """The eval splits the leakage guard holds against (a declared dataset without its eval split has none)."""
-    known = all_sources(data_cfg)
-    out = []
-    for spec in eval_split_specs(data_cfg):
-        name, _, split = spec.partition(":")
-        source = known.get(name)
-        if source is None or source.declared is None or split in prepare_source(source, data_cfg)["counts"]:
-            out.append(spec)
-    return out
 
 
 def print_table(headers: list[str], rows: list[list[Any]]) -> None:

@@ -16,7 +16,7 @@ from medtune.data.leakage import DupIndex, Overlap
 from medtune.data.prepare import prepare_source, read_prepared, resolve_dir, use_hub, version_key
 from medtune.data.schema import Record
 from medtune.data.sources.korean import is_law_block, law_uids
-from medtune.data.sources.registry import SOURCES, parse_spec, resolve
+from medtune.data.sources.registry import SOURCES, declared_sources, parse_spec, resolve
 
 log = logging.getLogger(__name__)
 _INDEX_CACHE: dict[tuple, tuple[DupIndex, list[str]]] = {}
@@ -52,18 +52,25 @@ def _available(source: str, data_cfg: DataConfig) -> bool:
     return True
 
 
-def _declared_without(name: str, split: str, data_cfg: DataConfig) -> bool:
-    """True for a declared dataset that has no such split (a training-only set): nothing to guard there."""
-    source, _ = resolve(name, data_cfg)
-    return source.declared is not None and split not in prepare_source(source, data_cfg)["counts"]
+def guarded_specs(data_cfg: DataConfig) -> list[str]:
+    """The eval splits the leakage guard holds against: data.eval_splits, and each declared dataset's eval split
+    where that dataset has one (a training-only set has nothing to guard; one whose file is missing is kept, to be
+    reported as missing)."""
+    declared = declared_sources(data_cfg)
+    out = []
+    for spec in eval_split_specs(data_cfg):
+        name, split = parse_spec(spec)
+        source = declared.get(name)
+        if source is None or not _available(name, data_cfg) or split in prepare_source(source, data_cfg)["counts"]:
+            out.append(spec)
+    return out
 
 
 def eval_index(data_cfg: DataConfig) -> tuple[DupIndex, list[str]]:
     """A duplicate index over every available evaluation split (cached per data version), and the missing specs."""
-    specs = [parse_spec(s) for s in eval_split_specs(data_cfg)]
+    specs = [parse_spec(s) for s in guarded_specs(data_cfg)]
     present = [(name, split) for name, split in specs if _available(name, data_cfg)]
     missing = [f"{name}:{split}" for name, split in specs if (name, split) not in present]
-    present = [(name, split) for name, split in present if not _declared_without(name, split, data_cfg)]
     key = (
         tuple((n, s, version_key(resolve(n, data_cfg)[0], data_cfg)) for n, s in present),
         data_cfg.near_dup_threshold,
