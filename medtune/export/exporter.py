@@ -28,6 +28,7 @@ from medtune.export.merge import Merged, merge_adapter
 from medtune.export.source import ExportInputError, ExportSource, resolve_source
 from medtune.files.atomic import atomic_dir
 from medtune.files.space import free_bytes, size_text
+from medtune.models.build import base_config
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def export(request: ExportRequest) -> dict[str, Path]:
     _refuse_existing(paths, request.overwrite)
     if "gguf" in paths:  # before the merge: an architecture llama.cpp would run differently is refused at once
         try:
-            check_gguf_supported(writers.base_config(source.model_cfg))
+            check_gguf_supported(base_config(source.model_cfg))
         except GGUFExportError as err:
             raise ExportInputError(str(err)) from err
     need = _check_space(source, request, paths)

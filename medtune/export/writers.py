@@ -20,25 +20,11 @@ from medtune.export.gguf_loader import ExportLoadError, load_gguf
 from medtune.export.gguf_writer import estimate_gguf_bytes, write_gguf
 from medtune.export.merge import Merged
 from medtune.export.source import ExportInputError, ExportSource
-from medtune.models.build import arch_config
-from medtune.models.gguf import ensure_converted
+from medtune.models.build import base_config
 from medtune.models.precision import TORCH_DTYPES
 
 TOKENIZER_MARGIN_BYTES = 64 * 2**20  # tokenizer files, card, check record: a few MB (Gemma's tokenizer.json: 33 MB)
 DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}
-
-
-def base_config(model_cfg: ModelConfig) -> Any:
-    """The base's transformers config without loading weights (the text config of a multimodal Gemma 3)."""
-    from transformers import AutoConfig
-
-    if model_cfg.arch and model_cfg.init == "random":
-        return arch_config(model_cfg.arch, model_cfg.num_layers)
-    path = model_cfg.path
-    if model_cfg.source == "gguf":
-        path = str(ensure_converted(model_cfg.name, model_cfg.cache_dir, model_cfg.path))
-    config = AutoConfig.from_pretrained(path)
-    return getattr(config, "text_config", None) or config
 
 
 def _param_shapes(model_cfg: ModelConfig) -> list[tuple[int, ...]]:

@@ -118,8 +118,10 @@ def _load_pretrained(
     )
 
 
-def _random_config(model_cfg: ModelConfig) -> PretrainedConfig:
-    if model_cfg.arch:
+def base_config(model_cfg: ModelConfig) -> PretrainedConfig:
+    """The base's transformers config as build_model builds it, without weights: the architecture file for random
+    weights, else the checkpoint's (a multimodal Gemma 3's text config), cut to model.num_layers."""
+    if model_cfg.arch and model_cfg.init == "random":
         return arch_config(model_cfg.arch, model_cfg.num_layers)
     if model_cfg.source == "gguf":
         folder = ensure_converted(model_cfg.name, model_cfg.cache_dir, model_cfg.path)
@@ -129,7 +131,7 @@ def _random_config(model_cfg: ModelConfig) -> PretrainedConfig:
 
 def _build_random(model_cfg: ModelConfig, quant_cfg: QuantizationConfig, device: torch.device) -> nn.Module:
     """Random weights; quantised layer by layer when quantization is on (never the whole model in bf16)."""
-    config = _random_config(model_cfg)
+    config = base_config(model_cfg)
     kwargs = {"dtype": TORCH_DTYPES[model_cfg.dtype], "attn_implementation": model_cfg.attn_implementation}
     if quant_cfg.method == "none":
         with torch.device(device):
