@@ -58,11 +58,12 @@ def fingerprint(logits: Any) -> str:
     return hashlib.sha256(rounded).hexdigest()[:16]
 
 
-def check_adapter_active(model: Any, tokenizer: Any) -> float:
-    """Max |logit change| the adapter causes on the probe prompt; raises AdapterInactiveError when ~0."""
+def check_adapter_active(model: Any, tokenizer: Any, on: Any = None) -> float:
+    """Max |logit change| the adapter causes on the probe prompt; raises AdapterInactiveError when ~0. `on`: the
+    adapter's probe logits when the caller already has them (probe_logits(model, tokenizer)), saving a forward."""
     if not is_peft_model(model):
         raise AdapterInactiveError("check_adapter_active needs a peft model; this model has no adapter.")
-    on = probe_logits(model, tokenizer)
+    on = probe_logits(model, tokenizer) if on is None else on
     off = base_probe_logits(model, tokenizer)
     diff = float((on - off).abs().max())
     if not diff > ACTIVE_TOL:

@@ -92,11 +92,11 @@ def merge_adapter(source: ExportSource) -> Merged:
     """The run's base with its adapter merged in, float32 on the CPU, ready for inference (use_cache on)."""
     base, tokenizer = _build_base(source)
     model = load_adapter(base, str(source.adapter_dir)).float()
+    before = probe_logits(model, tokenizer)  # one forward for both uses (a 70B float32 forward on a CPU is minutes)
     try:
-        change = check_adapter_active(model, tokenizer)
+        change = check_adapter_active(model, tokenizer, on=before)
     except AdapterInactiveError as err:
         raise ExportInputError(f"{source.adapter_dir}: {err}") from err
-    before = probe_logits(model, tokenizer)
     merged = model.merge_and_unload()
     merged.config.use_cache = True
     merged.requires_grad_(False)
