@@ -22,9 +22,11 @@ import torch.distributed as tdist
 
 from medtune.config import ShardingConfig
 from medtune.models.anatomy import decoder_layers
+from medtune.models.document_masks import unpacked_attention
 from medtune.models.precision import TORCH_DTYPES
 from medtune.training.launch import env_world
 from medtune.training.loss_module import LossModule
+from medtune.training.speed import eager_layers
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +125,22 @@ def is_fsdp(module: torch.nn.Module) -> bool:
 
 @contextlib.contextmanager
 def scoring_view(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """The (peft) causal LM inside `module`, ready for plain forwards (lm-eval, probes) on every rank.
+    """The (peft) causal LM inside `module`, ready for plain forwards (lm-eval, probes, watch sets) on every rank:
+    padded batches of any length, so sdpa instead of the packing kernel (unpacked_attention) and the decoder layers'
+    eager forwards instead of compiled ones (eager_layers: a new length would recompile). Every scoring site goes
+    through here, so none can forget either.
 
     Under FSDP the wrapper (LossModule) is the root unit and holds the embeddings, final norm and LM head; a forward
     through the causal LM alone would meet them sharded. They are gathered for the whole evaluation (the same
     memory training keeps for them) after one forward through the root, which FSDP needs first to know its root;
     each decoder layer still gathers itself in its own forward. Every rank must enter and leave together.
     """
+    with _gathered_root(module) as inner, unpacked_attention(inner), eager_layers(inner):
+        yield inner
+
+
+@contextlib.contextmanager
+def _gathered_root(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     inner = unwrap(module)
     if not is_fsdp(module):
         yield inner

@@ -16,9 +16,7 @@ import torch
 from medtune.config import TrainConfig
 from medtune.eval.evaluation import evaluate
 from medtune.eval.ranks import Ranks
-from medtune.models.document_masks import unpacked_attention
 from medtune.training.distributed import is_fsdp, per_rank_memory, scoring_view
-from medtune.training.speed import eager_layers
 from medtune.training.step_metrics import memory_metrics, reset_peak_memory
 
 log = logging.getLogger("medtune.evaluate")
@@ -42,7 +40,7 @@ def run_eval_stage(
     """
     reset_peak_memory(dist.device, release_cache=True)
     ranks = Ranks.current(lockstep=is_fsdp(model), on_forward=on_forward)
-    with scoring_view(model) as plain, unpacked_attention(plain), eager_layers(plain):
+    with scoring_view(model) as plain:
         results = _evaluate_and_log(plain, tokenizer, cfg, run_dir, tracker, ranks)
     # lm-eval's logits (batch x length x vocab) set this peak
     return results | per_rank_memory(memory_metrics(dist.device, "lm_eval"), dist.device)

@@ -30,9 +30,7 @@ from medtune.eval.ranks import Ranks
 from medtune.eval.stats import format_level
 from medtune.eval.watch import Scores, WatchSet, base_watch_scores, build_watch_sets, score_watch
 from medtune.eval.watch_stats import criterion, group_change, group_key, watch_metrics
-from medtune.models.document_masks import unpacked_attention
 from medtune.training.distributed import is_fsdp, scoring_view
-from medtune.training.speed import eager_layers
 
 log = logging.getLogger("medtune.train")
 
@@ -77,7 +75,7 @@ class Watcher:
         """Score the base model (adapter off) on the watch sets, or read its cached scores."""
         started = time.perf_counter()
         self.ranks = Ranks.current(lockstep=is_fsdp(model), on_forward=self.on_forward)
-        with scoring_view(model) as plain, unpacked_attention(plain), eager_layers(plain):  # compiled: new shapes
+        with scoring_view(model) as plain:
             self.base = base_watch_scores(plain, self.tokenizer, self.sets, self.cfg.eval, self.ranks)
         self.base_s = time.perf_counter() - started
         self.seconds += self.base_s
@@ -86,7 +84,7 @@ class Watcher:
         """Score the adapter at `step`; the change from base per set and language, the guard, the kept step."""
         started = time.perf_counter()
         ec = self.cfg.eval
-        with scoring_view(model) as plain, unpacked_attention(plain), eager_layers(plain):
+        with scoring_view(model) as plain:
             run = score_watch(plain, self.sets, ec.watch_batch_size, self.ranks)
         stats = (ec.confidence, ec.bootstrap_samples, ec.seed)
         metrics = watch_metrics(self.sets, self.base, run, *stats, accuracy=ec.watch_accuracy)

@@ -21,7 +21,7 @@ from medtune.eval.ranks import Ranks
 from medtune.eval.watch import WatchSet
 from medtune.models.anatomy import causal_lm_of, decoder_layers
 from medtune.training import watcher as watcher_module
-from medtune.training.distributed import DistInfo, unwrap
+from medtune.training.distributed import DistInfo, scoring_view, unwrap
 from medtune.training.recipe import TrainRecipe
 from medtune.training.run import run
 from medtune.training.speed import apply_speedups
@@ -174,7 +174,6 @@ def _scripted_watcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deltas: l
     run = {"sample_ko": [[-2.0 + d, -1.0] for d in deltas]}
     monkeypatch.setattr(watcher_module, "score_watch", lambda *args: run)
     monkeypatch.setattr(watcher_module, "scoring_view", contextlib.nullcontext)
-    monkeypatch.setattr(watcher_module, "unpacked_attention", contextlib.nullcontext)
     return watcher
 
 
@@ -205,6 +204,7 @@ def test_the_watch_scores_with_the_eager_layers_of_a_compiled_model(
         return scripted(plain, *args)
 
     monkeypatch.setattr(watcher_module, "score_watch", spy)
+    monkeypatch.setattr(watcher_module, "scoring_view", scoring_view)  # the real one: it swaps the layers
     model = tiny_model("tiny_llama")
     eager = [layer.forward for layer in decoder_layers(model)]
     apply_speedups(model, to_train_config(_compose(tmp_path, "trainer.compile=true")).trainer)  # compiles lazily
