@@ -10,6 +10,7 @@ writes eval/ under the run directory: tasks, predictions, metrics.json, report.m
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -79,6 +80,7 @@ def _evaluate_command(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path) -> 
     from medtune.eval.ranks import Ranks
     from medtune.models.build import build_model
     from medtune.training import distributed
+    from medtune.training.step_metrics import memory_metrics, reset_peak_memory
     from medtune.training.watchdog import Watchdog
 
     dist = distributed.init(cfg.sharding, cfg.trainer.device, replicas_ok=True)
@@ -98,8 +100,14 @@ def _evaluate_command(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path) -> 
             watch.start()
         watch.enter("eval")
         ranks = Ranks.current(lockstep=distributed.is_fsdp(model), on_forward=watch.tick)
+        reset_peak_memory(dist.device, release_cache=True)
         with distributed.scoring_view(model) as plain:
             evaluate(plain, tokenizer, cfg.eval, cfg.data, run_dir, label=label, ranks=ranks)
+        # the scorer's logits set this peak (eval.scorer, eval.batch_size); the model's own memory is in it
+        memory = distributed.per_rank_memory(memory_metrics(dist.device, "eval"), dist.device)
+        log.info("eval peak memory: %s", {k: round(v, 2) for k, v in memory.items()})
+        if dist.is_main:
+            (run_dir / "eval" / "memory.json").write_text(json.dumps(memory, indent=1, sort_keys=True))
     finally:
         watch.stop()
         distributed.cleanup()

@@ -40,6 +40,7 @@ from medtune.data.packing import build_batches
 from medtune.files.space import GIB
 from medtune.memory.estimate import estimate
 from medtune.memory.fit import fit_micro_batch
+from medtune.models.anatomy import peft_base_of
 from medtune.models.build import arch_config, load_tokenizer
 from medtune.models.document_masks import enable_document_masking
 from medtune.training import distributed
@@ -87,6 +88,16 @@ def _samples_needed(hist: dict, rows: int, max_seq_len: int) -> int:
     return rows * (per_row + 1) + 16
 
 
+def process_started_at() -> float | None:
+    """When this process started, in time.time() seconds (the OS's record: interpreter start included), or None."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except (ImportError, OSError):
+        return None
+
+
 def _free(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
@@ -115,8 +126,13 @@ def _peak_gib(device: torch.device) -> tuple[float | None, float | None]:
     return torch.cuda.max_memory_allocated(device) / GIB, torch.cuda.max_memory_reserved(device) / GIB
 
 
-def measure(cfg: Any, hist: dict, args: argparse.Namespace, out_dir: Path, profile: bool = False) -> dict[str, Any]:
-    """Build one configuration through TrainRecipe, run warm-up and timed steps, return its measurements."""
+def measure(cfg: Any, hist: dict, args: argparse.Namespace, out_dir: Path, profile: bool = False,
+            fresh: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Build one configuration through TrainRecipe, run warm-up and timed steps, return its measurements.
+
+    fresh: the first configuration of the process, whose first step is also timed from the process's start (the
+    peers' `process_to_first_step_s`): imports, CUDA start-up and any one-off compile included.
+    """
 
     dist = distributed.init(cfg.sharding, cfg.trainer.device)
     recipe = TrainRecipe(cfg, out_dir, NullTracker(), dist)
@@ -126,20 +142,27 @@ def measure(cfg: Any, hist: dict, args: argparse.Namespace, out_dir: Path, profi
         recipe.setup_model()
         load_alloc, load_reserved = _peak_gib(dist.device)
         step = _prepare_steps(recipe, cfg, hist, args)
+        attention = peft_base_of(distributed.unwrap(recipe.model)).config._attn_implementation
         labels = _timed_label_tokens_per_row(recipe, cfg, args)
-        ends = []
+        ends, first_wall = [], None
         for _ in range(args.warmup):
             step()
             ends.append(time.perf_counter())  # optimizer_step synchronises the device before it returns
+            first_wall = first_wall or time.time()
         metrics.reset_peak_memory(dist.device)
         timed = []
         for _ in range(args.steps):
             timed.append(step())
             ends.append(time.perf_counter())
+            first_wall = first_wall or time.time()
         alloc, reserved = _peak_gib(dist.device)
         result = {**_aggregate(timed), "peak_alloc_gib": alloc, "peak_reserved_gib": reserved}
         result.update({"first_step_s": ends[0] - loaded_at, "wall_to_last_step_s": ends[-1] - loaded_at})
+        process_start = process_started_at() if fresh else None
+        if process_start is not None:
+            result["process_to_first_step_s"] = first_wall - process_start
         result.update({"load_peak_alloc_gib": load_alloc, "load_peak_reserved_gib": load_reserved})
+        result["attention"] = attention  # the kernel that kept packed documents apart
         if profile:
             result["profile"] = _profile(step, dist.device)
         # The loss chunk of the largest timed micro-batch sets the peak (the chunked loss sees only label tokens).
@@ -233,12 +256,12 @@ def run_bench(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     results.update({"steps": args.steps, "warmup": args.warmup, "baseline": baseline, "extra_overrides": extra})
     results["lengths"] = {k: hist[k] for k in ("n_examples", "total_len", "label_len") if k in hist}
     rows = []
-    for name in plan["configurations"]:
+    for i, name in enumerate(plan["configurations"]):
         cfg, overrides = _compose_config(plan, name, extra, args, world)
         row: dict[str, Any] = {"name": name, "overrides": overrides}
         started = time.perf_counter()
         try:
-            row.update(measure(cfg, hist, args, out / "runs" / name))
+            row.update(measure(cfg, hist, args, out / "runs" / name, fresh=i == 0))
             row["status"] = "ok"
         except Exception as err:  # an OOM in one configuration must not lose the others
             log.exception("configuration %s failed", name)

@@ -132,12 +132,12 @@ class PackingConfig:
     max_seq_len: int | None = 2048
     split_long: bool = False  # packed: split a sample longer than a row instead of refusing it
     truncate: bool = False  # drop the tokens of a sample beyond max_seq_len instead of refusing it (changes data)
-    attention: str = "auto"  # document isolation kernel: auto | flex | sdpa | eager | flash
+    attention: str = "auto"  # document isolation kernel: auto | varlen | flex | sdpa | eager | flash
     seed: int = 0
 
     def __post_init__(self) -> None:
         check_choice("packing.mode", self.mode, ("none", "pad_to_max", "packed"))
-        check_choice("packing.attention", self.attention, ("auto", "flex", "sdpa", "eager", "flash"))
+        check_choice("packing.attention", self.attention, ("auto", "varlen", "flex", "sdpa", "eager", "flash"))
         if self.split_long and self.truncate:
             raise ConfigError(
                 "packing.split_long and packing.truncate are both true; pick one way to handle samples longer "

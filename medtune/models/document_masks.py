@@ -17,6 +17,7 @@ and mixed-layer models accept the per-type dict (the form `generate` prepares), 
 | sdpa           | boolean [rows, 1, seq, seq]                   | dense mask, no flash kernel               |
 | eager          | additive float [rows, 1, seq, seq]            | dense, reference                          |
 | flash_attention_2 | no mask; `cu_seq_lens_*`/`max_length_*` (varlen) | needs the flash_attn package, fp16/bf16 |
+| medtune_varlen | no mask; `cu_seq_lens_*`, bucketed `max_length_*` | torch's FlashAttention-2 (varlen_attention) |
 
 Run the proof: `python -m pytest -q tests/models/test_document_masks.py`.
 """
@@ -32,11 +33,19 @@ from typing import Any
 import torch
 
 from medtune.config import PackingConfig
+from medtune.models import varlen_attention
 from medtune.models.anatomy import peft_base_of
 
 log = logging.getLogger(__name__)
 
-IMPLEMENTATIONS = {"flex": "flex_attention", "sdpa": "sdpa", "eager": "eager", "flash": "flash_attention_2"}
+IMPLEMENTATIONS = {
+    "flex": "flex_attention",
+    "sdpa": "sdpa",
+    "eager": "eager",
+    "flash": "flash_attention_2",
+    "varlen": varlen_attention.NAME,
+}
+_PACKED_ONLY = ("flex_attention", varlen_attention.NAME)  # kernels evaluation swaps for sdpa on padded batches
 _MARK = "_medtune_document_masking"  # attribute set on the transformers model by enable_document_masking
 LayerWindows = dict[str, int | None]  # layer type -> sliding window (None: full causal)
 
@@ -47,12 +56,25 @@ def flash_attn_available() -> bool:
 
 
 def resolve_attention(choice: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The transformers attn_implementation for packing.attention (auto: flash > flex on CUDA, sdpa on CPU)."""
+    """The transformers attn_implementation for packing.attention.
+
+    auto: on CUDA with fp16/bf16 weights the flash_attn package if installed, else torch's built-in flash varlen
+    kernel (sm80+), else flex; sdpa on a CPU. `varlen` on a CPU runs its dense reference (for tests).
+    """
     if choice == "auto":
         half = dtype in (torch.float16, torch.bfloat16)
         if device.type == "cuda" and half and flash_attn_available():
             return "flash_attention_2"
+        if varlen_attention.flash_varlen_available(device, dtype):
+            return varlen_attention.register()
         return "flex_attention" if device.type == "cuda" else "sdpa"
+    if choice == "varlen":
+        if device.type == "cuda" and not varlen_attention.flash_varlen_available(device, dtype):
+            raise ValueError(
+                f"packing.attention=varlen needs fp16/bf16 weights on an sm80+ GPU (got {dtype} on {device}); "
+                "set model.dtype=bfloat16 or packing.attention=flex."
+            )
+        return varlen_attention.register()
     if choice not in IMPLEMENTATIONS:
         raise ValueError(f"packing.attention={choice!r} is not one of {['auto', *IMPLEMENTATIONS]}.")
     if choice == "flash" and not flash_attn_available():
@@ -88,19 +110,20 @@ def layer_windows(config: Any) -> LayerWindows:
 
 @contextmanager
 def unpacked_attention(model: torch.nn.Module) -> Iterator[str]:
-    """Within the block the model runs plain padded batches (evaluation): flex_attention is swapped for sdpa.
+    """Within the block the model runs plain padded batches (evaluation): a packing-only kernel is swapped for sdpa.
 
     flex_attention is what packed training needs, but on padded batches of every length (lm-eval) transformers
-    compiles it per shape, and torch 2.11's inductor fails on those dynamic shapes (NoValidChoicesError, H100).
-    sdpa computes the same attention for one document per row; the packing kernel is restored afterwards.
+    compiles it per shape, and torch 2.11's inductor fails on those dynamic shapes (NoValidChoicesError, H100);
+    medtune_varlen needs the packed batch's sequence bounds. sdpa computes the same attention for one document per
+    row; the packing kernel is restored afterwards.
     """
     base = peft_base_of(model)
     before = base.config._attn_implementation
-    if before != "flex_attention":
+    if before not in _PACKED_ONLY:
         yield before
         return
     base.set_attn_implementation("sdpa")
-    log.info("evaluation: attention flex_attention -> sdpa (padded batches), restored afterwards")
+    log.info("evaluation: attention %s -> sdpa (padded batches), restored afterwards", before)
     try:
         yield "sdpa"
     finally:
@@ -162,8 +185,13 @@ def _build_mask(impl: str, document_ids: torch.Tensor, window: int | None, dtype
     raise ValueError(f"no document mask for attn_implementation={impl!r}; call enable_document_masking first.")
 
 
-def flash_varlen_kwargs(document_ids: torch.Tensor) -> dict[str, Any]:
-    """cu_seq_lens_q/k and max_length_q/k over the flattened rows; each document and pad tail is one sequence."""
+def flash_varlen_kwargs(document_ids: torch.Tensor, device: torch.device | None = None,
+                        bucket: bool = False) -> dict[str, Any]:  # fmt: skip
+    """cu_seq_lens_q/k and max_length_q/k over the flattened rows; each document and pad tail is one sequence.
+
+    Computed where `document_ids` lives (the CPU batch: no device sync), then moved to `device`. bucket: round the
+    max length up (varlen_attention.bucket_max_len) so a compiled model sees a few values, not one per batch.
+    """
     flat = document_ids.reshape(-1)
     starts = torch.ones_like(flat, dtype=torch.bool)
     starts[1:] = flat[1:] != flat[:-1]
@@ -171,6 +199,9 @@ def flash_varlen_kwargs(document_ids: torch.Tensor) -> dict[str, Any]:
     bounds = torch.nonzero(starts).flatten()
     cu = torch.cat([bounds, bounds.new_tensor([flat.numel()])]).to(torch.int32)
     max_len = int((cu[1:] - cu[:-1]).max())
+    if bucket:
+        max_len = varlen_attention.bucket_max_len(max_len, document_ids.shape[-1])
+    cu = cu.to(device, non_blocking=True) if device is not None else cu
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len}
 
 
@@ -192,10 +223,10 @@ def model_inputs(batch: dict[str, torch.Tensor], model: torch.nn.Module) -> dict
             "this batch packs several documents per row but the model is not set up to isolate them; "
             "call medtune.models.document_masks.enable_document_masking(model, cfg.packing) after building the model."
         )
-    document_ids = document_ids.to(device, non_blocking=True)
-    if impl == "flash_attention_2":
-        inputs.update(flash_varlen_kwargs(document_ids))
+    if impl in ("flash_attention_2", varlen_attention.NAME):
+        inputs.update(flash_varlen_kwargs(document_ids, device, bucket=impl == varlen_attention.NAME))
         return inputs
+    document_ids = document_ids.to(device, non_blocking=True)
     dtype = base.get_input_embeddings().weight.dtype
     windows = layer_windows(base.config)
     masks = {kind: _build_mask(impl, document_ids, window, dtype) for kind, window in windows.items()}

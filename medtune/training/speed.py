@@ -4,10 +4,12 @@
     with offloaded_activations(cfg.trainer):          # the step's saved tensors in pinned CPU memory, if asked
         loss.backward()
 
-Regional compilation compiles each decoder layer's forward (the layers are identical, so Dynamo compiles one and
-reuses it; packed rows have one length, so one shape), not the whole model: a fraction of whole-model compile time,
-and FSDP's per-layer hooks stay outside the compiled code. Scoring (lm-eval, watch sets) runs the eager forwards
-(`eager_layers`): its batches have a new length every time, which would recompile.
+Regional compilation compiles each decoder layer's forward (the layers are identical, so Dynamo compiles one per
+layer type and reuses it; packed rows have one length, so one shape), not the whole model: a fraction of whole-model
+compile time, and FSDP's per-layer hooks stay outside the compiled code. Shapes are left to Dynamo's automatic
+dynamic (`dynamic=None`): the flash varlen kernel's sequence bounds and bucketed max length change from batch to
+batch, and after their first change they become symbolic instead of recompiling the layers for every batch.
+Scoring (lm-eval, watch sets) runs the eager forwards (`eager_layers`): its batches have a new length every time.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def apply_speedups(model: nn.Module, tc: TrainerConfig) -> list[str]:
     if tc.compile:
         for layer in decoder_layers(model):
             setattr(layer, _EAGER, layer.forward)
-            layer.forward = torch.compile(layer.forward, dynamic=False)
+            layer.forward = torch.compile(layer.forward, dynamic=None)
         applied.append("compile:decoder_layers")
         log.info("torch.compile: each decoder layer's forward, compiled at its first step (time to first step grows)")
     return applied

@@ -44,8 +44,10 @@ def test_ratios_come_from_the_measured_numbers() -> None:
     assert rows[0]["error_pct"] == pytest.approx(-10.0) and rows[1]["error_pct"] == pytest.approx(10.0)
     for row in rows[:2]:
         row.update({"peak_reserved_gib": 1.0, "mfu": 0.5, "first_step_s": 41.04, "wall_to_last_step_s": 95.55})
+    rows[0]["process_to_first_step_s"] = 52.26  # only the process's first configuration has it
     table = format_table(rows, "base")
-    assert "| fast | 12.00 | 1.00 | 13.20 | +10.0 | 8,100 | 50.0% | 41.0 | 95.5 | 0.40x | 9.00x |" in table
+    assert "| base | 30.00 | 1.00 | 27.00 | -10.0 | 900 | 50.0% | 41.0 | 52.3 | 95.5 | 1.00x | 1.00x |" in table
+    assert "| fast | 12.00 | 1.00 | 13.20 | +10.0 | 8,100 | 50.0% | 41.0 | n/a | 95.5 | 0.40x | 9.00x |" in table
     assert "failed: OutOfMemoryError" in table
 
 
@@ -68,4 +70,6 @@ def test_bench_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     assert packed["speed_ratio"] == pytest.approx(packed["useful_tokens_per_s"] / pad["useful_tokens_per_s"])
     assert pad["useful_tokens_per_s"] < pad["padded_tokens_per_s"]  # rows of 48 hold samples of 7-40 tokens
     assert packed["predicted_gib"] > 0 and pad["speed_ratio"] == 1.0
+    # the first configuration's first step is also timed from the process's start, which came before the model load
+    assert pad["process_to_first_step_s"] > pad["first_step_s"] and "process_to_first_step_s" not in packed
     assert f"{packed['speed_ratio']:.2f}x" in (out / "results.md").read_text()

@@ -9,9 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_model
+from packed_reference import LENGTHS, compare_packed, make_examples
 
 from medtune.config import PackingConfig
-from medtune.data.packing import IGNORE_INDEX, build_batches
+from medtune.data.packing import build_batches
 from medtune.models.document_masks import (
     enable_document_masking,
     flash_varlen_kwargs,
@@ -22,54 +23,18 @@ from medtune.models.document_masks import (
 )
 
 ARCHS = ["tiny_llama", "tiny_gemma3"]
-IMPLS = {"eager": "eager", "sdpa": "sdpa", "flex": "flex_attention"}
-# longer than tiny_gemma3's sliding window of 8, so the sliding layers' mask matters
-LENGTHS = [13, 11, 9, 17, 10, 20, 25, 12]
-
-
-def make_examples(lengths: list[int] = LENGTHS, seed: int = 0) -> list[dict]:
-    """Random token ids with the first third of each sample's labels masked, like a prompt."""
-    gen = torch.Generator().manual_seed(seed)
-    examples = []
-    for i, n in enumerate(lengths):
-        ids = torch.randint(3, 500, (n,), generator=gen).tolist()
-        labels = [IGNORE_INDEX] * (n // 3) + ids[n // 3 :]
-        examples.append({"id": f"t:{i}", "input_ids": ids, "labels": labels})
-    return examples
+IMPLS = {
+    "eager": "eager",
+    "sdpa": "sdpa",
+    "flex": "flex_attention",
+    "varlen": "medtune_varlen",
+}  # varlen: CPU reference
 
 
 def eager_flex() -> contextlib.AbstractContextManager:
     """Run transformers' compiled flex attention eagerly: same mask_mod and BlockMask, no C++ compile on CPU."""
     warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
     return torch.compiler.set_stance("force_eager")
-
-
-def compare_packed(
-    model: torch.nn.Module, batches: list[dict], examples: list[dict], reference: torch.nn.Module | None = None
-) -> dict[str, float]:
-    """Largest per-token logit gap between packed and one-by-one runs (by `reference`, default the same model)."""
-    reference = reference or model
-    max_diff, packed_sum, alone_sum, n_packed, n_alone = 0.0, 0.0, 0.0, 0, 0
-    device = next(model.parameters()).device
-    for batch in batches:
-        logits = model(**model_inputs(batch, model)).logits.float()
-        targets = batch["shift_labels"].to(device)
-        packed_sum += F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
-        n_packed += int((targets != IGNORE_INDEX).sum())
-        k = 0
-        for row in range(batch["input_ids"].shape[0]):
-            for doc in range(int(batch["document_ids"][row].max()) + 1):
-                example = examples[int(batch["example_index"][k])]
-                k += 1
-                ids = torch.tensor(example["input_ids"], device=device)[None]
-                alone = reference(input_ids=ids, use_cache=False).logits[0].float()
-                here = logits[row, (batch["document_ids"][row] == doc).to(device)]
-                max_diff = max(max_diff, (here - alone).abs().max().item())
-                labels = torch.tensor(example["labels"], device=device)
-                alone_sum += F.cross_entropy(alone[:-1], labels[1:], reduction="sum").item()
-                n_alone += int((labels[1:] != IGNORE_INDEX).sum())
-    assert n_packed == n_alone, "packing changed the number of label tokens"
-    return {"max_diff": max_diff, "packed_loss": packed_sum / n_packed, "alone_loss": alone_sum / n_alone}
 
 
 def packed_setup(arch: str, attention: str, max_seq_len: int = 40, lengths: list[int] = LENGTHS) -> tuple:
@@ -123,9 +88,10 @@ def test_one_mask_for_all_layers_breaks_gemma3_sliding_layers() -> None:
     assert (single[useful] - good[useful]).abs().max().item() > 1e-3
 
 
-def test_gradients_match_one_by_one() -> None:
-    """Training sees the same gradient: summed packed loss vs summed one-by-one losses, Gemma 3, sdpa."""
-    model, _, examples, batches = packed_setup("tiny_gemma3", "sdpa")
+@pytest.mark.parametrize("attention", ["sdpa", "varlen"])
+def test_gradients_match_one_by_one(attention: str) -> None:
+    """Training sees the same gradient: summed packed loss vs summed one-by-one losses, Gemma 3."""
+    model, _, examples, batches = packed_setup("tiny_gemma3", attention)
     params = [p for p in model.parameters() if p.requires_grad]
     model.zero_grad()
     for batch in batches:

@@ -187,6 +187,9 @@ def test_evaluate_under_torchrun_spreads_the_questions(cache: Path, tmp_path: Pa
         assert proc.returncode == 0, proc.stderr[-4000:]
     one, two = _predictions(tmp_path / "1" / "eval", "base"), _predictions(tmp_path / "2" / "eval", "base")
     assert one.keys() == two.keys() and len(one) == 10
+    # the eval's memory, every rank's (on a CPU: its RSS; on a GPU also peak allocated/reserved)
+    memory = json.loads((tmp_path / "2" / "eval" / "memory.json").read_text())
+    assert {"sys/eval/cpu_rss_gib", "sys/eval/rank0/cpu_rss_gib", "sys/eval/rank1/cpu_rss_gib"} <= memory.keys()
     for key, row in one.items():
         assert two[key]["pred"] == row["pred"] and two[key]["choice_lls"] == pytest.approx(row["choice_lls"], abs=1e-4)
 

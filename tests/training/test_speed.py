@@ -64,8 +64,9 @@ def test_bf16_adapters_are_stored_in_bf16_and_train_alike(eager: list[float], tm
 
 
 @pytest.mark.slow  # inductor compiles the layer forward and backward: about a minute on 2 CPU cores
-def test_compiled_layers_give_the_same_losses(eager: list[float], tmp_path: Path) -> None:
-    assert _losses(tmp_path, "trainer.compile=true") == pytest.approx(eager, rel=1e-5)
+@pytest.mark.parametrize("attention", ["auto", "varlen"])
+def test_compiled_layers_give_the_same_losses(attention: str, eager: list[float], tmp_path: Path) -> None:
+    assert _losses(tmp_path, "trainer.compile=true", f"packing.attention={attention}") == pytest.approx(eager, rel=1e-5)
 
 
 def test_scoring_runs_the_eager_forwards_and_training_gets_the_compiled_ones_back() -> None:
