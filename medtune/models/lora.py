@@ -21,6 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from medtune.config import LoraConfig, ModelConfig, QuantizationConfig
 from medtune.models.anatomy import decoder_layers
+from medtune.models.fused_lora import fuse_lora_adds
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ def apply_lora(
             for param in model.parameters():
                 if param.requires_grad:
                     param.data = param.data.to(torch.bfloat16)
+        if lora_cfg.fused:
+            fuse_lora_adds(model)
     chosen = set_gradient_checkpointing(model, grad_ckpt_every)
     stats = trainable_parameters(model)
     log.info(

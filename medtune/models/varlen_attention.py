@@ -4,8 +4,8 @@
 carries `cu_seq_lens_*` (every document, and every row's pad tail, is one sequence of the flattened rows; see
 document_masks.flash_varlen_kwargs) and the attention runs `torch.ops.aten._flash_attention_forward` over them:
 causal, with the layer's sliding window (FlashAttention's `window_size_left = window - 1` is transformers' rule
-`q - kv < window`), the module's scale, grouped key/value heads repeated as sdpa's `enable_gqa` does. Backward is
-the matching `_flash_attention_backward`.
+`q - kv < window`), the module's scale, grouped key/value heads as they are (the kernel shares each key/value head
+among its group of query heads). Backward is the matching `_flash_attention_backward`.
 
 Why: flex attention isolates documents as well but is compiled by inductor at the first step of every process
 (~40 s for Gemma 3 4B on an H200, experiments/results/efficiency_h200); the flash_attn package is not installable
@@ -131,8 +131,7 @@ def varlen_attention_forward(
     scale = scaling if scaling is not None else dim**-0.5
     window_left = sliding_window - 1 if sliding_window else None
     q = query.transpose(1, 2).reshape(rows * seq_len, heads, dim)
-    k, v = (t.repeat_interleave(groups, dim=1) if groups > 1 else t for t in (key, value))
-    k, v = (t.transpose(1, 2).reshape(rows * seq_len, heads, dim) for t in (k, v))
+    k, v = (t.transpose(1, 2).reshape(rows * seq_len, t.shape[1], dim) for t in (key, value))
     if q.is_cuda and q.dtype not in (torch.float16, torch.bfloat16):
         raise RuntimeError(
             f"{NAME} runs FlashAttention-2, which needs fp16/bf16 activations (got {q.dtype}): set "
@@ -141,5 +140,6 @@ def varlen_attention_forward(
     if q.is_cuda:
         out = _FlashVarlen.apply(q, k, v, cu, int(kwargs["max_length_q"]), scale, window_left)
     else:
+        k, v = (t.repeat_interleave(groups, dim=1) if groups > 1 else t for t in (k, v))  # as sdpa's enable_gqa
         out = reference_varlen(q, k, v, cu, scale, window_left)
     return out.reshape(rows, seq_len, heads, dim), None

@@ -53,6 +53,11 @@ def test_offloaded_activations_give_the_same_losses(
     assert len(entered) == 3  # one micro-batch per step, 3 steps
 
 
+def test_peft_forward_trains_alike(eager: list[float], tmp_path: Path) -> None:
+    """lora.fused (on by default, so in `eager`) changes no loss against peft's own forward."""
+    assert _losses(tmp_path, "lora.fused=false") == pytest.approx(eager, rel=1e-5)
+
+
 def test_bf16_adapters_are_stored_in_bf16_and_train_alike(eager: list[float], tmp_path: Path) -> None:
     cfg = compose([*COMMON, "lora.dtype=bfloat16"])
     recipe = TrainRecipe(cfg, tmp_path, NullTracker(), distributed.init(cfg.sharding, "cpu"))
