@@ -14,7 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from medtune.eval.stats import format_level
 from medtune.report.sweep import languages
+from medtune.report.watch import markdown_table
 
 CONTRAST_COLUMNS = [
     "ratio", "reference", "metric", "unit", "n_seeds", "n_seeds_ref", "mean", "mean_ref", "diff", "ci_low",
@@ -76,3 +78,37 @@ def contrast_table(
             stats = welch(a.to_numpy(), b.to_numpy(), confidence)
             rows.append([ratio, reference, key, unit, len(a), len(b), a.mean(), b.mean(), *stats.values()])
     return pd.DataFrame(rows, columns=CONTRAST_COLUMNS)
+
+
+def contrast_section(
+    table: pd.DataFrame, confidence: float, mix_label: str = "en:ko", reference: str | None = None, why: str = ""
+) -> list[str]:
+    """The report.md section for a contrast table; with a `reference` but nothing to compare, a section that says
+    so and `why` (no section without a reference)."""
+    if table.empty:
+        if reference is None:
+            return []
+        note = (
+            f"Not computed: the contrast compares the final-evaluation metrics (accuracy, gold-letter log-likelihood) "
+            f"of each ratio's runs with those of {reference}, and {why or 'no other ratio has such metrics'}."
+        )
+        return [f"## Against the {reference} mix", "", note, ""]
+    reference = table["reference"].iloc[0]
+    level = format_level(confidence)
+    note = (
+        f"diff = mean over the seeds of a ratio minus the mean over the seeds of {reference}, on the same questions;"
+        f" {level} Welch t interval and two-sided p with the seed as the unit (not corrected for the"
+        f" {len(table)} comparisons). Accuracy in percentage points, gold-letter log-likelihood in nats."
+    )
+    header = [mix_label, "metric", "seeds", f"mean ({reference} mean)", f"diff [{level} CI]", "Welch p"]
+    rows = []
+    for _, r in table.iterrows():
+        fmt = "{:+.2f}" if r["unit"] == "pp" else "{:+.3f}"
+        plain = fmt.replace("+", "")
+        ci = "n/a" if not math.isfinite(r["ci_low"]) else f"[{fmt.format(r['ci_low'])}, {fmt.format(r['ci_high'])}]"
+        rows.append([
+            str(r["ratio"]), f"{r['metric'].removeprefix('eval/')} ({r['unit']})",
+            f"{r['n_seeds']} vs {r['n_seeds_ref']}", f"{plain.format(r['mean'])} ({plain.format(r['mean_ref'])})",
+            f"{fmt.format(r['diff'])} {ci}", "n/a" if not math.isfinite(r["p_welch"]) else f"{r['p_welch']:.3g}",
+        ])  # fmt: skip
+    return [f"## Against the {reference} mix", "", note, "", *markdown_table(header, rows), ""]

@@ -109,6 +109,18 @@ def languages(df: pd.DataFrame) -> list[str]:
     return first + sorted(found - set(first)) if found else list(FIRST_LANGS)
 
 
+def evaluated(df: pd.DataFrame) -> pd.Series:
+    """Per run: True when it has final-evaluation scores (eval/<task>/acc, eval/lang/<language>/acc). A stage=train
+    run has none: its eval/loss is the held-out loss measured during training, and its watch is no evaluation."""
+    cols = [c for c in df.columns if re.fullmatch(r"eval/.+/acc", str(c))]
+    return df[cols].notna().any(axis=1) if cols else pd.Series(False, index=df.index)
+
+
+def stages(df: pd.DataFrame) -> list[str]:
+    """The `stage` settings (train, eval, train_eval) in the config.yaml of these runs, sorted; '?' when absent."""
+    return sorted({str(_get(read_config(Path(p)), "stage") or "?") for p in df.get("path", [])})
+
+
 def mix_languages(df: pd.DataFrame) -> list[str]:
     """The languages of the runs' mixes in their config order (the ratio's 'en:ko:ja' header); en, ko without any."""
     order: dict[str, None] = {}

@@ -16,16 +16,18 @@ import pandas as pd
 from medtune.eval.forgetting import verdict
 from medtune.eval.stats import format_alpha, format_level
 from medtune.report import plots
-from medtune.report.contrast import contrast_table
+from medtune.report.contrast import contrast_section, contrast_table
 from medtune.report.levels import RECOMPUTED
 from medtune.report.sweep import (
     across_seeds,
     base_metrics,
     efficiency_table,
+    evaluated,
     forgetting_table,
     languages,
     load_sweep,
     mix_languages,
+    stages,
 )
 from medtune.report.watch import guard_table, markdown_table, watch_curves, watch_section
 
@@ -47,6 +49,12 @@ class SweepReport:
     guard: pd.DataFrame = field(default_factory=pd.DataFrame)  # per run: guard, kept step, watch overhead
     langs: list[str] = field(default_factory=lambda: ["ko", "en"])  # the languages evaluated, in table order
     mix_langs: list[str] = field(default_factory=lambda: ["en", "ko"])  # the mixes' languages, in ratio order
+    reference: str | None = None  # --reference: the ratio the others are contrasted with
+
+    @property
+    def any_evaluated(self) -> bool:
+        """Whether any run has final-evaluation scores (a sweep of stage=train runs has none, only its watch)."""
+        return bool(evaluated(self.runs).any())
 
     @property
     def mix_label(self) -> str:
@@ -63,7 +71,7 @@ def build(sweep_dir: Path, confidence: float = 0.95, reference: str | None = Non
     ok = runs[runs["status"] == "ok"]
     table = forgetting_table(runs, confidence)
     rep = SweepReport(runs, table, efficiency_table(runs), confidence, langs=languages(runs))
-    rep.mix_langs = mix_languages(runs)
+    rep.mix_langs, rep.reference = mix_languages(runs), reference
     for metric in METRICS:
         rep.means[metric] = {lang: across_seeds(ok, f"eval/lang/{lang}/{metric}", confidence) for lang in rep.langs}
         rep.base[metric] = base_metrics(runs, metric)
@@ -164,18 +172,22 @@ def _task_section(rep: SweepReport) -> list[str]:
 
 
 def _runs_section(rep: SweepReport) -> list[str]:
-    level = format_level(rep.confidence)
+    level, done = format_level(rep.confidence), evaluated(rep.runs)
+    langs = rep.langs if rep.any_evaluated else []  # no column of n/a when nothing was evaluated at the end
     header = ["run", "status", rep.mix_label, "en share % (weights)", "en share % (tokens)", "seed", "model", "quant"]
-    header += ["packing", *(f"{lang} acc % [{level} CI]" for lang in rep.langs), "wall s"]
+    header += ["packing", *(f"{lang} acc % [{level} CI]" for lang in langs), "wall s"]
     rows = []
-    for _, r in rep.runs.iterrows():
+    for i, r in rep.runs.iterrows():
         status = r["status"] if r["status"] == "ok" else f"**{str(r['status']).upper()}**: {_short(r.get('run/error'))}"
         where = [f"`{r['run']}`", status, str(r["ratio"]), _num(r["en_share"], "{:.1f}", 100)]
         what = [_num(r.get("data_mix/en/share_tokens"), "{:.1f}", 100), str(r["seed"]), str(r["model"])]
-        how = [str(r["quantization"]), str(r["packing"]), *(_acc_cell(r, lang) for lang in rep.langs)]
+        accs = [_acc_cell(r, lang) if done[i] or r["status"] != "ok" else "not evaluated" for lang in langs]
+        how = [str(r["quantization"]), str(r["packing"]), *accs]
         rows.append([*where, *what, *how, _num(r.get("run/wall_s"), "{:.0f}")])
     n_failed = int((rep.runs["status"] != "ok").sum())
-    intro = f"{len(rep.runs)} runs, {n_failed} failed. Accuracy intervals are per-run Wilson intervals."
+    intro = f"{len(rep.runs)} runs, {n_failed} failed."
+    intro += " Accuracy intervals are per-run Wilson intervals." if rep.any_evaluated else ""
+    intro += _no_eval_note(rep)
     if RECOMPUTED in rep.runs and rep.runs[RECOMPUTED].notna().any():
         was = ", ".join(sorted({format_level(v) for v in rep.runs[RECOMPUTED].dropna()}))
         intro += (
@@ -183,6 +195,25 @@ def _runs_section(rep: SweepReport) -> list[str]:
             f"significance flags were recomputed at {level} from their stored predictions."
         )
     return ["## Runs", "", intro, "", *markdown_table(header, rows), ""]
+
+
+def _no_eval_note(rep: SweepReport) -> str:
+    """What the report says of finished runs without a final evaluation (stage=train): none, some or all of them."""
+    missing = rep.runs[(rep.runs["status"] == "ok") & ~evaluated(rep.runs)]
+    if missing.empty:
+        return ""
+    stage = "/".join(f"`stage={s}`" for s in stages(missing))
+    if not rep.any_evaluated:
+        return (
+            f" **No final evaluation**: no run here was evaluated after training ({stage}), so this report has no "
+            "accuracy, per-task, forgetting or contrast tables. What it shows of forgetting is the watch during "
+            "training (below): the change from the base model on the watch sets' questions only."
+        )
+    n = len(missing)
+    return (
+        f' {n} finished run{" has" if n == 1 else "s have"} no final evaluation ({stage}): "not evaluated" in '
+        f"{'its' if n == 1 else 'their'} accuracy columns, and in no accuracy, forgetting or contrast table."
+    )
 
 
 def _share_section(rep: SweepReport, metric: str, title: str, scale: float, fmt: str, png: str) -> list[str]:
@@ -253,31 +284,6 @@ def _efficiency_section(rep: SweepReport) -> list[str]:
     ]
 
 
-def _contrast_section(table: pd.DataFrame, confidence: float, mix_label: str = "en:ko") -> list[str]:
-    """The report.md section for a contrast table (empty when there is nothing to compare)."""
-    if table.empty:
-        return []
-    reference = table["reference"].iloc[0]
-    level = format_level(confidence)
-    note = (
-        f"diff = mean over the seeds of a ratio minus the mean over the seeds of {reference}, on the same questions;"
-        f" {level} Welch t interval and two-sided p with the seed as the unit (not corrected for the"
-        f" {len(table)} comparisons). Accuracy in percentage points, gold-letter log-likelihood in nats."
-    )
-    header = [mix_label, "metric", "seeds", f"mean ({reference} mean)", f"diff [{level} CI]", "Welch p"]
-    rows = []
-    for _, r in table.iterrows():
-        fmt = "{:+.2f}" if r["unit"] == "pp" else "{:+.3f}"
-        plain = fmt.replace("+", "")
-        ci = "n/a" if not math.isfinite(r["ci_low"]) else f"[{fmt.format(r['ci_low'])}, {fmt.format(r['ci_high'])}]"
-        rows.append([
-            str(r["ratio"]), f"{r['metric'].removeprefix('eval/')} ({r['unit']})",
-            f"{r['n_seeds']} vs {r['n_seeds_ref']}", f"{plain.format(r['mean'])} ({plain.format(r['mean_ref'])})",
-            f"{fmt.format(r['diff'])} {ci}", "n/a" if not math.isfinite(r["p_welch"]) else f"{r['p_welch']:.3g}",
-        ])  # fmt: skip
-    return [f"## Against the {reference} mix", "", note, "", *markdown_table(header, rows), ""]
-
-
 def markdown(rep: SweepReport, sweep_dir: Path, figs: dict[str, Any]) -> str:
     """The whole report.md."""
     lines = [f"# Sweep report: `{sweep_dir}`", "", *_runs_section(rep)]
@@ -288,7 +294,8 @@ def markdown(rep: SweepReport, sweep_dir: Path, figs: dict[str, Any]) -> str:
             title = f"Gold-answer log-likelihood ({metric.rsplit('_', 1)[1]}, nats) vs English share"
             lines += _share_section(rep, metric, title, 1.0, "{:.3f}", f"{metric}_vs_share.png")
     lines += _task_section(rep)
-    lines += _contrast_section(rep.contrast, rep.confidence, rep.mix_label)
+    why = "no run here has a final evaluation (see Runs)" if not rep.any_evaluated else ""
+    lines += contrast_section(rep.contrast, rep.confidence, rep.mix_label, rep.reference, why)
     if "forgetting" in figs:
         lines += _forgetting_section(rep)
     lines += watch_section(rep.watch, rep.guard, rep.confidence, rep.mix_label)
@@ -299,7 +306,8 @@ def markdown(rep: SweepReport, sweep_dir: Path, figs: dict[str, Any]) -> str:
 
 def write(sweep_dir: Path, out_dir: Path, confidence: float = 0.95, reference: str | None = None) -> SweepReport:
     """Write report.md, the PNGs and runs.csv / forgetting.csv / efficiency.csv / by_share.csv (contrast.csv with a
-    reference ratio, watch_curves.csv and watch_guard.csv when the runs watched) into out_dir."""
+    reference ratio, watch_curves.csv and watch_guard.csv when the runs watched) into out_dir. Without any final
+    evaluation (stage=train runs) forgetting.csv, by_share.csv and contrast.csv are not written: report.md says why."""
     rep = build(sweep_dir, confidence, reference)  # first: a wrong path must not leave an empty report dir behind
     out_dir.mkdir(parents=True, exist_ok=True)
     figs = figures(rep)
@@ -307,14 +315,15 @@ def write(sweep_dir: Path, out_dir: Path, confidence: float = 0.95, reference: s
         fig.savefig(out_dir / f"{stem}.png", dpi=120)
     (out_dir / "report.md").write_text(markdown(rep, sweep_dir, figs) + "\n")
     rep.runs.drop(columns=["path"]).to_csv(out_dir / "runs.csv", index=False)
-    rep.forgetting.to_csv(out_dir / "forgetting.csv", index=False)
     rep.efficiency.to_csv(out_dir / "efficiency.csv", index=False)
-    if reference is not None:
-        rep.contrast.to_csv(out_dir / "contrast.csv", index=False)
+    if rep.any_evaluated:  # else these tables have no row, and an empty table would read as a result
+        rep.forgetting.to_csv(out_dir / "forgetting.csv", index=False)
+        means = [m.assign(metric=metric, lang=lang) for metric, by in rep.means.items() for lang, m in by.items()]
+        pd.concat([m for m in means if not m.empty] or [pd.DataFrame()]).to_csv(out_dir / "by_share.csv", index=False)
+        if reference is not None:
+            rep.contrast.to_csv(out_dir / "contrast.csv", index=False)
     if not rep.watch.empty or not rep.guard.empty:
         rep.watch.to_csv(out_dir / "watch_curves.csv", index=False)
         rep.guard.to_csv(out_dir / "watch_guard.csv", index=False)
-    means = [m.assign(metric=metric, lang=lang) for metric, by in rep.means.items() for lang, m in by.items()]
-    pd.concat([m for m in means if not m.empty] or [pd.DataFrame()]).to_csv(out_dir / "by_share.csv", index=False)
     log.info("report written to %s (%d runs, %d plots)", out_dir, len(rep.runs), len(figs))
     return rep

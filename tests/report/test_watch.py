@@ -12,6 +12,7 @@ import pytest
 import yaml
 from conftest import REPO
 
+from medtune.report.cli import main
 from medtune.report.watch import load_watch_series
 from medtune.report.write import write
 
@@ -102,3 +103,15 @@ def test_a_languages_only_set_gets_no_panel_of_its_own() -> None:
     curves = curves.assign(seed_low=curves["mean"], seed_high=curves["mean"], ci_low=-1.0, ci_high=1.0)
     titles = [ax.get_title() for ax in plot_watch_curves(curves).axes if ax.get_visible()]
     assert titles == ["English (en)", "Korean (ko)", "set medqa", "set mmlu"]
+
+
+def test_committed_mix_watch_report_equals_its_run_directories(tmp_path: Path) -> None:
+    """experiments/results/mix_watch/report (two stage=train runs on an H200) comes from its committed runs."""
+    results = REPO / "experiments" / "results" / "mix_watch"
+    assert main([str(results / "runs"), "--out", str(tmp_path), "--reference", "1:1"]) == 0
+    for name in ("watch_curves.csv", "watch_guard.csv", "runs.csv", "efficiency.csv"):
+        committed, fresh = pd.read_csv(results / "report" / name), pd.read_csv(tmp_path / name)
+        pd.testing.assert_frame_equal(fresh, committed, check_exact=False, rtol=1e-9, obj=name)
+    assert (tmp_path / "report.md").read_text().split("\n", 1)[1] == (
+        results / "report" / "report.md"
+    ).read_text().split("\n", 1)[1]
