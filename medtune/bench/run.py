@@ -1,4 +1,4 @@
-"""Efficiency benchmark: the same training step under several configurations, measured in one process.
+"""Efficiency benchmark: the same training step under several configurations, one after another.
 
     python -m medtune.bench                                   # experiments/efficiency/configs.yaml, GPU
     python -m medtune.bench --steps 20 --warmup 3 --profile   # + torch.profiler table of the fastest configuration
@@ -11,7 +11,8 @@ real training mix (experiments/efficiency/lengths.json, see medtune/bench/length
 `--steps` timed steps through `TrainRecipe.optimizer_step`, and is freed before the next. Peak memory is
 torch.cuda.max_memory_allocated/reserved since the start of the timed steps (and of the model load); the
 memory estimator's prediction (medtune/memory/estimate.py), given the label tokens of the largest timed micro-batch, is
-printed beside it. Writes results.json and results.md.
+printed beside it. Writes results.json and results.md. Configurations share one process unless one of them patches
+kernels for the whole process (Liger): then each runs in its own (`--isolate`, medtune/bench/plan.py).
 """
 
 from __future__ import annotations
@@ -29,17 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from medtune.bench.lengths import LENGTHS_JSON, REPO, sample_lengths, write_length_histogram
 from medtune.bench.peers import PEERS
 from medtune.bench.peers.launch import peer_inputs, run_peers
+from medtune.bench.plan import compose_config, isolate, load_plan, measure_in_own_process, run_order
 from medtune.bench.results import add_ratios, environment, format_table, write_results
-from medtune.config import compose
 from medtune.data.packing import build_batches
 from medtune.files.space import GIB
 from medtune.memory.estimate import estimate
-from medtune.memory.fit import fit_micro_batch
 from medtune.models.anatomy import peft_base_of
 from medtune.models.build import arch_config, load_tokenizer
 from medtune.models.document_masks import enable_document_masking
@@ -54,22 +53,6 @@ from medtune.training.tracking import NullTracker
 __all__ = ["add_ratios", "format_table", "main", "run_bench", "synthetic_examples", "write_length_histogram"]
 log = logging.getLogger("medtune.bench")
 CONFIGS_YAML = REPO / "experiments" / "efficiency" / "configs.yaml"
-
-
-def load_plan(path: Path) -> dict[str, Any]:
-    """The benchmark plan: common overrides, named configurations (override lists), baseline, multi-GPU extras."""
-    plan = yaml.safe_load(path.read_text())
-    configs = plan.get("configurations") if isinstance(plan, dict) else None
-    if not isinstance(configs, dict) or not configs:
-        raise ValueError(f"{path}: needs a 'configurations' mapping of name -> list of Hydra overrides.")
-    for name, overrides in configs.items():
-        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-            raise ValueError(
-                f"{path}: configurations.{name} must be a list of override strings like 'quantization=nf4'."
-            )
-    if plan.get("baseline", next(iter(configs))) not in configs:
-        raise ValueError(f"{path}: baseline={plan['baseline']!r} is not one of {list(configs)}.")
-    return plan
 
 
 def synthetic_examples(hist: dict, n: int, vocab: int, max_seq_len: int, seed: int) -> list[dict]:
@@ -235,15 +218,6 @@ def _profile(step: Any, device: torch.device, n_steps: int = 2, rows: int = 25) 
     return prof.key_averages().table(sort_by=sort, row_limit=rows)
 
 
-def _compose_config(plan: dict, name: str, extra: list[str], args: argparse.Namespace, world_size: int) -> Any:
-
-    overrides = [*plan.get("common", []), *plan["configurations"][name], *extra]
-    if world_size > 1:
-        overrides += plan.get("distributed_overrides", ["sharding=fsdp"])
-    cfg = compose([*overrides, f"trainer.max_steps={args.warmup + args.steps + 2}"])
-    return fit_micro_batch(cfg, world_size)[0], overrides  # trainer.micro_batch_size=auto -> a number
-
-
 def run_bench(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     """Measure every configuration of the plan; write results.json and results.md under args.out (rank 0)."""
 
@@ -255,27 +229,34 @@ def run_bench(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     results = {**environment(), "started_at": dt.datetime.now().isoformat(timespec="seconds"), "gpus": world}
     results.update({"steps": args.steps, "warmup": args.warmup, "baseline": baseline, "extra_overrides": extra})
     results["lengths"] = {k: hist[k] for k in ("n_examples", "total_len", "label_len") if k in hist}
-    rows = []
-    for i, name in enumerate(plan["configurations"]):
-        cfg, overrides = _compose_config(plan, name, extra, args, world)
+    composed = {name: compose_config(plan, name, extra, args, world) for name in plan["configurations"]}
+    own_process = isolate(args.isolate, {n: c for n, (c, _) in composed.items()}, world)
+    order = list(composed) if own_process else run_order({n: c for n, (c, _) in composed.items()})
+    results["isolated"], by_name = own_process, {}
+    for i, name in enumerate(order):
+        cfg, overrides = composed[name]
         row: dict[str, Any] = {"name": name, "overrides": overrides}
         started = time.perf_counter()
         try:
-            row.update(measure(cfg, hist, args, out / "runs" / name, fresh=i == 0))
+            if own_process:
+                row.update(measure_in_own_process(name, plan, args, extra, out / "runs" / name))
+            else:
+                row.update(measure(cfg, hist, args, out / "runs" / name, fresh=i == 0))
             row["status"] = "ok"
         except Exception as err:  # an OOM in one configuration must not lose the others
             log.exception("configuration %s failed", name)
             row.update({"status": "failed", "error": f"{type(err).__name__}: {err}"})
         row["wall_s"] = time.perf_counter() - started
-        rows.append(row)
+        by_name[name] = row
         log.info("%s: %s", name, {k: v for k, v in row.items() if k not in ("predicted_parts_gib", "overrides")})
+    rows = [by_name[name] for name in composed]  # in the plan's order
     if args.peers:
         rows += _peer_rows(plan, args, extra, hist, out, world)
     add_ratios(rows, baseline)
     if args.profile:
         best = max((r for r in rows if r["status"] == "ok"), key=lambda r: r["useful_tokens_per_s"], default=None)
         if best is not None:
-            cfg, _ = _compose_config(plan, best["name"], extra, args, world)
+            cfg, _ = composed[best["name"]]
             results["profile"] = {
                 "configuration": best["name"],
                 "table": measure(cfg, hist, args, out, True)["profile"],
@@ -294,7 +275,7 @@ def _peer_rows(plan: dict, args: argparse.Namespace, extra: list[str], hist: dic
         log.warning("--peers runs on one GPU; skipped under torchrun")
         return []
     name = args.peer_config or plan.get("baseline", next(iter(plan["configurations"])))
-    cfg, _ = _compose_config(plan, name, extra, args, world)
+    cfg, _ = compose_config(plan, name, extra, args, world)
     tc, max_len = cfg.trainer, cfg.packing.max_seq_len
     config = arch_config(cfg.model.arch, cfg.model.num_layers)
     rows = (args.warmup + args.steps + 2) * tc.grad_accum_steps * tc.micro_batch_size
@@ -319,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer-env", action="append", default=[], metavar="PEER=SITE_DIR",
                         help="run a peer with its own site-packages (e.g. unsloth=/opt/unsloth-site)")  # fmt: skip
     parser.add_argument("--peer-timeout-s", type=float, default=1800, help="a peer's whole run, compile included")
+    parser.add_argument("--isolate", choices=["auto", "always", "never"], default="auto",
+                        help="one process per configuration (auto: if some patch kernels, 1 GPU)")  # fmt: skip
     args, extra = parser.parse_known_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")

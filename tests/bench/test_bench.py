@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 
 from medtune.bench.lengths import LENGTHS_JSON, length_histogram, sample_lengths
+from medtune.bench.plan import compose_config, isolate, run_order
 from medtune.bench.run import add_ratios, format_table, main, synthetic_examples
 
 PAIRS = [(40, 10), (12, 3), (90, 30), (25, 25), (7, 2)] * 4
@@ -73,3 +75,40 @@ def test_bench_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     # the first configuration's first step is also timed from the process's start, which came before the model load
     assert pad["process_to_first_step_s"] > pad["first_step_s"] and "process_to_first_step_s" not in packed
     assert f"{packed['speed_ratio']:.2f}x" in (out / "results.md").read_text()
+
+
+def test_plans_that_patch_kernels_run_each_configuration_in_its_own_process(tmp_path: Path) -> None:
+    """Liger patches transformers for the whole process, so a plan that mixes it runs one process per configuration
+    (each first step also timed from its own process's start); a configuration that fails there is a failed row."""
+    lengths = tmp_path / "lengths.json"
+    lengths.write_text(json.dumps(length_histogram(PAIRS, {})))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        "common: [model=tiny_gemma3, trainer.micro_batch_size=2, trainer.autocast_dtype=null, logger=none, eval=none,"
+        " trainer.progress_bar=false, trainer.device=cpu]\n"
+        "configurations:\n  liger: [trainer.kernels=liger]\n  plain: []\n"
+    )
+    out = tmp_path / "out"
+    main(["--config", str(plan), "--lengths", str(lengths), "--steps", "1", "--warmup", "1", "--out", str(out),
+          "packing.max_seq_len=48"])  # fmt: skip
+    results = json.loads((out / "results.json").read_text())
+    assert results["isolated"] is True
+    liger, plain = results["configurations"]
+    assert liger["status"] == "failed" and "liger" in liger["error"] and "bench.log" in liger["error"]  # no Triton here
+    assert plain["status"] == "ok" and plain["process_to_first_step_s"] > plain["first_step_s"] > 0
+    for name in ("liger", "plain"):
+        assert (out / "runs" / name / "plan.yaml").is_file() and (out / "runs" / name / "bench.log").is_file()
+    assert json.loads((out / "runs" / "plain" / "results.json").read_text())["isolated"] is False
+
+
+def test_isolation_choice_and_one_process_order() -> None:
+    args = argparse.Namespace(warmup=1, steps=1)
+    configurations = {"fused": ["trainer.kernels=liger"], "plain": [], "compiled": ["trainer.compile=true"]}
+    plan = {"common": ["model=tiny_llama", "trainer.device=cpu"], "configurations": configurations}
+    cfgs = {name: compose_config(plan, name, [], args, 1)[0] for name in plan["configurations"]}
+    assert isolate("auto", cfgs, 1) and isolate("always", cfgs, 1)
+    assert not isolate("never", cfgs, 1) and not isolate("auto", cfgs, 2)  # under torchrun: ordered instead
+    assert not isolate("auto", {n: cfgs[n] for n in ("plain", "compiled")}, 1)  # nothing patches the process
+    with pytest.raises(ValueError, match="torchrun"):
+        isolate("always", cfgs, 2)
+    assert run_order(cfgs) == ["plain", "compiled", "fused"]  # Liger's patch comes after the others
