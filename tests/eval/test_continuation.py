@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import REPO, tiny_model
 from fixtures.eval.lm import byte_tokenizer, fixture_loader, register_fixture_tasks
 
 from medtune.eval.scoring import score
@@ -73,3 +73,31 @@ def test_no_full_vocabulary_logits_over_the_prompt(tmp_path: Path, monkeypatch: 
     finally:
         handle.remove()
     assert rows_seen and max(rows_seen) <= 40  # the gold-text pass: one option's tokens; letters: 1 row each
+
+
+def _predictions(path: Path) -> dict[tuple[str, str], dict]:
+    import gzip
+    import json
+
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return {(r["task"], r["id"]): r for r in map(json.loads, f)}
+
+
+def test_committed_h200_eval_matches_the_committed_base_within_the_training_memory() -> None:
+    """experiments/results/eval_memory_270m: the Gemma 3 270M base on the 8,110 medical questions, scored on an H200
+    by the continuation scorer, predicts what the committed mix_sweep base (HFLM, H100) predicts, at a peak below
+    the same model's training peak (mix_watch), while HFLM's peak is several times that."""
+    import json
+
+    results = REPO / "experiments" / "results"
+    base = _predictions(results / "mix_sweep" / "base" / "eval" / "predictions.jsonl.gz")
+    ours = _predictions(results / "eval_memory_270m" / "continuation" / "eval" / "predictions.jsonl.gz")
+    assert ours.keys() == base.keys() and len(ours) == 8110
+    assert all(ours[k]["pred"] == base[k]["pred"] for k in ours)
+    gap = max(abs(a - b) for k in ours for a, b in zip(ours[k]["choice_lls"], base[k]["choice_lls"], strict=True))
+    assert gap < 0.05  # bf16 rounding (0.0156 measured)
+    peak = {n: json.loads((results / "eval_memory_270m" / n / "eval" / "memory.json").read_text())
+            for n in ("continuation", "hflm")}  # fmt: skip
+    training = json.loads((results / "mix_watch" / "runs" / "1-1" / "summary.json").read_text())
+    assert peak["continuation"]["sys/eval/peak_alloc_gib"] <= training["sys/train/peak_alloc_gib"]
+    assert peak["hflm"]["sys/eval/peak_alloc_gib"] > 4 * training["sys/train/peak_alloc_gib"]
