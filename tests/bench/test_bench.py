@@ -53,19 +53,24 @@ def test_ratios_come_from_the_measured_numbers() -> None:
     assert "failed: OutOfMemoryError" in table
 
 
-def test_bench_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
+def _bench_on_cpu(tmp_path: Path, configurations: str, steps: int) -> tuple[dict, Path]:
+    """python -m medtune.bench on tiny Gemma 3 with the plan's `configurations:` block; results.json and --out."""
     lengths = tmp_path / "lengths.json"
     lengths.write_text(json.dumps(length_histogram(PAIRS, {})))
     plan = tmp_path / "plan.yaml"
     plan.write_text(
         "common: [model=tiny_gemma3, trainer.micro_batch_size=2, trainer.autocast_dtype=null, logger=none, eval=none,"
-        " trainer.progress_bar=false, trainer.device=cpu]\nbaseline: pad\n"
-        "configurations:\n  pad: [packing=pad_to_max]\n  packed: [packing=packed]\n"
+        " trainer.progress_bar=false, trainer.device=cpu]\n" + configurations
     )
     out = tmp_path / "out"
-    main(["--config", str(plan), "--lengths", str(lengths), "--steps", "2", "--warmup", "1", "--out", str(out),
+    main(["--config", str(plan), "--lengths", str(lengths), "--steps", str(steps), "--warmup", "1", "--out", str(out),
           "packing.max_seq_len=48"])  # fmt: skip
-    results = json.loads((out / "results.json").read_text())
+    return json.loads((out / "results.json").read_text()), out
+
+
+def test_bench_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
+    plan = "baseline: pad\nconfigurations:\n  pad: [packing=pad_to_max]\n  packed: [packing=packed]\n"
+    results, out = _bench_on_cpu(tmp_path, plan, steps=2)
     assert results["device"] == "cpu" and results["versions"]["torch"] and results["command"]
     pad, packed = results["configurations"]
     assert pad["status"] == "ok" and packed["status"] == "ok", (pad.get("error"), packed.get("error"))
@@ -80,18 +85,7 @@ def test_bench_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
 def test_plans_that_patch_kernels_run_each_configuration_in_its_own_process(tmp_path: Path) -> None:
     """Liger patches transformers for the whole process, so a plan that mixes it runs one process per configuration
     (each first step also timed from its own process's start); a configuration that fails there is a failed row."""
-    lengths = tmp_path / "lengths.json"
-    lengths.write_text(json.dumps(length_histogram(PAIRS, {})))
-    plan = tmp_path / "plan.yaml"
-    plan.write_text(
-        "common: [model=tiny_gemma3, trainer.micro_batch_size=2, trainer.autocast_dtype=null, logger=none, eval=none,"
-        " trainer.progress_bar=false, trainer.device=cpu]\n"
-        "configurations:\n  liger: [trainer.kernels=liger]\n  plain: []\n"
-    )
-    out = tmp_path / "out"
-    main(["--config", str(plan), "--lengths", str(lengths), "--steps", "1", "--warmup", "1", "--out", str(out),
-          "packing.max_seq_len=48"])  # fmt: skip
-    results = json.loads((out / "results.json").read_text())
+    results, out = _bench_on_cpu(tmp_path, "configurations:\n  liger: [trainer.kernels=liger]\n  plain: []\n", 1)
     assert results["isolated"] is True
     liger, plain = results["configurations"]
     assert liger["status"] == "failed" and "liger" in liger["error"] and "bench.log" in liger["error"]  # no Triton here
