@@ -17,6 +17,7 @@
 #   bash experiments/gpu/fsdp_2gpu.sh setup_and_start    # carry [".gpu2"]; installs, prepares data, starts all runs
 #   bash experiments/gpu/fsdp_2gpu.sh wait 540           # repeat until "all done"; $OUT/fsdp_2gpu.tar.gz each time
 set -uo pipefail
+. "$(dirname "$0")/common.sh"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 SRC=/root/src RUNS=/root/runs
 export PYTHONPATH=/root/site:$SRC PYTHONUNBUFFERED=1 MEDTUNE_CACHE_DIR=/root/cache MEDTUNE_RUNS_DIR=$RUNS
@@ -83,13 +84,12 @@ case "${1:-}" in
     python3 -m medtune.data prepare --sources kormedmcqa kormed_law genmedgpt_ko medqa_4opt medmcqa pubmedqa mmlu \
       chatdoctor_en medquad 2>&1 | tail -3
     set +e  # the runs outlive this call: they run from the copy in $SRC (the work tree is replaced every call)
-    setsid nohup bash "$SRC/experiments/gpu/fsdp_2gpu.sh" runs > /root/driver.log 2>&1 < /dev/null &
+    start_driver "$SRC/experiments/gpu/fsdp_2gpu.sh"
     sleep 20
     bash "$0" wait "${2:-420}" ;;
   runs) runs ;;
   wait)
-    end=$((SECONDS + ${2:-540}))
-    while [[ ! -f $RUNS/ALL_DONE ]] && (( SECONDS < end )); do sleep 15; done
+    wait_done "$RUNS" "${2:-540}"
     date -u +%T; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
     cat "$RUNS/rc.txt" 2>/dev/null
     for f in "$RUNS"/*.log; do echo "-- $f"; grep -a "train/loss\|step \|lm-eval scored\|Error\|watchdog\|rank\]" "$f" \

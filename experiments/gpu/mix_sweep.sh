@@ -23,6 +23,7 @@
 #   NAME=mix_watch_off ARGS="eval.watch_every=0 trainer.guard.protect=[]" EXPERIMENT=mix_watch RATIOS=1:1 SEEDS=0
 # Jobs run from a copy of the repo in /root/src (the work tree is replaced at every call) and outlive the call.
 set -uo pipefail
+. "$(dirname "$0")/common.sh"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 SRC=/root/src RUNS=/root/runs LOGS=/root/runs/logs
 GGUF=/root/tmp/bundle/gemma-3-270m-q4_k_m.gguf
@@ -42,13 +43,10 @@ EVAL_BS=${EVAL_BS:-8}
 COMMON=("+experiment=$EXPERIMENT" "model.path=$GGUF" logger=jsonl "eval.batch_size=$EVAL_BS" eval.sanity=warn)
 
 case "${1:-}" in
-  stage)
-    mkdir -p /root/stage && cp ".stage/p$2"/* /root/stage/ && ls -la /root/stage ;;
+  stage) stage_part "$2" ;;
   setup)
     set -e
-    cat /root/stage/part* > /root/bundle.tar
-    [[ -f .stage/SHA256 ]] && echo "$(cat .stage/SHA256)  /root/bundle.tar" | sha256sum -c
-    tar -xf /root/bundle.tar -C /root/ && rm -rf /root/bundle.tar /root/stage
+    unpack_bundle
     mkdir -p /root/data && tar -xJf /root/tmp/bundle/gpudata.tar.xz -C /root/data
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/site \
       /root/tmp/bundle/wheels/*.whl

@@ -14,6 +14,7 @@
 #   bash experiments/gpu/speed_watch_h200.sh setup          # unpack, install, start the driver in the background
 #   bash experiments/gpu/speed_watch_h200.sh wait 560       # until "all done"; $OUT/speed_watch.tar.gz each time
 set -uo pipefail
+. "$(dirname "$0")/common.sh"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 SRC=/root/src RUNS=/root/runs B=/root/tmp/b6
 GGUF=$B/gemma-3-270m-q4_k_m.gguf
@@ -63,13 +64,10 @@ collect() {
 }
 
 case "${1:-}" in
-  stage)
-    mkdir -p /root/stage && cp ".stage/p$2"/* /root/stage/ && ls -la /root/stage ;;
-  setup)
+  stage) stage_part "$2" ;;
+  setup)  # carry [".stage/SHA256"] too: the parts are checked against it
     set -e
-    cat /root/stage/part* > /root/bundle.tar
-    echo "$(cat .stage/SHA256)  /root/bundle.tar" | sha256sum -c
-    tar -xf /root/bundle.tar -C /root/ && rm -rf /root/bundle.tar /root/stage
+    unpack_bundle
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/site \
       $B/wheels/*.whl
     mkdir -p /root/data /root/tok && tar -xJf $B/data.tar.xz -C /root/data && tar -xJf $B/tok.tar.xz -C /root/tok
@@ -82,13 +80,12 @@ print('torch', torch.__version__, '| transformers', transformers.__version__, '|
 '| liger', liger_kernel.__version__ if hasattr(liger_kernel, '__version__') else '0.8.5', '| triton', \
 triton.__version__, '| hydra', hydra.__version__)"; } | tee /root/versions.txt
     set +e  # the driver outlives this call: it runs from the copy in $SRC
-    setsid nohup bash "$SRC/experiments/gpu/speed_watch_h200.sh" runs > /root/driver.log 2>&1 < /dev/null &
+    start_driver "$SRC/experiments/gpu/speed_watch_h200.sh"
     sleep 30
     bash "$0" wait "${2:-400}" ;;
   runs) runs ;;
   wait)
-    end=$((SECONDS + ${2:-560}))
-    while [[ ! -f $RUNS/ALL_DONE ]] && (( SECONDS < end )); do sleep 15; done
+    wait_done "$RUNS" "${2:-560}"
     echo "== $(date -u +%T) started $(cat "$RUNS/started" 2>/dev/null)"; cat "$RUNS/rc.txt" 2>/dev/null
     tail -3 /root/driver.log
     for f in "$RUNS"/*.log; do echo "-- $f"; grep -a "passed\|failed\|INFO medtune.bench: \|watch/\|step \|Error" "$f" \

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Shared steps of the GPU runbooks (sourced: `. "$(dirname "$0")/common.sh"`). The device machine forgets /root 30 s
+# after a call and gets a fresh copy of the work tree at every call, at most 64 MiB carried each time.
+
+stage_part() {  # N: copy part N of a bundle split by ../shared/tools/device-stage.sh (carry [".stage/pN"])
+  mkdir -p /root/stage && cp ".stage/p$1"/* /root/stage/ && ls -la /root/stage
+}
+
+unpack_bundle() {  # join the staged parts, check them against .stage/SHA256 when it was carried, unpack into /root
+  cat /root/stage/part* > /root/bundle.tar || return 1
+  if [[ -f .stage/SHA256 ]]; then echo "$(cat .stage/SHA256)  /root/bundle.tar" | sha256sum -c || return 1; fi
+  tar -xf /root/bundle.tar -C /root/ && rm -rf /root/bundle.tar /root/stage
+}
+
+start_driver() {  # SCRIPT: `bash SCRIPT runs` in the background, outliving this call (log: /root/driver.log)
+  setsid nohup bash "$1" runs > /root/driver.log 2>&1 < /dev/null &
+}
+
+wait_done() {  # DIR SECONDS: until DIR/ALL_DONE exists or SECONDS pass
+  local end=$((SECONDS + $2))
+  while [[ ! -f $1/ALL_DONE ]] && (( SECONDS < end )); do sleep 15; done
+}
