@@ -55,24 +55,26 @@ def flash_attn_available() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
-def resolve_attention(choice: str, device: torch.device, dtype: torch.dtype) -> str:
+def resolve_attention(choice: str, device: torch.device, dtype: torch.dtype, head_dim: int | None = None) -> str:
     """The transformers attn_implementation for packing.attention.
 
     auto: on CUDA with fp16/bf16 weights the flash_attn package if installed, else torch's built-in flash varlen
-    kernel (sm80+), else flex; sdpa on a CPU. `varlen` on a CPU runs its dense reference (for tests).
+    kernel (sm80+, checked once with a probe of `head_dim`), else flex; sdpa on a CPU. `varlen` on a CPU runs its
+    dense reference (for tests).
     """
     if choice == "auto":
         half = dtype in (torch.float16, torch.bfloat16)
         if device.type == "cuda" and half and flash_attn_available():
             return "flash_attention_2"
-        if varlen_attention.flash_varlen_available(device, dtype):
+        if varlen_attention.flash_varlen_available(device, dtype, head_dim):
             return varlen_attention.register()
         return "flex_attention" if device.type == "cuda" else "sdpa"
     if choice == "varlen":
-        if device.type == "cuda" and not varlen_attention.flash_varlen_available(device, dtype):
+        if device.type == "cuda" and not varlen_attention.flash_varlen_available(device, dtype, head_dim):
             raise ValueError(
-                f"packing.attention=varlen needs fp16/bf16 weights on an sm80+ GPU (got {dtype} on {device}); "
-                "set model.dtype=bfloat16 or packing.attention=flex."
+                f"packing.attention=varlen needs fp16/bf16 weights on an sm80+ GPU whose flash kernel runs heads of "
+                f"{head_dim} (got {dtype} on {device}; see the warning above); set model.dtype=bfloat16 or "
+                "packing.attention=flex."
             )
         return varlen_attention.register()
     if choice not in IMPLEMENTATIONS:
@@ -130,13 +132,19 @@ def unpacked_attention(model: torch.nn.Module) -> Iterator[str]:
         base.set_attn_implementation(before)
 
 
+def _head_dim(config: Any) -> int | None:
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = getattr(text, "num_attention_heads", None)
+    return getattr(text, "head_dim", None) or (text.hidden_size // heads if heads else None)
+
+
 def enable_document_masking(model: torch.nn.Module, cfg: PackingConfig) -> str:
     """Switch the model to the attention kernel that will isolate packed documents; returns its name."""
     base = peft_base_of(model)
     if cfg.mode != "packed":  # one sample per row, right-padded: the plain causal mask is already exact
         return base.config._attn_implementation
     param = next(base.parameters())
-    impl = resolve_attention(cfg.attention, param.device, param.dtype)
+    impl = resolve_attention(cfg.attention, param.device, param.dtype, _head_dim(base.config))
     layer_windows(base.config)  # fail now, not at the first step, on an unsupported architecture
     if base.config._attn_implementation != impl:
         base.set_attn_implementation(impl)

@@ -17,21 +17,44 @@ the model, windows, head grouping, layout) is tested everywhere; the flash kerne
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+log = logging.getLogger(__name__)
 NAME = "medtune_varlen"
 _NOT_SUPPORTED = ("s_aux", "sinks")  # attention sinks: not in FlashAttention-2's varlen kernel
 
 
-def flash_varlen_available(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether torch's built-in FlashAttention-2 kernel can run here (CUDA sm80+, fp16/bf16)."""
+def flash_varlen_available(device: torch.device, dtype: torch.dtype, head_dim: int | None = None) -> bool:
+    """Whether torch's built-in FlashAttention-2 kernel runs here (CUDA sm80+, fp16/bf16), forward and backward.
+
+    With `head_dim`, a two-token probe runs the kernel both ways once (per device, dtype and head size): some GPUs
+    lack the shared memory for the backward of large heads (FlashAttention-2 with head_dim 256), and that must show
+    here, where `packing.attention=auto` can still choose flex, not at the first training step.
+    """
     if device.type != "cuda" or dtype not in (torch.float16, torch.bfloat16) or not torch.cuda.is_available():
         return False
-    return torch.cuda.get_device_capability(device) >= (8, 0) and hasattr(torch.ops.aten, "_flash_attention_forward")
+    if torch.cuda.get_device_capability(device) < (8, 0) or not hasattr(torch.ops.aten, "_flash_attention_forward"):
+        return False
+    return head_dim is None or _probe(str(device), dtype, head_dim)
+
+
+@functools.cache
+def _probe(device: str, dtype: torch.dtype, head_dim: int) -> bool:
+    q = torch.randn(2, 2, head_dim, device=device, dtype=dtype, requires_grad=True)
+    cu = torch.tensor([0, 2], dtype=torch.int32, device=device)
+    try:
+        _FlashVarlen.apply(q, q, q, cu, 2, head_dim**-0.5, None).sum().backward()
+        torch.cuda.synchronize(device)
+    except RuntimeError as err:
+        log.warning("torch's flash varlen kernel fails here for head_dim %d (%s); using flex attention", head_dim, err)
+        return False
+    return True
 
 
 def register() -> str:

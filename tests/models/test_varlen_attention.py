@@ -71,6 +71,21 @@ def test_resolution_and_eval_swap() -> None:
             resolve_attention("varlen", torch.device("cuda"), torch.float32)
 
 
+def test_auto_falls_back_to_flex_where_the_kernel_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto asks flash_varlen_available with the model's head size (a probe on the GPU) and takes flex if it fails;
+    an explicit varlen then stops with the reason instead of failing at the first backward."""
+    from medtune.models import varlen_attention
+
+    cuda, bf16 = torch.device("cuda"), torch.bfloat16
+    asked = []
+    monkeypatch.setattr(varlen_attention, "flash_varlen_available", lambda *a: asked.append(a) or True)
+    assert resolve_attention("auto", cuda, bf16, 256) == NAME and asked == [(cuda, bf16, 256)]
+    monkeypatch.setattr(varlen_attention, "flash_varlen_available", lambda *a: False)
+    assert resolve_attention("auto", cuda, bf16, 256) == "flex_attention"
+    with pytest.raises(ValueError, match="heads of 256"):
+        resolve_attention("varlen", cuda, bf16, 256)
+
+
 def test_sliding_window_is_applied() -> None:
     """With documents longer than tiny Gemma 3's window of 8, dropping the window changes the logits."""
     cfg = PackingConfig(mode="packed", max_seq_len=40, attention="varlen")
@@ -120,6 +135,15 @@ def test_flash_kernel_equals_reference_forward_and_backward(window: int | None, 
         err = (got - want).abs().max().item() / want.abs().max().item()
         print(f"flash varlen window={window} kv_heads={kv_heads} {what}: max relative error {err:.2e}")  # pytest -s
         assert err < 2e-2, (what, err)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_the_probe_passes_for_gemma3_and_llama_heads() -> None:
+    from medtune.models.varlen_attention import flash_varlen_available
+
+    for head_dim in (256, 128):  # Gemma 3 (270M and 4B), Llama 3.3 70B
+        assert flash_varlen_available(torch.device("cuda"), torch.bfloat16, head_dim)
 
 
 @pytest.mark.gpu
