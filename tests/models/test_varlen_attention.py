@@ -86,6 +86,14 @@ def test_auto_falls_back_to_flex_where_the_kernel_fails(monkeypatch: pytest.Monk
         resolve_attention("varlen", cuda, bf16, 256)
 
 
+def test_a_failing_probe_says_so_and_answers_no(caplog: pytest.LogCaptureFixture) -> None:
+    """The probe's failure path (here the kernel has no CPU implementation): a warning naming the head size, False."""
+    from medtune.models.varlen_attention import _probe
+
+    assert _probe("cpu", torch.bfloat16, 16) is False
+    assert "head_dim 16" in caplog.text and "flex" in caplog.text
+
+
 def test_sliding_window_is_applied() -> None:
     """With documents longer than tiny Gemma 3's window of 8, dropping the window changes the logits."""
     cfg = PackingConfig(mode="packed", max_seq_len=40, attention="varlen")
