@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from medtune.export.gguf_tokenizer import add_tokenizer
+from medtune.models.anatomy import head_dim_of
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +153,14 @@ def gguf_tensors(model: torch.nn.Module) -> list[tuple[str, str, torch.Tensor]]:
 def _rope_freqs(model: torch.nn.Module) -> torch.Tensor:
     """llama.cpp's per-frequency divisors: the unscaled inverse frequencies over the model's scaled ones."""
     config = model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    head_dim = head_dim_of(config)
     base = config.rope_parameters["rope_theta"]
     plain = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
     return (plain / model.model.rotary_emb.inv_freq.to(torch.float64)).to(torch.float32)
 
 
 def _add_hparams(writer: gguf.GGUFWriter, config: Any) -> None:
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    head_dim = head_dim_of(config)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(config.num_hidden_layers)

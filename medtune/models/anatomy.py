@@ -67,3 +67,10 @@ def lm_head_of(model: nn.Module) -> torch.Tensor:
 def final_softcap_of(model: nn.Module) -> float | None:
     """The final-logit soft-capping value of the model (Gemma 2 style: c * tanh(logits / c)), or None."""
     return getattr(causal_lm_of(model).config, "final_logit_softcapping", None)
+
+
+def head_dim_of(config: object) -> int:
+    """Size of one attention head: the config's head_dim (Gemma 3: 256, not hidden / heads) or hidden / heads.
+    A multimodal config (MedGemma 4B) is read through its text config."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads

@@ -34,7 +34,7 @@ import torch
 
 from medtune.config import PackingConfig
 from medtune.models import varlen_attention
-from medtune.models.anatomy import peft_base_of
+from medtune.models.anatomy import head_dim_of, peft_base_of
 
 log = logging.getLogger(__name__)
 
@@ -132,19 +132,13 @@ def unpacked_attention(model: torch.nn.Module) -> Iterator[str]:
         base.set_attn_implementation(before)
 
 
-def _head_dim(config: Any) -> int | None:
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = getattr(text, "num_attention_heads", None)
-    return getattr(text, "head_dim", None) or (text.hidden_size // heads if heads else None)
-
-
 def enable_document_masking(model: torch.nn.Module, cfg: PackingConfig) -> str:
     """Switch the model to the attention kernel that will isolate packed documents; returns its name."""
     base = peft_base_of(model)
     if cfg.mode != "packed":  # one sample per row, right-padded: the plain causal mask is already exact
         return base.config._attn_implementation
     param = next(base.parameters())
-    impl = resolve_attention(cfg.attention, param.device, param.dtype, _head_dim(base.config))
+    impl = resolve_attention(cfg.attention, param.device, param.dtype, head_dim_of(base.config))
     layer_windows(base.config)  # fail now, not at the first step, on an unsupported architecture
     if base.config._attn_implementation != impl:
         base.set_attn_implementation(impl)

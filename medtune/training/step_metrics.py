@@ -23,6 +23,7 @@ import psutil
 import torch
 
 from medtune.files.space import GIB
+from medtune.models.anatomy import head_dim_of
 
 # Dense bf16 tensor-core peaks in TFLOP/s (vendor datasheets, no sparsity).
 PEAK_BF16_TFLOPS = {
@@ -107,9 +108,8 @@ def flop_model(model: torch.nn.Module, grad_ckpt_every: int) -> FlopModel:
         else:
             matmul += count  # includes lm_head, tied or not
     n_layers = config.num_hidden_layers
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     frac = 0.0 if grad_ckpt_every <= 0 else len(range(0, n_layers, grad_ckpt_every)) / n_layers
-    return FlopModel(matmul, lora, n_layers, config.num_attention_heads * head_dim, frac)
+    return FlopModel(matmul, lora, n_layers, config.num_attention_heads * head_dim_of(config), frac)
 
 
 class StepTimer:
