@@ -80,7 +80,6 @@ def _evaluate_command(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path) -> 
     from medtune.eval.ranks import Ranks
     from medtune.models.build import build_model
     from medtune.training import distributed
-    from medtune.training.step_metrics import memory_metrics, reset_peak_memory
     from medtune.training.watchdog import Watchdog
 
     dist = distributed.init(cfg.sharding, cfg.trainer.device, replicas_ok=True)
@@ -100,11 +99,9 @@ def _evaluate_command(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path) -> 
             watch.start()
         watch.enter("eval")
         ranks = Ranks.current(lockstep=distributed.is_fsdp(model), on_forward=watch.tick)
-        reset_peak_memory(dist.device, release_cache=True)
-        with distributed.scoring_view(model) as plain:
-            evaluate(plain, tokenizer, cfg.eval, cfg.data, run_dir, label=label, ranks=ranks)
         # the scorer's logits set this peak (eval.scorer, eval.batch_size); the model's own memory is in it
-        memory = distributed.per_rank_memory(memory_metrics(dist.device, "eval"), dist.device)
+        with distributed.measured_scoring(model, dist.device, "eval") as (plain, memory):
+            evaluate(plain, tokenizer, cfg.eval, cfg.data, run_dir, label=label, ranks=ranks)
         log.info("eval peak memory: %s", {k: round(v, 2) for k, v in memory.items()})
         if dist.is_main:
             (run_dir / "eval" / "memory.json").write_text(json.dumps(memory, indent=1, sort_keys=True))

@@ -27,6 +27,7 @@ from medtune.models.precision import TORCH_DTYPES
 from medtune.training.launch import env_world
 from medtune.training.loss_module import LossModule
 from medtune.training.speed import eager_layers
+from medtune.training.step_metrics import memory_metrics, reset_peak_memory
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,17 @@ def scoring_view(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """
     with _gathered_root(module) as inner, unpacked_attention(inner), eager_layers(inner):
         yield inner
+
+
+@contextlib.contextmanager
+def measured_scoring(module: torch.nn.Module, device: torch.device, phase: str) -> Iterator[tuple[Any, dict]]:
+    """scoring_view, with the phase's memory: peaks from its start (earlier phases' cached blocks released) and, on
+    a clean exit, `memory` filled with every rank's `sys/<phase>/...` (per_rank_memory: every rank must exit)."""
+    reset_peak_memory(device, release_cache=True)
+    memory: dict[str, float] = {}
+    with scoring_view(module) as plain:
+        yield plain, memory
+    memory.update(per_rank_memory(memory_metrics(device, phase), device))
 
 
 @contextlib.contextmanager

@@ -16,8 +16,7 @@ import torch
 from medtune.config import TrainConfig
 from medtune.eval.evaluation import evaluate
 from medtune.eval.ranks import Ranks
-from medtune.training.distributed import is_fsdp, per_rank_memory, scoring_view
-from medtune.training.step_metrics import memory_metrics, reset_peak_memory
+from medtune.training.distributed import is_fsdp, measured_scoring
 
 log = logging.getLogger("medtune.evaluate")
 TABLE_COLUMNS = ["acc", "acc_ci_low", "acc_ci_high", "n", "gold_ll_letter", "gold_ll_text", "delta_pp", "p_mcnemar"]
@@ -38,12 +37,10 @@ def run_eval_stage(
     model, its forwards in lockstep), rank 0 gathers them, so the tables equal a one-process evaluation.
     `on_forward` is called before every scoring forward (the watchdog's progress).
     """
-    reset_peak_memory(dist.device, release_cache=True)
     ranks = Ranks.current(lockstep=is_fsdp(model), on_forward=on_forward)
-    with scoring_view(model) as plain:
+    with measured_scoring(model, dist.device, "lm_eval") as (plain, memory):  # the scorer's logits set this peak
         results = _evaluate_and_log(plain, tokenizer, cfg, run_dir, tracker, ranks)
-    # lm-eval's logits (batch x length x vocab) set this peak
-    return results | per_rank_memory(memory_metrics(dist.device, "lm_eval"), dist.device)
+    return results | memory
 
 
 def _evaluate_and_log(
