@@ -79,8 +79,8 @@ def measure_in_own_process(
     cmd = [sys.executable, "-m", "medtune.bench", "--config", str(out_dir / "plan.yaml"), "--lengths", args.lengths,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--out", str(out_dir), "--isolate", "never",
            *extra]  # fmt: skip
-    with open(out_dir / "bench.log", "w") as log_file:
-        proc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, check=False)
+    with open(out_dir / "bench.log", "w") as log_file:  # a hung configuration fails its row, not the bench
+        proc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, check=False, timeout=args.peer_timeout_s)
     results = out_dir / "results.json"
     if proc.returncode != 0 or not results.is_file():
         raise RuntimeError(f"its process exited with {proc.returncode}; log: {out_dir / 'bench.log'}")

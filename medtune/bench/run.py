@@ -230,8 +230,9 @@ def run_bench(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     results.update({"steps": args.steps, "warmup": args.warmup, "baseline": baseline, "extra_overrides": extra})
     results["lengths"] = {k: hist[k] for k in ("n_examples", "total_len", "label_len") if k in hist}
     composed = {name: compose_config(plan, name, extra, args, world) for name in plan["configurations"]}
-    own_process = isolate(args.isolate, {n: c for n, (c, _) in composed.items()}, world)
-    order = list(composed) if own_process else run_order({n: c for n, (c, _) in composed.items()})
+    cfgs = {name: cfg for name, (cfg, _) in composed.items()}
+    own_process = isolate(args.isolate, cfgs, world)
+    order = list(cfgs) if own_process else run_order(cfgs)
     results["isolated"], by_name = own_process, {}
     for i, name in enumerate(order):
         cfg, overrides = composed[name]
@@ -299,7 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer-config", default=None, help="the configuration the peers mirror (default: baseline)")
     parser.add_argument("--peer-env", action="append", default=[], metavar="PEER=SITE_DIR",
                         help="run a peer with its own site-packages (e.g. unsloth=/opt/unsloth-site)")  # fmt: skip
-    parser.add_argument("--peer-timeout-s", type=float, default=1800, help="a peer's whole run, compile included")
+    parser.add_argument("--peer-timeout-s", type=float, default=1800,
+                        help="a peer's whole run, or an isolated configuration's, compile included")  # fmt: skip
     parser.add_argument("--isolate", choices=["auto", "always", "never"], default="auto",
                         help="one process per configuration (auto: if some patch kernels, 1 GPU)")  # fmt: skip
     args, extra = parser.parse_known_args(argv)

@@ -146,10 +146,10 @@ def varlen_attention_forward(
             f"(dropout={dropout}, softcap={softcap}); use packing.attention=flex for this model."
         )
     rows, heads, seq_len, dim = query.shape
-    cu = kwargs.get("cu_seq_lens_q")
+    cu, max_len = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
     if cu is None:  # no packing and no padding: each row is one causal sequence
         cu = torch.arange(0, (rows + 1) * seq_len, seq_len, dtype=torch.int32, device=query.device)
-        kwargs["max_length_q"] = seq_len
+        max_len = seq_len
     groups = heads // key.shape[1]
     scale = scaling if scaling is not None else dim**-0.5
     window_left = sliding_window - 1 if sliding_window else None
@@ -161,7 +161,7 @@ def varlen_attention_forward(
             "trainer.autocast_dtype=bfloat16 (or model.dtype=bfloat16), or packing.attention=flex."
         )
     if q.is_cuda:
-        out = _FlashVarlen.apply(q, k, v, cu, int(kwargs["max_length_q"]), scale, window_left)
+        out = _FlashVarlen.apply(q, k, v, cu, int(max_len), scale, window_left)
     else:
         k, v = (t.repeat_interleave(groups, dim=1) if groups > 1 else t for t in (k, v))  # as sdpa's enable_gqa
         out = reference_varlen(q, k, v, cu, scale, window_left)
