@@ -26,14 +26,26 @@ from medtune.models.fused_lora import fuse_lora_adds
 log = logging.getLogger(__name__)
 
 
-def set_gradient_checkpointing(model: nn.Module, every: int) -> list[int]:
-    """Recompute every `every`-th decoder layer (0 = none, 1 = all) in backward; returns the checkpointed indices."""
+def _checkpoint_without_graph(function, hidden, *args):
+    """Reentrant checkpointing: the layer's first forward runs without autograd (no graph, no saved-tensor hooks:
+    less work for the CPU per op) and backward replays it with gradients. Gradients only flow back through an input
+    that requires them, which a frozen embedding's output does not: the hidden states are made a leaf that does."""
+    if torch.is_tensor(hidden) and hidden.is_floating_point() and not hidden.requires_grad and torch.is_grad_enabled():
+        hidden = hidden.detach().requires_grad_(True)
+    return checkpoint(function, hidden, *args, use_reentrant=True)
+
+
+def set_gradient_checkpointing(model: nn.Module, every: int, reentrant: bool = False) -> list[int]:
+    """Recompute every `every`-th decoder layer (0 = none, 1 = all) in backward; returns the checkpointed indices.
+
+    `reentrant` (trainer.grad_ckpt_style, one process only): the first forward builds no graph; otherwise torch's
+    non-reentrant checkpoint, which keeps working under FSDP2 and DDP hooks and torch.compile."""
     if every < 0:
         raise ValueError(f"trainer.grad_ckpt_every={every} must be >= 0.")
     chosen = []
     # transformers' GradientCheckpointingLayer checkpoints its forward when this flag is set (training mode only);
     # setting it per layer gives every-k-th checkpointing, with FSDP2 hooks kept outside the recomputation.
-    ckpt = functools.partial(checkpoint, use_reentrant=False)
+    ckpt = _checkpoint_without_graph if reentrant else functools.partial(checkpoint, use_reentrant=False)
     for index, layer in enumerate(decoder_layers(model)):
         if not hasattr(layer, "gradient_checkpointing"):
             raise ValueError(f"{type(layer).__name__} does not support gradient checkpointing; set grad_ckpt_every=0.")
@@ -42,6 +54,17 @@ def set_gradient_checkpointing(model: nn.Module, every: int) -> list[int]:
         if layer.gradient_checkpointing:
             chosen.append(index)
     return chosen
+
+
+def reentrant_checkpointing(style: str, compiled: bool, world_size: int) -> bool:
+    """trainer.grad_ckpt_style resolved: reentrant only in one process (FSDP2's and DDP's hooks are proven with the
+    non-reentrant one) and not under trainer.compile; auto picks it there."""
+    if style == "reentrant" and world_size > 1:
+        raise ValueError(
+            f"trainer.grad_ckpt_style=reentrant runs in one process only ({world_size} ranks here); use auto or "
+            "non_reentrant."
+        )
+    return style == "reentrant" or (style == "auto" and world_size == 1 and not compiled)
 
 
 def peft_config(lora_cfg: LoraConfig):
@@ -62,8 +85,9 @@ def peft_config(lora_cfg: LoraConfig):
 
 
 def apply_lora(
-    model: nn.Module, lora_cfg: LoraConfig, quant_cfg: QuantizationConfig, grad_ckpt_every: int
-) -> nn.Module:
+    model: nn.Module, lora_cfg: LoraConfig, quant_cfg: QuantizationConfig, grad_ckpt_every: int,
+    reentrant: bool = False,
+) -> nn.Module:  # fmt: skip
     """Freeze the base, add LoRA (or DoRA) adapters in fp32, set gradient checkpointing; returns the peft model."""
     from peft import get_peft_model
 
@@ -81,15 +105,16 @@ def apply_lora(
                 if param.requires_grad:
                     param.data = param.data.to(torch.bfloat16)
         if lora_cfg.fused:
-            fuse_lora_adds(model)
-    chosen = set_gradient_checkpointing(model, grad_ckpt_every)
+            fuse_lora_adds(model, lora_cfg.fused_base)
+    chosen = set_gradient_checkpointing(model, grad_ckpt_every, reentrant)
     stats = trainable_parameters(model)
     log.info(
-        "adapters: %s trainable of %s params (%.3f%%); gradient checkpointing on %d layers",
+        "adapters: %s trainable of %s params (%.3f%%); gradient checkpointing on %d layers%s",
         f"{stats['trainable']:,}",
         f"{stats['total']:,}",
         stats["percent"],
         len(chosen),
+        " (reentrant)" if reentrant and chosen else "",
     )
     return model
 

@@ -18,7 +18,13 @@ import torch
 
 from medtune.config import TrainConfig
 from medtune.models.build import build_model
-from medtune.models.lora import apply_lora, merge_and_save, save_adapter, trainable_parameters
+from medtune.models.lora import (
+    apply_lora,
+    merge_and_save,
+    reentrant_checkpointing,
+    save_adapter,
+    trainable_parameters,
+)
 from medtune.training import checkpoint, distributed, step_metrics
 from medtune.training.batches import DataPipeline, build_data
 from medtune.training.loss_module import compute_loss, eval_loss
@@ -68,7 +74,9 @@ class TrainRecipe:
         cfg = self.cfg
         step_metrics.reset_peak_memory(self.device, release_cache=True)  # a multirun's previous job cached blocks too
         model, self.tokenizer = build_model(cfg.model, cfg.quantization, self.device)
-        model = apply_lora(model, cfg.lora, cfg.quantization, cfg.trainer.grad_ckpt_every)
+        tc = cfg.trainer
+        reentrant = reentrant_checkpointing(tc.grad_ckpt_style, tc.compile, self.dist.world_size)
+        model = apply_lora(model, cfg.lora, cfg.quantization, tc.grad_ckpt_every, reentrant)
         self.summary["trainer/speedups"] = ",".join(apply_speedups(model, cfg.trainer)) or "none"
         self.model = distributed.wrap_model(model, cfg.sharding, self.dist, cfg.trainer.loss_chunk_size)
         counts = trainable_parameters(model)

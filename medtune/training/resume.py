@@ -39,6 +39,7 @@ FREE = (
     "trainer.progress_bar",
     "trainer.merge_adapter",
     "trainer.grad_ckpt_every",  # recomputes activations; the same gradients
+    "trainer.grad_ckpt_style",  # how it recomputes them
     "trainer.loss_chunk_size",  # chunks of the same cross-entropy
     "sharding.timeout_min",
     "sharding.backend",

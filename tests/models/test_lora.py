@@ -15,6 +15,7 @@ from medtune.models.build import build_model
 from medtune.models.lora import (
     apply_lora,
     merge_and_save,
+    reentrant_checkpointing,
     save_adapter,
     set_gradient_checkpointing,
     trainable_parameters,
@@ -101,23 +102,37 @@ def test_nf4_qlora_loss_falls_on_a_memorisable_batch(tmp_path: Path) -> None:
     assert nf4_total == trainable_parameters(_build("tiny_llama")[0])["total"]  # 4-bit weights counted unpacked
 
 
-@pytest.mark.parametrize("every", [1, 2])
-def test_every_k_checkpointing_gives_the_same_gradients(every: int) -> None:
+@pytest.mark.parametrize(("every", "reentrant"), [(1, False), (2, False), (1, True), (2, True)])
+def test_every_k_checkpointing_gives_the_same_gradients(every: int, reentrant: bool) -> None:
+    """Non-reentrant and reentrant (the first forward without a graph; the frozen embedding's output made a leaf
+    that requires grad, or layer 0's adapters would get none), with LoRA dropout replayed with the same mask."""
     grads = {}
     for k in (0, every):
-        model, tok = _build("tiny_gemma3")
-        chosen = set_gradient_checkpointing(model, k)
+        model, tok = _build("tiny_gemma3", dropout=0.2)
+        chosen = set_gradient_checkpointing(model, k, reentrant)
         assert chosen == list(range(0, 4, k)) if k else chosen == []
         calls = [0] * 4
         for i, layer in enumerate(model.get_base_model().model.layers):
             layer.self_attn.register_forward_hook(lambda *_, i=i, c=calls: c.__setitem__(i, c[i] + 1))
         model.train()
+        torch.manual_seed(3)
         _loss(model, *_batch(tok)).backward()
         # a checkpointed layer runs its attention twice: forward, then again in backward
         assert calls == [2 if i in chosen else 1 for i in range(4)]
         grads[k] = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     for name, grad in grads[0].items():
+        assert "lora_A" in name or grad.abs().sum() > 0, name  # every B, layer 0's too, got one (A's start at 0: B=0)
         torch.testing.assert_close(grads[every][name], grad, rtol=1e-6, atol=1e-7)
+
+
+def test_reentrant_only_in_one_process_and_not_compiled() -> None:
+    assert reentrant_checkpointing("auto", compiled=False, world_size=1)
+    assert not reentrant_checkpointing("auto", compiled=True, world_size=1)
+    assert not reentrant_checkpointing("auto", compiled=False, world_size=2)
+    assert not reentrant_checkpointing("non_reentrant", compiled=False, world_size=1)
+    assert reentrant_checkpointing("reentrant", compiled=False, world_size=1)
+    with pytest.raises(ValueError, match="one process only"):
+        reentrant_checkpointing("reentrant", compiled=False, world_size=3)
 
 
 def test_dora_and_explicit_targets() -> None:
