@@ -57,3 +57,30 @@ def test_the_peers_checkpoint_follows_the_model(tmp_path: Path) -> None:
     assert dirs["tiny_llama"] != dirs["tiny_gemma3"]
     assert AutoConfig.from_pretrained(dirs["tiny_gemma3"]).model_type.startswith("gemma3")
     assert AutoConfig.from_pretrained(dirs["tiny_llama"]).model_type == "llama"
+
+
+@pytest.mark.timeout(120)
+def test_a_peer_that_runs_out_of_time_fails_its_row_and_keeps_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """unsloth's first run compiles for minutes: past --peer-timeout-s its row fails (the bench goes on) and what it
+    printed so far stays in its log; a peer that crashes fails its row with its last line."""
+    import argparse
+
+    from medtune.bench import peers
+    from medtune.bench.peers.launch import run_peers
+    from medtune.config import compose
+
+    (tmp_path / "slow_peer.py").write_text("import time\nprint('compiling block 1 of 34', flush=True)\ntime.sleep(60)")
+    (tmp_path / "bad_peer.py").write_text("raise SystemExit('no GPU for this peer')\n")
+    monkeypatch.setitem(peers.PEERS, "slow", ("slow_peer", []))
+    monkeypatch.setitem(peers.PEERS, "bad", ("bad_peer", []))
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    inputs = {"samples": tmp_path / "samples.jsonl", "model": model_dir}
+    args = argparse.Namespace(warmup=1, steps=1, peer_timeout_s=3.0)
+    envs = {"slow": str(tmp_path), "bad": str(tmp_path)}
+    slow, bad = run_peers(["slow", "bad"], inputs, compose(["model=tiny_llama"]), args, envs)
+    assert slow["status"] == "failed" and "--peer-timeout-s=3 s" in slow["error"] and slow["wall_s"] < 30
+    assert "compiling block 1 of 34" in (tmp_path / "slow.log").read_text()
+    assert bad["status"] == "failed" and "exit 1: no GPU for this peer" in bad["error"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -53,6 +54,18 @@ def peer_inputs(cfg: Any, examples: list[dict], tokenizer: Any, out_dir: Path) -
     return {"samples": samples, "model": model_dir}
 
 
+def _run_bounded(cmd: list[str], env: dict[str, str], log_file: Any, timeout_s: float) -> int | None:
+    """The command's exit status, or None when it ran past timeout_s: then it is killed with everything it started
+    (its own process group: compile workers too, which would otherwise keep the GPU)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None
+
+
 def run_peers(names: list[str], inputs: dict[str, Path], cfg: Any, args: Any, envs: dict[str, str]) -> list[dict]:
     """One result row per peer (failed ones with the reason), each from its own process."""
     rows = []
@@ -68,14 +81,18 @@ def run_peers(names: list[str], inputs: dict[str, Path], cfg: Any, args: Any, en
         if name in envs:  # its own pins: its site-packages first, then medtune's source (for the peer scripts)
             env["PYTHONPATH"] = os.pathsep.join([envs[name], str(REPO)])
         started = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.peer_timeout_s)
-        (inputs["model"].parent / f"{name}.log").write_text(proc.stdout + proc.stderr)
+        log_path = inputs["model"].parent / f"{name}.log"
+        with log_path.open("w") as log_file:  # written as it runs: a peer that runs out of time leaves its log
+            code = _run_bounded(cmd, env, log_file, args.peer_timeout_s)
         row: dict[str, Any] = {"name": f"peer:{name}", "wall_s": time.perf_counter() - started}
-        if proc.returncode == 0 and result_path.is_file():
+        if code == 0 and result_path.is_file():
             row |= json.loads(result_path.read_text()) | {"status": "ok"}
+        elif code is None:
+            row |= {"status": "failed", "error": f"stopped after --peer-timeout-s={args.peer_timeout_s:g} s (its "
+                    f"compile included; unsloth's first run compiles for minutes); log: {log_path}"}  # fmt: skip
         else:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            row |= {"status": "failed", "error": f"exit {proc.returncode}: {tail[0][:300]}"}
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            row |= {"status": "failed", "error": f"exit {code}: {tail[0][:300]}; log: {log_path}"}
         log.info("peer %s: %s", name, {k: v for k, v in row.items() if k != "error"} | {"error": row.get("error")})
         rows.append(row)
     return rows

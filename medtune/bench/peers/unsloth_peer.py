@@ -29,8 +29,8 @@ def main() -> None:
     )
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     model = FastLanguageModel.get_peft_model(
-        model, r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules=targets,
-        use_gradient_checkpointing=True, random_state=0,
+        model, r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=args.lora_dropout, target_modules=targets,
+        use_gradient_checkpointing="unsloth", random_state=0,  # its recommended mode: layer inputs offloaded to the CPU
     )  # fmt: skip
 
     class Clocked(SFTTrainer):
