@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from medtune.models.dequant import dequantize
+
 log = logging.getLogger(__name__)
 _UNFUSED = "_medtune_unfused_forward"  # where a fused layer keeps peft's forward
 _OWN_BASE = "_medtune_fused_base"  # whether it may do the base layer's matmul itself (LoRALinear)
@@ -86,11 +88,10 @@ def _dense_weight(base: nn.Module, dtype: torch.dtype) -> torch.Tensor:
     whose parameters FSDP gathered again before backward is read as it is then)."""
     if type(base) is nn.Linear:
         return base.weight
-    import bitsandbytes.functional as bnb_functional
     from bitsandbytes.nn.modules import fix_4bit_weight_quant_state_from_module
 
     fix_4bit_weight_quant_state_from_module(base)
-    return bnb_functional.dequantize_4bit(base.weight, base.weight.quant_state).to(dtype)
+    return dequantize(base.weight, base.weight.quant_state, dtype)
 
 
 class LoRALinear(torch.autograd.Function):
