@@ -46,7 +46,8 @@ def _direct(weight: torch.Tensor, state: Any, dtype: torch.dtype) -> torch.Tenso
 
 
 def _usable(weight: torch.Tensor, state: Any, dtype: torch.dtype) -> bool:
-    if weight.device.type != "cuda" or dtype not in _NAMES or state.quant_type not in ("nf4", "fp4"):
+    # in its own compute dtype only: bitsandbytes dequantises to state.dtype and then casts, which rounds twice
+    if weight.device.type != "cuda" or dtype not in _NAMES or dtype != state.dtype or state.quant_type != "nf4":
         return False
     if weight.device.index != torch.cuda.current_device() or not weight.is_contiguous():
         return False

@@ -11,11 +11,13 @@ import torch
 from medtune.models import dequant
 
 
-def _quantized(device: str, nested: bool, shape: tuple[int, int] = (384, 256)) -> tuple[torch.Tensor, object]:
+def _quantized(
+    device: str, nested: bool, shape: tuple[int, int] = (384, 256), dtype: torch.dtype = torch.bfloat16
+) -> tuple[torch.Tensor, object]:
     import bitsandbytes.functional as bnb_functional
 
     torch.manual_seed(0)
-    dense = torch.randn(shape, dtype=torch.bfloat16, device=device)
+    dense = torch.randn(shape, dtype=dtype, device=device)
     return bnb_functional.quantize_4bit(dense, blocksize=64, compress_statistics=nested, quant_type="nf4")
 
 
@@ -63,7 +65,12 @@ def test_direct_kernels_equal_bitsandbytes_on_cuda(nested: bool, dtype: torch.dt
     import bitsandbytes.functional as bnb_functional
 
     dequant._CHECKED.clear()
-    packed, state = _quantized("cuda", nested, shape=(10240, 2560))  # Gemma 3 4B's gate projection
+    packed, state = _quantized("cuda", nested, shape=(10240, 2560), dtype=dtype)  # Gemma 3 4B's gate projection
     got = dequant.dequantize(packed, state, dtype)
     assert {(packed.device.index, dtype, "nf4", nested): True} == dequant._CHECKED  # the direct call was taken
-    assert torch.equal(got, bnb_functional.dequantize_4bit(packed, state).to(dtype))
+    assert torch.equal(got, bnb_functional.dequantize_4bit(packed, state))
+    other = torch.float16 if dtype == torch.bfloat16 else torch.bfloat16  # not its compute dtype: bitsandbytes' way
+    assert torch.equal(
+        dequant.dequantize(packed, state, other), bnb_functional.dequantize_4bit(packed, state).to(other)
+    )
+    assert len(dequant._CHECKED) == 1
