@@ -196,8 +196,8 @@ class TrainerConfig:
     grad_accum_steps: int = 1
     max_grad_norm: float | None = 1.0
     grad_ckpt_every: int = 1  # 0: off; 1: every decoder layer; k: every k-th layer
-    # auto: reentrant in one process without trainer.compile (the first forward builds no autograd graph), else
-    # non_reentrant (torch's default; the one that FSDP2/DDP hooks and torch.compile work with)
+    # auto: reentrant with sharding.strategy=none and no trainer.compile (the first forward builds no autograd
+    # graph), else non_reentrant (torch's default; the one that FSDP2/DDP hooks and torch.compile work with)
     grad_ckpt_style: str = "auto"  # auto | reentrant | non_reentrant
     autocast_dtype: str | None = "bfloat16"  # None: no autocast
     device: str = "auto"  # auto | cpu | cuda
@@ -300,6 +300,11 @@ class TrainConfig:
                 f"quantization.quant_storage={q.quant_storage} differs from sharding.param_dtype={s.param_dtype}: "
                 "FSDP flattens a layer's params into one dtype, so set quantization.quant_storage="
                 f"{s.param_dtype} (the cause of 'must flatten tensors with uniform dtype' and of NaN losses)."
+            )
+        if self.trainer.grad_ckpt_style == "reentrant" and s.strategy != "none":
+            raise ConfigError(
+                f"trainer.grad_ckpt_style=reentrant with sharding={s.strategy}: DDP's and FSDP2's hooks are proven "
+                "with non-reentrant checkpointing only; use trainer.grad_ckpt_style=auto (it picks that here)."
             )
         if q.method != "none" and not self.lora.enabled:
             raise ConfigError(

@@ -38,7 +38,7 @@ def _checkpoint_without_graph(function, hidden, *args):
 def set_gradient_checkpointing(model: nn.Module, every: int, reentrant: bool = False) -> list[int]:
     """Recompute every `every`-th decoder layer (0 = none, 1 = all) in backward; returns the checkpointed indices.
 
-    `reentrant` (trainer.grad_ckpt_style, one process only): the first forward builds no graph; otherwise torch's
+    `reentrant` (trainer.grad_ckpt_style, without DDP / FSDP): the first forward builds no graph; otherwise torch's
     non-reentrant checkpoint, which keeps working under FSDP2 and DDP hooks and torch.compile."""
     if every < 0:
         raise ValueError(f"trainer.grad_ckpt_every={every} must be >= 0.")
@@ -56,15 +56,11 @@ def set_gradient_checkpointing(model: nn.Module, every: int, reentrant: bool = F
     return chosen
 
 
-def reentrant_checkpointing(style: str, compiled: bool, world_size: int) -> bool:
-    """trainer.grad_ckpt_style resolved: reentrant only in one process (FSDP2's and DDP's hooks are proven with the
-    non-reentrant one) and not under trainer.compile; auto picks it there."""
-    if style == "reentrant" and world_size > 1:
-        raise ValueError(
-            f"trainer.grad_ckpt_style=reentrant runs in one process only ({world_size} ranks here); use auto or "
-            "non_reentrant."
-        )
-    return style == "reentrant" or (style == "auto" and world_size == 1 and not compiled)
+def reentrant_checkpointing(style: str, compiled: bool, wrapper: str) -> bool:
+    """trainer.grad_ckpt_style resolved: reentrant only for a model no DDP or FSDP2 wraps (sharding.strategy=none:
+    their hooks are proven with the non-reentrant one, at any number of ranks; the config refuses `reentrant` with
+    them) and not under trainer.compile; auto picks it there."""
+    return wrapper == "none" and not compiled and style in ("auto", "reentrant")
 
 
 def peft_config(lora_cfg: LoraConfig):

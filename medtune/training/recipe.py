@@ -75,7 +75,7 @@ class TrainRecipe:
         step_metrics.reset_peak_memory(self.device, release_cache=True)  # a multirun's previous job cached blocks too
         model, self.tokenizer = build_model(cfg.model, cfg.quantization, self.device)
         tc = cfg.trainer
-        reentrant = reentrant_checkpointing(tc.grad_ckpt_style, tc.compile, self.dist.world_size)
+        reentrant = reentrant_checkpointing(tc.grad_ckpt_style, tc.compile, cfg.sharding.strategy)
         model = apply_lora(model, cfg.lora, cfg.quantization, tc.grad_ckpt_every, reentrant)
         self.summary["trainer/speedups"] = ",".join(apply_speedups(model, cfg.trainer)) or "none"
         self.model = distributed.wrap_model(model, cfg.sharding, self.dist, cfg.trainer.loss_chunk_size)

@@ -125,14 +125,18 @@ def test_every_k_checkpointing_gives_the_same_gradients(every: int, reentrant: b
         torch.testing.assert_close(grads[every][name], grad, rtol=1e-6, atol=1e-7)
 
 
-def test_reentrant_only_in_one_process_and_not_compiled() -> None:
-    assert reentrant_checkpointing("auto", compiled=False, world_size=1)
-    assert not reentrant_checkpointing("auto", compiled=True, world_size=1)
-    assert not reentrant_checkpointing("auto", compiled=False, world_size=2)
-    assert not reentrant_checkpointing("non_reentrant", compiled=False, world_size=1)
-    assert reentrant_checkpointing("reentrant", compiled=False, world_size=1)
-    with pytest.raises(ValueError, match="one process only"):
-        reentrant_checkpointing("reentrant", compiled=False, world_size=3)
+def test_reentrant_only_without_ddp_or_fsdp_and_not_compiled() -> None:
+    """By the wrapper, not the rank count: `torchrun --nproc-per-node 1 ... sharding=fsdp` keeps non-reentrant."""
+    assert reentrant_checkpointing("auto", compiled=False, wrapper="none")
+    assert not reentrant_checkpointing("auto", compiled=True, wrapper="none")
+    assert not reentrant_checkpointing("auto", compiled=False, wrapper="fsdp")
+    assert not reentrant_checkpointing("auto", compiled=False, wrapper="ddp")
+    assert not reentrant_checkpointing("non_reentrant", compiled=False, wrapper="none")
+    assert reentrant_checkpointing("reentrant", compiled=False, wrapper="none")
+    from medtune.config import ConfigError, compose
+
+    with pytest.raises(ConfigError, match="grad_ckpt_style=reentrant with sharding=fsdp"):
+        compose(["trainer.grad_ckpt_style=reentrant", "sharding=fsdp"])
 
 
 def test_dora_and_explicit_targets() -> None:
