@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +71,18 @@ def run_order(cfgs: dict[str, Any]) -> list[str]:
     return sorted(cfgs, key=lambda name: patches_globally(cfgs[name]))
 
 
+def run_bounded(cmd: list[str], env: dict[str, str], log_file: Any, timeout_s: float) -> int | None:
+    """The command's exit status, or None when it ran past timeout_s: then it is killed with everything it started
+    (its own process group: compile workers too, which would otherwise keep the GPU)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None
+
+
 def measure_in_own_process(
     name: str, plan: dict, args: argparse.Namespace, extra: list[str], out_dir: Path
 ) -> dict[str, Any]:
@@ -80,10 +94,12 @@ def measure_in_own_process(
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--out", str(out_dir), "--isolate", "never",
            *extra]  # fmt: skip
     with open(out_dir / "bench.log", "w") as log_file:  # a hung configuration fails its row, not the bench
-        proc = subprocess.run(cmd, stdout=log_file, stderr=subprocess.STDOUT, check=False, timeout=args.peer_timeout_s)
+        code = run_bounded(cmd, dict(os.environ), log_file, args.peer_timeout_s)
     results = out_dir / "results.json"
-    if proc.returncode != 0 or not results.is_file():
-        raise RuntimeError(f"its process exited with {proc.returncode}; log: {out_dir / 'bench.log'}")
+    if code is None:
+        raise RuntimeError(f"stopped after --peer-timeout-s={args.peer_timeout_s:g} s; log: {out_dir / 'bench.log'}")
+    if code != 0 or not results.is_file():
+        raise RuntimeError(f"its process exited with {code}; log: {out_dir / 'bench.log'}")
     row = json.loads(results.read_text())["configurations"][0]
     if row.get("status") != "ok":
         raise RuntimeError(row.get("error", "failed") + f" (log: {out_dir / 'bench.log'})")

@@ -106,3 +106,29 @@ def test_isolation_choice_and_one_process_order() -> None:
     with pytest.raises(ValueError, match="torchrun"):
         isolate("always", cfgs, 2)
     assert run_order(cfgs) == ["plain", "compiled", "fused"]  # Liger's patch comes after the others
+
+
+@pytest.mark.timeout(60)
+def test_a_run_past_its_time_is_killed_with_what_it_started(tmp_path: Path) -> None:
+    """run_bounded (isolated configurations and peers): None after the limit, and the child's own children (compile
+    workers) die with it; a run that ends gives its exit status."""
+    import os
+    import sys
+    import time
+
+    from medtune.bench.plan import run_bounded
+
+    spawn = "import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
+    spawn += " print(p.pid, flush=True); time.sleep(60)"
+    log = tmp_path / "log"
+    with log.open("w") as f:
+        started = time.monotonic()
+        assert run_bounded([sys.executable, "-c", spawn], dict(os.environ), f, 3.0) is None
+    assert time.monotonic() - started < 30
+    worker = int(log.read_text().split()[0])
+    time.sleep(0.5)
+    status = Path(f"/proc/{worker}/status")
+    state = status.read_text().split("State:")[1].split()[0] if status.exists() else "gone"
+    assert state in ("gone", "Z"), state  # killed (a zombie until something reaps it), not sleeping on
+    with log.open("w") as f:
+        assert run_bounded([sys.executable, "-c", "raise SystemExit(3)"], dict(os.environ), f, 30.0) == 3

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import torch
 
 from medtune.bench.peers import PEERS
+from medtune.bench.plan import run_bounded
 from medtune.files.atomic import atomic_dir
 from medtune.models.build import arch_config
 
@@ -54,18 +53,6 @@ def peer_inputs(cfg: Any, examples: list[dict], tokenizer: Any, out_dir: Path) -
     return {"samples": samples, "model": model_dir}
 
 
-def _run_bounded(cmd: list[str], env: dict[str, str], log_file: Any, timeout_s: float) -> int | None:
-    """The command's exit status, or None when it ran past timeout_s: then it is killed with everything it started
-    (its own process group: compile workers too, which would otherwise keep the GPU)."""
-    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        return proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return None
-
-
 def run_peers(names: list[str], inputs: dict[str, Path], cfg: Any, args: Any, envs: dict[str, str]) -> list[dict]:
     """One result row per peer (failed ones with the reason), each from its own process."""
     rows = []
@@ -83,7 +70,7 @@ def run_peers(names: list[str], inputs: dict[str, Path], cfg: Any, args: Any, en
         started = time.perf_counter()
         log_path = inputs["model"].parent / f"{name}.log"
         with log_path.open("w") as log_file:  # written as it runs: a peer that runs out of time leaves its log
-            code = _run_bounded(cmd, env, log_file, args.peer_timeout_s)
+            code = run_bounded(cmd, env, log_file, args.peer_timeout_s)
         row: dict[str, Any] = {"name": f"peer:{name}", "wall_s": time.perf_counter() - started}
         if code == 0 and result_path.is_file():
             row |= json.loads(result_path.read_text()) | {"status": "ok"}
