@@ -20,3 +20,13 @@ wait_done() {  # DIR SECONDS: until DIR/ALL_DONE exists or SECONDS pass
   local end=$((SECONDS + $2))
   while [[ ! -f $1/ALL_DONE ]] && (( SECONDS < end )); do sleep 15; done
 }
+
+one_config_plan() {  # NAME OUT: experiments/efficiency/speed_h200.yaml's common overrides and configuration NAME alone
+  python3 - "$1" "$2" <<'PY'
+import sys, yaml
+plan = yaml.safe_load(open("experiments/efficiency/speed_h200.yaml"))
+name, out = sys.argv[1], sys.argv[2]
+yaml.safe_dump({"common": plan["common"], "baseline": name, "configurations": {name: plan["configurations"][name]}},
+               open(out, "w"))
+PY
+}

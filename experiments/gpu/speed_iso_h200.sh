@@ -10,6 +10,7 @@
 # each one's first step is timed from its process's start), then TRL + Liger on the first configuration's samples.
 # Results: $OUT/speed_iso.tar.gz (each configuration's results.json/.md and log).
 set -uo pipefail
+. "$(dirname "$0")/common.sh"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 RUNS=/root/iso; mkdir -p "$RUNS"
 export PYTHONPATH=/root/site:$PWD PYTHONUNBUFFERED=1 MEDTUNE_CACHE_DIR=/root/cache HF_HUB_OFFLINE=1
@@ -30,13 +31,7 @@ timeout 200 python3 -m pytest -q -s -m gpu -p no:cacheprovider tests/models/test
 configs=("$@"); (( ${#configs[@]} )) || configs=(varlen_liger_bf16 varlen_liger_bf16_peft varlen varlen_liger_bf16_compile)
 peers=--peers=trl_liger
 for c in "${configs[@]}"; do
-  python3 - "$c" "$RUNS/$c.yaml" <<'PY'
-import sys, yaml
-plan = yaml.safe_load(open("experiments/efficiency/speed_h200.yaml"))
-name, out = sys.argv[1], sys.argv[2]
-yaml.safe_dump({"common": plan["common"], "baseline": name, "configurations": {name: plan["configurations"][name]}},
-               open(out, "w"))
-PY
+  one_config_plan "$c" "$RUNS/$c.yaml"
   t0=$SECONDS
   timeout 280 python3 -m medtune.bench --config "$RUNS/$c.yaml" --warmup 3 --steps 10 --out "$RUNS/$c" $peers \
     --peer-config "$c" --peer-timeout-s 150 > "$RUNS/$c.log" 2>&1

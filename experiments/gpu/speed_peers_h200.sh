@@ -29,13 +29,7 @@ pip_target() { python3 -m pip install -q --no-index --no-deps --no-compile --no-
 
 bench() {  # CONFIG: its own process; the peers named for it run beside it on its samples
   local c=$1 t0=$SECONDS peers=()
-  python3 - "$c" "$RUNS/$c.yaml" <<'PY'
-import sys, yaml
-plan = yaml.safe_load(open("experiments/efficiency/speed_h200.yaml"))
-name, out = sys.argv[1], sys.argv[2]
-yaml.safe_dump({"common": plan["common"], "baseline": name, "configurations": {name: plan["configurations"][name]}},
-               open(out, "w"))
-PY
+  one_config_plan "$c" "$RUNS/$c.yaml"
   [[ -n ${PEERS[$c]:-} ]] && peers=(--peers "${PEERS[$c]}" --peer-config "$c" --peer-env "unsloth=$USITE")
   timeout 900 python3 -m medtune.bench --config "$RUNS/$c.yaml" --warmup 3 --steps 10 --out "$RUNS/$c" "${peers[@]}" \
     --peer-timeout-s 420 > "$RUNS/$c.log" 2>&1
