@@ -200,7 +200,8 @@ def test_one_node_qlora_in_bf16_is_as_close_to_exact_as_peft(device: str) -> Non
 
 
 def test_one_node_path_skips_what_it_cannot_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A base weight that trains, or adapters in another dtype than the base's compute dtype: the addmm path."""
+    """A base weight that trains: the addmm path; an input in another dtype than the adapters (fp32 activations,
+    bf16 adapters, no autocast): not the one-node path either."""
     import medtune.models.fused_lora as fused_lora
 
     owned = []
