@@ -221,6 +221,8 @@ class TrainerConfig:
     # checkpointed layer inputs in pinned CPU memory instead of the GPU (less memory, some speed).
     compile: bool = False
     kernels: str = "none"  # none | liger
+    # kernels: trainer.kernels' RMSNorm (transformers' or Liger's) | torch: torch's fused op, one dispatch per call
+    rms_norm: str = "kernels"
     offload_activations: bool = False
 
     def __post_init__(self) -> None:
@@ -228,6 +230,7 @@ class TrainerConfig:
             check_positive(f"trainer.{key}", getattr(self, key))
         self._check_micro_batch()
         check_choice("trainer.kernels", self.kernels, ("none", "liger"))
+        check_choice("trainer.rms_norm", self.rms_norm, ("kernels", "torch"))
         check_choice("trainer.grad_ckpt_style", self.grad_ckpt_style, ("auto", "reentrant", "non_reentrant"))
         if self.grad_ckpt_style == "reentrant" and self.compile:
             raise ConfigError(

@@ -1,36 +1,59 @@
 """Fused kernels from a maintained library (Liger) on the frozen model: RMSNorm, the gated MLP and RoPE.
 
     fused = apply_fused_kernels(model, "liger")   # in place; returns what was fused, e.g. ["rms_norm", "geglu", "rope"]
+    fused = apply_fused_kernels(model, "liger", rms_norm="torch")   # RMSNorm by torch's own fused op instead
 
 The GPU profile of a medtune step put ~45% of its CUDA time in elementwise kernels around the matmuls (RMSNorm,
 GELU, casts). Liger's Triton kernels fuse each of them into one launch. Only the forward methods are rebound: the
 modules, their (nf4 / LoRA) linear layers and the loss stay medtune's, so packing masks and the chunked loss are
 untouched. Liger's own cross-entropy stays off (medtune's chunked loss never materialises the logits).
+
+`rms_norm="torch"` (trainer.rms_norm) computes every RMSNorm with torch's fused `_fused_rms_norm` op (one CUDA kernel
+forward and one backward, which skips the weight's gradient when the weight is frozen) instead of Liger's or
+transformers' own. Liger's RMSNorm costs ~0.2 ms of Python per call (the profile at 4 rows of 2048 tokens,
+experiments/results/efficiency_h200/e_peers/profile_mb4), and Gemma 3 runs six per layer per pass; the op is one
+dispatch. The math is the model's: Gemma 3 normalises and scales by (1 + w) in fp32 and rounds once; Llama (which
+rounds before its bf16 scale) rounds once after it, within one bf16 step of transformers' result.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import types
 
+import torch
 from torch import nn
 
 from medtune.models.anatomy import causal_lm_of
 
 log = logging.getLogger(__name__)
 KERNELS = ("none", "liger")
+RMS_NORMS = ("kernels", "torch")
+_SCALE = "_medtune_norm_scale"  # a frozen Gemma 3 norm's fp32 (1 + w), with the weight version it was made from
+_fused_op = torch.ops.aten._fused_rms_norm  # (input, normalized_shape, weight, eps) -> (output, rstd)
+_MIXED_OK: dict[tuple, bool] = {}  # (device type, input dtype, weight dtype) -> the fused op takes them as they are
 
 
 class KernelsUnavailableError(RuntimeError):
     """The kernel library is not installed or does not cover this model."""
 
 
-def apply_fused_kernels(model: nn.Module, kind: str) -> list[str]:
-    """Fuse the elementwise pieces of a Gemma 3 or Llama model in place (kind: none | liger); returns what it fused."""
-    if kind == "none":
-        return []
+def apply_fused_kernels(model: nn.Module, kind: str, rms_norm: str = "kernels") -> list[str]:
+    """Fuse the elementwise pieces of a Gemma 3 or Llama model in place (kind: none | liger; rms_norm: kernels |
+    torch); returns what it fused."""
     if kind not in KERNELS:
         raise ValueError(f"trainer.kernels={kind!r} is not one of {list(KERNELS)}.")
+    if rms_norm not in RMS_NORMS:
+        raise ValueError(f"trainer.rms_norm={rms_norm!r} is not one of {list(RMS_NORMS)}.")
+    fused = []
+    if rms_norm == "torch":
+        n = use_torch_rms_norm(model)
+        if not n:
+            raise KernelsUnavailableError("trainer.rms_norm=torch found no Gemma 3 or Llama RMSNorm in the model.")
+        fused.append(f"rms_norm:torch({n})")
+    if kind == "none":
+        return fused
     missing = [name for name in ("liger_kernel", "triton") if importlib.util.find_spec(name) is None]
     if missing:
         raise KernelsUnavailableError(
@@ -41,14 +64,66 @@ def apply_fused_kernels(model: nn.Module, kind: str) -> list[str]:
     model_type = getattr(lm.config, "model_type", "")
     from liger_kernel.transformers import apply_liger_kernel_to_gemma3_text, apply_liger_kernel_to_llama
 
-    common = {"rope": True, "rms_norm": True, "cross_entropy": False, "fused_linear_cross_entropy": False}
+    liger_norm = rms_norm == "kernels"
+    common = {"rope": True, "rms_norm": liger_norm, "cross_entropy": False, "fused_linear_cross_entropy": False}
     if model_type == "gemma3_text":
         apply_liger_kernel_to_gemma3_text(geglu=True, model=lm, **common)
-        fused = ["rms_norm", "geglu", "rope"]
+        fused += ["rms_norm", "geglu", "rope"] if liger_norm else ["geglu", "rope"]
     elif model_type == "llama":
         apply_liger_kernel_to_llama(swiglu=True, model=lm, **common)
-        fused = ["rms_norm", "swiglu", "rope"]
+        fused += ["rms_norm", "swiglu", "rope"] if liger_norm else ["swiglu", "rope"]
     else:
         raise KernelsUnavailableError(f"trainer.kernels=liger covers gemma3_text and llama, not {model_type!r}.")
-    log.info("fused kernels (liger): %s", ", ".join(fused))
+    log.info("fused kernels: %s", ", ".join(fused))
     return fused
+
+
+def use_torch_rms_norm(model: nn.Module) -> int:
+    """Every Gemma 3 / Llama RMSNorm of the model computed by torch's fused op (in place); returns how many."""
+    forwards = {"Gemma3RMSNorm": _gemma_norm_forward, "LlamaRMSNorm": _llama_norm_forward}
+    n = 0
+    for module in model.modules():
+        forward = forwards.get(type(module).__name__)
+        if forward is not None:
+            module.forward = types.MethodType(forward, module)
+            n += 1
+    return n
+
+
+def _fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / rms(x) * weight, computed in fp32 and rounded once to x's dtype (aten._fused_rms_norm: not an autocast
+    op, so under autocast it too keeps x's dtype, as transformers' norms do)."""
+    key = (x.device.type, x.dtype, weight.dtype)
+    known = _MIXED_OK.get(key)
+    if known is not False:
+        try:
+            out = _fused_op(x, [x.shape[-1]], weight, eps)[0]
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as err:  # a kernel that wants the weight in the input's dtype
+            if known:
+                raise
+            _MIXED_OK[key] = False
+            log.info("torch's fused rms_norm takes no %s weight with %s input (%s); normalising in fp32 and rounding",
+                     weight.dtype, x.dtype, err)  # fmt: skip
+        else:
+            if known is None:
+                _MIXED_OK[key] = True
+            return out
+    return _fused_op(x.float(), [x.shape[-1]], weight.float(), eps)[0].to(x.dtype)
+
+
+def _gemma_norm_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    weight = self.weight
+    if weight.requires_grad:  # a trained norm: (1 + w) stays in the graph
+        return _fused_rms_norm(x, 1.0 + weight.float(), self.eps)
+    made = self.__dict__.get(_SCALE)
+    stamp = (weight.data_ptr(), weight._version, weight.device)
+    if made is None or made[0] != stamp:
+        made = (stamp, 1.0 + weight.detach().float())
+        self.__dict__[_SCALE] = made
+    return _fused_rms_norm(x, made[1], self.eps)
+
+
+def _llama_norm_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return _fused_rms_norm(x, self.weight, self.variance_epsilon)

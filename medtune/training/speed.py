@@ -30,8 +30,8 @@ _EAGER = "_medtune_eager_forward"  # where a compiled layer keeps its eager forw
 
 
 def apply_speedups(model: nn.Module, tc: TrainerConfig) -> list[str]:
-    """Fused kernels (trainer.kernels) and regional compilation (trainer.compile) on the model, in place."""
-    applied = [f"kernels:{name}" for name in apply_fused_kernels(model, tc.kernels)]
+    """Fused kernels (trainer.kernels, trainer.rms_norm) and regional compilation (trainer.compile), in place."""
+    applied = [f"kernels:{name}" for name in apply_fused_kernels(model, tc.kernels, tc.rms_norm)]
     if tc.compile:
         for layer in decoder_layers(model):
             setattr(layer, _EAGER, layer.forward)
