@@ -21,8 +21,11 @@ SRC=/root/src RUNS=/root/peers USITE=/root/site_unsloth
 export PYTHONPATH=/root/site:$SRC PYTHONUNBUFFERED=1 MEDTUNE_CACHE_DIR=/root/cache HF_HUB_OFFLINE=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=4 TOKENIZERS_PARALLELISM=false
 export UNSLOTH_DISABLE_STATISTICS=1 HF_DATASETS_OFFLINE=1  # no network on the machine: never wait for one
-CONFIGS=(fast prev fast_addmm fast_hooks fast_mb4 prev_mb4)
-declare -A PEERS=([fast]=trl_liger,unsloth [fast_mb4]=unsloth)
+# SPEED_CONFIGS="a b" and SPEED_PEERS="a=unsloth b=trl_liger,unsloth" (exported into `start`) replace these
+read -ra CONFIGS <<< "${SPEED_CONFIGS:-fast prev fast_addmm fast_hooks fast_mb4 prev_mb4}"
+declare -A PEERS=()
+for pair in ${SPEED_PEERS:-fast=trl_liger,unsloth fast_mb4=unsloth}; do PEERS[${pair%%=*}]=${pair#*=}; done
+PEER_TIMEOUT_S=${PEER_TIMEOUT_S:-420}  # unsloth's cold compile of an 8-row step took longer than 420 s
 
 pip_target() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$1" \
   "${@:2}"; }
@@ -32,7 +35,7 @@ bench() {  # CONFIG: its own process; the peers named for it run beside it on it
   one_config_plan "$c" "$RUNS/$c.yaml"
   [[ -n ${PEERS[$c]:-} ]] && peers=(--peers "${PEERS[$c]}" --peer-config "$c" --peer-env "unsloth=$USITE")
   timeout 900 python3 -m medtune.bench --config "$RUNS/$c.yaml" --warmup 3 --steps 10 --out "$RUNS/$c" "${peers[@]}" \
-    --peer-timeout-s 420 > "$RUNS/$c.log" 2>&1
+    --peer-timeout-s "$PEER_TIMEOUT_S" > "$RUNS/$c.log" 2>&1
   echo "$c rc=$? wall_s=$((SECONDS - t0)) ended=$(date -u +%T)" >> "$RUNS/rc.txt"
 }
 
@@ -60,7 +63,8 @@ case "${1:-}" in
   run) shift; (( $# )) && CONFIGS=("$@"); copy_source || exit 1; runs; collect ;;
   unsloth) pip_target "$USITE" "$2"/*.whl ;;
   start)
-    pip_target /root/site .gpu3/*.whl
+    pip_target /root/site .gpu3/*.whl || exit 1
+    if [[ -d .gpu4 ]]; then pip_target /root/site .gpu4/*.whl || exit 1; fi  # carried along: one call fewer
     # bitsandbytes, dill and multiprocess come with medtune's wheels; unsloth's environment needs them too
     cp -r /root/site/bitsandbytes* /root/site/dill* /root/site/multiprocess* "$USITE"/
     copy_source || exit 1
