@@ -213,15 +213,17 @@ def _profile(step: Any, device: torch.device, n_steps: int = 2, rows: int = 25) 
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     frames = torch._C._profiler._ExperimentalConfig(verbose=True)  # without it torch 2.13 records no Python frames
-    with profile(activities=activities, with_stack=True, experimental_config=frames) as prof:
+    with profile(activities=activities, with_stack=True, record_shapes=True, experimental_config=frames) as prof:
         for _ in range(n_steps):
             step()
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     table = prof.key_averages().table(sort_by=sort, row_limit=rows)
-    copies = [e for e in prof.key_averages(group_by_stack_n=6) if e.key in ("aten::clone", "aten::copy_")]
-    copies.sort(key=lambda e: e.count, reverse=True)
-    origins = [f"{e.key} x{e.count}: " + " <- ".join(e.stack) for e in copies[:15]]
-    return table + "\n\nCopies by origin (calls over the profiled steps):\n" + "\n".join(origins) + "\n"
+    origins = []
+    for by in ({"group_by_stack_n": 12}, {"group_by_input_shape": True}):  # backward's copies have no Python frames
+        copies = [e for e in prof.key_averages(**by) if e.key in ("aten::clone", "aten::copy_")]
+        copies.sort(key=lambda e: e.count, reverse=True)
+        origins += [f"{e.key} x{e.count} {e.input_shapes}: " + " <- ".join(e.stack) for e in copies[:15]]
+    return table + "\n\nCopies by origin, then by shape (calls over the profiled steps):\n" + "\n".join(origins) + "\n"
 
 
 def run_bench(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:

@@ -100,6 +100,29 @@ def test_one_dispatch_per_norm_with_the_weight_in_the_input_dtype(arch: str, mon
     assert len(calls) == len(_norms(model))  # each norm once in this forward
 
 
+def test_a_heads_first_view_is_normalised_where_it_lies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gemma 3's q/k norms see [batch, heads, seq, dim] views of a [batch, seq, heads, dim] tensor: the op gets the
+    contiguous layout (no copy), the result is the same view of it, the numbers and gradients those of a copy."""
+    real, seen = torch.ops.aten._fused_rms_norm, []
+    monkeypatch.setattr(kernels, "_fused_op", lambda x, *a: seen.append(x.is_contiguous()) or real(x, *a))
+    norm = _norms(_model("tiny_gemma3", trained_norms=True))[0]
+    use_torch_rms_norm(norm)
+    base = torch.randn(2, 5, 3, norm.weight.shape[0], requires_grad=True)  # [batch, seq, heads, dim]
+    out = norm(base.transpose(1, 2))
+    assert seen == [True] and out.shape == (2, 3, 5, norm.weight.shape[0])
+    assert out.transpose(1, 2).is_contiguous()  # RoPE's transpose back needs no copy either
+    grad = torch.randn(out.shape)
+    out.backward(grad)
+    got = (out.detach(), base.grad.clone(), norm.weight.grad.clone())
+    base.grad, norm.weight.grad = None, None
+    copied = base.transpose(1, 2).contiguous()
+    want_out = norm(copied)
+    want_out.backward(grad)
+    torch.testing.assert_close(got[0], want_out.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(got[1], base.grad, rtol=0, atol=0)
+    torch.testing.assert_close(got[2], norm.weight.grad, rtol=1e-6, atol=1e-7)
+
+
 def test_bad_choices_and_models_without_norms_are_refused() -> None:
     with pytest.raises(ValueError, match=r"trainer\.rms_norm='fast'"):
         apply_fused_kernels(tiny_model("tiny_llama"), "none", rms_norm="fast")
