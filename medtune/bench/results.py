@@ -33,13 +33,13 @@ def format_table(rows: list[dict[str, Any]], baseline: str) -> str:
     """The markdown results table (ratios are against `baseline` measured in the same run; peers included)."""
     head = (
         "| configuration | peak alloc GiB | peak reserved GiB | predicted GiB | error % | useful tokens/s "
-        "| MFU | first step s | first step from process start s | to last step s "
+        "| slowest timed step s | MFU | first step s | first step from process start s | to last step s "
         f"| memory vs {baseline} | speed vs {baseline} |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         if r.get("status") != "ok":
-            lines.append(f"| {r['name']} | failed: {r.get('error', '')[:80]} |" + " |" * 10)
+            lines.append(f"| {r['name']} | failed: {r.get('error', '')[:80]} |" + " |" * 11)
             continue
         mfu = None if r.get("mfu") is None else 100 * r["mfu"]
         cells = [
@@ -49,6 +49,7 @@ def format_table(rows: list[dict[str, Any]], baseline: str) -> str:
             _fmt(r.get("predicted_gib"), ".2f"),
             _fmt(r.get("error_pct"), "+.1f"),
             _fmt(r.get("useful_tokens_per_s"), ",.0f"),
+            _fmt(r.get("slowest_step_s"), ".2f"),
             _fmt(mfu, ".1f") + ("%" if mfu is not None else ""),
             _fmt(r.get("first_step_s"), ".1f"),
             _fmt(r.get("process_to_first_step_s"), ".1f"),

@@ -100,6 +100,8 @@ def _aggregate(steps: list[dict[str, float]]) -> dict[str, float | None]:
         "tflops_per_s": total["tflops_per_s"] / seconds,
         "mfu": None if None in mfu else sum(m * s["train/step_s"] for m, s in zip(mfu, steps, strict=True)) / seconds,
         "loss_last": steps[-1]["train/loss"],
+        "step_times_s": [s["train/step_s"] for s in steps],  # a recompile or a stall shows as one slow step
+        "slowest_step_s": max(s["train/step_s"] for s in steps),
     }
 
 

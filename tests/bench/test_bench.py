@@ -47,9 +47,10 @@ def test_ratios_come_from_the_measured_numbers() -> None:
     for row in rows[:2]:
         row.update({"peak_reserved_gib": 1.0, "mfu": 0.5, "first_step_s": 41.04, "wall_to_last_step_s": 95.55})
     rows[0]["process_to_first_step_s"] = 52.26  # only the process's first configuration has it
+    rows[1]["slowest_step_s"] = 6.004  # one slow timed step (a peer's recompile) is shown beside the mean rate
     table = format_table(rows, "base")
-    assert "| base | 30.00 | 1.00 | 27.00 | -10.0 | 900 | 50.0% | 41.0 | 52.3 | 95.5 | 1.00x | 1.00x |" in table
-    assert "| fast | 12.00 | 1.00 | 13.20 | +10.0 | 8,100 | 50.0% | 41.0 | n/a | 95.5 | 0.40x | 9.00x |" in table
+    assert "| base | 30.00 | 1.00 | 27.00 | -10.0 | 900 | n/a | 50.0% | 41.0 | 52.3 | 95.5 | 1.00x | 1.00x |" in table
+    assert "| fast | 12.00 | 1.00 | 13.20 | +10.0 | 8,100 | 6.00 | 50.0% | 41.0 | n/a | 95.5 | 0.40x | 9.00x |" in table
     assert "failed: OutOfMemoryError" in table
 
 

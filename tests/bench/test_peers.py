@@ -31,6 +31,8 @@ def test_trl_peer_runs_on_medtunes_samples(tmp_path: Path) -> None:
     assert peer["status"] == "ok", peer.get("error")
     assert peer["steps"] == 3 and peer["useful_tokens_per_s"] > 0 and peer["mirrors"] == "mb4"
     assert peer["first_step_s"] <= peer["wall_to_last_step_s"]
+    assert len(peer["step_times_s"]) == 2 and peer["slowest_step_s"] == max(peer["step_times_s"])
+    assert len(rows["mb4"]["step_times_s"]) == 2 and rows["mb4"]["slowest_step_s"] == max(rows["mb4"]["step_times_s"])
     samples = [json.loads(x) for x in (out / "peers" / "samples.jsonl").read_text().splitlines()]
     assert samples and all(len(s["input_ids"]) == len(s["labels"]) <= 256 for s in samples)
     assert "peer:trl" in (out / "results.md").read_text()
@@ -84,3 +86,21 @@ def test_a_peer_that_runs_out_of_time_fails_its_row_and_keeps_its_log(
     assert slow["status"] == "failed" and "--peer-timeout-s=3 s" in slow["error"] and slow["wall_s"] < 30
     assert "compiling block 1 of 34" in (tmp_path / "slow.log").read_text()
     assert bad["status"] == "failed" and "exit 1: no GPU for this peer" in bad["error"]
+
+
+def test_a_slow_step_is_kept_beside_the_mean() -> None:
+    """The peer's step clock: each timed step's time, which sum to the timed window, and the slowest of them (unsloth's
+    4-row run on the H200 averaged 0.995 s per step, one of them ~6 s, the others ~0.45 s by its progress bar)."""
+    from medtune.bench.peers.common import StepClock
+
+    clock = StepClock()
+    clock.loaded_at = 100.0
+    for end in (150.0, 150.5, 151.0, 151.4, 157.4, 157.8):  # warm-up x 2, then a recompile in the timed steps
+        clock.add_tokens(8000)
+        clock.ends.append(end)
+        clock.tokens.append(clock._pending)
+        clock._pending = 0
+    out = clock.result(2, {})
+    assert out["step_times_s"] == pytest.approx([0.5, 0.4, 6.0, 0.4])
+    assert sum(out["step_times_s"]) == pytest.approx(out["step_s"] * 4)
+    assert out["slowest_step_s"] == pytest.approx(6.0) and out["first_step_s"] == pytest.approx(50.0)

@@ -73,6 +73,10 @@ class StepClock:
             "process_to_first_step_s": self.ends[0] - STARTED,
             "useful_tokens_per_step": useful / max(len(timed), 1),
         }
+        starts = [self.loaded_at or STARTED, *self.ends[:-1]]
+        times = [self.ends[i] - starts[i] for i in timed]
+        if times:  # one slow step (a recompile for a new shape, a stall) moves the mean: the table shows it
+            out.update({"step_times_s": times, "slowest_step_s": max(times)})
         if torch.cuda.is_available():
             out["peak_alloc_gib"] = torch.cuda.max_memory_allocated() / GIB
             out["peak_reserved_gib"] = torch.cuda.max_memory_reserved() / GIB
