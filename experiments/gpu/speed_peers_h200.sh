@@ -43,6 +43,8 @@ copy_source() { rm -rf "$SRC" && mkdir -p "$SRC" "$RUNS" && cp -r . "$SRC" && cd
 
 runs() {
   cd "$SRC" && date -u +%FT%TZ > "$RUNS/started"
+  rm -f "$RUNS/ALL_DONE"  # a previous call's marker on the same machine would end `wait` at once
+  lscpu | grep -m1 "Model name" >> "$RUNS/versions.txt"  # a 4-row step is bound by this CPU: machines differ
   [[ -d $USITE ]] || PEERS=()
   for c in "${CONFIGS[@]}"; do bench "$c"; done
   timeout 300 python3 -m pytest -q -s -m gpu -p no:cacheprovider tests/models/test_varlen_attention.py \
