@@ -59,6 +59,16 @@ LOCKED = {
 }
 NOT_COMPARED = ("trainer.resume", "trainer.resume_allow")  # how this invocation resumes, not what the run is
 ABSENT = "<absent>"
+# Keys added after checkpoints existed, and what a checkpoint without them was trained with: a resume with that
+# value is no change; another value is compared as any change is (lora.fused_base now defaults to on: a change).
+ADDED_LATER = {
+    "trainer.rms_norm": "kernels",
+    "lora.fused_base": False,
+    "lora.fused": False,
+    "trainer.kernels": "none",
+    "trainer.compile": False,
+    "trainer.offload_activations": False,
+}
 
 
 class ResumeMismatch(ConfigError):
@@ -143,7 +153,7 @@ def compare(
     changes: dict[str, list[Any]] = {}
     refused: dict[str, str] = {}
     for key in sorted(set(saved) | set(current)):
-        old, new = saved.get(key, ABSENT), current.get(key, ABSENT)
+        old, new = saved.get(key, ADDED_LATER.get(key, ABSENT)), current.get(key, ABSENT)
         if key in NOT_COMPARED or old == new:
             continue
         changes[key] = [old, new]

@@ -130,3 +130,19 @@ def test_bad_resume_target_and_old_checkpoints(tmp_path: Path) -> None:
     (old / "state.json").write_text(json.dumps({"step": 2, "data_position": {"epoch": 0, "batch": 2}}))
     plan = resume.plan_resume(_cfg(*BASE, "seed=3", "trainer.resume=auto"), tmp_path, 1)
     assert plan.verified is False and plan.summary()["run/resume_verified"] is False
+
+
+def test_a_checkpoint_from_before_a_key_existed_resumes_with_what_it_meant(tmp_path: Path) -> None:
+    """trainer.rms_norm came after checkpoints existed: its absence meant transformers' / Liger's norm ("kernels").
+    Resuming with that is no change; with torch's op it is a change of the run, refused with both values."""
+    point = _checkpoint(tmp_path, 4)
+    state = json.loads((point / "state.json").read_text())
+    del state["run_config"]["trainer.rms_norm"], state["run_config"]["lora.fused_base"]
+    (point / "state.json").write_text(json.dumps(state))
+    plan = resume.plan_resume(_cfg(*BASE, "lora.fused_base=false", "trainer.resume=auto"), tmp_path, 1)
+    assert plan.changes == {}
+    with pytest.raises(resume.ResumeMismatch, match=r'trainer\.rms_norm: checkpoint "kernels", now "torch"'):
+        resume.plan_resume(_cfg(*BASE, "lora.fused_base=false", "trainer.rms_norm=torch", "trainer.resume=auto"),
+                           tmp_path, 1)  # fmt: skip
+    with pytest.raises(resume.ResumeMismatch, match=r"lora\.fused_base: checkpoint false, now true"):
+        resume.plan_resume(_cfg(*BASE, "trainer.resume=auto"), tmp_path, 1)  # its default changed the run
