@@ -157,3 +157,29 @@ def test_on_cuda_in_bf16_as_close_to_fp32_as_transformers(arch: str) -> None:
     for mine, hf, want in zip(ours, theirs, exact, strict=True):
         scale = want.abs().max()
         assert (mine - want).abs().max() <= (hf - want).abs().max() + scale * 2**-8
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_cuda_a_heads_first_view_gives_what_its_copy_gives() -> None:
+    """The CUDA kernel on Gemma 3's q-norm input as transformers hands it ([batch, heads, seq, dim] view of the
+    projection's output): the same bf16 outputs and input gradients as on a contiguous copy, bit for bit."""
+    model = _model("tiny_gemma3", trained_norms=True).cuda().to(torch.bfloat16)
+    q_norm = next(m for name, m in model.named_modules() if name.endswith("q_norm"))
+    use_torch_rms_norm(q_norm)
+    base = torch.randn(2, 512, 4, q_norm.weight.shape[0], device="cuda", dtype=torch.bfloat16)
+    grad = torch.randn(2, 4, 512, q_norm.weight.shape[0], device="cuda", dtype=torch.bfloat16)
+
+    def run(x):
+        x = x.detach().requires_grad_(True)
+        q_norm.weight.grad = None
+        y = q_norm(x)
+        y.backward(grad)
+        return y.detach(), x.grad, q_norm.weight.grad
+
+    viewed = run(base.transpose(1, 2))
+    copied = run(base.transpose(1, 2).contiguous())
+    torch.testing.assert_close(viewed[0], copied[0], rtol=0, atol=0)
+    torch.testing.assert_close(viewed[1], copied[1], rtol=0, atol=0)
+    # the weight's gradient sums over the rows in another order: within one bf16 step
+    torch.testing.assert_close(viewed[2].float(), copied[2].float(), rtol=2**-7, atol=1e-3)
