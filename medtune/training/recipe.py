@@ -53,6 +53,10 @@ class TrainRecipe:
         self.data_position = {"epoch": 0, "batch": 0}
         self.summary: dict[str, Any] = {}
         self.checkpoint_record: dict[str, Any] = {}  # the run's config and resume history, stored in each checkpoint
+        # resume_checked: resume_from is the checkpoint run_record.open_record checked against the config (None: a
+        # fresh start); without it (bench, tests) trainer.resume is looked up here
+        self.resume_from: Path | None = None
+        self.resume_checked = False
         self.watcher: Watcher | None = None  # the watch during training (eval.watch), built in setup
 
     # ----------------------------------------------------------------------------------------------- setup
@@ -101,9 +105,19 @@ class TrainRecipe:
             checkpoint.remove_partial(self.run_dir / "checkpoints")
         distributed.barrier()  # still paused: a rank may wait here while another finishes its data (bounded by the
         self.watch.enter("resume")  # process group's timeout); from here on every collective is watched
-        point = checkpoint.find_resume_point(self.cfg.trainer.resume, self.run_dir)
+        latest = checkpoint.find_resume_point(self.cfg.trainer.resume, self.run_dir)
+        point = self.resume_from if self.resume_checked else latest
+        if latest != point:  # written since the check: another job in this run directory?
+            log.warning("resuming from %s, the checkpoint checked at the start, not %s, which appeared since "
+                        "(is another job writing %s?)", point, latest, self.run_dir)  # fmt: skip
         if point is None:
             return
+        if not (point / checkpoint.STATE_FILE).is_file():
+            raise TrainingError(
+                f"{point} was checked at the start of this run and is gone now (is another job writing "
+                f"{self.run_dir}, or did its keep_checkpoints remove it?); nothing was loaded. Run again: the "
+                "check picks the newest complete checkpoint."
+            )
         state = checkpoint.load_checkpoint(point, self.model, self.optimizer, self.scheduler)
         self.step = state["step"]
         self.data_position = state["data_position"]

@@ -54,7 +54,7 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
             fitted["trainer/predicted_peak_gib"],
             fitted["trainer/memory_budget_gib"],
         )
-    tracker, resumed, record = run_record.open_record(cfg, dict_cfg, run_dir, dist)
+    tracker, resumed, record, checked = run_record.open_record(cfg, dict_cfg, run_dir, dist)
     seed_everything(cfg.seed)  # same seed on every rank: random-init base weights must agree under FSDP
     started = time.perf_counter()
     summary: dict[str, Any] = {"run/status": "failed", **resumed, **fitted}
@@ -70,7 +70,7 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
     if dist.world_size > 1:
         watch.start()
     try:
-        _run_stages(cfg, run_dir, tracker, dist, watch, summary, record)
+        _run_stages(cfg, run_dir, tracker, dist, watch, summary, record, checked)
         summary["run/status"] = "ok"
     except Exception as err:
         _note_failure(err, watch, summary)
@@ -115,10 +115,12 @@ def _run_stages(
     watch: Watchdog,
     summary: dict,
     record: dict[str, Any],
+    checked: Path | None,
 ) -> None:
     """Setup, training, final held-out loss and adapter, then the eval stage; fills `summary` as it goes."""
     recipe = TrainRecipe(cfg, run_dir, tracker, dist, watch)
     recipe.checkpoint_record = record
+    recipe.resume_from, recipe.resume_checked = checked, True  # load what the record says it resumed from
     recipe.setup()
     summary.update(recipe.summary)
     if recipe.step == 0:  # a resumed run logged its data report when it started

@@ -120,3 +120,48 @@ def test_disk_full_at_a_checkpoint_ends_in_one_line_and_a_summary(
     assert len(errors) == 1 and "\n" not in errors[0].getMessage() and errors[0].exc_info is None
     assert "could not write checkpoint step_000002" in errors[0].getMessage()
     assert any(r.levelno == logging.DEBUG and r.exc_info for r in caplog.records)  # the traceback, for debugging
+
+
+def test_the_run_loads_the_checkpoint_that_was_checked_not_a_newer_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Resuming checks one checkpoint against the config before anything loads; if another job writes a newer one
+    into the run directory meanwhile, the run still loads the checked one (and says so), and if the checked one is
+    gone it stops with both paths instead of loading something unchecked."""
+    import logging
+    import shutil
+
+    monkeypatch.setenv("MEDTUNE_CACHE_DIR", str(tmp_path / "cache"))
+
+    class Tracker:
+        def log(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    tiny = ["model=tiny_llama", "trainer.device=cpu", "trainer.progress_bar=false", "packing.max_seq_len=1024"]
+    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    run_dir = tmp_path / "run"
+    first = TrainRecipe(
+        _cfg(*tiny, "trainer.max_steps=2", "trainer.save_every=1", "eval=none"), run_dir, Tracker(), dist
+    )
+    first.setup()
+    first.train()
+    checked, newer = run_dir / "checkpoints" / "step_000001", run_dir / "checkpoints" / "step_000002"
+    assert checked.is_dir() and newer.is_dir()
+
+    cfg = _cfg(*tiny, "trainer.max_steps=3", "trainer.resume=auto", "eval=none")
+    again = TrainRecipe(cfg, run_dir, Tracker(), dist)
+    again.resume_from, again.resume_checked = checked, True  # what run_record.open_record checked
+    with caplog.at_level(logging.WARNING):
+        again.setup()
+    assert again.step == 1 and again.data_position["batch"] == 1
+    assert any(str(newer) in r.getMessage() and "another job" in r.getMessage() for r in caplog.records)
+
+    unchecked = TrainRecipe(cfg, run_dir, Tracker(), dist)  # bench and tests: no check, the newest is used
+    unchecked.setup()
+    assert unchecked.step == 2
+
+    shutil.rmtree(checked)
+    gone = TrainRecipe(cfg, run_dir, Tracker(), dist)
+    gone.resume_from, gone.resume_checked = checked, True
+    with pytest.raises(TrainingError, match=r"step_000001 was checked at the start of this run and is gone now"):
+        gone.setup()
