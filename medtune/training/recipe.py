@@ -53,10 +53,8 @@ class TrainRecipe:
         self.data_position = {"epoch": 0, "batch": 0}
         self.summary: dict[str, Any] = {}
         self.checkpoint_record: dict[str, Any] = {}  # the run's config and resume history, stored in each checkpoint
-        # resume_checked: resume_from is the checkpoint run_record.open_record checked against the config (None: a
-        # fresh start); without it (bench, tests) trainer.resume is looked up here
+        # the checkpoint run_record.open_record checked against the config (training.run sets it); None: step 0
         self.resume_from: Path | None = None
-        self.resume_checked = False
         self.watcher: Watcher | None = None  # the watch during training (eval.watch), built in setup
 
     # ----------------------------------------------------------------------------------------------- setup
@@ -105,11 +103,7 @@ class TrainRecipe:
             checkpoint.remove_partial(self.run_dir / "checkpoints")
         distributed.barrier()  # still paused: a rank may wait here while another finishes its data (bounded by the
         self.watch.enter("resume")  # process group's timeout); from here on every collective is watched
-        latest = checkpoint.find_resume_point(self.cfg.trainer.resume, self.run_dir)
-        point = self.resume_from if self.resume_checked else latest
-        if latest != point:  # written since the check: another job in this run directory?
-            log.warning("resuming from %s, the checkpoint checked at the start, not %s, which appeared since "
-                        "(is another job writing %s?)", point, latest, self.run_dir)  # fmt: skip
+        point = self.resume_from  # not looked up again: a checkpoint written since the check was not checked
         if point is None:
             return
         if not (point / checkpoint.STATE_FILE).is_file():

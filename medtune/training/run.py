@@ -120,7 +120,7 @@ def _run_stages(
     """Setup, training, final held-out loss and adapter, then the eval stage; fills `summary` as it goes."""
     recipe = TrainRecipe(cfg, run_dir, tracker, dist, watch)
     recipe.checkpoint_record = record
-    recipe.resume_from, recipe.resume_checked = checked, True  # load what the record says it resumed from
+    recipe.resume_from = checked  # load what the record says it resumed from
     recipe.setup()
     summary.update(recipe.summary)
     if recipe.step == 0:  # a resumed run logged its data report when it started
