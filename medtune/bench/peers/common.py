@@ -62,7 +62,9 @@ class StepClock:
         import torch
 
         timed = range(warmup, len(self.ends))
-        seconds = self.ends[-1] - self.ends[warmup - 1] if warmup > 0 else self.ends[-1] - (self.loaded_at or STARTED)
+        starts = [self.loaded_at or STARTED, *self.ends[:-1]]
+        times = [self.ends[i] - starts[i] for i in timed]  # one slow step (a recompile, a stall) moves the mean
+        seconds = sum(times)
         useful = sum(self.tokens[i] for i in timed)
         out = {
             "steps": len(self.ends),
@@ -73,9 +75,7 @@ class StepClock:
             "process_to_first_step_s": self.ends[0] - STARTED,
             "useful_tokens_per_step": useful / max(len(timed), 1),
         }
-        starts = [self.loaded_at or STARTED, *self.ends[:-1]]
-        times = [self.ends[i] - starts[i] for i in timed]
-        if times:  # one slow step (a recompile for a new shape, a stall) moves the mean: the table shows it
+        if times:
             out.update({"step_times_s": times, "slowest_step_s": max(times)})
         if torch.cuda.is_available():
             out["peak_alloc_gib"] = torch.cuda.max_memory_allocated() / GIB
