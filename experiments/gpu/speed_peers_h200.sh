@@ -39,11 +39,11 @@ bench() {  # CONFIG: its own process; the peers named for it run beside it on it
   echo "$c rc=$? wall_s=$((SECONDS - t0)) ended=$(date -u +%T)" >> "$RUNS/rc.txt"
 }
 
-copy_source() { rm -rf "$SRC" && mkdir -p "$SRC" "$RUNS" && cp -r . "$SRC" && cd "$SRC"; }
+# a previous call's ALL_DONE on the same machine would end `wait` at once: gone before the driver starts
+copy_source() { rm -rf "$SRC" "$RUNS/ALL_DONE" && mkdir -p "$SRC" "$RUNS" && cp -r . "$SRC" && cd "$SRC"; }
 
 runs() {
   cd "$SRC" && date -u +%FT%TZ > "$RUNS/started"
-  rm -f "$RUNS/ALL_DONE"  # a previous call's marker on the same machine would end `wait` at once
   lscpu | grep -m1 "Model name" >> "$RUNS/versions.txt"  # a 4-row step is bound by this CPU: machines differ
   [[ -d $USITE ]] || PEERS=()
   for c in "${CONFIGS[@]}"; do bench "$c"; done
