@@ -94,7 +94,7 @@ def _evaluate_command(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path) -> 
             model = load_adapter(model, cfg.eval.adapter)
             label = "adapter"
         if cfg.sharding.strategy == "fsdp":
-            model = distributed.wrap_model(model, cfg.sharding, dist, cfg.trainer.loss_chunk_size)
+            model = distributed.wrap_model(model, cfg.sharding, dist, cfg.trainer)
         if dist.world_size > 1:
             watch.start()
         watch.enter("eval")

@@ -48,7 +48,8 @@ runs() {
   [[ -d $USITE ]] || PEERS=()
   for c in "${CONFIGS[@]}"; do bench "$c"; done
   timeout 300 python3 -m pytest -q -s -m gpu -p no:cacheprovider tests/models/test_varlen_attention.py \
-    tests/models/test_fused_lora.py tests/models/test_dequant.py tests/models/test_kernels.py > "$RUNS/gpu_tests.log" 2>&1
+    tests/models/test_fused_lora.py tests/models/test_dequant.py tests/models/test_kernels.py \
+    tests/training/test_ce_kernel.py > "$RUNS/gpu_tests.log" 2>&1
   echo "gpu_tests rc=$? ended=$(date -u +%T)" >> "$RUNS/rc.txt"
   touch "$RUNS/ALL_DONE"
 }

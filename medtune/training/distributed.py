@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
-from medtune.config import ShardingConfig
+from medtune.config import ShardingConfig, TrainerConfig
 from medtune.models.anatomy import decoder_layers
 from medtune.models.document_masks import unpacked_attention
 from medtune.models.precision import TORCH_DTYPES
@@ -87,9 +87,9 @@ def init(sharding: ShardingConfig, device: str, replicas_ok: bool = False) -> Di
     return info
 
 
-def wrap_model(model: torch.nn.Module, sharding: ShardingConfig, info: DistInfo, chunk_size: int) -> torch.nn.Module:
+def wrap_model(model: torch.nn.Module, sharding: ShardingConfig, info: DistInfo, tc: TrainerConfig) -> torch.nn.Module:
     """LossModule around the (peft) model, then DDP or FSDP2 as configured."""
-    module = LossModule(model, chunk_size)
+    module = LossModule(model, tc.loss_chunk_size, tc.loss_kernel)
     if sharding.strategy == "ddp":
         module.to(info.device)
         ids = [info.device.index] if info.device.type == "cuda" else None

@@ -21,10 +21,11 @@ from medtune.training.chunked_loss import chunked_cross_entropy
 class LossModule(torch.nn.Module):
     """causal LM -> (sum of token losses, number of label tokens) for one batch."""
 
-    def __init__(self, model: torch.nn.Module, chunk_size: int) -> None:
+    def __init__(self, model: torch.nn.Module, chunk_size: int, kernel: str = "auto") -> None:
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
+        self.kernel = kernel  # trainer.loss_kernel
 
     def forward(
         self,
@@ -38,7 +39,7 @@ class LossModule(torch.nn.Module):
         hidden = decoder_of(lm)(**model_inputs(batch, self.model)).last_hidden_state  # per-document masks built here
         hidden = hidden.reshape(-1, hidden.shape[-1])
         return chunked_cross_entropy(
-            hidden, lm_head_of(lm), shift_labels.reshape(-1), self.chunk_size, final_softcap_of(lm)
+            hidden, lm_head_of(lm), shift_labels.reshape(-1), self.chunk_size, final_softcap_of(lm), self.kernel
         )
 
 

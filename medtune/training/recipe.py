@@ -80,7 +80,7 @@ class TrainRecipe:
         reentrant = reentrant_checkpointing(tc.grad_ckpt_style, tc.compile, cfg.sharding.strategy)
         model = apply_lora(model, cfg.lora, cfg.quantization, tc.grad_ckpt_every, reentrant)
         self.summary["trainer/speedups"] = ",".join(apply_speedups(model, cfg.trainer)) or "none"
-        self.model = distributed.wrap_model(model, cfg.sharding, self.dist, cfg.trainer.loss_chunk_size)
+        self.model = distributed.wrap_model(model, cfg.sharding, self.dist, cfg.trainer)
         counts = trainable_parameters(model)
         self.summary.update(
             {

@@ -41,6 +41,7 @@ FREE = (
     "trainer.grad_ckpt_every",  # recomputes activations; the same gradients
     "trainer.grad_ckpt_style",  # how it recomputes them
     "trainer.loss_chunk_size",  # chunks of the same cross-entropy
+    "trainer.loss_kernel",  # the same cross-entropy, computed by torch's ops or one Triton kernel
     "sharding.timeout_min",
     "sharding.backend",
     "model.cache_dir",
