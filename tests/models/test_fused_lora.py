@@ -25,9 +25,13 @@ def _run(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Tensor, list[
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per fused forward: the one-node LoRALinear, or the addmm after peft's base layer."""
+    import medtune.models.fused_lora as fused_lora
+
     calls = []
-    real = torch.addmm
+    real, real_node = torch.addmm, fused_lora.LoRALinear.apply
     monkeypatch.setattr(torch, "addmm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(fused_lora.LoRALinear, "apply", lambda *a, **k: calls.append(1) or real_node(*a, **k))
     return calls
 
 
