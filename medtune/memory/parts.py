@@ -206,10 +206,13 @@ def label_tokens(cfg: TrainConfig, label_tokens_per_row: float | None) -> float:
 
 
 def loss_bytes(arch: Arch, cfg: TrainConfig, cal: Calibration, label_tokens_per_row: float | None = None) -> float:
-    """The chunked loss at its peak: logits_fp32_copies x chunk x vocab x 4 B, chunk = min(loss_chunk_size, label
-    tokens of the micro-batch), since the chunked loss sends only label tokens to the output projection; plus the
-    gathered label rows and their gradient (label tokens x hidden x dtype bytes each), plus the last hidden state
-    and the final norm's fp32 input and bf16 output (tokens x hidden x (dtype + 6) B).
+    """The chunked loss at its peak: chunk x vocab logits, chunk = min(loss_chunk_size, label tokens of the
+    micro-batch), since the chunked loss sends only label tokens to the output projection; plus the gathered label
+    rows and their gradient (label tokens x hidden x dtype bytes each), plus the last hidden state and the final
+    norm's fp32 input and bf16 output (tokens x hidden x (dtype + 6) B). The logits: with trainer.loss_kernel=torch
+    logits_fp32_copies fp32 buffers; with the Triton kernel (auto picks it on a CUDA GPU, which this estimate is for)
+    one buffer in the model's dtype, the gradient written over it (H200, Gemma 3 4B, 4 x 2048 rows: 5.48 GiB peak
+    against 7.49 with torch's ops, experiments/results/efficiency_h200/h_session9/).
 
     label_tokens_per_row=None is the worst case (loss on every token). For a peak, give the largest micro-batch's.
     """
@@ -217,6 +220,5 @@ def loss_bytes(arch: Arch, cfg: TrainConfig, cal: Calibration, label_tokens_per_
     labels = label_tokens(cfg, label_tokens_per_row)
     chunk = min(cfg.trainer.loss_chunk_size, labels)
     dtype_b = DTYPE_BYTES[cfg.model.dtype]
-    return cal.logits_fp32_copies * chunk * arch.vocab * 4 + arch.hidden * (
-        2 * dtype_b * labels + (dtype_b + 6) * tokens
-    )
+    logit_b = cal.logits_fp32_copies * 4 if cfg.trainer.loss_kernel == "torch" else dtype_b
+    return logit_b * chunk * arch.vocab + arch.hidden * (2 * dtype_b * labels + (dtype_b + 6) * tokens)

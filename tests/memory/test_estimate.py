@@ -131,11 +131,14 @@ def test_offloaded_activations_leave_only_the_recomputed_layer_on_the_gpu() -> N
     assert 0.9 * kept.parts["activations/stored"] < kept.peak_bytes - offloaded.peak_bytes
 
 
-def test_loss_chunk_scales_with_chunk_size() -> None:
-    small = estimate(compose(["model=medgemma_4b", "model.init=random", "trainer.loss_chunk_size=256"]))
-    big = estimate(compose(["model=medgemma_4b", "model.init=random", "trainer.loss_chunk_size=1024"]))
+@pytest.mark.parametrize(("kernel", "bytes_per_logit"), [("torch", Calibration().logits_fp32_copies * 4), ("auto", 2)])
+def test_loss_chunk_scales_with_chunk_size(kernel: str, bytes_per_logit: float) -> None:
+    """torch's ops hold fp32 copies of the chunk's logits; the Triton kernel one bf16 buffer (gradient in place)."""
+    base = ["model=medgemma_4b", "model.init=random", "model.dtype=bfloat16", f"trainer.loss_kernel={kernel}"]
+    small = estimate(compose([*base, "trainer.loss_chunk_size=256"]))
+    big = estimate(compose([*base, "trainer.loss_chunk_size=1024"]))
     delta = big.parts["loss/chunk"] - small.parts["loss/chunk"]
-    assert delta == Calibration().logits_fp32_copies * (1024 - 256) * 262208 * 4
+    assert delta == bytes_per_logit * (1024 - 256) * 262208
 
 
 GEMMA_4B = ["model=medgemma_4b", "model.init=random", "model.dtype=bfloat16", "trainer.autocast_dtype=bfloat16"]
@@ -147,7 +150,8 @@ GEMMA_4B = ["model=medgemma_4b", "model.init=random", "model.dtype=bfloat16", "t
 )
 def test_loss_chunk_holds_min_of_chunk_and_label_tokens(rows: int, per_row: float, chunk_rows: int) -> None:
     # the chunked loss sends only label tokens to the output projection: the logits chunk has min(chunk, labels) rows
-    cfg = compose([*GEMMA_4B, "packing=packed", f"trainer.micro_batch_size={rows}", "trainer.loss_chunk_size=1024"])
+    cfg = compose([*GEMMA_4B, "packing=packed", f"trainer.micro_batch_size={rows}", "trainer.loss_chunk_size=1024",
+                   "trainer.loss_kernel=torch"])  # fmt: skip
     tokens, hidden, vocab = rows * 2048, 2560, 262208
     labels = min(tokens, rows * per_row)
     est = estimate(cfg, label_tokens_per_row=per_row)
@@ -157,7 +161,8 @@ def test_loss_chunk_holds_min_of_chunk_and_label_tokens(rows: int, per_row: floa
     assert estimate(cfg).parts["loss/chunk"] >= est.parts["loss/chunk"]  # None: every token carries a label
 
 
-# Measured on 2026-11-25 by `python -m medtune.bench --steps 10 --warmup 3` on an H100 80GB (see Calibration):
+# Measured on 2026-11-25 by `python -m medtune.bench --steps 10 --warmup 3` on an H100 80GB (see Calibration), with
+# torch's loss ops (before trainer.loss_kernel existed):
 # (peak alloc GiB over the timed steps, load peak GiB, label tokens per row of the largest timed micro-batch).
 H100 = {
     "bf16_pad": (["quantization=none", "packing=pad_to_max"], 8.61, 8.48, 142),
@@ -171,6 +176,7 @@ H100 = {
 def test_calibration_matches_h100_measurements(name: str) -> None:
     overrides, peak_gib, load_gib, per_row = H100[name]
     common = ["trainer.micro_batch_size=1", "trainer.grad_ckpt_every=1", "packing.max_seq_len=2048", "lora.r=16"]
+    common.append("trainer.loss_kernel=torch")
     est = estimate(compose([*GEMMA_4B, *common, *overrides]), label_tokens_per_row=per_row)
     # the fit is within 3%; issue 10 asks for 15%, 5% keeps the calibration from drifting unnoticed
     assert est.peak_gib == pytest.approx(peak_gib, rel=0.05)
@@ -200,6 +206,7 @@ def test_llama70b_estimate_matches_h100(layers: int, sharding: str) -> None:
         f"sharding={sharding}",
     ]
     overrides += ["packing.max_seq_len=2048", "trainer.micro_batch_size=1", f"model.num_layers={layers}"]
+    overrides.append("trainer.loss_kernel=torch")  # as measured, before the Triton loss kernel
     est = estimate(compose(overrides), world_size=1, label_tokens_per_row=305)
     assert est.peak_gib == pytest.approx(H100_70B[layers, sharding], rel=0.03)
 
