@@ -15,6 +15,7 @@ interpreter where triton is installed, and on the GPU (`-m gpu`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -122,16 +123,18 @@ def loss_and_grad_(
     loss = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
     if n_rows:
         block = min(8192, triton.next_power_of_2(n_cols))
-        _kernel()[(n_rows,)](
-            logits,
-            logits.stride(0),
-            target.contiguous(),
-            loss,
-            n_cols,
-            float(softcap or 1.0),
-            HAS_SOFTCAP=softcap is not None,
-            WRITE_GRAD=write_grad,
-            BLOCK=block,
-            num_warps=16 if block >= 4096 else 4,
-        )
+        on_device = torch.cuda.device(logits.device) if logits.is_cuda else contextlib.nullcontext()
+        with on_device:  # Triton launches on the current device: the logits' own, whatever the caller set
+            _kernel()[(n_rows,)](
+                logits,
+                logits.stride(0),
+                target.contiguous(),
+                loss,
+                n_cols,
+                float(softcap or 1.0),
+                HAS_SOFTCAP=softcap is not None,
+                WRITE_GRAD=write_grad,
+                BLOCK=block,
+                num_warps=16 if block >= 4096 else 4,
+            )
     return loss.sum()
