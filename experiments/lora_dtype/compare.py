@@ -70,7 +70,7 @@ def _report(runs: dict[str, dict], last: int) -> tuple[dict, str]:
         "wall_s": {d: runs[d]["wall_s"] for d in DTYPES},
     }
     lines = [
-        "| lora.dtype | first step loss | mean train loss, last %d steps | eval loss | wall s |" % last,
+        f"| lora.dtype | first step loss | mean train loss, last {last} steps | eval loss | wall s |",
         "|---|---|---|---|---|",
     ]
     for d in DTYPES:
