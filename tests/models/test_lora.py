@@ -181,3 +181,24 @@ def test_merge_refuses_a_random_quantised_base(tmp_path: Path) -> None:
     model, _ = _build(method="nf4")
     with pytest.raises(ValueError, match="random weights"):
         merge_and_save(model, tmp_path / "merged")
+
+
+def test_bf16_adapter_loss_curve_figures_are_the_committed_runs() -> None:
+    """experiments/results/lora_dtype_cpu: the README figures are the two runs' own metrics, and the claim holds."""
+    folder = REPO / "experiments" / "results" / "lora_dtype_cpu"
+    result = json.loads((folder / "results.json").read_text())
+    curves = {}
+    for dtype in ("float32", "bfloat16"):
+        rows = [json.loads(x) for x in (folder / f"lora_{dtype}" / "metrics.jsonl").read_text().splitlines()]
+        curves[dtype] = [r["train/loss"] for r in rows if "train/loss" in r]
+        assert curves[dtype] == result["runs"][dtype]["train_loss"] and len(curves[dtype]) == 60
+    readme = (folder / "README.md").read_text()
+    last10 = {d: sum(c[-10:]) / 10 for d, c in curves.items()}
+    for dtype in curves:
+        eval_loss = result["eval_loss"][dtype]
+        assert f"| {dtype} | {curves[dtype][0]:.4f} | {last10[dtype]:.4f} | {eval_loss:.4f} |" in readme
+        # README: the train loss ends 0.15% and the eval loss 0.2% above fp32 adapters'
+        assert round(100 * (last10[dtype] / last10["float32"] - 1), 2) in (0.0, 0.15)
+        assert round(100 * (eval_loss / result["eval_loss"]["float32"] - 1), 1) in (0.0, 0.2)
+    diffs = [b - a for a, b in zip(curves["float32"], curves["bfloat16"], strict=True)]
+    assert f"max {max(abs(d) for d in diffs):.4f}" in readme
