@@ -23,6 +23,8 @@ from medtune.config.data import (
 )
 from medtune.config.watch import WORST_LANG, GuardConfig, check_watch_config
 
+LOSS_KERNELS = ("auto", "torch", "triton")  # trainer.loss_kernel (training/ce_kernel.py)
+
 
 @dataclass
 class ModelConfig:
@@ -204,7 +206,7 @@ class TrainerConfig:
     loss_chunk_size: int = 1024  # tokens per chunk of the chunked cross-entropy
     # auto: one Triton kernel per chunk on CUDA when triton is installed (loss and gradient over the logits in place),
     # else torch's ops | torch | triton (training/ce_kernel.py)
-    loss_kernel: str = "auto"
+    loss_kernel: str = "auto"  # one of LOSS_KERNELS
     log_every: int = 10
     eval_every: int = 0  # 0: eval loss only at the end
     eval_batches: int = 20  # held-out micro-batches scored, in all (over all ranks: the same rows as one process)
@@ -234,7 +236,7 @@ class TrainerConfig:
         self._check_micro_batch()
         check_choice("trainer.kernels", self.kernels, ("none", "liger"))
         check_choice("trainer.rms_norm", self.rms_norm, ("kernels", "torch"))
-        check_choice("trainer.loss_kernel", self.loss_kernel, ("auto", "torch", "triton"))
+        check_choice("trainer.loss_kernel", self.loss_kernel, LOSS_KERNELS)
         check_choice("trainer.grad_ckpt_style", self.grad_ckpt_style, ("auto", "reentrant", "non_reentrant"))
         if self.grad_ckpt_style == "reentrant" and self.compile:
             raise ConfigError(

@@ -21,7 +21,8 @@ import os
 
 import torch
 
-KERNELS = ("auto", "torch", "triton")
+from medtune.config.checks import check_choice
+from medtune.config.training import LOSS_KERNELS
 
 
 @functools.cache
@@ -35,8 +36,7 @@ def triton_available() -> bool:
 
 def resolve(choice: str, device: torch.device) -> str:
     """trainer.loss_kernel -> "torch" or "triton" for logits on `device` (auto: triton on CUDA when installed)."""
-    if choice not in KERNELS:
-        raise ValueError(f"trainer.loss_kernel={choice!r}: choose one of {', '.join(KERNELS)}.")
+    check_choice("trainer.loss_kernel", choice, LOSS_KERNELS)
     if choice == "torch":
         return "torch"
     usable = device.type == "cuda" and triton_available()

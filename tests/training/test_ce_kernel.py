@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medtune.config import ConfigError
 from medtune.training import ce_kernel
 from medtune.training.chunked_loss import chunked_cross_entropy
 
@@ -84,7 +85,7 @@ def test_the_kernel_choice_is_resolved_and_checked(monkeypatch: pytest.MonkeyPat
     assert ce_kernel.resolve("torch", torch.device("cuda")) == "torch"
     with pytest.raises(RuntimeError, match=r"trainer\.loss_kernel=triton needs a CUDA device"):
         ce_kernel.resolve("triton", cpu)
-    with pytest.raises(ValueError, match=r"trainer\.loss_kernel='fast'"):
+    with pytest.raises(ConfigError, match=r"trainer\.loss_kernel='fast' is not one of"):
         ce_kernel.resolve("fast", cpu)
     monkeypatch.setattr(ce_kernel, "triton_available", lambda: False)
     assert ce_kernel.resolve("auto", torch.device("cuda")) == "torch"  # no triton: torch's ops, no error
