@@ -4,8 +4,9 @@ The torch path of `chunked_loss` turns each [chunk, vocab] block of bf16 logits 
 logsumexp, again for the softmax (written out in fp32), and casts that to bf16 for the backward matmul: 6-9 GB read
 and written per 1024 tokens of Gemma 3's 262k vocabulary, and 2 GB of fp32 temporaries. Here each row is read twice
 in its own dtype (once for its logsumexp, once to write softmax - one_hot over it) and the per-token loss is kept
-in fp32: 1.6 GB, one launch, no temporaries. Measured (H200, Gemma 3 4B, 8 rows of 2048 tokens): +2.5% useful
-tokens/s and 1.1 GiB less peak memory (experiments/results/efficiency_h200/h_session9/).
+in fp32: 1.6 GB, one launch, no temporaries (the GB figures count passes; they are not measured). Measured (H200,
+Gemma 3 4B, 8 rows of 2048 tokens): +2.5% useful tokens/s and 1.1 GiB less peak memory
+(experiments/results/efficiency_h200/h_session9/).
 
     loss_sum = loss_and_grad_(logits, target, softcap)  # logits: [N, V] contiguous, CUDA; now d(loss_sum)/d(logits)
 
