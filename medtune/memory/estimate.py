@@ -192,15 +192,19 @@ def estimate(
     shard = world_size if cfg.sharding.strategy == "fsdp" else 1
     w = weight_bytes(arch, cfg)
     n_lora = lora_param_count(arch, cfg)
+    lora_b = DTYPE_BYTES[cfg.lora.dtype]  # the adapters, their gradients and AdamW's states share one dtype
+    fp32_adapters = cfg.lora.dtype == "float32"
     parts: dict[str, float] = {
         "weights/layers": w["layers"] / shard,
         "weights/embed_head": w["embed_head"] / shard,
         "weights/buffers": w["buffers"],
-        "lora/params": 4 * n_lora / shard,
-        "lora/grads": 4 * n_lora / shard,
-        "optimizer/states": 4 * _optimizer_states(cfg) * n_lora / shard,
+        "lora/params": lora_b * n_lora / shard,
+        "lora/grads": lora_b * n_lora / shard,
+        "optimizer/states": lora_b * _optimizer_states(cfg) * n_lora / shard,
         # autocast caches a low-precision copy of every fp32 leaf weight it casts until the forward ends
-        "lora/autocast_cache": 2 * n_lora if cfg.trainer.autocast_dtype in ("bfloat16", "float16") else 0.0,
+        "lora/autocast_cache": (
+            2 * n_lora if fp32_adapters and cfg.trainer.autocast_dtype in ("bfloat16", "float16") else 0.0
+        ),
     }
     if cfg.sharding.strategy == "fsdp":
         # FSDP2 gathers the root unit (embeddings, head) into buffers of its own and keeps them for the loss; with

@@ -22,29 +22,65 @@ DQ_CODE_BYTES = 256 * 4 + 4  # double quant: 256-entry fp32 dynamic map + fp32 o
 class Calibration:
     """Numbers the GPU measurements calibrate (bytes per token per unit of width unless said otherwise).
 
-    Checked on 2026-11-25 against `python -m medtune.bench --steps 10 --warmup 3` on an NVIDIA H100 80GB (torch 2.11,
-    transformers 5.24, peft 0.21, bitsandbytes 0.50.2): Gemma 3 4B text architecture with random weights, 1 x 2048
-    rows, LoRA r=16 on all linear layers, grad_ckpt_every=1, loss_chunk_size=1024, bf16 weights and autocast,
-    samples of experiments/efficiency/lengths.json. Measured peak allocated GiB over the timed steps (load peak):
-    bf16_pad 8.61 (8.48), nf4_pad 4.06 (3.05), bf16_packed 9.76 (8.54), nf4_packed 5.34 (3.05). The largest timed
-    packed micro-batch held 873 label tokens, the pad ones at most 142.
-    Only `logits_fp32_copies` moved (3.0 -> 2.0, see its comment); the other fields are the derivations' values,
-    which the pad configurations (whose peak is the backward) confirm within 1.5%.
+    Two kernel paths (`KernelPath`): transformers' own modules, and the fused ones that the defaults take on a CUDA
+    GPU (Liger's gated MLP, torch's fused RMSNorm, the flash varlen attention). Each number is either a count of
+    the tensors saved for backward or, where marked, fitted to a measured peak:
+    - transformers' path, 2026-11-25, H100 80GB, `python -m medtune.bench --steps 10 --warmup 3`: Gemma 3 4B text
+      architecture (random weights), 1 x 2048 rows, LoRA r=16 on all linear layers (dropout 0.05, fp32), every
+      layer checkpointed, torch's loss ops: peak allocated bf16_pad 8.61 GiB, nf4_pad 4.06, bf16_packed 9.76,
+      nf4_packed 5.34; and (issue 30, H100, 2026-12-07) nf4 packed 8 x 2048: 9.91, 4 x 2048: 6.55.
+    - fused path (issue 30, H100, 2026-12-07), nf4, bf16 adapters, dropout 0, 8 x 2048 rows: every layer
+      checkpointed 7.84 GiB, every 2nd 34.38, none 61.75; bf16 base 12.23 and, none checkpointed, 66.18; 4 x 2048
+      every layer 5.48.
     """
 
-    norm_bytes: float = 4.0  # RMSNorm keeps an fp32 copy of its input for backward
+    norm_bytes: float = 4.0  # transformers' RMSNorm keeps an fp32 copy of its input for backward
+    fused_norm_bytes: float = 2.0  # torch's and Liger's fused RMSNorm keep the bf16 input (+ one fp32 rstd a row)
     lora_input_bytes: float = 2.0  # bf16 copy of a LoRA input saved by lora_A (+1 for the dropout mask if p > 0)
     mlp_bytes: float = 6.0  # gate out (act input), act out and up out, bf16 each: 3 x 2 bytes per intermediate unit
+    fused_mlp_bytes: float = 4.0  # Liger's GeGLU/SwiGLU keeps gate and up and recomputes the activation
     attn_bytes: float = 2.0  # q, k, v after RoPE and the attention output, bf16
     eager_score_bytes: float = 6.0  # eager: fp32 softmax probs + their bf16 copy, per head per (query, key) pair
-    work_hidden_bytes: float = 16.0  # backward working set per hidden unit (gradient of the residual stream, fp32)
-    work_intermediate_bytes: float = 8.0  # backward working set per intermediate unit (grads of gate/up, bf16)
+    # backward working set on top of the stored activations and the recomputed layer, per token, as a multiple of
+    # (16 x hidden + 8 x intermediate) bytes (gradients of the residual stream and of gate/up). Fitted to the peaks:
+    # peft's own LoRA forward (lora.fused=false; every measurement before 2026-11-30) 1.0; lora.fused with
+    # transformers' modules 0.46 (the 8- and 4-row nf4 peaks alone: 0.48, 0.44); lora.fused with the fused kernels
+    # 0.21 (8 rows: 0.21, 4 rows: 0.23).
+    work_hidden_bytes: float = 16.0
+    work_intermediate_bytes: float = 8.0
+    peft_work_scale: float = 1.0
+    work_scale: float = 0.46
+    fused_work_scale: float = 0.21
     # the chunked loss holds two fp32 [chunk, vocab] buffers at once: the logits and logsumexp's shifted exp, then
     # the logits and the softmax gradient. 3.0 assumed a third; the H100 packed runs fit 2.02-2.04.
     logits_fp32_copies: float = 2.0
     fsdp_gathered_layers: float = 2.0  # FSDP2 holds the current and the prefetched layer unsharded
     fixed_bytes: int = 32 * 1024**2  # cuBLAS workspace and small allocations
     scale: float = 1.0  # multiplies the activation terms (one-number calibration)
+
+
+@dataclass(frozen=True)
+class KernelPath:
+    """Which implementation computes each piece of a decoder layer, as far as saved tensors are concerned."""
+
+    fused_norm: bool  # torch's or Liger's RMSNorm (bf16 input saved) instead of transformers' (fp32 copy)
+    fused_mlp: bool  # Liger's gated MLP (activation recomputed in backward)
+    kv_expanded: bool  # sdpa/eager with a mask expand k and v to the query heads; flash, varlen and flex do not
+
+
+def kernel_path(cfg: TrainConfig, arch: Arch) -> KernelPath:
+    """The path a CUDA GPU takes for cfg. `auto` choices resolve as on a GPU with the GPU install (liger-kernel):
+    Liger for Gemma 3 and Llama, torch's RMSNorm, the flash varlen kernel for packed rows. A run resolves them
+    for its machine before it estimates (training/fast_paths.py), so there the path is what will run."""
+    tc = cfg.trainer
+    covered = arch.gemma or arch.model_type == "llama"
+    liger = tc.kernels == "liger" or (tc.kernels == "auto" and covered)
+    norm = tc.rms_norm == "torch" or tc.rms_norm == "auto" or liger
+    if cfg.packing.mode == "packed":
+        kv_expanded = cfg.packing.attention in ("sdpa", "eager")
+    else:
+        kv_expanded = cfg.model.attn_implementation not in ("flex_attention", "flash_attention_2")
+    return KernelPath(fused_norm=norm, fused_mlp=liger, kv_expanded=kv_expanded)
 
 
 @dataclass(frozen=True)
@@ -139,32 +175,46 @@ def seq_len(cfg: TrainConfig) -> int:
     return cfg.packing.max_seq_len
 
 
+def lora_input_units(arch: Arch, cfg: TrainConfig) -> int:
+    """Units of LoRA input saved per token. Without dropout the adapters of q/k/v (and of gate/up) share one input
+    tensor, saved once; with dropout each projection saves its own dropped copy."""
+    shapes = arch.linears()
+    chosen = [n for n in shapes if adapted(cfg, n)] if cfg.lora.enabled else []
+    if cfg.lora.dropout > 0:
+        return sum(shapes[n][0] for n in chosen)
+    groups = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
+    return sum(shapes[g[0]][0] for g in groups if any(n in chosen for n in g))
+
+
 def layer_activation_bytes(arch: Arch, cfg: TrainConfig, tokens: int, cal: Calibration) -> float:
     """Bytes one decoder layer keeps for backward when it is not checkpointed, for `tokens` tokens.
 
-    Per token: norm_bytes x (RMSNorm inputs: 4 x hidden + q_dim + kv_dim on Gemma 3, 2 x hidden on Llama)
-    + (lora_input_bytes + 1 if dropout) x (sum of adapted projections' in_features) + 2 x r per adapted projection
-    + attn_bytes x (q after RoPE + k, v (expanded to q_dim by sdpa with a mask; kv_dim with flex/flash) + output)
-    + 4 x heads (fp32 log-sum-exp) + mlp_bytes x intermediate.
+    Per token: norm x (RMSNorm inputs: 4 x hidden + q_dim + kv_dim on Gemma 3, 2 x hidden on Llama), with norm the
+    fused kernels' 2 bytes or transformers' fp32 copy
+    + (lora_input_bytes + 1 if dropout) x LoRA input units (`lora_input_units`) + 2 x r per adapted projection
+    + attn_bytes x (q after RoPE + k, v (expanded to q_dim by sdpa/eager with a mask) + output)
+    + 4 x heads (fp32 log-sum-exp) + mlp x intermediate (Liger: gate and up; transformers: + the activation).
     eager attention adds eager_score_bytes x heads x seq_len (the probabilities: the seq^2 term).
+    On the fused path this counts 114,944 bytes per token for Gemma 3 4B; the H100 measured 112,325 (the peak
+    without checkpointing less the one with every layer, per layer and token).
     """
+    path = kernel_path(cfg, arch)
     h, i = arch.hidden, arch.intermediate
     norm_units = 4 * h + arch.q_dim + arch.kv_dim if arch.gemma else 2 * h
     lora_b = cal.lora_input_bytes + (1.0 if cfg.lora.dropout > 0 else 0.0)
-    shapes = arch.linears()
-    chosen = [n for n in shapes if adapted(cfg, n)] if cfg.lora.enabled else []
-    lora_units = sum(shapes[n][0] for n in chosen)
+    n_adapted = sum(adapted(cfg, n) for n in arch.linears()) if cfg.lora.enabled else 0
     impl = cfg.model.attn_implementation
-    kv_saved = arch.kv_dim if impl in ("flex_attention", "flash_attention_2") else arch.q_dim
+    kv_saved = arch.q_dim if path.kv_expanded else arch.kv_dim
     per_token = (
-        cal.norm_bytes * norm_units
-        + lora_b * lora_units
-        + 2 * cfg.lora.r * len(chosen)
+        (cal.fused_norm_bytes if path.fused_norm else cal.norm_bytes) * norm_units
+        + lora_b * lora_input_units(arch, cfg)
+        + 2 * cfg.lora.r * n_adapted
         + cal.attn_bytes * (2 * arch.q_dim + 2 * kv_saved)
         + 4 * arch.heads
-        + cal.mlp_bytes * i
+        + (cal.fused_mlp_bytes if path.fused_mlp else cal.mlp_bytes) * i
     )
-    if impl == "eager":
+    eager = cfg.packing.attention == "eager" if cfg.packing.mode == "packed" else impl == "eager"
+    if eager:
         per_token += cal.eager_score_bytes * arch.heads * seq_len(cfg)
     return per_token * tokens * cal.scale
 
@@ -172,27 +222,33 @@ def layer_activation_bytes(arch: Arch, cfg: TrainConfig, tokens: int, cal: Calib
 def activation_bytes(arch: Arch, cfg: TrainConfig, cal: Calibration) -> dict[str, float]:
     """Stored activations of a micro-batch, the recomputed layer and the backward working set.
 
-    With grad_ckpt_every=k, layers 0, k, 2k, ... are checkpointed: they keep only their bf16 input (2 x hidden per
-    token) and one of them at a time is recomputed in backward (one full layer); the other layers keep everything
-    (`layer_activation_bytes`). Working set: (work_hidden_bytes x hidden + work_intermediate_bytes x intermediate)
-    per token. Dense document masks (packed rows with sdpa/eager) add rows x seq^2 bytes per layer type.
-    trainer.offload_activations keeps the stored part in pinned CPU memory (0 on the GPU; the recomputed layer and
-    the working set stay: the H200 measured 6.20 GiB against 8.94 without, experiments/results/efficiency_h200).
+    Checkpointed layers (`TrainerConfig.checkpointed_layers`) keep only their bf16 input (2 x hidden per token);
+    the others keep everything (`layer_activation_bytes`). Backward starts at the last layer: a recomputed last
+    layer holds a whole layer more at that moment ("recompute"); when the last layer is stored, the layers that
+    are recomputed later find it freed, so nothing is added. Working set: (work_hidden_bytes x hidden +
+    work_intermediate_bytes x intermediate) per token, times the path's fitted scale. Dense document masks (packed
+    rows with sdpa/eager) add rows x seq^2 bytes per layer type. trainer.offload_activations=true keeps the stored
+    part in pinned CPU memory (training/offload.py): on the GPU only the input in use and the prefetched one; the
+    recomputed layer and the working set stay.
     """
     seq = seq_len(cfg)
     tokens = cfg.trainer.micro_batch_size * seq
-    k = cfg.trainer.grad_ckpt_every
-    n_ckpt = len(range(0, arch.layers, k)) if k > 0 else 0
+    ckpt = cfg.trainer.checkpointed_layers(arch.layers)
     full = layer_activation_bytes(arch, cfg, tokens, cal)
-    stored = n_ckpt * 2 * arch.hidden * tokens + (arch.layers - n_ckpt) * full
-    if cfg.trainer.offload_activations:
-        stored = 0.0
-    work = (cal.work_hidden_bytes * arch.hidden + cal.work_intermediate_bytes * arch.intermediate) * tokens
+    stored = len(ckpt) * 2 * arch.hidden * tokens + (arch.layers - len(ckpt)) * full
+    if cfg.trainer.offload_activations is True:  # on the CPU; in backward one layer's input and the prefetched one
+        stored = 2 * 2 * arch.hidden * tokens
+    path = kernel_path(cfg, arch)
+    scale = cal.fused_work_scale if path.fused_norm and path.fused_mlp else cal.work_scale
+    if not cfg.lora.fused:
+        scale = cal.peft_work_scale
+    work = (cal.work_hidden_bytes * arch.hidden + cal.work_intermediate_bytes * arch.intermediate) * tokens * scale
     masks = 0.0
-    if cfg.packing.mode == "packed" and cfg.model.attn_implementation in ("sdpa", "eager"):
-        mask_b = 1 if cfg.model.attn_implementation == "sdpa" else DTYPE_BYTES[cfg.model.dtype]
+    if cfg.packing.mode == "packed" and path.kv_expanded:
+        mask_b = 1 if cfg.packing.attention == "sdpa" else DTYPE_BYTES[cfg.model.dtype]
         masks = (2 if arch.gemma else 1) * cfg.trainer.micro_batch_size * seq * seq * mask_b
-    return {"stored": stored, "recompute": full if n_ckpt else 0.0, "work": work * cal.scale, "masks": masks}
+    recompute = full if arch.layers - 1 in ckpt else 0.0
+    return {"stored": stored, "recompute": recompute, "work": work * cal.scale, "masks": masks}
 
 
 def label_tokens(cfg: TrainConfig, label_tokens_per_row: float | None) -> float:

@@ -72,7 +72,7 @@ def test_nf4_bytes_by_hand() -> None:
 )
 def test_adapter_grads_and_adam_state_equal_measured(overrides: list[str]) -> None:
     cfg = compose(["model=tiny_gemma3", "quantization=none", *overrides])
-    model = apply_lora(tiny_model("tiny_gemma3"), cfg.lora, cfg.quantization, grad_ckpt_every=0)
+    model = apply_lora(tiny_model("tiny_gemma3"), cfg.lora, cfg.quantization, grad_ckpt=0)
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert all(p.dtype == torch.float32 for p in trainable)
     est = estimate(cfg)
@@ -120,15 +120,17 @@ def test_checkpointing_and_attention_terms() -> None:
 
 
 def test_offloaded_activations_leave_only_the_recomputed_layer_on_the_gpu() -> None:
-    """trainer.offload_activations: the stored activations live in pinned CPU memory (H200, 8 x 2048 rows: 6.20 GiB
-    peak against 8.94 without); the recomputed layer and the working set stay on the GPU."""
+    """trainer.offload_activations: the stored activations live in pinned CPU memory but for the input in use and
+    the prefetched one; the recomputed layer and the working set stay on the GPU."""
     base = ["model=medgemma_4b", "model.init=random", "quantization=nf4", "trainer.micro_batch_size=8"]
     base += ["packing.max_seq_len=2048"]
     kept, offloaded = estimate(compose(base)), estimate(compose([*base, "trainer.offload_activations=true"]))
-    assert kept.parts["activations/stored"] == 34 * 2 * 2560 * 8 * 2048 and offloaded.parts["activations/stored"] == 0
+    layer_input = 2 * 2560 * 8 * 2048
+    assert kept.parts["activations/stored"] == 34 * layer_input
+    assert offloaded.parts["activations/stored"] == 2 * layer_input
     assert offloaded.parts["activations/recompute"] == kept.parts["activations/recompute"] > 0
     # the peak is taken where backward's stored inputs and gradients are largest: nearly all of it goes
-    assert 0.9 * kept.parts["activations/stored"] < kept.peak_bytes - offloaded.peak_bytes
+    assert 0.9 * 32 * layer_input < kept.peak_bytes - offloaded.peak_bytes
 
 
 @pytest.mark.parametrize(("kernel", "bytes_per_logit"), [("torch", Calibration().logits_fp32_copies * 4), ("auto", 2)])
@@ -141,6 +143,9 @@ def test_loss_chunk_scales_with_chunk_size(kernel: str, bytes_per_logit: float) 
     assert delta == bytes_per_logit * (1024 - 256) * 262208
 
 
+# the measurements before 2026-11-30 ran transformers' own norms and MLP (trainer.kernels defaulted to none) and
+# peft's own LoRA forward (lora.fused came on 2026-11-30)
+TRANSFORMERS_PATH = ["trainer.kernels=none", "trainer.rms_norm=kernels", "lora.fused=false"]
 GEMMA_4B = ["model=medgemma_4b", "model.init=random", "model.dtype=bfloat16", "trainer.autocast_dtype=bfloat16"]
 
 
@@ -176,7 +181,7 @@ H100 = {
 def test_calibration_matches_h100_measurements(name: str) -> None:
     overrides, peak_gib, load_gib, per_row = H100[name]
     common = ["trainer.micro_batch_size=1", "trainer.grad_ckpt_every=1", "packing.max_seq_len=2048", "lora.r=16"]
-    common.append("trainer.loss_kernel=torch")
+    common += ["trainer.loss_kernel=torch", *TRANSFORMERS_PATH]
     est = estimate(compose([*GEMMA_4B, *common, *overrides]), label_tokens_per_row=per_row)
     # the fit is within 3%; issue 10 asks for 15%, 5% keeps the calibration from drifting unnoticed
     assert est.peak_gib == pytest.approx(peak_gib, rel=0.05)
@@ -206,7 +211,7 @@ def test_llama70b_estimate_matches_h100(layers: int, sharding: str) -> None:
         f"sharding={sharding}",
     ]
     overrides += ["packing.max_seq_len=2048", "trainer.micro_batch_size=1", f"model.num_layers={layers}"]
-    overrides.append("trainer.loss_kernel=torch")  # as measured, before the Triton loss kernel
+    overrides += ["trainer.loss_kernel=torch", *TRANSFORMERS_PATH]  # as measured, before these kernels
     est = estimate(compose(overrides), world_size=1, label_tokens_per_row=305)
     assert est.peak_gib == pytest.approx(H100_70B[layers, sharding], rel=0.03)
 
@@ -235,6 +240,7 @@ H200_2GPU = {
 def test_two_rank_fsdp_matches_h200_measurements(name: str) -> None:
     overrides, per_row, peak_gib, load_gib = H200_2GPU[name]
     common = ["model.init=random", "quantization=nf4", "sharding=fsdp", "packing=packed", "packing.max_seq_len=2048"]
+    common += TRANSFORMERS_PATH  # the defaults on 2026-11-29
     est = estimate(compose([*common, *overrides]), world_size=2, label_tokens_per_row=per_row)
     assert est.peak_gib == pytest.approx(peak_gib, rel=0.03)
     assert est.load_peak_bytes / 1024**3 == pytest.approx(load_gib, rel=0.03)  # the whole model, on every rank
@@ -298,3 +304,34 @@ def test_cli_prints_json(capsys: pytest.CaptureFixture[str]) -> None:
 def test_unknown_target_module_is_named() -> None:
     with pytest.raises(ValueError, match="qkv_proj"):
         estimate(compose(["model=tiny_llama", "lora.target_modules=[qkv_proj]"]))
+
+
+# Issue 30's measurements (one H100 80GB, 2026-12-07, `python -m medtune.bench`, each configuration in its own
+# process; Gemma 3 4B text architecture, random weights, nf4 unless said, LoRA r=16, 8 x 2048 rows unless said):
+# the fused path (varlen, Liger, torch's RMSNorm, bf16 adapters, dropout 0) at several recomputation levels, and
+# transformers' path (the defaults before issue 30). Peak allocated GiB.
+FUSED = ["packing.attention=varlen", "trainer.kernels=liger", "trainer.rms_norm=torch", "lora.dtype=bfloat16",
+         "lora.dropout=0"]  # fmt: skip
+H100_ISSUE_30 = {
+    "fused_ckpt_all": ([*FUSED, "trainer.grad_ckpt_every=1"], 7.84),
+    "fused_ckpt_all_4_rows": ([*FUSED, "trainer.grad_ckpt_every=1", "trainer.micro_batch_size=4"], 5.48),
+    "fused_ckpt_every_2nd": ([*FUSED, "trainer.grad_ckpt_every=2"], 34.38),
+    "fused_no_ckpt": ([*FUSED, "trainer.grad_ckpt_every=0"], 61.75),
+    "fused_bf16_base": ([*FUSED, "trainer.grad_ckpt_every=1", "quantization=none"], 12.23),
+    "fused_bf16_base_no_ckpt": ([*FUSED, "trainer.grad_ckpt_every=0", "quantization=none"], 66.18),
+    "transformers_path": (["trainer.kernels=none", "trainer.rms_norm=kernels", "trainer.grad_ckpt_every=1"], 9.91),
+    "transformers_path_4_rows": (
+        ["trainer.kernels=none", "trainer.rms_norm=kernels", "trainer.grad_ckpt_every=1", "trainer.micro_batch_size=4"],
+        6.55,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(H100_ISSUE_30))
+def test_prediction_within_ten_percent_of_issue_30_measurements(name: str) -> None:
+    """Issue 30's bar: every measured configuration, checkpointing off and partial included, within +-10%."""
+    overrides, peak_gib = H100_ISSUE_30[name]
+    common = ["quantization=nf4", "packing=packed", "packing.max_seq_len=2048", "lora.r=16"]
+    common.append("trainer.micro_batch_size=8")
+    est = estimate(compose([*GEMMA_4B, *common, *overrides]))
+    assert est.peak_gib == pytest.approx(peak_gib, rel=0.10)
