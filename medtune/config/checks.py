@@ -42,3 +42,32 @@ def resolve_dir(value: str) -> Path:
 
         value = str(OmegaConf.create({"v": value}).v)
     return Path(value).expanduser()
+
+
+def check_memory_settings(every: Any, layers: Any, offload: Any, budget: Any) -> None:
+    """trainer.grad_ckpt_every, grad_ckpt_layers, offload_activations and memory_budget_gib, each on its own."""
+    if every != "auto" and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
+        raise ConfigError(
+            f"trainer.grad_ckpt_every={every!r} must be auto or a whole number >= 0 (0: no checkpointing, 1: every "
+            "layer, k: every k-th)."
+        )
+    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 0):
+        raise ConfigError(f"trainer.grad_ckpt_layers={layers!r} must be null or a whole number of layers >= 0.")
+    if offload not in ("auto", True, False):
+        raise ConfigError(f"trainer.offload_activations={offload!r} must be auto, true or false.")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int | float) or budget <= 0):
+        raise ConfigError(
+            f"trainer.memory_budget_gib={budget!r} must be a positive number of GiB per GPU (e.g. 20), or null for "
+            "the GPU's free memory less a margin."
+        )
+
+
+def checkpointed_layers(n_layers: int, every: Any, count: int | None) -> list[int]:
+    """Indices of the decoder layers recomputed in backward. count=n (trainer.grad_ckpt_layers): n layers spread
+    evenly, the last only when all are (backward starts there: a recomputed last layer would add a whole layer to
+    the peak); else every `every`-th from 0. every=auto before the memory plan has settled it: every layer."""
+    if count is not None:
+        n = min(count, n_layers)
+        return [i * n_layers // n for i in range(n)] if n else []
+    every = 1 if every == "auto" else every
+    return list(range(0, n_layers, every)) if every > 0 else []

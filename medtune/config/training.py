@@ -14,7 +14,15 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from medtune.config.checks import CACHE_ROOT, DTYPES, ConfigError, check_choice, check_positive
+from medtune.config.checks import (
+    CACHE_ROOT,
+    DTYPES,
+    ConfigError,
+    check_choice,
+    check_memory_settings,
+    check_positive,
+    checkpointed_layers,
+)
 from medtune.config.data import (
     DataConfig,
     DataMixConfig,
@@ -24,6 +32,8 @@ from medtune.config.data import (
 from medtune.config.watch import WORST_LANG, GuardConfig, check_watch_config
 
 LOSS_KERNELS = ("auto", "torch", "triton")  # trainer.loss_kernel (training/ce_kernel.py)
+KERNEL_CHOICES = ("auto", "none", "liger")  # trainer.kernels (models/kernels.py)
+RMS_NORM_CHOICES = ("auto", "kernels", "torch")  # trainer.rms_norm (models/kernels.py)
 
 
 @dataclass
@@ -74,18 +84,14 @@ class LoraConfig:
     enabled: bool = True
     r: int = 16
     alpha: int = 32
-    dropout: float = 0.05
+    # 0 (as peft, unsloth): q/k/v's and gate/up's adapters share one saved input, no dropped copy each (README)
+    dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     use_dora: bool = False
-    # float32: adapters train in fp32 (cast to bf16 in each forward under autocast); bfloat16: stored in bf16 (no
-    # casts, half the adapter and optimizer-state memory; AdamW updates in bf16 lose the smallest steps)
+    # float32: cast to bf16 in each forward under autocast; bfloat16: no casts, AdamW updates in bf16 (README)
     dtype: str = "float32"
-    # the adapter's output added to the base layer's inside B's matmul (medtune/models/fused_lora.py): the same sum
-    # without peft's clone, mul and add of every adapted layer's output (+7% tokens/s, Gemma 3 4B nf4 on an H200)
-    fused: bool = True
-    # with lora.fused: a frozen bf16 or 4-bit base layer's matmul done inside the same autograd node as the adapter
-    # (one node per projection instead of bitsandbytes' and peft's three; less CPU work per step)
-    fused_base: bool = True
+    fused: bool = True  # the adapter's output added inside B's matmul (models/fused_lora.py), not by peft
+    fused_base: bool = True  # with fused: the frozen base matmul in the same autograd node as the adapter
 
     def __post_init__(self) -> None:
         check_positive("lora.r", self.r)
@@ -194,19 +200,21 @@ class TrainerConfig:
     max_steps: int = 100
     # rows per micro-batch, or "auto": the largest that the memory estimator fits in trainer.memory_budget_gib
     micro_batch_size: Any = 1
+    # GiB per GPU for the memory plan (memory/plan.py); null: a CUDA GPU's free memory less max(2 GiB, 10%)
     memory_budget_gib: float | None = None
     grad_accum_steps: int = 1
     max_grad_norm: float | None = 1.0
-    grad_ckpt_every: int = 1  # 0: off; 1: every decoder layer; k: every k-th layer
-    # auto: reentrant with sharding.strategy=none and no trainer.compile (the first forward builds no autograd
-    # graph), else non_reentrant (torch's default; the one that FSDP2/DDP hooks and torch.compile work with)
+    # layers recomputed in backward (same gradients, less memory, ~30% of a step): auto: none if the step fits
+    # the budget, else the fewest that fit (memory/plan.py); 0: none; 1: all; k: every k-th. grad_ckpt_layers=n
+    # (auto sets it) checkpoints n layers spread evenly and takes precedence.
+    grad_ckpt_every: Any = "auto"
+    grad_ckpt_layers: int | None = None
+    # auto: reentrant with sharding=none and no compile (no graph in the first forward), else non_reentrant
     grad_ckpt_style: str = "auto"  # auto | reentrant | non_reentrant
     autocast_dtype: str | None = "bfloat16"  # None: no autocast
     device: str = "auto"  # auto | cpu | cuda
     loss_chunk_size: int = 1024  # tokens per chunk of the chunked cross-entropy
-    # auto: one Triton kernel per chunk on CUDA when triton is installed (loss and gradient over the logits in place),
-    # else torch's ops | torch | triton (training/ce_kernel.py)
-    loss_kernel: str = "auto"  # one of LOSS_KERNELS
+    loss_kernel: str = "auto"  # auto: one Triton kernel per chunk on CUDA, else torch's ops (training/ce_kernel.py)
     log_every: int = 10
     eval_every: int = 0  # 0: eval loss only at the end
     eval_batches: int = 20  # held-out micro-batches scored, in all (over all ranks: the same rows as one process)
@@ -221,21 +229,20 @@ class TrainerConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)  # acts on the watch (eval.watch): config/watch.py
     keep: str = "last"  # last | best: the adapter of the best watched step by keep_by
     keep_by: str = WORST_LANG  # worst_lang | lang:<language> | <watch set>: its change from base, higher is better
-    # Speed (measured so far: experiments/results/efficiency_h200/): torch.compile each decoder layer
-    # (regional: compiled once per row shape), fused RMSNorm/gated-MLP/RoPE kernels (liger, CUDA), and keeping the
-    # checkpointed layer inputs in pinned CPU memory instead of the GPU (less memory, some speed).
-    compile: bool = False
-    kernels: str = "none"  # none | liger
-    # kernels: trainer.kernels' RMSNorm (transformers' or Liger's) | torch: torch's fused op, one dispatch per call
-    rms_norm: str = "kernels"
-    offload_activations: bool = False
+    compile: bool = False  # torch.compile each decoder layer (did not pay on an H200: README)
+    # auto: Liger on a CUDA GPU where liger-kernel imports and covers the model (Gemma 3, Llama), else none
+    kernels: str = "auto"  # auto | none | liger (the run logs what it took and why not)
+    # auto: torch's fused op on CUDA | kernels: trainer.kernels' own (transformers' or Liger's) | torch
+    rms_norm: str = "auto"
+    offload_activations: Any = "auto"  # auto: when checkpointing every layer does not fit the budget
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "grad_accum_steps", "log_every", "loss_chunk_size"):
             check_positive(f"trainer.{key}", getattr(self, key))
         self._check_micro_batch()
-        check_choice("trainer.kernels", self.kernels, ("none", "liger"))
-        check_choice("trainer.rms_norm", self.rms_norm, ("kernels", "torch"))
+        check_choice("trainer.kernels", self.kernels, KERNEL_CHOICES)
+        check_choice("trainer.rms_norm", self.rms_norm, RMS_NORM_CHOICES)
+        self._check_recompute()
         check_choice("trainer.loss_kernel", self.loss_kernel, LOSS_KERNELS)
         check_choice("trainer.grad_ckpt_style", self.grad_ckpt_style, ("auto", "reentrant", "non_reentrant"))
         if self.grad_ckpt_style == "reentrant" and self.compile:
@@ -243,8 +250,6 @@ class TrainerConfig:
                 "trainer.grad_ckpt_style=reentrant does not work with trainer.compile=true (Dynamo cannot trace "
                 "reentrant checkpointing); use grad_ckpt_style=auto or non_reentrant."
             )
-        if self.grad_ckpt_every < 0:
-            raise ConfigError("trainer.grad_ckpt_every must be >= 0 (0 turns gradient checkpointing off).")
         check_choice("trainer.device", self.device, ("auto", "cpu", "cuda"))
         for key in ("save_every", "eval_every", "eval_batches", "keep_checkpoints"):
             if getattr(self, key) < 0:
@@ -254,14 +259,17 @@ class TrainerConfig:
         if self.autocast_dtype is not None:
             check_choice("trainer.autocast_dtype", self.autocast_dtype, DTYPES)
 
+    def _check_recompute(self) -> None:
+        check_memory_settings(self.grad_ckpt_every, self.grad_ckpt_layers, self.offload_activations,
+                              self.memory_budget_gib)  # fmt: skip
+
+    def checkpointed_layers(self, n_layers: int) -> list[int]:
+        """Indices of the decoder layers recomputed in backward (config.checks.checkpointed_layers)."""
+        return checkpointed_layers(n_layers, self.grad_ckpt_every, self.grad_ckpt_layers)
+
     def _check_micro_batch(self) -> None:
         if self.micro_batch_size == "auto":
-            if not (isinstance(self.memory_budget_gib, int | float) and self.memory_budget_gib > 0):
-                raise ConfigError(
-                    "trainer.micro_batch_size=auto needs trainer.memory_budget_gib (GiB per GPU, e.g. 20): the "
-                    "estimator picks the largest micro-batch whose predicted peak fits it."
-                )
-            return
+            return  # the budget is trainer.memory_budget_gib, or on a GPU its free memory (memory/plan.py)
         if isinstance(self.micro_batch_size, bool) or not isinstance(self.micro_batch_size, int):
             raise ConfigError(
                 f"trainer.micro_batch_size={self.micro_batch_size!r} must be a whole number of rows or 'auto'."

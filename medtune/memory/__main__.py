@@ -18,8 +18,8 @@ from dataclasses import asdict
 
 from medtune.config import ConfigError, compose
 from medtune.files.space import GIB
-from medtune.memory.estimate import Calibration, estimate
-from medtune.memory.fit import fit_micro_batch
+from medtune.memory.estimate import Calibration, estimate, load_arch
+from medtune.memory.plan import plan_memory
 
 
 def _number(arg: str) -> float:
@@ -60,9 +60,14 @@ def main(argv: list[str] | None = None) -> None:
         cfg = compose(overrides)
     except (HydraException, ConfigError) as err:
         raise SystemExit(f"error: {err}\n(arguments are Hydra overrides of conf/train.yaml; see --help)") from None
-    cfg, fitted = fit_micro_batch(cfg, world_size, label_tokens_per_row)
-    if fitted:  # on stderr: --json prints nothing but the JSON
-        print(f"micro_batch_size=auto: {fitted['trainer/micro_batch_size_auto']} rows fit the budget", file=sys.stderr)
+    try:  # a budget given: the plan the run would make (rows, recomputation, offloading); none: every layer
+        cfg, planned = plan_memory(cfg, world_size, cfg.trainer.memory_budget_gib, label_tokens_per_row)
+    except (ConfigError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    if "plan/predicted_peak_gib" in planned or "trainer/micro_batch_size_auto" in planned:  # stderr: --json stays JSON
+        rows = planned.get("trainer/micro_batch_size_auto")
+        print(("" if rows is None else f"micro_batch_size=auto: {rows} rows fit the budget\n")
+              + f"memory plan: {planned['plan/reason']}", file=sys.stderr)  # fmt: skip
     est = estimate(cfg, world_size, label_tokens_per_row=label_tokens_per_row)
     if as_json:
         print(
@@ -81,9 +86,10 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
     q, p = cfg.quantization.method, cfg.packing
+    est_layers = load_arch(cfg).layers
     print(
         f"{cfg.model.name}: quantization={q} packing={p.mode} rows={cfg.trainer.micro_batch_size}x{p.max_seq_len} "
-        f"sharding={cfg.sharding.strategy} grad_ckpt_every={cfg.trainer.grad_ckpt_every}"
+        f"sharding={cfg.sharding.strategy} checkpointed layers={len(cfg.trainer.checkpointed_layers(est_layers))}"
     )
     print(est.table())
 

@@ -8,6 +8,7 @@ from medtune.config import ConfigError, compose
 from medtune.files.space import GIB
 from medtune.memory.estimate import estimate
 from medtune.memory.fit import fit_micro_batch, with_micro_batch
+from medtune.memory.plan import plan_memory
 
 GEMMA_4B = [
     "model=medgemma_4b",
@@ -37,8 +38,9 @@ def test_budgets_that_nothing_fits_say_why() -> None:
 
 
 def test_auto_needs_a_budget_and_sizes_must_be_whole() -> None:
-    with pytest.raises(ConfigError, match=r"needs trainer\.memory_budget_gib"):
-        compose(["trainer.micro_batch_size=auto"])
+    cfg = compose(["trainer.micro_batch_size=auto"])  # on a GPU the budget defaults to its free memory
+    with pytest.raises(ConfigError, match=r"needs a memory budget: set trainer\.memory_budget_gib"):
+        plan_memory(cfg, budget_gib=None)  # a CPU run: no GPU to read a budget from
     with pytest.raises(ConfigError, match=r"must be a whole number of rows or 'auto'"):
         compose(["trainer.micro_batch_size=often"])
     with pytest.raises(ConfigError, match=r"trainer\.micro_batch_size=0 must be > 0"):
