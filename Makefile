@@ -10,11 +10,12 @@ ARGS ?=
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-install:  ## install medtune, CPU torch (unless torch is already installed) and the dev tools
+install:  ## install medtune, CPU torch (unless torch is already installed), the dev tools; + Liger with CUDA torch
 	$(PYTHON) -m pip install -q --upgrade pip
 	@$(PYTHON) -c "import torch" 2>/dev/null && echo "torch already installed: keeping it" || \
 		$(PYTHON) -m pip install -q torch==$(TORCH_VERSION)
-	$(PYTHON) -m pip install -q -e ".[dev]"
+	@$(PYTHON) -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)" 2>/dev/null \
+		&& $(PYTHON) -m pip install -q -e ".[dev,gpu]" || $(PYTHON) -m pip install -q -e ".[dev]"
 	$(PYTHON) -c "import medtune, torch, transformers, peft; print('medtune', medtune.__version__, '| torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__)"
 
 test:  ## run the default test suite (CPU, minutes; slow and gpu tests excluded)

@@ -19,10 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from medtune.config import compose
-from medtune.memory.fit import fit_micro_batch
+from medtune.memory.estimate import load_arch
+from medtune.models.kernels import resolve_kernels
 
 
 def load_plan(path: Path) -> dict[str, Any]:
@@ -42,17 +44,24 @@ def load_plan(path: Path) -> dict[str, Any]:
 
 
 def compose_config(plan: dict, name: str, extra: list[str], args: argparse.Namespace, world_size: int) -> tuple:
-    """One configuration's TrainConfig (micro-batch `auto` resolved) and the overrides that made it."""
+    """One configuration's TrainConfig and the overrides that made it (its `auto` choices are settled where it runs,
+    by training.fast_paths.settle, as medtune.train settles them)."""
     overrides = [*plan.get("common", []), *plan["configurations"][name], *extra]
     if world_size > 1:
         overrides += plan.get("distributed_overrides", ["sharding=fsdp"])
     cfg = compose([*overrides, f"trainer.max_steps={args.warmup + args.steps + 2}"])
-    return fit_micro_batch(cfg, world_size)[0], overrides  # trainer.micro_batch_size=auto -> a number
+    return cfg, overrides
 
 
 def patches_globally(cfg: Any) -> bool:
-    """Whether building this configuration changes the process for the ones after it (Liger's module patches)."""
-    return cfg.trainer.kernels != "none"
+    """Whether building this configuration changes the process for the ones after it (Liger's module patches):
+    trainer.kernels=liger, or auto where it would take Liger (a CUDA GPU with liger-kernel)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        model_type = load_arch(cfg).model_type
+    except ValueError:
+        model_type = None
+    return resolve_kernels(cfg.trainer.kernels, "kernels", device, model_type)[0] != "none"
 
 
 def isolate(mode: str, cfgs: dict[str, Any], world_size: int) -> bool:

@@ -32,18 +32,26 @@ def _fmt(value: float | None, spec: str) -> str:
 def format_table(rows: list[dict[str, Any]], baseline: str) -> str:
     """The markdown results table (ratios are against `baseline` measured in the same run; peers included)."""
     head = (
-        "| configuration | peak alloc GiB | peak reserved GiB | predicted GiB | error % | useful tokens/s "
-        "| slowest timed step s | MFU | first step s | first step from process start s | to last step s "
-        f"| memory vs {baseline} | speed vs {baseline} |"
+        "| configuration | rows | recomputed layers | peak alloc GiB | peak reserved GiB | predicted GiB | error % "
+        "| useful tokens/s | slowest timed step s | MFU | MFU (NeMo) | first step s | first step from process start s "
+        f"| to last step s | memory vs {baseline} | speed vs {baseline} |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 16]
     for r in rows:
         if r.get("status") != "ok":
-            lines.append(f"| {r['name']} | failed: {r.get('error', '')[:80]} |" + " |" * 11)
+            lines.append(f"| {r['name']} | failed: {r.get('error', '')[:80]} |" + " |" * 14)
             continue
         mfu = None if r.get("mfu") is None else 100 * r["mfu"]
+        nemo = None if r.get("mfu_nemo") is None else 100 * r["mfu_nemo"]
+        plan = r.get("plan") or {}
+        recomputed = None
+        if "checkpointed_layers" in plan:
+            recomputed = f"{plan['checkpointed_layers']}/{plan['layers']}"
+            recomputed += " + offload" if plan.get("offload_activations") else ""
         cells = [
             r["name"],
+            str(r.get("micro_batch_size", "n/a")),
+            recomputed or "n/a",
             _fmt(r.get("peak_alloc_gib"), ".2f"),
             _fmt(r.get("peak_reserved_gib"), ".2f"),
             _fmt(r.get("predicted_gib"), ".2f"),
@@ -51,6 +59,7 @@ def format_table(rows: list[dict[str, Any]], baseline: str) -> str:
             _fmt(r.get("useful_tokens_per_s"), ",.0f"),
             _fmt(r.get("slowest_step_s"), ".2f"),
             _fmt(mfu, ".1f") + ("%" if mfu is not None else ""),
+            _fmt(nemo, ".1f") + ("%" if nemo is not None else ""),
             _fmt(r.get("first_step_s"), ".1f"),
             _fmt(r.get("process_to_first_step_s"), ".1f"),
             _fmt(r.get("wall_to_last_step_s"), ".1f"),
@@ -92,7 +101,9 @@ def write_results(results: dict[str, Any], out: Path, baseline: str) -> None:
         f"{results['warmup']} warm-up then {results['steps']} timed optimizer steps per configuration; samples drawn "
         "from the training mix's lengths (experiments/efficiency/lengths.json). Peak memory since the timed steps "
         "began; predicted = `python -m medtune.memory` with the same overrides; error = (predicted - peak alloc) / "
-        "peak alloc. Useful tokens exclude padding; MFU against the dense bf16 peak of the device.",
+        "peak alloc. Useful tokens exclude padding; MFU against the dense bf16 peak of the device, recomputation "
+        "counted; MFU (NeMo): NeMo Automodel's LoRA convention, (2 + N_lora/N_frozen)/3 of full training's FLOPs, "
+        "recomputation not counted (medtune/training/step_metrics.py). recomputed layers: the memory plan's.",
         "",
         format_table(results["configurations"], baseline),
         "",

@@ -6,13 +6,12 @@
     python -m medtune.bench --steps 2 --warmup 1 model=tiny_gemma3 packing.max_seq_len=64   # CPU smoke run
 
 Extra arguments are Hydra overrides applied to every configuration. Each configuration builds its model through
-`TrainRecipe` (the code medtune.train runs), trains on synthetic samples whose lengths follow the
-real training mix (experiments/efficiency/lengths.json, see medtune/bench/lengths.py), runs `--warmup` steps, then
+`TrainRecipe` after settling its `auto` choices as medtune.train does (training/fast_paths.py), trains on synthetic
+samples whose lengths follow the real training mix (experiments/efficiency/lengths.json), runs `--warmup` steps, then
 `--steps` timed steps through `TrainRecipe.optimizer_step`, and is freed before the next. Peak memory is
 torch.cuda.max_memory_allocated/reserved since the start of the timed steps (and of the model load); the
-memory estimator's prediction (medtune/memory/estimate.py), given the label tokens of the largest timed micro-batch, is
-printed beside it. Writes results.json and results.md. Configurations share one process unless one of them patches
-kernels for the whole process (Liger): then each runs in its own (`--isolate`, medtune/bench/plan.py).
+estimator's prediction (given the largest timed micro-batch's label tokens) beside it; results.json and results.md.
+One process for all unless some patch kernels for the whole process (Liger): `--isolate`, medtune/bench/plan.py.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ from medtune.memory.estimate import estimate
 from medtune.models.anatomy import peft_base_of
 from medtune.models.build import arch_config, load_tokenizer
 from medtune.models.document_masks import enable_document_masking
-from medtune.training import distributed
+from medtune.training import distributed, fast_paths
 from medtune.training import step_metrics as metrics
 from medtune.training.batches import DataPipeline
 from medtune.training.distributed import all_gather_objects
@@ -88,17 +87,20 @@ def _free(device: torch.device) -> None:
 
 
 def _aggregate(steps: list[dict[str, float]]) -> dict[str, float | None]:
-    """Rates over the whole timed phase: tokens and FLOPs summed, divided by the summed step time."""
+    """Rates over the whole timed phase: tokens and FLOPs summed, divided by the summed step time (None where a
+    step lacks the rate, e.g. MFU on a CPU)."""
     seconds = sum(s["train/step_s"] for s in steps)
-    total = {k: sum(s[f"train/{k}"] * s["train/step_s"] for s in steps) for k in ("useful_tokens_per_s",
-             "padded_tokens_per_s", "tflops_per_s")}  # fmt: skip
-    mfu = [s.get("train/mfu") for s in steps]
+
+    def rate(key: str) -> float | None:
+        values = [s.get(f"train/{key}") for s in steps]
+        return (
+            None if None in values else sum(v * s["train/step_s"] for v, s in zip(values, steps, strict=True)) / seconds
+        )
+
+    keys = ("useful_tokens_per_s", "padded_tokens_per_s", "tflops_per_s", "mfu", "mfu_nemo")
     return {
         "step_s": seconds / len(steps),
-        "useful_tokens_per_s": total["useful_tokens_per_s"] / seconds,
-        "padded_tokens_per_s": total["padded_tokens_per_s"] / seconds,
-        "tflops_per_s": total["tflops_per_s"] / seconds,
-        "mfu": None if None in mfu else sum(m * s["train/step_s"] for m, s in zip(mfu, steps, strict=True)) / seconds,
+        **{key: rate(key) for key in keys},
         "loss_last": steps[-1]["train/loss"],
         "step_times_s": [s["train/step_s"] for s in steps],  # a recompile or a stall shows as one slow step
         "slowest_step_s": max(s["train/step_s"] for s in steps),
@@ -120,6 +122,7 @@ def measure(cfg: Any, hist: dict, args: argparse.Namespace, out_dir: Path, profi
     """
 
     dist = distributed.init(cfg.sharding, cfg.trainer.device)
+    cfg, planned = fast_paths.settle(cfg, dist)  # as medtune.train: kernels, rows, recomputation for this GPU
     recipe = TrainRecipe(cfg, out_dir, NullTracker(), dist)
     loaded_at = time.perf_counter()  # the model's build: the peers' clocks start at their model load too
     try:
@@ -148,6 +151,9 @@ def measure(cfg: Any, hist: dict, args: argparse.Namespace, out_dir: Path, profi
             result["process_to_first_step_s"] = first_wall - process_start
         result.update({"load_peak_alloc_gib": load_alloc, "load_peak_reserved_gib": load_reserved})
         result["attention"] = attention  # the kernel that kept packed documents apart
+        result["fast_paths"] = recipe.log_fast_paths()  # after _prepare_steps enabled the document masks
+        result["plan"] = {k.split("/", 1)[1]: v for k, v in planned.items()}  # plan/, trainer/ (rows), run/
+        result["micro_batch_size"] = cfg.trainer.micro_batch_size
         if profile:
             result["profile"] = _profile(step, dist.device)
         # The loss chunk of the largest timed micro-batch sets the peak (the chunked loss sees only label tokens).

@@ -31,6 +31,7 @@ from medtune.models.anatomy import causal_lm_of
 log = logging.getLogger(__name__)
 KERNELS = ("none", "liger")
 RMS_NORMS = ("kernels", "torch")
+LIGER_MODEL_TYPES = ("gemma3_text", "llama")  # what apply_fused_kernels knows how to patch
 _SCALE = "_medtune_norm_scale"  # a frozen Gemma 3 norm's (1 + w) in the input's dtype, with what it was made from
 _fused_op = torch.ops.aten._fused_rms_norm  # (input, normalized_shape, weight, eps) -> (output, rstd)
 
@@ -39,9 +40,47 @@ class KernelsUnavailableError(RuntimeError):
     """The kernel library is not installed or does not cover this model."""
 
 
+def liger_refusal(device_type: str, model_type: str | None) -> str | None:
+    """Why Liger cannot run here (None: it can): the device, a missing package or an architecture it does not
+    cover. model_type None: not known before loading (a hub model without a local config.json)."""
+    if device_type != "cuda":
+        return f"liger: needs a CUDA GPU (device is {device_type})"
+    missing = [name for name in ("liger_kernel", "triton") if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"liger: {' and '.join(missing)} not installed (pip install 'medtune[gpu]')"
+    if model_type not in LIGER_MODEL_TYPES:
+        what = model_type or "an architecture unknown before loading"
+        return f"liger: covers {', '.join(LIGER_MODEL_TYPES)}, not {what}"
+    return None
+
+
+def resolve_kernels(kind: str, rms_norm: str, device_type: str, model_type: str | None) -> tuple[str, str, list[str]]:
+    """trainer.kernels and trainer.rms_norm with `auto` decided for this device and architecture; returns both
+    and the reasons an `auto` choice turned a fast path down. auto: Liger on CUDA where it imports and covers the
+    model; torch's fused RMSNorm on CUDA (it is one dispatch a call, with or without Liger's other kernels)."""
+    refused = []
+    if kind == "auto":
+        why = liger_refusal(device_type, model_type)
+        kind = "none" if why else "liger"
+        refused += [why] if why else []
+    if rms_norm == "auto":
+        known = model_type is None or model_type in LIGER_MODEL_TYPES  # the norms use_torch_rms_norm rebinds
+        rms_norm = "torch" if device_type == "cuda" and known else "kernels"
+        if rms_norm == "kernels":
+            refused.append(f"rms_norm: torch's fused op is taken on CUDA only (device is {device_type})")
+    return kind, rms_norm, refused
+
+
 def apply_fused_kernels(model: nn.Module, kind: str, rms_norm: str = "kernels") -> list[str]:
-    """Fuse the elementwise pieces of a Gemma 3 or Llama model in place (kind: none | liger; rms_norm: kernels |
-    torch); returns what it fused."""
+    """Fuse the elementwise pieces of a Gemma 3 or Llama model in place (kind: auto | none | liger; rms_norm: auto
+    | kernels | torch); returns what it fused."""
+    if "auto" in (kind, rms_norm):
+        param = next(model.parameters(), None)
+        device_type = param.device.type if param is not None else "cpu"
+        model_type = getattr(getattr(causal_lm_of(model), "config", None), "model_type", None)
+        kind, rms_norm, refused = resolve_kernels(kind, rms_norm, device_type, model_type)
+        for why in refused:
+            log.info("fast path not taken: %s", why)
     if kind not in KERNELS:
         raise ValueError(f"trainer.kernels={kind!r} is not one of {list(KERNELS)}.")
     if rms_norm not in RMS_NORMS:

@@ -1,6 +1,6 @@
 """LoRA/DoRA adapters on the frozen base, gradient checkpointing every k-th layer, and saving the result.
 
-    model = apply_lora(model, cfg.lora, cfg.quantization, grad_ckpt_every=1)
+    model = apply_lora(model, cfg.lora, cfg.quantization, grad_ckpt=1)   # or the indices of the layers
     trainable_parameters(model)   # {'trainable': 3.2e6, 'total': 2.7e8, 'percent': 1.2}
 
 Deliberately not used: `peft.prepare_model_for_kbit_training`. It casts every non-quantised weight to fp32, which
@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -35,13 +36,15 @@ def _checkpoint_without_graph(function, hidden, *args):
     return checkpoint(function, hidden, *args, use_reentrant=True)
 
 
-def set_gradient_checkpointing(model: nn.Module, every: int, reentrant: bool = False) -> list[int]:
-    """Recompute every `every`-th decoder layer (0 = none, 1 = all) in backward; returns the checkpointed indices.
+def set_gradient_checkpointing(model: nn.Module, every: int | Sequence[int], reentrant: bool = False) -> list[int]:
+    """Recompute every `every`-th decoder layer (0 = none, 1 = all), or the layers of these indices, in backward;
+    returns the checkpointed indices.
 
     `reentrant` (trainer.grad_ckpt_style, without DDP / FSDP): the first forward builds no graph; otherwise torch's
     non-reentrant checkpoint, which keeps working under FSDP2 and DDP hooks and torch.compile."""
-    if every < 0:
+    if isinstance(every, int) and every < 0:
         raise ValueError(f"trainer.grad_ckpt_every={every} must be >= 0.")
+    wanted = set(every) if not isinstance(every, int) else None
     chosen = []
     # transformers' GradientCheckpointingLayer checkpoints its forward when this flag is set (training mode only);
     # setting it per layer gives every-k-th checkpointing, with FSDP2 hooks kept outside the recomputation.
@@ -50,7 +53,7 @@ def set_gradient_checkpointing(model: nn.Module, every: int, reentrant: bool = F
         if not hasattr(layer, "gradient_checkpointing"):
             raise ValueError(f"{type(layer).__name__} does not support gradient checkpointing; set grad_ckpt_every=0.")
         layer._gradient_checkpointing_func = ckpt
-        layer.gradient_checkpointing = every > 0 and index % every == 0
+        layer.gradient_checkpointing = index in wanted if wanted is not None else every > 0 and index % every == 0
         if layer.gradient_checkpointing:
             chosen.append(index)
     return chosen
@@ -81,7 +84,7 @@ def peft_config(lora_cfg: LoraConfig):
 
 
 def apply_lora(
-    model: nn.Module, lora_cfg: LoraConfig, quant_cfg: QuantizationConfig, grad_ckpt_every: int,
+    model: nn.Module, lora_cfg: LoraConfig, quant_cfg: QuantizationConfig, grad_ckpt: int | Sequence[int],
     reentrant: bool = False,
 ) -> nn.Module:  # fmt: skip
     """Freeze the base, add LoRA (or DoRA) adapters in fp32, set gradient checkpointing; returns the peft model."""
@@ -102,7 +105,7 @@ def apply_lora(
                     param.data = param.data.to(torch.bfloat16)
         if lora_cfg.fused:
             fuse_lora_adds(model, lora_cfg.fused_base)
-    chosen = set_gradient_checkpointing(model, grad_ckpt_every, reentrant)
+    chosen = set_gradient_checkpointing(model, grad_ckpt, reentrant)
     stats = trainable_parameters(model)
     log.info(
         "adapters: %s trainable of %s params (%.3f%%); gradient checkpointing on %d layers%s",

@@ -90,6 +90,8 @@ class DataPipeline:
         if self._heldout is None:  # the same rows at every eval_every: built once
             self._heldout = self.make_batches(self.heldout_examples, 0)[: self.eval_batches]
         batches = self._heldout
+        if not batches:  # trainer.eval_batches=0: no held-out loss
+            return []
         mine = [with_counts(b) for b in batches[self.rank :: self.world_size]]
         per_rank = -(-len(batches) // self.world_size)
         return mine + [without_labels(batches[0])] * (per_rank - len(mine))

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from medtune.config import TrainConfig
+from medtune.models.anatomy import decoder_layers
 from medtune.models.build import build_model
 from medtune.models.lora import (
     apply_lora,
@@ -25,11 +26,12 @@ from medtune.models.lora import (
     save_adapter,
     trainable_parameters,
 )
-from medtune.training import checkpoint, distributed, step_metrics
+from medtune.training import checkpoint, distributed, fast_paths, step_metrics
 from medtune.training.batches import DataPipeline, build_data
 from medtune.training.loss_module import compute_loss, eval_loss
+from medtune.training.offload import ActivationOffloader
 from medtune.training.schedule import lr_factor
-from medtune.training.speed import apply_speedups, offloaded_activations
+from medtune.training.speed import apply_speedups
 from medtune.training.watchdog import Watchdog
 from medtune.training.watcher import Watcher
 
@@ -56,6 +58,7 @@ class TrainRecipe:
         # the checkpoint run_record.open_record checked against the config (training.run sets it); None: step 0
         self.resume_from: Path | None = None
         self.watcher: Watcher | None = None  # the watch during training (eval.watch), built in setup
+        self.offloader: ActivationOffloader | None = None  # trainer.offload_activations on a GPU, built with the model
 
     # ----------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -65,6 +68,7 @@ class TrainRecipe:
         self.watch.pause("data")  # each rank tokenizes and packs on its own (no collective): slow is not stuck
         self.data: DataPipeline = build_data(self.cfg, self.tokenizer, self.model, self.dist)
         self.summary.update(self.data.report)
+        self.log_fast_paths()  # after the data: packing has chosen the attention kernel by now
         self.setup_optimizer()
         # the watch sets are read and tokenized here, still paused (local work); None unless eval.watch is on
         self.watcher = Watcher.build(self.cfg, self.tokenizer, self.watch.tick)
@@ -78,8 +82,12 @@ class TrainRecipe:
         model, self.tokenizer = build_model(cfg.model, cfg.quantization, self.device)
         tc = cfg.trainer
         reentrant = reentrant_checkpointing(tc.grad_ckpt_style, tc.compile, cfg.sharding.strategy)
-        model = apply_lora(model, cfg.lora, cfg.quantization, tc.grad_ckpt_every, reentrant)
+        checkpointed = tc.checkpointed_layers(len(decoder_layers(model)))
+        model = apply_lora(model, cfg.lora, cfg.quantization, checkpointed, reentrant)
         self.summary["trainer/speedups"] = ",".join(apply_speedups(model, cfg.trainer)) or "none"
+        self.summary["trainer/checkpointed_layers"] = len(checkpointed)
+        on_gpu = tc.offload_activations is True and self.device.type == "cuda"
+        self.offloader = ActivationOffloader(model) if on_gpu else None  # the forward's inputs in pinned CPU memory
         self.model = distributed.wrap_model(model, cfg.sharding, self.dist, cfg.trainer)
         counts = trainable_parameters(model)
         self.summary.update(
@@ -91,11 +99,17 @@ class TrainRecipe:
         )
         self.summary.update(distributed.per_rank_memory(step_metrics.memory_metrics(self.device, "load"), self.device))
 
+    def log_fast_paths(self) -> str:
+        """Log and record (summary.json run/fast_paths) the fast paths this run takes, read from the built model."""
+        return fast_paths.log_taken(self.summary, self.model, self.cfg, self.device)
+
     def setup_optimizer(self) -> None:
         """Optimizer over the trainable parameters, schedule, and the FLOP model for MFU."""
         self.optimizer = build_optimizer(self.cfg, self.model)
         self.scheduler = build_scheduler(self.cfg, self.optimizer)
-        self.flops = step_metrics.flop_model(distributed.unwrap(self.model), self.cfg.trainer.grad_ckpt_every)
+        self.flops = step_metrics.flop_model(
+            distributed.unwrap(self.model), self.summary["trainer/checkpointed_layers"]
+        )
         self.peak_tflops = step_metrics.device_peak_tflops(self.device)
 
     def _maybe_resume(self) -> None:
@@ -171,8 +185,9 @@ class TrainRecipe:
             for i, batch in enumerate(batches):
                 self.watch.tick(self.step + 1)
                 last = i == len(batches) - 1
-                with distributed.no_sync_unless(self.model, last=last), offloaded_activations(tc):
-                    loss_sum, _ = compute_loss(self.model, batch, self.device, tc)
+                with distributed.no_sync_unless(self.model, last=last):
+                    with self.offloader.forward() if self.offloader else contextlib.nullcontext():  # forward only
+                        loss_sum, _ = compute_loss(self.model, batch, self.device, tc)
                     # Scaled so that the gradient is d(sum of token losses)/d(theta) / (label tokens of the step, all
                     # ranks); DDP/FSDP average over ranks, hence the world_size factor.
                     (loss_sum * self.dist.world_size / n_labels).backward()
@@ -191,9 +206,9 @@ class TrainRecipe:
         rows = sum(b["input_ids"].numel() for b in batches)
         labels = sum(int(b["n_label_tokens"]) for b in batches)
         ctx = sum(float(b["ctx_tokens"]) for b in batches) / max(useful, 1)
-        flops = self.flops.per_token(ctx) * useful
+        flops, nemo = self.flops.per_token(ctx) * useful, self.flops.per_token_nemo(ctx) * useful
         out = {"train/loss": float(loss), "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": grad_norm}
-        out.update(step_metrics.throughput_metrics(useful, rows, labels, timer.seconds, flops, self.peak_tflops))
+        out.update(step_metrics.throughput_metrics(useful, rows, labels, timer.seconds, flops, self.peak_tflops, nemo))
         if self.dist.world_size > 1:  # train/useful_tokens_per_s stays per GPU (this rank's)
             out["train/useful_tokens_per_s_all_ranks"] = float(totals[1]) / timer.seconds
         return out
@@ -217,7 +232,10 @@ class TrainRecipe:
     # ----------------------------------------------------------------------------------------------- eval / save
     @torch.no_grad()
     def eval_loss(self, measure_memory: bool = True) -> dict[str, float]:
-        """Mean loss per label token on the held-out rows of the mix (and the eval phase's memory, if asked)."""
+        """Mean loss per label token on the held-out rows of the mix (and the eval phase's memory, if asked); nothing
+        with trainer.eval_batches=0."""
+        if self.cfg.trainer.eval_batches == 0:
+            return {}
         if measure_memory:
             step_metrics.reset_peak_memory(self.device)
         self.watch.enter("held-out loss", self.step)

@@ -39,6 +39,9 @@ FREE = (
     "trainer.progress_bar",
     "trainer.merge_adapter",
     "trainer.grad_ckpt_every",  # recomputes activations; the same gradients
+    "trainer.grad_ckpt_layers",  # the same, counted in layers (the memory plan's choice)
+    "trainer.memory_budget_gib",  # what the plan may use: rows are compared on their own, recomputation is free
+    "trainer.offload_activations",  # where the saved tensors wait for backward; the same gradients
     "trainer.grad_ckpt_style",  # how it recomputes them
     "trainer.loss_chunk_size",  # chunks of the same cross-entropy
     "trainer.loss_kernel",  # the same cross-entropy, computed by torch's ops or one Triton kernel
@@ -68,7 +71,6 @@ ADDED_LATER = {
     "lora.fused": False,
     "trainer.kernels": "none",
     "trainer.compile": False,
-    "trainer.offload_activations": False,
 }
 
 

@@ -22,8 +22,7 @@ from omegaconf import DictConfig
 
 from medtune.config import TrainConfig
 from medtune.files import space
-from medtune.memory.fit import fit_micro_batch
-from medtune.training import distributed, run_record
+from medtune.training import distributed, fast_paths, run_record
 from medtune.training.eval_stage import run_eval_stage
 from medtune.training.recipe import TrainRecipe
 from medtune.training.watchdog import Watchdog
@@ -45,9 +44,10 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
     launcher stops the job, and rank 0 records where in summary.json (`run/failed_phase`, `run/failed_step`).
     """
     dist = distributed.init(cfg.sharding, cfg.trainer.device)
-    fitted: dict[str, Any] = {}
-    cfg, fitted = fit_micro_batch(cfg, dist.world_size)  # trainer.micro_batch_size=auto -> a number
-    if fitted:
+    # every `auto` (kernels, RMSNorm, rows, recomputation, offloading) decided for this machine, before loading
+    cfg, fitted = fast_paths.settle(cfg, dist)
+    fast_paths.record_settled(dict_cfg, cfg)  # config.yaml and resume's check see the kernels that run, not "auto"
+    if "trainer/micro_batch_size_auto" in fitted:
         log.info(
             "trainer.micro_batch_size=auto: %d rows, predicted peak %.2f GiB per GPU within the %.2f GiB budget",
             fitted["trainer/micro_batch_size_auto"],

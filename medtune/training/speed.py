@@ -1,8 +1,6 @@
 """The step's optional speed-ups, each a config switch measured on its own (experiments/results/efficiency_h200/).
 
     applied = apply_speedups(model, cfg.trainer)      # fused kernels, then regional compile; returns what it did
-    with offloaded_activations(cfg.trainer):          # the step's saved tensors in pinned CPU memory, if asked
-        loss.backward()
 
 Regional compilation compiles each decoder layer's forward (the layers are identical, so Dynamo compiles one per
 layer type and reuses it; packed rows have one length, so one shape), not the whole model: a fraction of whole-model
@@ -52,10 +50,3 @@ def eager_layers(model: nn.Module) -> Iterator[None]:
     finally:
         for layer, compiled in swapped:
             layer.forward = compiled
-
-
-def offloaded_activations(tc: TrainerConfig) -> contextlib.AbstractContextManager:
-    """Tensors saved for backward go to pinned CPU memory when trainer.offload_activations (CUDA only)."""
-    if not tc.offload_activations:
-        return contextlib.nullcontext()
-    return torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available())

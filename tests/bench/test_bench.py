@@ -49,8 +49,12 @@ def test_ratios_come_from_the_measured_numbers() -> None:
     rows[0]["process_to_first_step_s"] = 52.26  # only the process's first configuration has it
     rows[1]["slowest_step_s"] = 6.004  # one slow timed step (a peer's recompile) is shown beside the mean rate
     table = format_table(rows, "base")
-    assert "| base | 30.00 | 1.00 | 27.00 | -10.0 | 900 | n/a | 50.0% | 41.0 | 52.3 | 95.5 | 1.00x | 1.00x |" in table
-    assert "| fast | 12.00 | 1.00 | 13.20 | +10.0 | 8,100 | 6.00 | 50.0% | 41.0 | n/a | 95.5 | 0.40x | 9.00x |" in table
+    rows[1].update({"micro_batch_size": 8, "mfu_nemo": 0.375, "plan": {"checkpointed_layers": 34, "layers": 34,
+                                                                     "offload_activations": True}})  # fmt: skip
+    table = format_table(rows, "base")
+    base = "| base | n/a | n/a | 30.00 | 1.00 | 27.00 | -10.0 | 900 | n/a | 50.0% | n/a | 41.0 | 52.3 | 95.5 | 1.00x "
+    fast = "| fast | 8 | 34/34 + offload | 12.00 | 1.00 | 13.20 | +10.0 | 8,100 | 6.00 | 50.0% | 37.5% | 41.0 | n/a "
+    assert base + "| 1.00x |" in table and fast + "| 95.5 | 0.40x | 9.00x |" in table
     assert "failed: OutOfMemoryError" in table
 
 

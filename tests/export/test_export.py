@@ -143,7 +143,7 @@ def test_real_gemma3_270m_exports_to_gguf_and_passes(tmp_path: Path) -> None:
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump({"model": model_cfg, "seed": 0}))
     model, _ = build_model(ModelConfig(**model_cfg), QuantizationConfig(), torch.device("cpu"))
-    model = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), QuantizationConfig(), grad_ckpt_every=0)
+    model = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), QuantizationConfig(), grad_ckpt=0)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:

@@ -34,7 +34,7 @@ def _build(arch: str = "tiny_llama", method: str = "none", seed: int = 0, **lora
     qc = QuantizationConfig(method=method, compute_dtype=dtype)
     model, tok = build_model(mc, qc, CPU)
     lora = LoraConfig(**{"r": 8, "alpha": 16, "dropout": 0.0, **lora_kw})
-    return apply_lora(model, lora, qc, grad_ckpt_every=lora_kw.pop("ckpt", 0)), tok
+    return apply_lora(model, lora, qc, grad_ckpt=lora_kw.pop("ckpt", 0)), tok
 
 
 def _batch(tok) -> tuple[torch.Tensor, torch.Tensor]:

@@ -158,3 +158,22 @@ def test_the_run_loads_the_checkpoint_that_was_checked_not_a_newer_one(
     gone.resume_from = checked
     with pytest.raises(TrainingError, match=r"step_000001 was checked at the start of this run and is gone now"):
         gone.setup()
+
+
+def test_no_held_out_batches_means_no_held_out_loss(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """trainer.eval_batches=0 ("no held-out loss") ended a finished run in an IndexError (seen on an H200 run of
+    the paper's command); now training ends with no eval/loss at all."""
+    monkeypatch.setenv("MEDTUNE_CACHE_DIR", str(tmp_path / "cache"))
+
+    class Tracker:
+        def log(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    tiny = ["model=tiny_llama", "trainer.device=cpu", "trainer.progress_bar=false", "packing.max_seq_len=1024"]
+    cfg = _cfg(*tiny, "trainer.max_steps=2", "trainer.eval_batches=0", "trainer.eval_every=1", "eval=none")
+    dist = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    recipe = TrainRecipe(cfg, tmp_path / "run", tracker=Tracker(), dist=dist)
+    recipe.setup()
+    out = recipe.train()
+    assert recipe.step == 2 and "eval/loss" not in out
+    assert recipe.eval_loss() == {} and recipe.data.heldout_batches() == []

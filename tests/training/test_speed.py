@@ -36,21 +36,10 @@ def eager(tmp_path_factory: pytest.TempPathFactory) -> list[float]:
     return _losses(tmp_path_factory.mktemp("eager"))
 
 
-def test_offloaded_activations_give_the_same_losses(
-    eager: list[float], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Every micro-batch's saved tensors go through save_on_cpu (on a CPU the copy changes nothing, so equal losses
-    alone would not show the switch did anything), and training is unchanged."""
-    entered = []
-    real = torch.autograd.graph.save_on_cpu
-
-    def counting(*args: object, **kwargs: object) -> object:
-        entered.append(kwargs)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", counting)
+def test_offloaded_activations_change_nothing_on_a_cpu(eager: list[float], tmp_path: Path) -> None:
+    """The offloader copies CUDA tensors only: on a CPU the switch trains exactly as without it (its copies and
+    their bit-exactness on a GPU: tests/training/test_offload.py)."""
     assert _losses(tmp_path, "trainer.offload_activations=true") == pytest.approx(eager, rel=1e-6)
-    assert len(entered) == 3  # one micro-batch per step, 3 steps
 
 
 def test_peft_forward_trains_alike(eager: list[float], tmp_path: Path) -> None:
