@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# GPU runbook for issue 30 on one GPU: medtune's defaults (experiments/efficiency/fast_defaults.yaml), each
+# configuration in its own fresh process (`python -m medtune.bench`), unsloth and TRL + Liger beside the 8- and
+# 4-row defaults on the same samples (unsloth in an environment of its own: it pins transformers <= 5.17, trl <=
+# 1.15, datasets < 5), then `python -m medtune.train +experiment=paper_medgemma_4b model.init=random` for a short
+# run (its log: fast paths, memory plan, tokens/s), then the GPU tests. Back-to-back calls (64 MiB each; the
+# machine forgets /root 30 s after a call):
+#   bash experiments/gpu/fast_defaults.sh install .gpuA       # carry [".gpuA"]: bitsandbytes
+#   bash experiments/gpu/fast_defaults.sh unsloth .gpuC       # carry [".gpuC"]: unsloth 2026.10.9, unsloth_zoo,
+#                                                             # torchao, cut_cross_entropy, tyro, trl 1.15, datasets 4
+#   bash experiments/gpu/fast_defaults.sh start .gpuB         # carry [".gpuB"]: hydra, omegaconf, antlr4,
+#                                                             # transformers, peft, lm-eval, datasets, liger, trl 1.16
+#   bash experiments/gpu/fast_defaults.sh wait 560            # until ALL_DONE; $OUT/fast_defaults.tar.gz each time
+# The wheels are made here with ../shared/tools/device-wheels.sh (pip download --no-deps of the names above).
+# FD_CONFIGS="a b" and FD_PEERS="a=unsloth" (exported into `start`) replace the defaults below.
+set -uo pipefail
+. "$(dirname "$0")/common.sh"
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+SRC=/root/src RUNS=/root/fd USITE=/root/site_unsloth
+export PYTHONPATH=/root/site:$SRC PYTHONUNBUFFERED=1 MEDTUNE_CACHE_DIR=/root/cache HF_HUB_OFFLINE=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=4 TOKENIZERS_PARALLELISM=false
+export UNSLOTH_DISABLE_STATISTICS=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
+read -ra CONFIGS <<< "${FD_CONFIGS:-defaults_8 defaults_4 ckpt_all_8 ckpt_all_4 budget_peer_8 budget_peer_4 \
+budget_20_8 auto_rows_10 auto_rows_20 bf16_adapters_8}"
+declare -A PEERS=()
+for pair in ${FD_PEERS:-defaults_8=unsloth,trl_liger defaults_4=unsloth}; do PEERS[${pair%%=*}]=${pair#*=}; done
+PEER_TIMEOUT_S=${PEER_TIMEOUT_S:-480}
+
+pip_target() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$1" \
+  "${@:2}"; }
+
+one_plan() {  # NAME OUT: fast_defaults.yaml's common overrides and configuration NAME alone
+  python3 - "$1" "$2" <<'PY'
+import sys, yaml
+plan = yaml.safe_load(open("experiments/efficiency/fast_defaults.yaml"))
+name, out = sys.argv[1], sys.argv[2]
+yaml.safe_dump({"common": plan["common"], "baseline": name, "configurations": {name: plan["configurations"][name]}},
+               open(out, "w"))
+PY
+}
+
+bench() {  # CONFIG: its own process; the peers named for it run beside it on its samples
+  local c=$1 t0=$SECONDS peers=()
+  one_plan "$c" "$RUNS/$c.yaml"
+  [[ -n ${PEERS[$c]:-} ]] && peers=(--peers "${PEERS[$c]}" --peer-config "$c" --peer-env "unsloth=$USITE")
+  timeout 1000 python3 -m medtune.bench --config "$RUNS/$c.yaml" --warmup 3 --steps 10 --out "$RUNS/$c" \
+    "${peers[@]}" --peer-timeout-s "$PEER_TIMEOUT_S" > "$RUNS/$c.log" 2>&1
+  echo "$c rc=$? wall_s=$((SECONDS - t0)) ended=$(date -u +%T)" >> "$RUNS/rc.txt"
+}
+
+train_run() {  # the paper's command, short, random weights, the built-in sample (no datasets on the machine)
+  local t0=$SECONDS
+  timeout 400 python3 -m medtune.train +experiment=paper_medgemma_4b model.init=random data_mix=demo \
+    eval=none stage=train logger=jsonl trainer.max_steps=40 trainer.log_every=5 \
+    trainer.eval_batches=0 hydra.run.dir="$RUNS/train_paper" > "$RUNS/train_paper.log" 2>&1
+  echo "train_paper rc=$? wall_s=$((SECONDS - t0)) ended=$(date -u +%T)" >> "$RUNS/rc.txt"
+}
+
+copy_source() { rm -rf "$SRC" "$RUNS/ALL_DONE" && mkdir -p "$SRC" "$RUNS" && cp -r . "$SRC" && cd "$SRC"; }
+
+runs() {
+  cd "$SRC" && date -u +%FT%TZ > "$RUNS/started"
+  lscpu | grep -m1 "Model name" >> "$RUNS/versions.txt"  # a 4-row step is bound by this CPU: machines differ
+  [[ -d $USITE ]] || PEERS=()
+  for c in "${CONFIGS[@]}"; do bench "$c"; done
+  train_run
+  timeout 300 python3 -m pytest -q -s -m gpu -p no:cacheprovider tests/models/test_varlen_attention.py \
+    tests/models/test_fused_lora.py tests/models/test_dequant.py tests/models/test_kernels.py \
+    tests/training/test_ce_kernel.py > "$RUNS/gpu_tests.log" 2>&1
+  echo "gpu_tests rc=$? ended=$(date -u +%T)" >> "$RUNS/rc.txt"
+  touch "$RUNS/ALL_DONE"
+}
+
+collect() {
+  cat "$RUNS/rc.txt" 2>/dev/null; grep -h "^| \(defaults\|ckpt\|budget\|auto\|bf16\|peer\)" "$RUNS"/*/results.md 2>/dev/null
+  tail -3 /root/driver.log
+  cd /root && tar -czf "$OUT/fast_defaults.tar.gz" --exclude='*/peers/model-*' --exclude='samples.jsonl' \
+    --exclude='*.trainer' --exclude='*/adapter' fd
+}
+
+case "${1:-}" in
+  install) shift; for d in "$@"; do pip_target /root/site "$d"/*.whl || exit 1; done ;;
+  unsloth) pip_target "$USITE" "$2"/*.whl ;;
+  start)
+    pip_target /root/site "$2"/*.whl || exit 1
+    # bitsandbytes, dill and multiprocess come with medtune's wheels; unsloth's environment needs them too
+    [[ -d $USITE ]] && cp -r /root/site/bitsandbytes* /root/site/dill* /root/site/multiprocess* "$USITE"/
+    copy_source || exit 1
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$RUNS/versions.txt"
+    python3 -c "import torch, transformers, peft, bitsandbytes, trl, liger_kernel, lm_eval, medtune.train; print( \
+'medtune env: torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, \
+'| bitsandbytes', bitsandbytes.__version__, '| trl', trl.__version__)" 2>&1 | tail -2 | tee -a "$RUNS/versions.txt"
+    PYTHONPATH=$USITE:$SRC python3 -c "import unsloth, transformers, trl, peft, datasets; print('unsloth env: \
+unsloth', unsloth.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__, '| peft', \
+peft.__version__, '| datasets', datasets.__version__)" 2>&1 | tail -3 | tee -a "$RUNS/versions.txt"
+    start_driver "$SRC/experiments/gpu/fast_defaults.sh"
+    wait_done "$RUNS" "${3:-500}"; collect ;;
+  runs) runs ;;
+  wait) wait_done "$RUNS" "${2:-560}"; collect ;;
+  *) echo "usage: $0 install DIR... | unsloth DIR | start DIR [SECONDS] | wait [SECONDS]" >&2; exit 2 ;;
+esac
