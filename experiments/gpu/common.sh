@@ -30,3 +30,28 @@ yaml.safe_dump({"common": plan["common"], "baseline": name, "configurations": {n
                open(out, "w"))
 PY
 }
+
+pip_target() {  # DIR WHEEL...: install wheels into DIR (no index on the machine, no dependencies resolved)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$1" "${@:2}"
+}
+
+gpu_tests() {  # RUNS: medtune's GPU tests of the kernels its defaults run; log and rc into RUNS
+  timeout 300 python3 -m pytest -q -s -m gpu -p no:cacheprovider tests/models/test_varlen_attention.py \
+    tests/models/test_fused_lora.py tests/models/test_dequant.py tests/models/test_kernels.py \
+    tests/training/test_ce_kernel.py tests/training/test_offload.py > "$1/gpu_tests.log" 2>&1
+  echo "gpu_tests rc=$? ended=$(date -u +%T)" >> "$1/rc.txt"
+}
+
+stop_driver() {  # the background driver and every medtune process it started (`timeout` gives each its own group)
+  pkill -f "bash .*experiments/gpu/.*\.sh runs$"; pkill -f "python3 -m medtune\."; pkill -f "_peer\.py|bench\.peers"
+}
+
+# SRC, RUNS: where a runbook copies the work tree and writes its runs. A previous call's ALL_DONE on the same machine
+# would end `wait` at once: gone before the driver starts.
+copy_source() { rm -rf "$SRC" "$RUNS/ALL_DONE" && mkdir -p "$SRC" "$RUNS" && cp -r . "$SRC" && cd "$SRC"; }
+
+begin_runs() {  # in the driver: into the copied source; the start time and the host CPU (a 4-row step is bound by it)
+  cd "$SRC" && date -u +%FT%TZ > "$RUNS/started"
+  lscpu | grep -m1 "Model name" >> "$RUNS/versions.txt"
+}
+

@@ -11,6 +11,8 @@
 #   bash experiments/gpu/fast_defaults.sh start .gpuB         # carry [".gpuB"]: hydra, omegaconf, antlr4,
 #                                                             # transformers, peft, lm-eval, datasets, liger, trl 1.16
 #   bash experiments/gpu/fast_defaults.sh wait 560            # until ALL_DONE; $OUT/fast_defaults.tar.gz each time
+#   bash experiments/gpu/fast_defaults.sh stop                # the driver and every process it started
+# unsloth's first 8-row step compiled for 352 s on 2026-12-07: PEER_TIMEOUT_S=900 leaves it room.
 # The wheels are made here with ../shared/tools/device-wheels.sh (pip download --no-deps of the names above).
 # FD_CONFIGS="a b" and FD_PEERS="a=unsloth" (exported into `start`) replace the defaults below.
 set -uo pipefail
@@ -25,9 +27,6 @@ budget_20_8 auto_rows_10 auto_rows_20 bf16_adapters_8}"
 declare -A PEERS=()
 for pair in ${FD_PEERS:-defaults_8=unsloth,trl_liger defaults_4=unsloth}; do PEERS[${pair%%=*}]=${pair#*=}; done
 PEER_TIMEOUT_S=${PEER_TIMEOUT_S:-480}
-
-pip_target() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$1" \
-  "${@:2}"; }
 
 one_plan() {  # NAME OUT: fast_defaults.yaml's common overrides and configuration NAME alone
   python3 - "$1" "$2" <<'PY'
@@ -56,18 +55,13 @@ train_run() {  # the paper's command, short, random weights, the built-in sample
   echo "train_paper rc=$? wall_s=$((SECONDS - t0)) ended=$(date -u +%T)" >> "$RUNS/rc.txt"
 }
 
-copy_source() { rm -rf "$SRC" "$RUNS/ALL_DONE" && mkdir -p "$SRC" "$RUNS" && cp -r . "$SRC" && cd "$SRC"; }
 
 runs() {
-  cd "$SRC" && date -u +%FT%TZ > "$RUNS/started"
-  lscpu | grep -m1 "Model name" >> "$RUNS/versions.txt"  # a 4-row step is bound by this CPU: machines differ
+  begin_runs
   [[ -d $USITE ]] || PEERS=()
   for c in "${CONFIGS[@]}"; do bench "$c"; done
   train_run
-  timeout 300 python3 -m pytest -q -s -m gpu -p no:cacheprovider tests/models/test_varlen_attention.py \
-    tests/models/test_fused_lora.py tests/models/test_dequant.py tests/models/test_kernels.py \
-    tests/training/test_ce_kernel.py > "$RUNS/gpu_tests.log" 2>&1
-  echo "gpu_tests rc=$? ended=$(date -u +%T)" >> "$RUNS/rc.txt"
+  gpu_tests "$RUNS"
   touch "$RUNS/ALL_DONE"
 }
 
@@ -97,5 +91,6 @@ peft.__version__, '| datasets', datasets.__version__)" 2>&1 | tail -3 | tee -a "
     wait_done "$RUNS" "${3:-500}"; collect ;;
   runs) runs ;;
   wait) wait_done "$RUNS" "${2:-560}"; collect ;;
-  *) echo "usage: $0 install DIR... | unsloth DIR | start DIR [SECONDS] | wait [SECONDS]" >&2; exit 2 ;;
+  stop) stop_driver ;;  # before starting another driver: two on one GPU time each other (2026-12-07's call did)
+  *) echo "usage: $0 install DIR... | unsloth DIR | start DIR [SECONDS] | wait [SECONDS] | stop" >&2; exit 2 ;;
 esac

@@ -27,9 +27,6 @@ declare -A PEERS=()
 for pair in ${SPEED_PEERS:-fast=trl_liger,unsloth fast_mb4=unsloth}; do PEERS[${pair%%=*}]=${pair#*=}; done
 PEER_TIMEOUT_S=${PEER_TIMEOUT_S:-420}  # unsloth's cold compile of an 8-row step took longer than 420 s
 
-pip_target() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$1" \
-  "${@:2}"; }
-
 bench() {  # CONFIG: its own process; the peers named for it run beside it on its samples
   local c=$1 t0=$SECONDS peers=()
   one_config_plan "$c" "$RUNS/$c.yaml"
@@ -39,18 +36,12 @@ bench() {  # CONFIG: its own process; the peers named for it run beside it on it
   echo "$c rc=$? wall_s=$((SECONDS - t0)) ended=$(date -u +%T)" >> "$RUNS/rc.txt"
 }
 
-# a previous call's ALL_DONE on the same machine would end `wait` at once: gone before the driver starts
-copy_source() { rm -rf "$SRC" "$RUNS/ALL_DONE" && mkdir -p "$SRC" "$RUNS" && cp -r . "$SRC" && cd "$SRC"; }
 
 runs() {
-  cd "$SRC" && date -u +%FT%TZ > "$RUNS/started"
-  lscpu | grep -m1 "Model name" >> "$RUNS/versions.txt"  # a 4-row step is bound by this CPU: machines differ
+  begin_runs
   [[ -d $USITE ]] || PEERS=()
   for c in "${CONFIGS[@]}"; do bench "$c"; done
-  timeout 300 python3 -m pytest -q -s -m gpu -p no:cacheprovider tests/models/test_varlen_attention.py \
-    tests/models/test_fused_lora.py tests/models/test_dequant.py tests/models/test_kernels.py \
-    tests/training/test_ce_kernel.py > "$RUNS/gpu_tests.log" 2>&1
-  echo "gpu_tests rc=$? ended=$(date -u +%T)" >> "$RUNS/rc.txt"
+  gpu_tests "$RUNS"
   touch "$RUNS/ALL_DONE"
 }
 

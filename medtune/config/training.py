@@ -198,15 +198,12 @@ class TrainerConfig:
     """The loop: steps, batch, accumulation, precision, checkpointing and logging cadence."""
 
     max_steps: int = 100
-    # rows per micro-batch, or "auto": the largest that the memory estimator fits in trainer.memory_budget_gib
-    micro_batch_size: Any = 1
-    # GiB per GPU for the memory plan (memory/plan.py); null: a CUDA GPU's free memory less max(2 GiB, 10%)
-    memory_budget_gib: float | None = None
+    micro_batch_size: Any = 1  # rows per micro-batch, or auto: the most that fit the budget (memory/plan.py)
+    memory_budget_gib: float | None = None  # per GPU for memory/plan.py; null: a GPU's free memory less a margin
     grad_accum_steps: int = 1
     max_grad_norm: float | None = 1.0
-    # layers recomputed in backward (same gradients, less memory, ~30% of a step): auto: none if the step fits
-    # the budget, else the fewest that fit (memory/plan.py); 0: none; 1: all; k: every k-th. grad_ckpt_layers=n
-    # (auto sets it) checkpoints n layers spread evenly and takes precedence.
+    # recomputed layers: auto: none if the step fits the budget, else the fewest that fit (memory/plan.py); 0: none;
+    # 1: all; k: every k-th. grad_ckpt_layers=n (auto sets it): n layers spread evenly, taking precedence
     grad_ckpt_every: Any = "auto"
     grad_ckpt_layers: int | None = None
     # auto: reentrant with sharding=none and no compile (no graph in the first forward), else non_reentrant
@@ -221,8 +218,7 @@ class TrainerConfig:
     save_every: int = 0  # 0: only the final adapter
     keep_checkpoints: int = 2
     resume: str = "never"  # never | auto | <checkpoint dir>
-    # config keys (or group prefixes such as data_mix) that may differ from the checkpoint's on resume; every change
-    # is recorded in summary.json (run/resume_changes). See training/resume.py for what is free and what never is.
+    # keys (or prefixes such as data_mix) that may differ from the checkpoint's on resume, recorded (training/resume.py)
     resume_allow: list[str] = field(default_factory=list)
     merge_adapter: bool = False  # also save the adapter merged into a bf16 copy of the base
     progress_bar: bool = True

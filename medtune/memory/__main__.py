@@ -4,9 +4,11 @@
     python -m medtune.memory model=llama3_3_70b quantization=nf4 sharding=fsdp world_size=8 trainer.micro_batch_size=2
     python -m medtune.memory ... --json          # the breakdown as JSON
     python -m medtune.memory ... packing=packed label_tokens_per_row=873   # loss on 873 label tokens per row
+    python -m medtune.memory ... trainer.memory_budget_gib=20   # the run's plan: rows, recomputed layers, offload
 
 `world_size=N` (default: $WORLD_SIZE or 1) and `label_tokens_per_row=N` (default: every token carries a label, the
-worst case) are read before Hydra composes conf/train.yaml; every other argument is a Hydra override. No torch.
+worst case) are read before Hydra composes conf/train.yaml; every other argument is a Hydra override. No torch, so
+no GPU to read a budget from: without trainer.memory_budget_gib, `auto` recomputation is shown as every layer.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def kernel_path(cfg: TrainConfig, arch: Arch) -> KernelPath:
     tc = cfg.trainer
     covered = arch.gemma or arch.model_type == "llama"
     liger = tc.kernels == "liger" or (tc.kernels == "auto" and covered)
-    norm = tc.rms_norm == "torch" or tc.rms_norm == "auto" or liger
+    norm = tc.rms_norm == "torch" or (tc.rms_norm == "auto" and covered) or liger
     if cfg.packing.mode == "packed":
         kv_expanded = cfg.packing.attention in ("sdpa", "eager")
     else:

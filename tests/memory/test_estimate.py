@@ -143,9 +143,9 @@ def test_loss_chunk_scales_with_chunk_size(kernel: str, bytes_per_logit: float) 
     assert delta == bytes_per_logit * (1024 - 256) * 262208
 
 
-# the measurements before 2026-11-30 ran transformers' own norms and MLP (trainer.kernels defaulted to none) and
-# peft's own LoRA forward (lora.fused came on 2026-11-30)
-TRANSFORMERS_PATH = ["trainer.kernels=none", "trainer.rms_norm=kernels", "lora.fused=false"]
+# the measurements before 2026-11-30 ran transformers' own norms and MLP (trainer.kernels defaulted to none),
+# peft's own LoRA forward (lora.fused came on 2026-11-30) and LoRA dropout 0.05 (the default until issue 30)
+TRANSFORMERS_PATH = ["trainer.kernels=none", "trainer.rms_norm=kernels", "lora.fused=false", "lora.dropout=0.05"]
 GEMMA_4B = ["model=medgemma_4b", "model.init=random", "model.dtype=bfloat16", "trainer.autocast_dtype=bfloat16"]
 
 
@@ -310,6 +310,7 @@ def test_unknown_target_module_is_named() -> None:
 # process; Gemma 3 4B text architecture, random weights, nf4 unless said, LoRA r=16, 8 x 2048 rows unless said):
 # the fused path (varlen, Liger, torch's RMSNorm, bf16 adapters, dropout 0) at several recomputation levels, and
 # transformers' path (the defaults before issue 30). Peak allocated GiB.
+OLD_DEFAULTS = ["trainer.kernels=none", "trainer.rms_norm=kernels", "lora.dropout=0.05"]  # before issue 30
 FUSED = ["packing.attention=varlen", "trainer.kernels=liger", "trainer.rms_norm=torch", "lora.dtype=bfloat16",
          "lora.dropout=0"]  # fmt: skip
 H100_ISSUE_30 = {
@@ -319,9 +320,9 @@ H100_ISSUE_30 = {
     "fused_no_ckpt": ([*FUSED, "trainer.grad_ckpt_every=0"], 61.75),
     "fused_bf16_base": ([*FUSED, "trainer.grad_ckpt_every=1", "quantization=none"], 12.23),
     "fused_bf16_base_no_ckpt": ([*FUSED, "trainer.grad_ckpt_every=0", "quantization=none"], 66.18),
-    "transformers_path": (["trainer.kernels=none", "trainer.rms_norm=kernels", "trainer.grad_ckpt_every=1"], 9.91),
+    "transformers_path": ([*OLD_DEFAULTS, "trainer.grad_ckpt_every=1"], 9.91),
     "transformers_path_4_rows": (
-        ["trainer.kernels=none", "trainer.rms_norm=kernels", "trainer.grad_ckpt_every=1", "trainer.micro_batch_size=4"],
+        [*OLD_DEFAULTS, "trainer.grad_ckpt_every=1", "trainer.micro_batch_size=4"],
         6.55,
     ),
 }
