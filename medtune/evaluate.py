@@ -4,8 +4,8 @@
     python -m medtune.evaluate eval.adapter=runs/.../adapter                     # an adapter vs the (cached) base
     torchrun --nproc-per-node 2 -m medtune.evaluate ... sharding=fsdp            # questions spread over the ranks
 
-The config is conf/train.yaml (same groups, same overrides); only the evaluation stage runs (medtune.eval.evaluation
-writes eval/ under the run directory: tasks, predictions, metrics.json, report.md).
+The config is the package's conf/train.yaml (same groups, same overrides); only the evaluation stage runs
+(medtune.eval.evaluation writes eval/ under the run directory: tasks, predictions, metrics.json, report.md).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ log = logging.getLogger("medtune.evaluate")
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def _hydra_main(dict_cfg: DictConfig) -> None:
     """Load the model (plus eval.adapter), evaluate, print the tables."""
     from hydra.core.hydra_config import HydraConfig

@@ -28,7 +28,7 @@ log = logging.getLogger("medtune.train")
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def _hydra_main(dict_cfg: DictConfig) -> float | None:
     """Validate the composed config, then run the recipe (train and/or eval); in a sweep, a failure is recorded."""
     hydra_cfg = HydraConfig.get()

@@ -27,6 +27,6 @@ def test_the_own_data_example_shows_the_shipped_config() -> None:
     text = (REPO / "README.md").read_text(encoding="utf-8")
     section = text.split("## Your own data, in any language", 1)[1].split("\n## ", 1)[0]
     experiment, data_mix = (yaml.safe_load(block) for block in re.findall(r"```yaml\n(.*?)```", section, re.S)[:2])
-    assert experiment == yaml.safe_load((REPO / "conf" / "experiment" / "own_data_ja.yaml").read_text())
-    shipped = yaml.safe_load((REPO / "conf" / "data_mix" / "own_data_ja.yaml").read_text())
+    assert experiment == yaml.safe_load((REPO / "medtune" / "conf" / "experiment" / "own_data_ja.yaml").read_text())
+    shipped = yaml.safe_load((REPO / "medtune" / "conf" / "data_mix" / "own_data_ja.yaml").read_text())
     assert data_mix == {k: v for k, v in shipped.items() if k != "defaults"}

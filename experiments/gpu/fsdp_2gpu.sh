@@ -74,7 +74,7 @@ case "${1:-}" in
       /root/stage/*.whl
     mkdir -p /root/data /root/tok && tar -xJf /root/stage/data.tar.xz -C /root/data
     tar -xJf /root/stage/tok.tar.xz -C /root/tok
-    rm -rf "$SRC" "$RUNS" && mkdir -p "$SRC" "$RUNS" && cp -r medtune conf experiments tests pyproject.toml "$SRC/"
+    rm -rf "$SRC" "$RUNS" && mkdir -p "$SRC" "$RUNS" && cp -r medtune experiments tests pyproject.toml "$SRC/"
     cd "$SRC"
     { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
       python3 -c "import torch, transformers, peft, bitsandbytes, lm_eval, hydra; print('torch', torch.__version__, \

@@ -42,7 +42,7 @@ case "${1:-}" in
   start)
     set -e
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/site .whl/*.whl
-    rm -rf "$SRC" && mkdir -p "$SRC" "$RUNS" && cp -r medtune conf pyproject.toml "$SRC/"
+    rm -rf "$SRC" && mkdir -p "$SRC" "$RUNS" && cp -r medtune pyproject.toml "$SRC/"
     { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
       python3 -c "import torch, transformers, peft, bitsandbytes; print('torch', torch.__version__, '| transformers', \
 transformers.__version__, '| peft', peft.__version__, '| bitsandbytes', bitsandbytes.__version__)"; } | tee /root/versions.txt

@@ -50,7 +50,7 @@ case "${1:-}" in
     mkdir -p /root/data && tar -xJf /root/tmp/bundle/gpudata.tar.xz -C /root/data
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/site \
       /root/tmp/bundle/wheels/*.whl
-    rm -rf "$SRC" && mkdir -p "$SRC" && cp -r medtune conf experiments pyproject.toml "$SRC/"
+    rm -rf "$SRC" && mkdir -p "$SRC" && cp -r medtune experiments pyproject.toml "$SRC/"
     cd "$SRC"
     python3 -c "import torch, transformers, peft, bitsandbytes, lm_eval, hydra; print('torch', torch.__version__, \
 'cuda', torch.version.cuda, '| transformers', transformers.__version__, '| peft', peft.__version__, \

@@ -71,7 +71,7 @@ case "${1:-}" in
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/site \
       $B/wheels/*.whl
     mkdir -p /root/data /root/tok && tar -xJf $B/data.tar.xz -C /root/data && tar -xJf $B/tok.tar.xz -C /root/tok
-    rm -rf "$SRC" "$RUNS" && mkdir -p "$SRC" "$RUNS" && cp -r medtune conf experiments tests pyproject.toml "$SRC/"
+    rm -rf "$SRC" "$RUNS" && mkdir -p "$SRC" "$RUNS" && cp -r medtune experiments tests pyproject.toml "$SRC/"
     cd "$SRC"
     { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
       python3 -c "import torch, transformers, peft, bitsandbytes, lm_eval, trl, liger_kernel, triton, hydra; \

@@ -23,7 +23,7 @@ from medtune.config.training import (
     TrainConfig,
 )
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 GROUPS: dict[str, type] = {
     "model": ModelConfig,

@@ -1,6 +1,6 @@
 """Turn tokenized examples into training batches: padded per batch, padded to a fixed length, or packed.
 
-Modes (`conf/packing/*.yaml`):
+Modes (`medtune/conf/packing/*.yaml`):
 - `none`: one sample per row, each micro-batch padded to its longest sample.
 - `pad_to_max`: one sample per row, every row padded to `max_seq_len` (the paper's naive baseline).
 - `packed`: best-fit-decreasing bin packing of whole samples into rows of `max_seq_len`; each sample is a

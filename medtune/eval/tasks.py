@@ -54,7 +54,7 @@ TASKS: dict[str, TaskSpec] = {
     "kormed_law": TaskSpec("ko", "kormed_law", "test", fewshot="kormed_law:train"),  # the 239-question law block
     "medqa_4opt": TaskSpec("en", "medqa_4opt", "test", fewshot="medqa_4opt:dev"),
     # MedMCQA's only offline split is dev (the split lm-eval scores); it is also a training source in
-    # conf/data_mix/medical.yaml, so it is not held out when that mix is used.
+    # medtune/conf/data_mix/medical.yaml, so it is not held out when that mix is used.
     "medmcqa": TaskSpec("en", "medmcqa", "dev"),
     "mmlu_medical": TaskSpec("en", "mmlu_medical", "test", fewshot="mmlu_medical:dev"),
     "pubmedqa": TaskSpec("en", "pubmedqa", "test", fewshot="pubmedqa:train"),

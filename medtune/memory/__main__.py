@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         cfg = compose(overrides)
     except (HydraException, ConfigError) as err:
-        raise SystemExit(f"error: {err}\n(arguments are Hydra overrides of conf/train.yaml; see --help)") from None
+        raise SystemExit(f"error: {err}\n(arguments are Hydra overrides of conf/train.yaml: see --help)") from None
     try:  # a budget given: the plan the run would make (rows, recomputation, offloading); none: every layer
         cfg, planned = plan_memory(cfg, world_size, cfg.trainer.memory_budget_gib, label_tokens_per_row)
     except (ConfigError, ValueError) as err:

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from medtune.config import ConfigError, TrainConfig, parse_ratio, register_configs, to_train_config
 
-CONF = REPO / "conf"
+CONF = REPO / "medtune" / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 register_configs()
 
@@ -107,7 +107,7 @@ def test_cli_rejects_bad_config_fast_with_exit_code_2() -> None:
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=CONF.parent,
+        cwd=REPO,
     )
     assert proc.returncode == 2
     assert "packing.mode" in proc.stderr + proc.stdout
@@ -115,10 +115,10 @@ def test_cli_rejects_bad_config_fast_with_exit_code_2() -> None:
 
 def test_cli_help_lists_groups_and_cfg_job_prints_the_experiment() -> None:
     run = [sys.executable, "-m", "medtune.train"]
-    helped = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=60, cwd=CONF.parent)
+    helped = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=60, cwd=REPO)
     for group in ("model", "quantization", "sharding", "packing", "data_mix", "eval", "logger", "experiment"):
         assert group in helped.stdout
     printed = subprocess.run(
-        [*run, "+experiment=mix_10_3", "--cfg", "job"], capture_output=True, text=True, timeout=60, cwd=CONF.parent
+        [*run, "+experiment=mix_10_3", "--cfg", "job"], capture_output=True, text=True, timeout=60, cwd=REPO
     )
     assert printed.returncode == 0 and "ratio: '10:3'" in printed.stdout

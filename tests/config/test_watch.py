@@ -43,7 +43,7 @@ def test_the_demo_watches_and_the_guard_and_keep_name_its_groups() -> None:
 def test_the_gpu_watch_experiment_composes_for_each_ratio_of_its_sweep() -> None:
     """mix_watch is mix_sweep's training (same steps, rows, lr, quantization) at 1:1 and 1:0, with the watch on the
     law block and a medical set of each language, and a guard that marks."""
-    text = (REPO / "conf" / "experiment" / "mix_watch.yaml").read_text()
+    text = (REPO / "medtune" / "conf" / "experiment" / "mix_watch.yaml").read_text()
     ratios = yaml.safe_load(text)["hydra"]["sweeper"]["params"]["data_mix.ratio"]
     assert [r.strip("'") for r in ratios.split(",")] == ["1:1", "1:0"]
     sweep = compose(["+experiment=mix_sweep"])

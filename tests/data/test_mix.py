@@ -354,7 +354,7 @@ def test_real_data_mixes_realise_their_ratio_in_tokens(data_dir: Path, cache_dir
     from medtune.config import DataConfig, register_configs
 
     register_configs()
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
+    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "medtune" / "conf")):
         cfgs = {
             name: OmegaConf.to_object(compose("train", overrides=[f"+experiment={name}"]).data_mix)
             for name in ("mix_10_3", "mix_1_1")

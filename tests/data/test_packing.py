@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from medtune.config import ConfigError, PackingConfig
 from medtune.data.packing import IGNORE_INDEX, best_fit_decreasing, build_batches, packing_stats
 
-CONF = REPO / "conf" / "packing"
+CONF = REPO / "medtune" / "conf" / "packing"
 
 
 def make_examples(lengths: list[int], seed: int = 0) -> list[dict]:

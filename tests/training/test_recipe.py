@@ -13,7 +13,7 @@ from medtune.config import register_configs, to_train_config
 from medtune.training.distributed import DistInfo
 from medtune.training.recipe import TrainingError, TrainRecipe, build_scheduler, out_of_memory_hint
 
-CONF = REPO / "conf"
+CONF = REPO / "medtune" / "conf"
 register_configs()
 
 

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from medtune.config import ConfigError, register_configs, to_train_config
 from medtune.training import resume
 
-CONF = REPO / "conf"
+CONF = REPO / "medtune" / "conf"
 register_configs()
 BASE = ["model=tiny_llama", "trainer.max_steps=12", "trainer.save_every=1"]
 

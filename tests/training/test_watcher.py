@@ -26,7 +26,7 @@ from medtune.training.recipe import TrainRecipe
 from medtune.training.run import run
 from medtune.training.speed import apply_speedups
 
-CONF = REPO / "conf"
+CONF = REPO / "medtune" / "conf"
 register_configs()
 TINY = ["model=tiny_llama", "trainer.device=cpu", "trainer.progress_bar=false", "packing.max_seq_len=1024"]
 WATCH = [
