@@ -22,19 +22,27 @@ SRC=/root/src RUNS=/root/fd USITE=/root/site_unsloth
 export PYTHONPATH=/root/site:$SRC PYTHONUNBUFFERED=1 MEDTUNE_CACHE_DIR=/root/cache HF_HUB_OFFLINE=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=4 TOKENIZERS_PARALLELISM=false
 export UNSLOTH_DISABLE_STATISTICS=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
-read -ra CONFIGS <<< "${FD_CONFIGS:-defaults_8 defaults_4 ckpt_all_8 ckpt_all_4 budget_peer_8 budget_peer_4 \
-budget_20_8 auto_rows_10 auto_rows_20 bf16_adapters_8}"
+# session 11 (2026-12-07): the done-when rows only; TRL + Liger beside the 4-row defaults (its 8-row row is committed)
+read -ra CONFIGS <<< "${FD_CONFIGS:-defaults_8 defaults_4 budget_peer_8 budget_peer_4}"
 declare -A PEERS=()
-for pair in ${FD_PEERS:-defaults_8=unsloth,trl_liger defaults_4=unsloth}; do PEERS[${pair%%=*}]=${pair#*=}; done
-PEER_TIMEOUT_S=${PEER_TIMEOUT_S:-480}
+for pair in ${FD_PEERS:-defaults_8=unsloth defaults_4=unsloth,trl_liger}; do PEERS[${pair%%=*}]=${pair#*=}; done
+PEER_TIMEOUT_S=${PEER_TIMEOUT_S:-900} STEPS=${FD_STEPS:-30}
+DATA=/root/data  # the medical mix's sources for the train run: .gpudata.tgz (carried with .gpuB), see `start`
 
-one_plan() {  # NAME OUT: fast_defaults.yaml's common overrides and configuration NAME alone
-  python3 - "$1" "$2" <<'PY'
-import sys, yaml
+one_plan() {  # NAME OUT: fast_defaults.yaml's common overrides and configuration NAME alone; a budget_peer_N row
+  # gets unsloth's peak allocated memory measured beside defaults_N in this call as its budget, when there is one
+  python3 - "$1" "$2" "$RUNS" <<'PY'
+import json, sys, yaml
+from pathlib import Path
 plan = yaml.safe_load(open("experiments/efficiency/fast_defaults.yaml"))
-name, out = sys.argv[1], sys.argv[2]
-yaml.safe_dump({"common": plan["common"], "baseline": name, "configurations": {name: plan["configurations"][name]}},
-               open(out, "w"))
+name, out, runs = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+overrides = list(plan["configurations"][name])
+peer = runs / name.replace("budget_peer", "defaults") / "peers" / "unsloth.json"
+if name.startswith("budget_peer") and peer.exists() and json.loads(peer.read_text()).get("peak_alloc_gib"):
+    gib = json.loads(peer.read_text())["peak_alloc_gib"]
+    overrides = [o for o in overrides if not o.startswith("trainer.memory_budget_gib=")]
+    overrides.append(f"trainer.memory_budget_gib={gib:.2f}")
+yaml.safe_dump({"common": plan["common"], "baseline": name, "configurations": {name: overrides}}, open(out, "w"))
 PY
 }
 
@@ -42,15 +50,15 @@ bench() {  # CONFIG: its own process; the peers named for it run beside it on it
   local c=$1 t0=$SECONDS peers=()
   one_plan "$c" "$RUNS/$c.yaml"
   [[ -n ${PEERS[$c]:-} ]] && peers=(--peers "${PEERS[$c]}" --peer-config "$c" --peer-env "unsloth=$USITE")
-  timeout 1000 python3 -m medtune.bench --config "$RUNS/$c.yaml" --warmup 3 --steps 10 --out "$RUNS/$c" \
+  timeout 1400 python3 -m medtune.bench --config "$RUNS/$c.yaml" --warmup 3 --steps "$STEPS" --out "$RUNS/$c" \
     "${peers[@]}" --peer-timeout-s "$PEER_TIMEOUT_S" > "$RUNS/$c.log" 2>&1
   echo "$c rc=$? wall_s=$((SECONDS - t0)) ended=$(date -u +%T)" >> "$RUNS/rc.txt"
 }
 
-train_run() {  # the paper's command, short, random weights, the built-in sample (no datasets on the machine)
+train_run() {  # the paper's command, short, random weights, on its own medical 10:3 mix (the datasets carried)
   local t0=$SECONDS
-  timeout 400 python3 -m medtune.train +experiment=paper_medgemma_4b model.init=random data_mix=demo \
-    eval=none stage=train logger=jsonl trainer.max_steps=40 trainer.log_every=5 \
+  MEDTUNE_DATA_DIR=$DATA timeout 500 python3 -m medtune.train +experiment=paper_medgemma_4b model.init=random \
+    eval=none stage=train logger=jsonl trainer.max_steps=60 trainer.log_every=5 \
     trainer.eval_batches=0 hydra.run.dir="$RUNS/train_paper" > "$RUNS/train_paper.log" 2>&1
   echo "train_paper rc=$? wall_s=$((SECONDS - t0)) ended=$(date -u +%T)" >> "$RUNS/rc.txt"
 }
@@ -59,8 +67,8 @@ train_run() {  # the paper's command, short, random weights, the built-in sample
 runs() {
   begin_runs
   [[ -d $USITE ]] || PEERS=()
-  for c in "${CONFIGS[@]}"; do bench "$c"; done
-  train_run
+  bench defaults_8; train_run  # the two done-when rows first, in case the machine is taken back
+  for c in "${CONFIGS[@]}"; do [[ $c == defaults_8 ]] || bench "$c"; done
   gpu_tests "$RUNS"
   touch "$RUNS/ALL_DONE"
 }
@@ -79,6 +87,7 @@ case "${1:-}" in
     pip_target /root/site "$2"/*.whl || exit 1
     # bitsandbytes, dill and multiprocess come with medtune's wheels; unsloth's environment needs them too
     [[ -d $USITE ]] && cp -r /root/site/bitsandbytes* /root/site/dill* /root/site/multiprocess* "$USITE"/
+    [[ -f .gpudata.tgz ]] && mkdir -p "$DATA" && tar -xzf .gpudata.tgz -C "$DATA"
     copy_source || exit 1
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$RUNS/versions.txt"
     python3 -c "import torch, transformers, peft, bitsandbytes, trl, liger_kernel, lm_eval, medtune.train; print( \
