@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from medtune.config import TrainConfig
+from medtune.models.arch_spec import FUSABLE_MODEL_TYPES
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 NF4_BLOCK = 64  # bitsandbytes 4-bit blocksize: one absmax per 64 weights
@@ -73,7 +74,7 @@ def kernel_path(cfg: TrainConfig, arch: Arch) -> KernelPath:
     Liger for Gemma 3 and Llama, torch's RMSNorm, the flash varlen kernel for packed rows. A run resolves them
     for its machine before it estimates (training/fast_paths.py), so there the path is what will run."""
     tc = cfg.trainer
-    covered = arch.gemma or arch.model_type == "llama"
+    covered = arch.model_type in FUSABLE_MODEL_TYPES or arch.model_type == "gemma3"
     liger = tc.kernels == "liger" or (tc.kernels == "auto" and covered)
     norm = tc.rms_norm == "torch" or (tc.rms_norm == "auto" and covered) or liger
     if cfg.packing.mode == "packed":

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 ARCHS_DIR = Path(__file__).resolve().parent / "archs"
+# the text architectures whose layers models/kernels.py knows how to fuse (Liger's kernels, torch's RMSNorm); the
+# memory estimator reads the same tuple to know which path a GPU run takes
+FUSABLE_MODEL_TYPES = ("gemma3_text", "llama")
 
 
 class ArchNotFoundError(ValueError):

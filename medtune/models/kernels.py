@@ -27,11 +27,12 @@ import torch
 from torch import nn
 
 from medtune.models.anatomy import causal_lm_of
+from medtune.models.arch_spec import FUSABLE_MODEL_TYPES
 
 log = logging.getLogger(__name__)
 KERNELS = ("none", "liger")
 RMS_NORMS = ("kernels", "torch")
-LIGER_MODEL_TYPES = ("gemma3_text", "llama")  # what apply_fused_kernels knows how to patch
+LIGER_MODEL_TYPES = FUSABLE_MODEL_TYPES  # what apply_fused_kernels knows how to patch
 _SCALE = "_medtune_norm_scale"  # a frozen Gemma 3 norm's (1 + w) in the input's dtype, with what it was made from
 _fused_op = torch.ops.aten._fused_rms_norm  # (input, normalized_shape, weight, eps) -> (output, rstd)
 
@@ -40,12 +41,17 @@ class KernelsUnavailableError(RuntimeError):
     """The kernel library is not installed or does not cover this model."""
 
 
+def _liger_missing() -> list[str]:
+    """The packages Liger's kernels need that do not import here."""
+    return [name for name in ("liger_kernel", "triton") if importlib.util.find_spec(name) is None]
+
+
 def liger_refusal(device_type: str, model_type: str | None) -> str | None:
     """Why Liger cannot run here (None: it can): the device, a missing package or an architecture it does not
     cover. model_type None: not known before loading (a hub model without a local config.json)."""
     if device_type != "cuda":
         return f"liger: needs a CUDA GPU (device is {device_type})"
-    missing = [name for name in ("liger_kernel", "triton") if importlib.util.find_spec(name) is None]
+    missing = _liger_missing()
     if missing:
         return f"liger: {' and '.join(missing)} not installed (pip install 'medtune[gpu]')"
     if model_type not in LIGER_MODEL_TYPES:
@@ -66,8 +72,13 @@ def resolve_kernels(kind: str, rms_norm: str, device_type: str, model_type: str 
     if rms_norm == "auto":
         known = model_type is None or model_type in LIGER_MODEL_TYPES  # the norms use_torch_rms_norm rebinds
         rms_norm = "torch" if device_type == "cuda" and known else "kernels"
-        if rms_norm == "kernels":
+        if rms_norm == "kernels" and device_type != "cuda":
             refused.append(f"rms_norm: torch's fused op is taken on CUDA only (device is {device_type})")
+        elif rms_norm == "kernels":
+            refused.append(
+                f"rms_norm: torch's fused op replaces the RMSNorm of {', '.join(LIGER_MODEL_TYPES)} only, "
+                f"not {model_type}"
+            )
     return kind, rms_norm, refused
 
 
@@ -93,14 +104,14 @@ def apply_fused_kernels(model: nn.Module, kind: str, rms_norm: str = "kernels") 
         fused.append(f"rms_norm:torch({n})")
     if kind == "none":
         return fused
-    missing = [name for name in ("liger_kernel", "triton") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise KernelsUnavailableError(
-            f"trainer.kernels=liger needs {' and '.join(missing)} (pip install liger-kernel; Triton comes with CUDA "
-            "builds of torch), so it runs on CUDA GPUs only; set trainer.kernels=none."
-        )
     lm = causal_lm_of(model)
     model_type = getattr(lm.config, "model_type", "")
+    missing = _liger_missing()
+    if missing:
+        raise KernelsUnavailableError(
+            f"trainer.kernels=liger needs {' and '.join(missing)} (pip install 'medtune[gpu]' with a CUDA build of "
+            "torch), so it runs on CUDA GPUs only; set trainer.kernels=none (or auto)."
+        )
     from liger_kernel.transformers import apply_liger_kernel_to_gemma3_text, apply_liger_kernel_to_llama
 
     liger_norm = rms_norm == "kernels"

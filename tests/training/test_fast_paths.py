@@ -33,6 +33,7 @@ def test_on_cuda_liger_when_installed_and_the_architecture_is_covered(monkeypatc
     assert resolve_kernels("auto", "auto", "cuda", "gemma3_text") == ("liger", "torch", [])
     kind, norm, refused = resolve_kernels("auto", "auto", "cuda", "qwen3")
     assert (kind, norm) == ("none", "kernels") and "not qwen3" in refused[0]
+    assert "RMSNorm of gemma3_text, llama only, not qwen3" in refused[1]  # not "CUDA only" on a CUDA device
     assert resolve_kernels("none", "kernels", "cuda", "llama") == ("none", "kernels", [])  # set by hand: kept
 
 
