@@ -324,7 +324,11 @@ def test_bad_pools_are_named() -> None:
         ({"ratio": "603"}, r"unquoted 10:3 in YAML is the base-60 number 603"),
         ({"ratio": "10:-3"}, r"not of the form 'en:ko'"),
         ({"weights": {"en": 1}}, r"data_mix.weights gives them no weight"),
-        ({"weights": {"en": 1, "ko": 1, "ja": 1}}, r"names \['ja'\] but data_mix.sources"),
+        ({"weights": {"en": 1, "ko": 1, "ja": 1}}, r"data_mix.weights names \['ja'\] but data_mix.sources"),
+        # the ratio the user wrote is what the message names, not the weights it became
+        ({"ratio": "en:vi=200:1"}, r"data_mix.ratio='en:vi=200:1' names \['vi'\] but data_mix.sources has no data"),
+        ({"ratio": "en:ko:vi=2:1:1"}, r"ratio='en:ko:vi=2:1:1' names \['vi'\].*take them out of data_mix.ratio"),
+        ({"ratio": "en:vi=1:0"}, r"data_mix.ratio='en:vi=1:0' gives them no weight"),
         ({"ratio": "1:1", "max_repeat": 0.5}, r"max_repeat=0.5 must be >= 1"),
         ({"ratio": "1:1", "sources": {"en": {"e:train": 1}, "ko": {"k:train": 0}}}, r"sources.ko has no source"),
     ],

@@ -64,6 +64,15 @@ BAD_FILES = {
                                    ["exam.jsonl:3: field 'correct'", "'F' is not a letter in A-D", "Fix the row"]),
     "answer_text_not_an_option": (lines([{**GOOD[0], "correct": "お"}]), "exam.jsonl", {"answer_format": "text"},
                                   ["exam.jsonl:1: field 'correct'", "'お' is not one of the 4 options"]),
+    # every answer written as the option's text while the declaration says letters: the fix is the declaration,
+    # not on_bad_row=skip (which would skip every row and empty the split)
+    "answer_is_option_text": (lines([{**GOOD[0], "correct": "い"}]), "exam.jsonl", {},
+                              ["exam.jsonl:1: field 'correct'", "'い' is the text of an option, not a letter",
+                               "Set data.datasets.exam.answer_format=text"]),
+    "answer_is_option_text_not_an_index": (lines([{**GOOD[0], "correct": " う "}]), "exam.jsonl",
+                                           {"answer_format": "index1"},
+                                           ["'う' is the text of an option, not an index (answer_format=index1)",
+                                            "answer_format=text"]),
     "answer_index_off_by_one": (lines([{**GOOD[0], "correct": 4}]), "exam.jsonl", {"answer_format": "index"},
                                 ["exam.jsonl:1: field 'correct'", "4 is out of range 0-3", "index1 counts from 1"]),
     "empty_split": (lines(GOOD), "exam.jsonl", {"split_column": "qid", "splits": {"train": "q0", "test": "q9"}},
@@ -97,6 +106,8 @@ def test_a_bad_file_is_named_with_its_line_field_and_fix(tmp_path: Path, kind: s
     message = prepare_error(declare(tmp_path, content, name, **overrides))
     for fragment in fragments:
         assert fragment in message, (kind, message)
+    if kind.startswith("answer_is_option_text"):
+        assert "on_bad_row" not in message, message
 
 
 @pytest.mark.parametrize(
