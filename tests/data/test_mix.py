@@ -413,3 +413,15 @@ def test_the_paper_ten_to_three_mix_is_unchanged(data_dir: Path, cache_dir: Path
     assert got == PAPER_10_3
     assert (report["data_mix/en/tokens"], report["data_mix/ko/tokens"]) == (692337, 207735)
     assert report["data_mix/achieved_ratio"] == "10:3.0005"
+
+
+def test_a_weighted_language_that_gets_no_row_is_warned(caplog: pytest.LogCaptureFixture) -> None:
+    """en:ko=200:1 over 100 examples: Korean's share is 0.5 of an example, so none; a WARNING says so."""
+    pools = {"en": {"e:train": pool("e:train", "en", 200)}, "ko": {"k:train": pool("k:train", "ko", 20)}}
+    sources = {"en": {"e:train": 1}, "ko": {"k:train": 1}}
+    cfg = DataMixConfig(sources=sources, ratio="en:ko=200:1", unit="examples", budget=100, heldout_frac=0.0)
+    with caplog.at_level("WARNING", logger="medtune.data.mix"):
+        mix = build_mix(cfg, pools, length)
+    assert mix.report["data_mix/ko/examples"] == 0
+    assert "data mix: ko gets no training rows: its share at data_mix.ratio='en:ko=200:1' is 0.5 examples" in caplog.text
+    assert mix.train_specs == ["en/e:train"] * 100  # each training row's language and source, in the mix's order
