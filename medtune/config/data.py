@@ -45,17 +45,19 @@ class DataMixConfig:
             raise ConfigError(f"data_mix.weights={dict(self.weights)} has a negative weight; weights must be >= 0.")
         if self.weights and sum(self.weights.values()) <= 0:
             raise ConfigError("data_mix.weights are all zero; give at least one language a positive weight.")
+        said = f"data_mix.ratio={self.ratio!r}" if self.ratio is not None else "data_mix.weights"  # what the user set
         unknown = {lang for lang, w in self.weights.items() if w > 0} - set(self.sources)
         if self.sources and unknown:
             raise ConfigError(
-                f"data_mix.weights names {sorted(unknown)} but data_mix.sources has only {sorted(self.sources)}; "
-                "add those languages to data_mix.sources or give them weight 0."
+                f"{said} names {sorted(unknown)} but data_mix.sources has no data for "
+                f"{'it' if len(unknown) == 1 else 'them'} (only {sorted(self.sources)}); add sources in those "
+                f"languages to data_mix.sources, or take them out of {said.split('=')[0]} (or give them 0)."
             )
         missing = set(self.sources) - set(self.weights)
         if self.sources and missing:
             raise ConfigError(
-                f"data_mix.sources has {sorted(missing)} but data_mix.weights gives them no weight; "
-                "set data_mix.weights (or data_mix.ratio), with 0 to leave a language out."
+                f"data_mix.sources has {sorted(missing)} but {said} gives them no weight; name every language of "
+                f"data_mix.sources in {said.split('=')[0]}, with 0 to leave a language out."
             )
         for lang, specs in self.sources.items():
             if any(not w >= 0 for w in specs.values()):

@@ -43,6 +43,7 @@ class MixResult:
     train: list[Row]
     heldout: list[Row]
     report: dict[str, Any]
+    train_specs: list[str] = field(default_factory=list)  # "<language>/<source spec>" of each training row
 
 
 @dataclass
@@ -229,7 +230,7 @@ def build_mix(
     for quota, src in zip(_quotas(cfg, sources, budget), sources, strict=True):
         target[src.lang] = target.get(src.lang, 0) + quota
         taken[src.lang] = taken.get(src.lang, 0) + _walk(src, target[src.lang] - taken.get(src.lang, 0), cfg.upsample)
-    train = _seeded_order(cfg.seed, sources)
+    train, specs = _seeded_order(cfg.seed, sources)
     heldout = [src.rows[i] for src in sources for i in range(src.consumed) if src.held[i]]
     report = mix_report(cfg, sources, budget, language_targets(cfg, sources, budget))
     logger.info(
@@ -240,16 +241,34 @@ def build_mix(
         len(train),
         len(heldout),
     )
-    return MixResult(train, heldout, report)
+    _warn_empty_languages(cfg, report, budget)
+    return MixResult(train, heldout, report, specs)
 
 
-def _seeded_order(seed: int, sources: list[SourceDraw]) -> list[Row]:
+def _warn_empty_languages(cfg: DataMixConfig, report: dict[str, Any], budget: int) -> None:
+    """A language the ratio weights that gets no row (its share is below one example): said, not only counted."""
+    for lang in cfg.languages():
+        if cfg.weights.get(lang, 0) > 0 and report[f"data_mix/{lang}/examples"] == 0:
+            said = f"data_mix.ratio={cfg.ratio!r}" if cfg.ratio is not None else f"data_mix.weights.{lang}"
+            logger.warning(
+                "data mix: %s gets no training rows: its share at %s is %.1f %s of the budget %s, less than one "
+                "example; raise its weight or data_mix.budget",
+                lang,
+                said,
+                budget * report[f"data_mix/{lang}/requested_share"],
+                cfg.unit,
+                f"{budget:,}",
+            )
+
+
+def _seeded_order(seed: int, sources: list[SourceDraw]) -> tuple[list[Row], list[str]]:
     # interleave languages and sources so that any prefix of the list has the mix, whatever the consumer does
     keyed = []
     for src in sources:
         copies: Counter = Counter()
         for pos in src.picks:
             row = src.rows[pos]
-            keyed.append((_order_key(seed, f"train\x00{copies[pos]}", row.id), row))
+            keyed.append((_order_key(seed, f"train\x00{copies[pos]}", row.id), row, f"{src.lang}/{src.spec}"))
             copies[pos] += 1
-    return [row for _, row in sorted(keyed, key=lambda kr: kr[0])]
+    keyed.sort(key=lambda entry: entry[0])
+    return [row for _, row, _ in keyed], [spec for _, _, spec in keyed]

@@ -109,3 +109,56 @@ def format_mix_report(report: Mapping[str, Any]) -> str:
             total[c] += report[f"data_mix/{lang}/{c}"]
     lines.append(f"{'total':<28}" + "".join(f"{total[c]:>14,}" for c in cols))
     return "\n".join(lines)
+
+
+# What the training loop consumed (medtune.training.trained_mix counts it from the micro-batches it took), beside the
+# planned mix above: `trained_mix/<language>[/<source spec>]/{examples,tokens}`, shares, and the passes over the mix.
+TRAINED = "trained_mix"
+
+
+def trained_rows(report: Mapping[str, Any]) -> list[tuple[str, str, list[float]]]:
+    """(language, source spec or '', [planned rows, trained rows, planned tokens, trained tokens, planned share,
+    trained share]) per language and source; shares in the mix's unit. [] when the report has no trained record."""
+    if f"{TRAINED}/tokens" not in report:
+        return []
+    unit, total, out = report["data_mix/unit"], report[f"{TRAINED}/{report['data_mix/unit']}"], []
+    for lang in report["data_mix/languages"].split(","):
+        head = f"{TRAINED}/{lang}/"
+        specs = [k[len(head) : -len("/examples")] for k in report if k.startswith(head) and k.endswith("/examples")]
+        for spec in ["", *(s for s in specs if s)]:
+            tail = f"{lang}/{spec}" if spec else lang
+            cells = [report.get(f"data_mix/{tail}/examples", 0), report.get(f"{TRAINED}/{tail}/examples", 0)]
+            cells += [report.get(f"data_mix/{tail}/tokens", 0), report.get(f"{TRAINED}/{tail}/tokens", 0)]
+            trained = report.get(f"{TRAINED}/{tail}/{unit}", 0)
+            cells += [report.get(f"data_mix/{tail}/share_{unit}", 0.0), trained / total if total else 0.0]
+            out.append((lang, spec, cells))
+    return out
+
+
+TRAINED_HEADER = ("planned rows", "trained rows", "planned tokens", "trained tokens", "planned share", "trained share")
+
+
+def format_trained(report: Mapping[str, Any]) -> str:
+    """A console table of the trained record beside the planned mix (one pass over it), per language and source."""
+    head = (
+        f"trained mix by {report['data_mix/unit']}: {report[f'{TRAINED}/passes']:.3f} passes over the planned mix "
+        f"({report[f'{TRAINED}/micro_batches']:,} of {report[f'{TRAINED}/micro_batches_per_pass']:,} micro-batches "
+        "per pass)"
+    )
+    lines = [head, f"{'language / source':<28}" + "".join(f"{n:>16}" for n in TRAINED_HEADER)]
+    for lang, spec, cells in trained_rows(report):
+        label = f"  {spec}" if spec else lang
+        lines.append(f"{label:<28}" + "".join(f"{c:>16,}" if isinstance(c, int) else f"{c:>16.4f}" for c in cells))
+    return "\n".join(lines)
+
+
+def trained_markdown(report: Mapping[str, Any]) -> list[str]:
+    """The trained record as a markdown table (model card), or [] when the run recorded none."""
+    rows = trained_rows(report)
+    if not rows:
+        return []
+    lines = ["| language | source | " + " | ".join(TRAINED_HEADER) + " |", "|---|---|" + "---:|" * len(TRAINED_HEADER)]
+    for lang, spec, cells in rows:
+        shown = [f"{c:,}" if isinstance(c, int) else f"{c:.4f}" for c in cells]
+        lines.append(f"| {lang} | {spec or 'all'} | " + " | ".join(shown) + " |")
+    return lines

@@ -57,23 +57,24 @@ class Record:
         )
 
 
-class RowError(ValueError):
-    """A raw row that cannot become a Record; carries the offending field."""
+SKIP_FIX = "Fix the row, or set data.on_bad_row=skip to skip such rows (they are counted in the prepare report)."
 
-    def __init__(self, field_name: str, reason: str) -> None:
+
+class RowError(ValueError):
+    """A raw row that cannot become a Record; carries the offending field, and the fix when it is not the row's."""
+
+    def __init__(self, field_name: str, reason: str, fix: str = SKIP_FIX) -> None:
         super().__init__(f"field {field_name!r}: {reason}")
         self.field_name = field_name
         self.reason = reason
+        self.fix = fix  # e.g. a declaration that reads every row wrongly: skipping rows would empty the split
 
 
 class BadRowError(ValueError):
     """A malformed row, located by file and line (or item), with the fix."""
 
-    def __init__(self, location: str, field_name: str, reason: str) -> None:
-        super().__init__(
-            f"{location}: field {field_name!r}: {reason}. Fix the row, or set data.on_bad_row=skip to skip such "
-            "rows (they are counted in the prepare report)."
-        )
+    def __init__(self, location: str, field_name: str, reason: str, fix: str = SKIP_FIX) -> None:
+        super().__init__(f"{location}: field {field_name!r}: {reason}. {fix}")
         self.location = location
         self.field_name = field_name
         self.reason = reason
@@ -93,7 +94,7 @@ class RowSink:
             record = build(*args)
         except RowError as err:
             if self.on_bad_row == "error":
-                raise BadRowError(location, err.field_name, err.reason) from None
+                raise BadRowError(location, err.field_name, err.reason, err.fix) from None
             self.skipped.append({"location": location, "field": err.field_name, "reason": err.reason})
             return
         self.records.append(record)

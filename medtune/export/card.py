@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from medtune.data.mix_report import trained_markdown
 from medtune.data.sources.registry import resolve, sample_dir
 from medtune.export.check import probes
 from medtune.export.source import ExportSource
@@ -102,6 +103,17 @@ def _mix_table(source: ExportSource, summary: dict[str, Any]) -> list[str]:
                 f"{summary.get(f'{sub}/tokens', '?')} | {dataset_license(name, readme, declared)} |"
             )
     return lines
+
+
+def trained_section(summary: dict[str, Any]) -> list[str]:
+    """What the training loop took of the mix (summary.json's trained_mix/...) beside the plan; [] if not recorded."""
+    table = trained_markdown(summary)
+    if not table:
+        return []
+    passes, taken = summary["trained_mix/passes"], summary["trained_mix/micro_batches"]
+    note = f"Training took {taken:,} micro-batches, {passes:.3f} passes over the planned mix above"
+    note += "; its shares are not those of the plan." if passes < 1 else "."
+    return ["", "### Trained mix", "", note, "", *table]
 
 
 def _num(value: Any) -> str:
@@ -193,6 +205,7 @@ def write_card(folder: Path, source: ExportSource, record: dict[str, Any]) -> No
         "## Training data",
         "",
         *_mix_table(source, summary),
+        *trained_section(summary),
         "",
         "## Evaluation",
         "",

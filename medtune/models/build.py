@@ -189,6 +189,16 @@ def _byte_tokenizer(config: PretrainedConfig):
     return build_byte_tokenizer(config.vocab_size, config.pad_token_id, config.bos_token_id, eos)
 
 
+def build_tokenizer(model_cfg: ModelConfig):
+    """The tokenizer build_model returns, without the weights: the data is mixed before the model loads."""
+    if model_cfg.init == "random":
+        return load_tokenizer(model_cfg, base_config(model_cfg))
+    source = model_cfg.path
+    if model_cfg.source == "gguf":
+        source = str(ensure_converted(model_cfg.name, model_cfg.cache_dir, model_cfg.path))
+    return load_tokenizer(model_cfg, base_config(model_cfg), source)
+
+
 def build_model(
     model_cfg: ModelConfig, quant_cfg: QuantizationConfig, device: torch.device
 ) -> tuple[nn.Module, object]:

@@ -29,6 +29,7 @@ from medtune.report.sweep import (
     mix_languages,
     stages,
 )
+from medtune.report.trained import trained_section
 from medtune.report.watch import guard_table, markdown_table, watch_curves, watch_section
 
 log = logging.getLogger("medtune.report")
@@ -286,7 +287,7 @@ def _efficiency_section(rep: SweepReport) -> list[str]:
 
 def markdown(rep: SweepReport, sweep_dir: Path, figs: dict[str, Any]) -> str:
     """The whole report.md."""
-    lines = [f"# Sweep report: `{sweep_dir}`", "", *_runs_section(rep)]
+    lines = [f"# Sweep report: `{sweep_dir}`", "", *_runs_section(rep), *trained_section(rep.runs, rep.mix_langs)]
     if "accuracy_vs_share" in figs:
         lines += _share_section(rep, "acc", "Accuracy (%) vs English share", 100, "{:.2f}", "accuracy_vs_share.png")
     for metric in ("gold_ll_letter", "gold_ll_text"):

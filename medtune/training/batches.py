@@ -7,19 +7,21 @@ where the killed one stopped: batches are a pure function of (data, packing conf
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from medtune.config import TrainConfig
+from medtune.config import ConfigError, TrainConfig
 from medtune.data import assert_trainable, encode_example, load_records
-from medtune.data.mix import build_mix
+from medtune.data.mix import MixResult, build_mix
 from medtune.data.mix_report import format_mix_report
 from medtune.data.packing import build_batches, packing_stats
 from medtune.models.document_masks import enable_document_masking
 from medtune.training.distributed import unwrap
+from medtune.training.trained_mix import batch_counts
 
 log = logging.getLogger("medtune.data")
 
@@ -35,6 +37,8 @@ class DataPipeline:
     world_size: int
     eval_batches: int
     report: dict[str, Any] = field(default_factory=dict)
+    train_specs: list[str] = field(default_factory=list)  # "<language>/<source spec>" of each training example
+    pass_counts: Counter = field(default_factory=Counter)  # rows and tokens per spec in one pass (trained_mix)
     _cached: tuple[int, list[dict[str, torch.Tensor]]] | None = None  # (epoch, all ranks' batches)
     _heldout: list[dict[str, torch.Tensor]] | None = None
     _per_epoch: int | None = None  # epoch 0's micro-batch count, the unit of `epochs` (kept: later epochs evict 0)
@@ -126,18 +130,43 @@ def load_pools(cfg: TrainConfig, report: dict[str, Any]) -> dict[str, dict[str, 
     pools: dict[str, dict[str, list]] = {}
     for language, specs in cfg.data_mix.sources.items():
         pools[language] = {}
-        for spec in specs:
+        for spec, weight in specs.items():
             source, _, split = spec.partition(":")
             if not split:
                 raise ValueError(f"data_mix.sources.{language} has {spec!r}; write sources as '<source>:<split>'.")
             assert_trainable(spec, cfg.data)  # an eval split named as a training source fails here
             pools[language][spec] = load_records(source, split, cfg.data, report=report)
+            if weight > 0 and cfg.data_mix.weights.get(language, 0) > 0:
+                _check_not_emptied_by_guard(f"data_mix.sources.{language}", spec, report)
     return pools
 
 
-def build_data(cfg: TrainConfig, tokenizer: Any, model: torch.nn.Module, dist: Any) -> DataPipeline:
-    """Mix, tokenize and prepare packing for this run; the realised mix goes into the report."""
+def _check_not_emptied_by_guard(where: str, spec: str, report: dict[str, Any]) -> None:
+    """A weighted source whose every row the leakage guard dropped: say so, instead of 'nothing can be selected'."""
+    counts = {key: report[f"data/{spec}/{key}"] for key in ("loaded", "dropped_law", "dropped_exact", "dropped_near")}
+    if report[f"data/{spec}/kept"] or not counts["dropped_exact"] + counts["dropped_near"]:
+        return
+    raise ConfigError(
+        f"{where} lists {spec!r}, but the leakage guard dropped all {counts['loaded']:,} of its rows: "
+        f"{counts['dropped_exact']:,} repeat an evaluation question exactly and {counts['dropped_near']:,} nearly "
+        f"({counts['dropped_law']:,} law rows). Its rows are the evaluation questions (is the file of an eval split, "
+        "data.eval_splits or a dataset's eval_split, declared as this training split too?): train on other rows, or "
+        "set data.exclude_eval_overlap=false if training on them is meant."
+    )
 
+
+@dataclass
+class PlannedMix:
+    """The rows the mix selected and their tokens: built before the model loads, so a mix that cannot be built stops
+    the run before it costs a model."""
+
+    mix: MixResult
+    report: dict[str, Any]
+    encode: Callable[[Any], dict]
+
+
+def plan_mix(cfg: TrainConfig, tokenizer: Any, is_main: bool = True) -> PlannedMix:
+    """Load the sources, tokenize, select the mix (ConfigError when it cannot be met); log the realised mix."""
     encoded: dict[str, dict] = {}
 
     def encode(record: Any) -> dict:
@@ -148,8 +177,18 @@ def build_data(cfg: TrainConfig, tokenizer: Any, model: torch.nn.Module, dist: A
     report: dict[str, Any] = {}
     mix = build_mix(cfg.data_mix, load_pools(cfg, report), lambda r: len(encode(r)["input_ids"]))
     report.update(mix.report)
-    if dist.is_main:
+    if is_main:
         log.info("realised data mix:\n%s", format_mix_report(mix.report))
+    return PlannedMix(mix, report, encode)
+
+
+def build_data(
+    cfg: TrainConfig, tokenizer: Any, model: torch.nn.Module, dist: Any, planned: PlannedMix | None = None
+) -> DataPipeline:
+    """Tokenize and prepare packing for this run (the mix of `planned`, else selected here); the report has the
+    realised mix."""
+    planned = planned or plan_mix(cfg, tokenizer, dist.is_main)
+    mix, encode = planned.mix, planned.encode
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     mbs, seed = cfg.trainer.micro_batch_size, cfg.seed
 
@@ -164,10 +203,12 @@ def build_data(cfg: TrainConfig, tokenizer: Any, model: torch.nn.Module, dist: A
         dist.rank,
         dist.world_size,
         cfg.trainer.eval_batches,
-        report=report,
+        report=dict(planned.report),
+        train_specs=list(mix.train_specs),
     )
     stats = packing_stats(pipeline.all_batches(0))
     pipeline.report.update(stats)
+    pipeline.pass_counts = batch_counts(pipeline.all_batches(0), pipeline.train_specs)  # every pass holds the same
     _say_what_training_reads(cfg, pipeline, dist.world_size)
     return pipeline
 
@@ -189,8 +230,19 @@ def _say_what_training_reads(cfg: TrainConfig, pipeline: DataPipeline, world_siz
     epochs = pipeline.epochs(planned)
     pipeline.report["data/epochs_planned"] = epochs
     pipeline.report["data/micro_batches_per_epoch"] = len(batches)
+    one_pass = max(1, len(batches) // (tc.grad_accum_steps * world_size))
+    if epochs < 1.0 - 1e-9:
+        log.warning(
+            "trainer.max_steps=%d takes %d of the %d micro-batches of one pass over the mix (%.3f passes): the run "
+            "trains part of the planned mix, and the record (trained_mix/...) will show what; trainer.max_steps=%d "
+            "is one pass",
+            tc.max_steps,
+            planned,
+            len(batches),
+            epochs,
+            one_pass,
+        )
     if epochs > 1.0 + 1e-9:
-        one_pass = max(1, len(batches) // (tc.grad_accum_steps * world_size))
         log.warning(
             "trainer.max_steps=%d makes %.2f passes over the training set (%d micro-batches per pass): every row is "
             "seen about %.1f times; trainer.max_steps=%d is one pass",

@@ -18,7 +18,7 @@ import torch
 
 from medtune.config import TrainConfig
 from medtune.models.anatomy import decoder_layers
-from medtune.models.build import build_model
+from medtune.models.build import build_model, build_tokenizer
 from medtune.models.lora import (
     apply_lora,
     merge_and_save,
@@ -27,7 +27,7 @@ from medtune.models.lora import (
     trainable_parameters,
 )
 from medtune.training import checkpoint, distributed, fast_paths, step_metrics
-from medtune.training.batches import DataPipeline, build_data
+from medtune.training.batches import DataPipeline, build_data, plan_mix
 from medtune.training.loss_module import compute_loss, eval_loss
 from medtune.training.offload import ActivationOffloader
 from medtune.training.schedule import lr_factor
@@ -62,11 +62,13 @@ class TrainRecipe:
 
     # ----------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
-        """Load the model and adapter, build the data, the optimizer and schedule; resume if asked."""
+        """Mix the data (one that cannot be met stops before any model), model and adapter, batches, optimizer."""
+        self.watch.pause("data")  # each rank tokenizes and packs on its own (no collective): slow is not stuck
+        planned = plan_mix(self.cfg, build_tokenizer(self.cfg.model), self.dist.is_main)
         self.watch.pause("load model")  # no collective while loading: a slow disk is not a hang
         self.setup_model()
-        self.watch.pause("data")  # each rank tokenizes and packs on its own (no collective): slow is not stuck
-        self.data: DataPipeline = build_data(self.cfg, self.tokenizer, self.model, self.dist)
+        self.watch.pause("data")
+        self.data: DataPipeline = build_data(self.cfg, self.tokenizer, self.model, self.dist, planned)
         self.summary.update(self.data.report)
         self.log_fast_paths()  # after the data: packing has chosen the attention kernel by now
         self.setup_optimizer()

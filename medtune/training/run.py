@@ -20,11 +20,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from medtune.config import TrainConfig
+from medtune.config import ConfigError, TrainConfig
 from medtune.files import space
 from medtune.training import distributed, fast_paths, run_record
 from medtune.training.eval_stage import run_eval_stage
 from medtune.training.recipe import TrainRecipe
+from medtune.training.trained_mix import log_trained, trained_record
 from medtune.training.watchdog import Watchdog
 
 log = logging.getLogger("medtune.train")
@@ -73,7 +74,7 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
         _run_stages(cfg, run_dir, tracker, dist, watch, summary, record, checked)
         summary["run/status"] = "ok"
     except Exception as err:
-        _note_failure(err, watch, summary)
+        _note_failure(err, watch, summary, multirun)
         if not multirun:
             raise
     finally:
@@ -86,12 +87,16 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
     return summary
 
 
-def _note_failure(err: Exception, watch: Watchdog, summary: dict[str, Any]) -> None:
-    """Put the error in the summary and the log: one line for a full or unwritable disk, else with the traceback."""
+def _note_failure(err: Exception, watch: Watchdog, summary: dict[str, Any], multirun: bool) -> None:
+    """Put the error in the summary and the log: one line for a full or unwritable disk or a config that cannot run
+    (a single run's entry point logs that line itself, and exits 2), else with the traceback."""
     disk = space.explain(err)
     summary["run/error"] = f"{type(err).__name__} in {watch.where()}: {disk or err}"
     summary["run/failed_phase"], summary["run/failed_step"] = watch.phase, watch.step
-    if disk:  # the zip writer's chained errors say nothing the line does not; kept for --verbose / debug logs
+    if isinstance(err, ConfigError):  # e.g. a data mix that cannot be met, found before the model loads
+        if multirun:
+            log.error("invalid config: %s", err)
+    elif disk:  # the zip writer's chained errors say nothing the line does not; kept for --verbose / debug logs
         log.error("run failed in %s: %s", watch.where(), disk)
         log.debug("traceback of the failed write", exc_info=err)
     else:
@@ -127,6 +132,10 @@ def _run_stages(
         tracker.log(recipe.data.report, step=0)
     if cfg.stage in ("train", "train_eval"):
         summary.update(recipe.train())
+        trained = trained_record(recipe.data, recipe.data_position, recipe.data.report)  # what the loop consumed
+        if dist.is_main:
+            log_trained(trained, recipe.data.report, cfg.data_mix.weights, cfg.trainer.max_steps)
+        summary.update(trained)
         final_eval = recipe.eval_loss()
         tracker.log(final_eval, step=recipe.step)
         summary.update(final_eval)

@@ -324,7 +324,11 @@ def test_bad_pools_are_named() -> None:
         ({"ratio": "603"}, r"unquoted 10:3 in YAML is the base-60 number 603"),
         ({"ratio": "10:-3"}, r"not of the form 'en:ko'"),
         ({"weights": {"en": 1}}, r"data_mix.weights gives them no weight"),
-        ({"weights": {"en": 1, "ko": 1, "ja": 1}}, r"names \['ja'\] but data_mix.sources"),
+        ({"weights": {"en": 1, "ko": 1, "ja": 1}}, r"data_mix.weights names \['ja'\] but data_mix.sources"),
+        # the ratio the user wrote is what the message names, not the weights it became
+        ({"ratio": "en:vi=200:1"}, r"data_mix.ratio='en:vi=200:1' names \['vi'\] but data_mix.sources has no data"),
+        ({"ratio": "en:ko:vi=2:1:1"}, r"ratio='en:ko:vi=2:1:1' names \['vi'\].*take them out of data_mix.ratio"),
+        ({"ratio": "en:vi=1:0"}, r"data_mix.ratio='en:vi=1:0' gives them no weight"),
         ({"ratio": "1:1", "max_repeat": 0.5}, r"max_repeat=0.5 must be >= 1"),
         ({"ratio": "1:1", "sources": {"en": {"e:train": 1}, "ko": {"k:train": 0}}}, r"sources.ko has no source"),
     ],
@@ -409,3 +413,16 @@ def test_the_paper_ten_to_three_mix_is_unchanged(data_dir: Path, cache_dir: Path
     assert got == PAPER_10_3
     assert (report["data_mix/en/tokens"], report["data_mix/ko/tokens"]) == (692337, 207735)
     assert report["data_mix/achieved_ratio"] == "10:3.0005"
+
+
+def test_a_weighted_language_that_gets_no_row_is_warned(caplog: pytest.LogCaptureFixture) -> None:
+    """en:ko=200:1 over 100 examples: Korean's share is 0.5 of an example, so none; a WARNING says so."""
+    pools = {"en": {"e:train": pool("e:train", "en", 200)}, "ko": {"k:train": pool("k:train", "ko", 20)}}
+    sources = {"en": {"e:train": 1}, "ko": {"k:train": 1}}
+    cfg = DataMixConfig(sources=sources, ratio="en:ko=200:1", unit="examples", budget=100, heldout_frac=0.0)
+    with caplog.at_level("WARNING", logger="medtune.data.mix"):
+        mix = build_mix(cfg, pools, length)
+    assert mix.report["data_mix/ko/examples"] == 0
+    said = "data mix: ko gets no training rows: its share at data_mix.ratio='en:ko=200:1' is 0.5 examples"
+    assert said in caplog.text
+    assert mix.train_specs == ["en/e:train"] * 100  # each training row's language and source, in the mix's order

@@ -60,3 +60,21 @@ def test_modelfile_passes_plain_prompts_through() -> None:
     assert 'TEMPLATE """{{ .Prompt }}"""' in modelfile("m-f16.gguf", chat_template=False)
     chat = modelfile("m-f16.gguf", chat_template=True)
     assert "FROM ./m-f16.gguf" in chat and "TEMPLATE" not in chat  # Ollama takes the GGUF's chat template
+
+
+def test_the_card_states_the_trained_mix_beside_the_planned_one() -> None:
+    """A 4-step run that took 4 of 7 micro-batches: the card gives the trained rows and tokens, not only the plan."""
+    from medtune.export.card import trained_section
+
+    summary = {"data_mix/unit": "tokens", "data_mix/languages": "en,vi"}
+    for lang, planned, trained in (("en", 900, 500), ("vi", 300, 100)):
+        for key in ("", f"/{lang}_exam:train"):
+            summary |= {f"data_mix/{lang}{key}/examples": planned // 10, f"data_mix/{lang}{key}/tokens": planned}
+            summary |= {f"trained_mix/{lang}{key}/examples": trained // 10, f"trained_mix/{lang}{key}/tokens": trained}
+            summary[f"data_mix/{lang}{key}/share_tokens"] = planned / 1200
+    summary |= {"trained_mix/tokens": 600, "trained_mix/passes": 4 / 7, "trained_mix/micro_batches": 4}
+    text = "\n".join(trained_section(summary))
+    assert "### Trained mix" in text and "4 micro-batches, 0.571 passes" in text and "not those of the plan" in text
+    assert "| vi | all | 30 | 10 | 300 | 100 | 0.2500 | 0.1667 |" in text
+    assert "| en | en_exam:train | 90 | 50 | 900 | 500 | 0.7500 | 0.8333 |" in text
+    assert trained_section({"data_mix/unit": "tokens"}) == []  # a run recorded before trained_mix existed

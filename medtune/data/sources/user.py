@@ -7,12 +7,16 @@
 Paths are relative to data.data_dir; `medtune://` points inside the installed package (the shipped examples).
 Without `splits`, one file (or glob) is all `train`, a saved or hub dataset keeps its own splits; `split_column`
 routes rows by a column; `holdout` moves a seeded fraction of one split (by a keyed hash of each row's id) into a
-new one. Row ids are `columns.id` when given (duplicates are bad rows), else `<file>-<line>` (or `<split>-<row>`).
+new one. Row ids are the column `columns.id` names, else the file's own `id` column when it has one, else
+`<file>-<line>` (or `<split>-<row>`); an id must be unique within its split (a repeat is a bad row), while the same id
+in two splits is two rows (what keeps a test question out of training is the leakage guard, which compares text).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -24,7 +28,8 @@ from medtune.data.sources.tables import DatasetError, file_format, is_saved_data
 from medtune.data.sources.user_rows import BUILDERS
 
 PACKAGE_PREFIX = "medtune://"
-Entry = tuple[str, dict[str, Any], str]  # (location, row, id when the dataset has no id column)
+Entry = tuple[str, dict[str, Any], str | None]  # (location, row, id by position; None: read the row's `id` column)
+OWN_ID = "id"  # a file's own id column, used when columns.id does not name another
 
 
 def resolve_path(value: str, data_dir: Path) -> Path:
@@ -40,6 +45,16 @@ def _glob(pattern: Path) -> list[Path]:
         anchor = Path(pattern.anchor)
         return sorted(p for p in anchor.glob(str(pattern.relative_to(anchor))) if p.is_file())
     return [pattern] if pattern.exists() else []
+
+
+def _check_readable(path: Path, key: str) -> None:
+    """A declared file that is a device, a pipe or a socket (endless or one-shot), or that cannot be read: stop."""
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a character device" if stat.S_ISCHR(mode) else "a pipe" if stat.S_ISFIFO(mode) else "not a plain file"
+        raise DatasetError(f"{key}: {path} is {kind}, not a data file; point {key} at a file, a glob or a folder.")
+    if not os.access(path, os.R_OK):
+        raise DatasetError(f"{key}: {path} cannot be read (permission denied); make it readable or copy it.")
 
 
 @dataclass(frozen=True)
@@ -93,13 +108,31 @@ class Declared:
                 out[split] = [f for p in patterns for f in _glob(resolve_path(str(p), root))]
                 if not out[split]:
                     raise self._missing(f"splits.{split}", resolve_path(str(patterns[0]), root))
+                for path in out[split]:
+                    _check_readable(path, f"{self.key}.splits.{split}")
+            self._check_disjoint(out)
             return out
         files = _glob(root)
         if files == [root] and root.is_dir():
             files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
             raise self._missing("path", root)
+        for path in files:
+            _check_readable(path, f"{self.key}.path")
         return {"": files}
+
+    def _check_disjoint(self, by_split: dict[str, list[Path]]) -> None:
+        """One file read by two splits would evaluate on rows it trains on: stop and name the file."""
+        first: dict[Path, str] = {}
+        for split, files in by_split.items():
+            for path in files:
+                other = first.setdefault(path.resolve(), split)
+                if other != split:
+                    raise DatasetError(
+                        f"{self.key}: splits.{other} and splits.{split} both read {path}; a row is either trained on "
+                        "or evaluated, so give each split its own file, or declare one file with holdout: "
+                        "{fraction: 0.2} to set a seeded part of it aside."
+                    )
 
     def files(self) -> list[Path]:
         """Every local file the dataset reads ([] from the hub); DatasetError when a path matches nothing."""
@@ -132,7 +165,13 @@ class Declared:
             stem = str(path.relative_to(self.root() if self.root().is_dir() else self.root().parent).with_suffix(""))
         except ValueError:
             stem = path.stem
+        if self._own_ids(columns):
+            return [(loc, row, None) for loc, row in rows]
         return [(loc, row, f"{stem}-{loc.rsplit(':', 1)[-1].rsplit(' ', 1)[-1]}") for loc, row in rows]
+
+    def _own_ids(self, columns: list[str]) -> bool:
+        """True when rows carry their ids in the file's own `id` column (columns.id names no other column)."""
+        return OWN_ID in columns and "id" not in self.cfg.columns
 
     def raw_splits(self, sink: RowSink) -> dict[str, list[Entry]]:
         """Rows per split as the data gives them ('' = not yet split: one pool for split_column or train)."""
@@ -143,7 +182,10 @@ class Declared:
             for split, (columns, rows) in loaded.items():
                 if rows:
                     self._check_columns(columns, f"{target} [{split or 'all'}]")
-                out[split or ""] = [(loc, row, f"{split or 'all'}-{i}") for i, (loc, row) in enumerate(rows)]
+                own = self._own_ids(columns)
+                out[split or ""] = [
+                    (loc, row, None if own else f"{split or 'all'}-{i}") for i, (loc, row) in enumerate(rows)
+                ]
             return self._pick_splits(out)
         return {split: [e for f in files for e in self._table(f, sink)] for split, files in self.split_files().items()}
 
@@ -193,23 +235,29 @@ class Declared:
         return out
 
     def _with_ids(self, raw: dict[str, list[Entry]], sink: RowSink) -> dict[str, list[Entry]]:
-        """Each entry with its row id: columns.id (missing or repeated ids are bad rows) or the automatic one."""
-        column = self.cfg.columns.get("id")
-        first: dict[str, str] = {}
+        """Each entry with its row id: columns.id, else the row's own `id` column, else the one by position; missing
+        ids are bad rows, and so is an id repeated within its split (two splits may share an id: ids are per split)."""
+        mapped = self.cfg.columns.get("id")
         out: dict[str, list[Entry]] = {}
         for split, items in raw.items():
-            kept = out.setdefault(split, [])
-            for location, row, auto_id in items:
-                native = auto_id
+            kept, first = out.setdefault(split, []), {}
+            for location, row, by_position in items:
+                column = mapped or (OWN_ID if by_position is None else None)
+                native = by_position
                 if column:
                     try:
                         native = text_field(row, column)
                     except RowError as err:  # the id cell is missing or empty
-                        sink.bad(location, column, err.reason)
+                        hint = "" if mapped else f" (the file has an id column: give every row one, or set {self.key}"
+                        sink.bad(location, column, err.reason + (hint and f"{hint}.columns.id to another column)"))
                         continue
                 if native in first:
-                    why = f"id {native!r} repeats the row at {first[native]}; ids must be unique"
-                    sink.bad(location, column or "<id>", why + " (fix it, or drop columns.id to number rows by line)")
+                    sink.bad(
+                        location,
+                        column or "<id>",
+                        f"id {native!r} repeats the row at {first[native]}; ids must be unique within a split (fix "
+                        f"the id, or set {self.key}.columns.id to a column whose values are unique)",
+                    )
                     continue
                 first[native] = location
                 kept.append((location, row, native))

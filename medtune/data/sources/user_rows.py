@@ -64,20 +64,28 @@ def options_of(row: dict[str, Any], column: str | list[str]) -> list[str]:
     return options
 
 
-def answer_of(value: Any, options: list[str], answer_format: str, column: str) -> int:
-    """The 0-based answer index from a letter, an index (from 0 or 1) or the option's text."""
+def answer_of(value: Any, options: list[str], answer_format: str, column: str, key: str = "answer_format") -> int:
+    """The 0-based answer index from a letter, an index (from 0 or 1) or the option's text; `key`: the declaration's
+    answer_format key, named when the answers are written another way."""
     if value is None or str(value).strip() == "":
         raise RowError(column, "missing")
     n = len(options)
-    if answer_format == "letter":
-        return letter_index(str(value).strip().strip("().").strip(), n, column)
-    if answer_format in ("index", "index1"):
-        base = 0 if answer_format == "index" else 1
-        try:
-            return int_index(str(value).strip().removesuffix(".0"), n, base, column)
-        except RowError as err:
-            other = "index1 counts from 1" if base == 0 else "index counts from 0"
-            raise RowError(column, f"{err.reason} (answer_format={answer_format}; {other})") from None
+    try:
+        if answer_format == "letter":
+            return letter_index(str(value).strip().strip("().").strip(), n, column)
+        if answer_format in ("index", "index1"):
+            base = 0 if answer_format == "index" else 1
+            try:
+                return int_index(str(value).strip().removesuffix(".0"), n, base, column)
+            except RowError as err:
+                other = "index1 counts from 1" if base == 0 else "index counts from 0"
+                raise RowError(column, f"{err.reason} (answer_format={answer_format}; {other})") from None
+    except RowError as err:
+        if _fold(str(value)) in {_fold(option) for option in options}:  # the answer is written as an option's text
+            what = "a letter" if answer_format == "letter" else "an index"
+            reason = f"{str(value).strip()[:60]!r} is the text of an option, not {what} (answer_format={answer_format})"
+            raise RowError(column, reason, f"Set {key}=text to read answers as option text.") from None
+        raise err from None
     want = _fold(str(value))
     matches = [i for i, option in enumerate(options) if _fold(option) == want]
     if len(matches) != 1:
@@ -95,7 +103,8 @@ def mcq_row(row: dict[str, Any], ds: DatasetConfig, name: str, split: str, nativ
     cols = ds.columns
     question = text_field(row, cols["question"])
     options = options_of(row, cols["options"])
-    answer = answer_of(row.get(cols["answer"]), options, ds.answer_format, cols["answer"])
+    key = f"data.datasets.{name}.answer_format"
+    answer = answer_of(row.get(cols["answer"]), options, ds.answer_format, cols["answer"], key)
     subject = _subject(row, ds, name)
     return mcq(name, split, native_id, ds.language, subject, question, options, answer, _context(row, ds))
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from medtune.config import DataConfig
-from medtune.data import load_records, prepare
+from medtune.data import BadRowError, load_records, prepare
 from medtune.data.prepare import prepared_dir
 from medtune.data.sources.registry import resolve
 
@@ -26,6 +26,10 @@ def mcq_rows(n: int = 20, start: int = 0) -> list[dict]:
     return [{"id": f"q{i}", "q": q, "opts": opts, "ans": "ABCD"[a]} for i, (q, opts, a) in enumerate(QUESTIONS[:n])][
         start:
     ]
+
+
+def without_id(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "id"} for row in rows]
 
 
 def config(tmp_path: Path, files: dict[str, str | bytes], **datasets: dict) -> DataConfig:
@@ -46,7 +50,7 @@ def test_jsonl_mcq_with_a_list_column_and_letters(tmp_path: Path) -> None:
     assert prepare(cfg, ["exam"])["exam"]["counts"] == {"train": 20}  # no splits declared: one file is train
     records = load_records("exam", "train", cfg)
     first = records[0]
-    assert first.id == "exam:train:exam-1" and first.language == "ja" and first.subject == "exam"
+    assert first.id == "exam:train:q0" and first.language == "ja" and first.subject == "exam"  # the file's own ids
     assert first.choices == tuple(QUESTIONS[0][1]) and first.answer_index == 0 and first.answer_text == "原因0あ"
     assert [r.answer_index for r in records] == [a for _, _, a in QUESTIONS]
 
@@ -128,7 +132,35 @@ def test_splits_from_files_and_globs(tmp_path: Path) -> None:
     cfg = config(tmp_path, files, exam=ds)
     assert prepare(cfg, ["exam"])["exam"]["counts"] == {"train": 12, "test": 8}
     ids = [r.id for r in load_records("exam", "train", cfg)]
-    assert ids[0] == "exam:train:train/a-1" and ids[-1] == "exam:train:train/b-4"
+    assert ids[0] == "exam:train:q0" and ids[-1] == "exam:train:q11"  # the files' own id column
+    no_ids = {"ja/train/a.jsonl": mcq_rows(8), "ja/train/b.jsonl": mcq_rows(12, 8), "ja/test.jsonl": mcq_rows(20, 12)}
+    cfg = config(tmp_path / "n", {name: jsonl(without_id(rows)) for name, rows in no_ids.items()}, exam=ds)
+    ids = [r.id for r in load_records("exam", "train", cfg)]
+    assert ids[0] == "exam:train:train/a-1" and ids[-1] == "exam:train:train/b-4"  # without one: file and line
+
+
+def test_a_files_own_id_column_is_used_and_ids_are_per_split(tmp_path: Path) -> None:
+    """train/vi.jsonl and test/vi.jsonl both numbering from 1: ids are per split, used unmapped, and kept in the
+    records (so in predictions); repeated within one split they are a bad row with both lines."""
+    train = [{"id": str(i + 1), **row} for i, row in enumerate(without_id(mcq_rows(12)))]
+    test = [{"id": str(i + 1), **row} for i, row in enumerate(without_id(mcq_rows(20, 12)))]
+    files = {"vi/test/vi.jsonl": jsonl(test)}
+    ds = {**MCQ, "path": "vi", "language": "vi", "splits": {"train": "train/vi.jsonl", "test": "test/vi.jsonl"}}
+    cfg = config(tmp_path, {**files, "vi/train/vi.jsonl": jsonl(train)}, vi=ds)
+    assert prepare(cfg, ["vi"])["vi"]["counts"] == {"train": 12, "test": 8}
+    assert [r.id for r in load_records("vi", "test", cfg)][:2] == ["vi:test:1", "vi:test:2"]
+    assert [r.id for r in load_records("vi", "train", cfg)][-1] == "vi:train:12"
+    repeated = config(tmp_path / "r", {**files, "vi/train/vi.jsonl": jsonl([*train[:3], train[1]])}, vi=ds)
+    with pytest.raises(BadRowError) as err:
+        prepare(repeated, ["vi"])
+    message = str(err.value)
+    assert "train/vi.jsonl:4: field 'id'" in message and "id '2' repeats the row at" in message
+    assert "train/vi.jsonl:2" in message and "unique within a split" in message
+    missing = config(
+        tmp_path / "m", {**files, "vi/train/vi.jsonl": jsonl([*train[:3], *without_id(train[3:4])])}, vi=ds
+    )
+    with pytest.raises(BadRowError, match=r"vi\.jsonl:4: field 'id': missing \(the file has an id column"):
+        prepare(missing, ["vi"])
 
 
 def test_split_column_with_and_without_a_mapping(tmp_path: Path) -> None:

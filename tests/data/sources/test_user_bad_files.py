@@ -36,7 +36,7 @@ def lines(rows: list[dict]) -> str:
 
 def declare(tmp_path: Path, content: str | bytes, name: str = "exam.jsonl", **overrides: object) -> DataConfig:
     raw = tmp_path / "raw"
-    raw.mkdir(exist_ok=True)
+    raw.mkdir(parents=True, exist_ok=True)
     (raw / name).write_bytes(content if isinstance(content, bytes) else content.encode())
     ds = {"format": "mcq", "language": "ja", "path": name, "columns": COLUMNS} | overrides
     on_bad_row = str(ds.pop("on_bad_row", "error"))
@@ -64,6 +64,15 @@ BAD_FILES = {
                                    ["exam.jsonl:3: field 'correct'", "'F' is not a letter in A-D", "Fix the row"]),
     "answer_text_not_an_option": (lines([{**GOOD[0], "correct": "お"}]), "exam.jsonl", {"answer_format": "text"},
                                   ["exam.jsonl:1: field 'correct'", "'お' is not one of the 4 options"]),
+    # every answer written as the option's text while the declaration says letters: the fix is the declaration,
+    # not on_bad_row=skip (which would skip every row and empty the split)
+    "answer_is_option_text": (lines([{**GOOD[0], "correct": "い"}]), "exam.jsonl", {},
+                              ["exam.jsonl:1: field 'correct'", "'い' is the text of an option, not a letter",
+                               "Set data.datasets.exam.answer_format=text"]),
+    "answer_is_option_text_not_an_index": (lines([{**GOOD[0], "correct": " う "}]), "exam.jsonl",
+                                           {"answer_format": "index1"},
+                                           ["'う' is the text of an option, not an index (answer_format=index1)",
+                                            "answer_format=text"]),
     "answer_index_off_by_one": (lines([{**GOOD[0], "correct": 4}]), "exam.jsonl", {"answer_format": "index"},
                                 ["exam.jsonl:1: field 'correct'", "4 is out of range 0-3", "index1 counts from 1"]),
     "empty_split": (lines(GOOD), "exam.jsonl", {"split_column": "qid", "splits": {"train": "q0", "test": "q9"}},
@@ -74,7 +83,8 @@ BAD_FILES = {
                  b"@@", "胃痛".encode("shift_jis")), "exam.jsonl", {},
                  ["exam.jsonl:4: field 'stem'", "not valid UTF-8 here; save it as UTF-8"]),
     "duplicate_ids": (lines([*GOOD[:3], {**GOOD[4], "qid": "q1"}]), "exam.jsonl", {},
-                      ["exam.jsonl:4: field 'qid'", "id 'q1' repeats the row at", "exam.jsonl:2", "must be unique"]),
+                      ["exam.jsonl:4: field 'qid'", "id 'q1' repeats the row at", "exam.jsonl:2",
+                       "must be unique within a split"]),
     "broken_json_line": (lines(GOOD[:2]) + '{"qid": "q9", "stem": \n', "exam.jsonl", {},
                          ["exam.jsonl:3: field '<line>'", "not valid JSON"]),
     "json_not_an_array": (json.dumps(GOOD[0]), "exam.json", {"path": "exam.json"},
@@ -96,6 +106,8 @@ def test_a_bad_file_is_named_with_its_line_field_and_fix(tmp_path: Path, kind: s
     message = prepare_error(declare(tmp_path, content, name, **overrides))
     for fragment in fragments:
         assert fragment in message, (kind, message)
+    if kind.startswith("answer_is_option_text"):
+        assert "on_bad_row" not in message, message
 
 
 @pytest.mark.parametrize(
@@ -179,6 +191,38 @@ def test_the_command_exits_2_on_a_bad_file_without_importing_torch(tmp_path: Pat
     assert "data.datasets.mine:" in out and "exam.jsonl:3: field 'correct': 'F' is not a letter in A-D" in out
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "import time:" in line}
     assert "torch" not in imported and "Traceback" not in out
+
+
+def test_the_same_file_as_train_and_test_is_named_as_such(tmp_path: Path) -> None:
+    """Not as repeated ids (ids are per split) and not silently: a row would be trained on and evaluated."""
+    cfg = declare(tmp_path, lines(GOOD), splits={"train": "exam.jsonl", "test": "./exam.jsonl"}, path=None)
+    message = prepare_error(cfg)
+    assert "data.datasets.exam: splits.train and splits.test both read" in message and "exam.jsonl" in message
+    assert "give each split its own file" in message and "holdout" in message and "repeats" not in message
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo", "unreadable"])
+def test_a_path_that_is_no_readable_plain_file_is_one_line(tmp_path: Path, special: str) -> None:
+    """/dev/zero (endless), a named pipe (blocks) or a file without read permission: one message, no read tried."""
+    import os
+
+    if special == "fifo":
+        path = tmp_path / "exam.jsonl"
+        os.mkfifo(path)
+    elif special == "unreadable":
+        if os.geteuid() == 0:
+            pytest.skip("root reads any file")
+        path = tmp_path / "exam.jsonl"
+        path.write_text(lines(GOOD))
+        path.chmod(0)
+    else:
+        path = Path(special)
+    cfg = declare(tmp_path / "d", lines(GOOD), path=str(path), file_format="jsonl")
+    message = prepare_error(cfg)
+    expected = {"/dev/zero": "is a character device", "fifo": "is a pipe", "unreadable": "cannot be read"}[special]
+    assert message.startswith(f"data.datasets.exam.path: {path} {expected}"), message
+    with pytest.raises(ConfigError, match=expected):  # what the run's preflight says (exit 2), before any model
+        check_run(compose([f"+data.datasets.exam={{format:mcq,language:ja,path:'{path}',file_format:jsonl}}"]))
 
 
 def test_the_prepare_command_exits_2_with_the_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
