@@ -11,46 +11,10 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from own_config import DATA_MIX, write_own_folder
 
 from medtune.config import CONF, ConfigError, compose, hydra_argv, take_config_dir
 from medtune.config.location import ENV
-
-EXPERIMENT = """# @package _global_
-defaults:
-  - override /data_mix: own_vi
-run_name: own_vi
-data:
-  datasets:
-    vi_exam:
-      path: {path}
-      format: mcq
-      language: vi
-      holdout: {{fraction: 0.25, seed: 0}}
-eval:
-  tasks: [vi_exam]
-"""
-DATA_MIX = """sources:
-  en: {"sample_en:train": 1.0}
-  vi: {"vi_exam:train": 1.0}
-ratio: "en:vi=1:1"
-unit: examples
-"""
-
-
-def write_own_folder(root: Path) -> Path:
-    """root/my_config with experiment/own_vi.yaml and data_mix/own_vi.yaml, and the 24-question file they name."""
-    rows = [
-        {"id": f"q{i}", "question": f"Câu hỏi {i}?", "options": ["một", "hai", "ba", "bốn"], "answer": "ABCD"[i % 4]}
-        for i in range(24)
-    ]
-    data = root / "vi_exam.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    folder = root / "my_config"
-    (folder / "experiment").mkdir(parents=True)
-    (folder / "data_mix").mkdir()
-    (folder / "experiment" / "own_vi.yaml").write_text(EXPERIMENT.format(path=data), encoding="utf-8")
-    (folder / "data_mix" / "own_vi.yaml").write_text(DATA_MIX, encoding="utf-8")
-    return folder
 
 
 @pytest.fixture
