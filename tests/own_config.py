@@ -28,14 +28,19 @@ unit: examples
 """
 
 
-def write_own_folder(root: Path) -> Path:
-    """root/my_config with experiment/own_vi.yaml and data_mix/own_vi.yaml, and the 24-question file they name."""
+def write_exam(path: Path) -> Path:
+    """A 24-question Vietnamese multiple-choice file in the README's row format (answers A, B, C, D in turn)."""
     rows = [
         {"id": f"q{i}", "question": f"Câu hỏi {i}?", "options": ["một", "hai", "ba", "bốn"], "answer": "ABCD"[i % 4]}
         for i in range(24)
     ]
-    data = root / "vi_exam.jsonl"
-    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_own_folder(root: Path) -> Path:
+    """root/my_config with experiment/own_vi.yaml and data_mix/own_vi.yaml, and the exam file they name."""
+    data = write_exam(root / "vi_exam.jsonl")
     folder = root / "my_config"
     (folder / "experiment").mkdir(parents=True)
     (folder / "data_mix").mkdir()
