@@ -4,7 +4,8 @@
     python -m medtune.evaluate eval.adapter=runs/.../adapter                     # an adapter vs the (cached) base
     torchrun --nproc-per-node 2 -m medtune.evaluate ... sharding=fsdp            # questions spread over the ranks
 
-The config is the package's conf/train.yaml (same groups, same overrides); only the evaluation stage runs
+The config is the package's conf/train.yaml (same groups, same overrides, `--config-dir DIR` or $MEDTUNE_CONFIG_DIR
+for your own files, as in medtune.train); only the evaluation stage runs
 (medtune.eval.evaluation writes eval/ under the run directory: tasks, predictions, metrics.json, report.md).
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from medtune.config import ConfigError, TrainConfig, register_configs, to_train_config
+from medtune.config import ConfigError, TrainConfig, hydra_argv, register_configs, to_train_config
 
 log = logging.getLogger("medtune.evaluate")
 register_configs()
@@ -113,6 +114,11 @@ def _evaluate_command(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path) -> 
 
 def main() -> None:
     """Console entry: name the run directory (shared by all torchrun ranks), then let Hydra run."""
+    try:  # --config-dir DIR / $MEDTUNE_CONFIG_DIR: the user's folder beside the shipped groups (config/location.py)
+        sys.argv = hydra_argv(sys.argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     if "MEDTUNE_RUN_STAMP" not in os.environ and not any(a in ("--help", "-h", "--cfg", "-c") for a in sys.argv):
         from medtune.training.launch import shared_run_stamp
 

@@ -4,6 +4,7 @@ python -m medtune.train                              # the demo: Gemma 3 270M on
 python -m medtune.train +experiment=mix_10_3         # one experiment
 python -m medtune.train -m +experiment=mix_sweep seed=0,1,2   # a sweep; exit status = number of failed jobs
 torchrun --nproc-per-node 2 -m medtune.train sharding=fsdp quantization=nf4   # several GPUs
+python -m medtune.train --config-dir my_config +experiment=own_vi   # my_config/experiment/own_vi.yaml
 python -m medtune.train --help                       # groups and their choices
 """
 
@@ -19,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from medtune.config import ConfigError, register_configs, to_train_config
+from medtune.config import ConfigError, hydra_argv, register_configs, to_train_config
 from medtune.files.space import StorageError, explain
 from medtune.training import sweep
 from medtune.training.preflight import check_run
@@ -60,6 +61,11 @@ def _train(dict_cfg: DictConfig, run_dir: Path, multirun: bool) -> dict:
 
 def main() -> None:
     """Console entry: fix the run directory's timestamp (shared by all torchrun ranks), then let Hydra run."""
+    try:  # --config-dir DIR / $MEDTUNE_CONFIG_DIR: the user's folder beside the shipped groups (config/location.py)
+        sys.argv = hydra_argv(sys.argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     if "MEDTUNE_RUN_STAMP" not in os.environ and not any(a in ("--help", "-h", "--cfg", "-c") for a in sys.argv):
         from medtune.training.launch import shared_run_stamp
 

@@ -35,6 +35,7 @@ from medtune.bench.peers import PEERS
 from medtune.bench.peers.launch import peer_inputs, run_peers
 from medtune.bench.plan import compose_config, isolate, load_plan, measure_in_own_process, run_order
 from medtune.bench.results import add_ratios, environment, format_table, write_results
+from medtune.config import OPTION_HELP, use_config_dir
 from medtune.data.packing import build_batches
 from medtune.files.space import GIB
 from medtune.memory.estimate import estimate
@@ -236,7 +237,6 @@ def _profile(step: Any, device: torch.device, n_steps: int = 2, rows: int = 25) 
 
 def run_bench(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     """Measure every configuration of the plan; write results.json and results.md under args.out (rank 0)."""
-
     plan = load_plan(Path(args.config))
     hist = json.loads(Path(args.lengths).read_text())
     world = env_world()[1]
@@ -274,10 +274,8 @@ def run_bench(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
         best = max((r for r in rows if r["status"] == "ok"), key=lambda r: r["useful_tokens_per_s"], default=None)
         if best is not None:
             cfg, _ = composed[best["name"]]
-            results["profile"] = {
-                "configuration": best["name"],
-                "table": measure(cfg, hist, args, out, True)["profile"],
-            }
+            table = measure(cfg, hist, args, out, True)["profile"]
+            results["profile"] = {"configuration": best["name"], "table": table}
     results["configurations"] = rows
     results["finished_at"] = dt.datetime.now().isoformat(timespec="seconds")
     if world == 1 or env_world()[0] == 0:
@@ -307,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     """CLI: options first, then Hydra overrides applied to every configuration."""
     parser = argparse.ArgumentParser(prog="python -m medtune.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(CONFIGS_YAML), help="YAML plan of configurations")
+    parser.add_argument("--config-dir", help=OPTION_HELP)
     parser.add_argument("--lengths", default=str(LENGTHS_JSON), help="length histogram (medtune/bench/lengths.py)")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per configuration")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, kernels, compile)")
@@ -327,4 +326,5 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         parser.error(f"--peers: unknown {unknown}; known: {', '.join(PEERS)}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    use_config_dir(args.config_dir)  # exported: a configuration measured in its own process reads the same folder
     run_bench(args, extra)

@@ -4,7 +4,7 @@ from medtune.config import TrainConfig, ConfigError, compose, to_train_config
 """
 
 from medtune.config.checks import CACHE_ROOT, DTYPES, ConfigError, cache_root, check_choice, check_positive
-from medtune.config.compose import CONF, GROUPS, compose, register_configs, to_train_config
+from medtune.config.compose import GROUPS, compose, register_configs, to_train_config
 from medtune.config.data import (
     DEFAULT_EVAL_SPLITS,
     PROMPT_WORD_KEYS,
@@ -16,6 +16,7 @@ from medtune.config.data import (
 )
 from medtune.config.datasets import DatasetConfig, HoldoutConfig
 from medtune.config.languages import language_name, normalize_language
+from medtune.config.location import CONF, OPTION_HELP, hydra_argv, take_config_dir, use_config_dir
 from medtune.config.training import (
     LoraConfig,
     ModelConfig,
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_EVAL_SPLITS",
     "DTYPES",
     "GROUPS",
+    "OPTION_HELP",
     "PROMPT_WORD_KEYS",
     "WORST_LANG",
     "ConfigError",
@@ -56,9 +58,12 @@ __all__ = [
     "check_choice",
     "check_positive",
     "compose",
+    "hydra_argv",
     "language_name",
     "normalize_language",
     "parse_ratio",
     "register_configs",
+    "take_config_dir",
     "to_train_config",
+    "use_config_dir",
 ]

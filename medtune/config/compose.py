@@ -3,18 +3,21 @@
 register_configs()                          # once, before Hydra composes (the entry points do it at import)
 cfg = to_train_config(dict_cfg)             # every dataclass check runs; ConfigError names the key
 cfg = compose(["+experiment=mix_10_3"])     # conf/train.yaml + overrides, outside a Hydra app (memory, bench, tests)
+
+compose() reads the user's own folder ($MEDTUNE_CONFIG_DIR, config/location.py) beside the shipped groups, as
+medtune.train does.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
 from medtune.config.checks import ConfigError
 from medtune.config.data import DataMixConfig, EvalConfig, LoggerConfig
+from medtune.config.location import CONF, check_choices, searchpath_overrides, user_config_dir
 from medtune.config.training import (
     ModelConfig,
     PackingConfig,
@@ -22,8 +25,6 @@ from medtune.config.training import (
     ShardingConfig,
     TrainConfig,
 )
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
 
 GROUPS: dict[str, type] = {
     "model": ModelConfig,
@@ -59,13 +60,21 @@ def to_train_config(cfg: Any) -> TrainConfig:
 
 
 def compose(overrides: list[str]) -> TrainConfig:
-    """conf/train.yaml composed with Hydra overrides and checked (the same config medtune.train would run)."""
+    """conf/train.yaml composed with Hydra overrides and checked (the same config medtune.train would run), the
+    user's folder ($MEDTUNE_CONFIG_DIR) beside the shipped groups; a choice found nowhere is a ConfigError."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import MissingConfigException
 
     register_configs()
+    check_choices(overrides)
+    searchpath = searchpath_overrides()
     os.environ.setdefault("MEDTUNE_RUN_STAMP", "compose")
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return to_train_config(hydra_compose(config_name="train", overrides=overrides))
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return to_train_config(hydra_compose(config_name="train", overrides=[*overrides, *searchpath]))
+    except MissingConfigException as err:  # one check_choices cannot see (a shipped file's own defaults)
+        folders = " and ".join(str(f) for f in (user_config_dir(), CONF) if f is not None)
+        raise ConfigError(f"{str(err).splitlines()[0]} (searched {folders})") from None

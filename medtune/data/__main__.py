@@ -4,6 +4,7 @@
     python -m medtune.data prepare --sources kormedmcqa mmlu --data-dir ../shared/data
     python -m medtune.data prepare on_bad_row=skip near_dup_threshold=0.85   # any data.* value as key=value
     python -m medtune.data prepare +experiment=own_data_ja         # with a run's config: its declared datasets too
+    python -m medtune.data prepare --config-dir my_config +experiment=own_vi   # a run config of your own folder
 
 Prepared splits go to <cache_dir>/prepared (cache_dir: --cache-dir, else $MEDTUNE_CACHE_DIR/data, else
 ~/.cache/medtune/data). A second run finds every source up to date and only reprints the tables.
@@ -23,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from medtune.config import GROUPS, ConfigError, DataConfig, compose
+from medtune.config import GROUPS, OPTION_HELP, ConfigError, DataConfig, compose, use_config_dir
 from medtune.config.checks import cache_root
 from medtune.data.loading import eval_split_specs, guarded_specs, is_eval_split, load_records
 from medtune.data.prepare import prepare_source, resolve_dir, version_key
@@ -169,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     prep.add_argument("--sources", nargs="+", help=f"default: every source present; known: {', '.join(SOURCES)}")
     prep.add_argument("--data-dir", help="raw data folder (default: $MEDTUNE_DATA_DIR)")
     prep.add_argument("--cache-dir", help="prepared data folder (default: $MEDTUNE_CACHE_DIR/data)")
+    prep.add_argument("--config-dir", help=OPTION_HELP)
     prep.add_argument("--hub", action="store_true", help="load sources that have a hub copy from the hub")
     prep.add_argument("--force", action="store_true", help="prepare again even when up to date")
     prep.add_argument("--no-leakage", action="store_true", help="skip the leakage report")
@@ -188,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         args.sources = [s for s in args.sources if "=" not in s] or None
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        use_config_dir(args.config_dir)
         return prepare_command(args)
     except (ConfigError, DatasetError, BadRowError) as err:  # the message names the key or file:line and the fix
         print(f"error: {err}", file=sys.stderr)

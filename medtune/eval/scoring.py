@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,6 +152,29 @@ def score(
     return rows
 
 
+def quiet_git_describe() -> str | None:
+    """`git describe --always` of the working directory, or None outside a git checkout, with nothing on stderr."""
+    try:
+        proc = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):  # no git installed, or a hung file system
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+@contextmanager
+def _quiet_git() -> Iterator[None]:
+    """lm-eval runs `git describe` for its results with git's stderr on ours: outside a checkout (an installed
+    medtune) that printed `fatal: not a git repository` into every run; the same lookup, silent, replaces it."""
+    import lm_eval.evaluator as evaluator
+
+    loud = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = quiet_git_describe
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = loud
+
+
 @dataclass
 class _LmEvalRun:
     """One lm-eval evaluation of an in-memory model on generated tasks (with its out-of-memory retries)."""
@@ -197,7 +222,7 @@ class _LmEvalRun:
             self.ranks, pretrained=self.model, tokenizer=self.tokenizer, batch_size=batch_size,
             max_length=self.max_length,
         )  # fmt: skip
-        with self.ranks.as_local_main():
+        with self.ranks.as_local_main(), _quiet_git():
             return simple_evaluate(
                 model=lm,
                 tasks=self.requested,

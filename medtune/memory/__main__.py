@@ -5,6 +5,7 @@
     python -m medtune.memory ... --json          # the breakdown as JSON
     python -m medtune.memory ... packing=packed label_tokens_per_row=873   # loss on 873 label tokens per row
     python -m medtune.memory ... trainer.memory_budget_gib=20   # the run's plan: rows, recomputed layers, offload
+    python -m medtune.memory --config-dir my_config +experiment=own_vi   # a config of your own folder
 
 `world_size=N` (default: $WORLD_SIZE or 1) and `label_tokens_per_row=N` (default: every token carries a label, the
 worst case) are read before Hydra composes conf/train.yaml; every other argument is a Hydra override. No torch, so
@@ -18,7 +19,7 @@ import os
 import sys
 from dataclasses import asdict
 
-from medtune.config import ConfigError, compose
+from medtune.config import ConfigError, compose, take_config_dir
 from medtune.files.space import GIB
 from medtune.memory.estimate import Calibration, estimate, load_arch
 from medtune.memory.plan import plan_memory
@@ -58,10 +59,11 @@ def main(argv: list[str] | None = None) -> None:
             label_tokens_per_row = _number(arg)
         elif arg != "--json":
             overrides.append(arg)
-    try:
-        cfg = compose(overrides)
+    try:  # --config-dir DIR ($MEDTUNE_CONFIG_DIR): your own config files beside the shipped ones
+        cfg = compose(take_config_dir(overrides))
     except (HydraException, ConfigError) as err:
-        raise SystemExit(f"error: {err}\n(arguments are Hydra overrides of conf/train.yaml: see --help)") from None
+        print(f"error: {err}\n(arguments are Hydra overrides of conf/train.yaml: see --help)", file=sys.stderr)
+        raise SystemExit(2) from None
     try:  # a budget given: the plan the run would make (rows, recomputation, offloading); none: every layer
         cfg, planned = plan_memory(cfg, world_size, cfg.trainer.memory_budget_gib, label_tokens_per_row)
     except (ConfigError, ValueError) as err:

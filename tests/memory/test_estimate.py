@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -276,10 +277,14 @@ def test_cli_help_and_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     assert "python -m medtune.memory model=" in capsys.readouterr().out
     with pytest.raises(SystemExit, match=r"world_size=1\.5: expected a whole number"):
         main(["model=tiny_llama", "world_size=1.5"])
-    with pytest.raises(SystemExit, match=r"(?s)error: .*model/no_such_model.*gemma3_270m.*see --help"):
-        main(["model=no_such_model"])
-    with pytest.raises(SystemExit, match=r"trainer\.micro_batch_size"):
-        main(["model=tiny_llama", "trainer.micro_batch_size=0"])
+    for argv, message in (
+        (["model=no_such_model"], r"(?s)error: .*model/no_such_model.*gemma3_270m.*see --help"),
+        (["model=tiny_llama", "trainer.micro_batch_size=0"], r"trainer\.micro_batch_size"),
+        (["--config-dir", "no_such_folder", "model=tiny_llama"], r"--config-dir no_such_folder: no such folder"),
+    ):
+        with pytest.raises(SystemExit) as stop:  # bad input: exit 2, one message on stderr
+            main(argv)
+        assert stop.value.code == 2 and re.search(message, capsys.readouterr().err)
 
 
 def test_bench_predicts_with_the_largest_timed_micro_batch() -> None:
