@@ -22,10 +22,10 @@ SRC=/root/src RUNS=/root/fd USITE=/root/site_unsloth
 export PYTHONPATH=/root/site:$SRC PYTHONUNBUFFERED=1 MEDTUNE_CACHE_DIR=/root/cache HF_HUB_OFFLINE=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=4 TOKENIZERS_PARALLELISM=false
 export UNSLOTH_DISABLE_STATISTICS=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
-# session 11 (2026-12-07): the done-when rows only; TRL + Liger beside the 4-row defaults (its 8-row row is committed)
-read -ra CONFIGS <<< "${FD_CONFIGS:-defaults_8 defaults_4 budget_peer_8 budget_peer_4}"
+# session 11 (2026-12-07): the done-when rows only (TRL + Liger: its 8-row row is committed; FD_PEERS adds it)
+read -ra CONFIGS <<< "${FD_CONFIGS:-defaults_8 defaults_4 budget_peer_8}"
 declare -A PEERS=()
-for pair in ${FD_PEERS:-defaults_8=unsloth defaults_4=unsloth,trl_liger}; do PEERS[${pair%%=*}]=${pair#*=}; done
+for pair in ${FD_PEERS:-defaults_8=unsloth defaults_4=unsloth}; do PEERS[${pair%%=*}]=${pair#*=}; done
 PEER_TIMEOUT_S=${PEER_TIMEOUT_S:-900} STEPS=${FD_STEPS:-30}
 DATA=/root/data  # the medical mix's sources for the train run: .gpudata.tgz (carried with .gpuB), see `start`
 
