@@ -130,7 +130,7 @@ def _write_and_check(
 def _probe_record(probes: gate.GateProbes) -> dict[str, Any]:
     counts = {lang: sum(len(t.docs) for t in probes.tasks if t.spec.language == lang) for lang in probes.languages}
     return {
-        "origin": probes.origin, "languages": counts, "per_language_cap": gate.QUESTIONS_PER_LANGUAGE,
+        "origin": probes.origin, "languages": counts, "per_language_cap": probes.per_language,
         "tasks": [t.name for t in probes.tasks], "num_fewshot": probes.num_fewshot, "scoring": probes.scoring,
     }  # fmt: skip
 
@@ -140,7 +140,10 @@ def _llama_cpp(base: Baseline, folder: Path) -> dict[str, Any]:
     why = binding()[2]
     if why:
         return {"run": False, "why": why}
-    lm = LlamaCppLM(next(folder.glob("*.gguf")))
+    try:
+        lm = LlamaCppLM(next(folder.glob("*.gguf")))
+    except RuntimeError as err:  # e.g. a binding older than the architecture: no verdict from llama.cpp, said so
+        return {"run": False, "why": str(err)}
     try:
         return {"run": True, **gate.judge(base.answers, gate.answers(lm, None, base.probes), base.probes.scoring)}
     finally:

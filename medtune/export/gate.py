@@ -47,6 +47,7 @@ class GateProbes:
     scoring: str = "letter"
     origin: str = ""  # where the questions came from, for the record and the card
     languages: list[str] = field(default_factory=list)
+    per_language: int = 0  # the cap it was drawn with
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -87,8 +88,9 @@ def _cap(tasks: list[TaskData], per_language: int) -> list[TaskData]:
     return [TaskData(t.name, t.spec, kept[t.name], t.fewshot_docs) for t in tasks if kept[t.name]]
 
 
-def gate_probes(run_dir: Path | None, per_language: int = QUESTIONS_PER_LANGUAGE) -> GateProbes:
+def gate_probes(run_dir: Path | None, per_language: int | None = None) -> GateProbes:
     """The run's own evaluation questions (every language it evaluated), else the built-in sample's."""
+    per_language = QUESTIONS_PER_LANGUAGE if per_language is None else per_language
     task_dir = run_dir / "eval" / "tasks" if run_dir else None
     tasks, fewshot, scoring = _recorded_tasks(task_dir) if task_dir and task_dir.is_dir() else ([], 0, "letter")
     if tasks:
@@ -99,7 +101,7 @@ def gate_probes(run_dir: Path | None, per_language: int = QUESTIONS_PER_LANGUAGE
         origin = f"the built-in Korean and English sample questions ({why})"
     tasks = _cap(tasks, per_language)
     languages = list(dict.fromkeys(t.spec.language for t in tasks))
-    return GateProbes(tasks, fewshot, scoring, origin, languages)
+    return GateProbes(tasks, fewshot, scoring, origin, languages, per_language)
 
 
 def answers(model: Any, tokenizer: Any, probes: GateProbes, scorer: str = "continuation") -> list[dict[str, Any]]:
