@@ -2,7 +2,8 @@
 
     rows = score(model, tokenizer, tasks, task_dir, scoring="letter", batch_size=8, out_dir=run_dir / "eval/base")
 
-The model (a transformers model or a peft model) is wrapped in lm-eval's `HFLM` as it is: no reload, no hub.
+The model (a transformers model or a peft model) is wrapped in lm-eval's `HFLM` as it is: no reload, no hub; an
+lm-eval model object (an `lm_eval.api.model.LM`, e.g. the export gate's llama.cpp model) is used as it is.
 Each row: task, id, language, domain, subject, gold, pred, correct, choice_lls, letter_lls, gold_ll_letter,
 gold_ll_text.
 """
@@ -127,11 +128,12 @@ def score(
     requested = [n for t in tasks for n in (names[t.name]["main"], names[t.name]["aux"])]
     run = _LmEvalRun(model, tokenizer, task_dir, requested, seed, max_length, ranks, scorer)
     started = time.perf_counter()
-    was_training = getattr(model, "training", False)
+    was_training = getattr(model, "training", None)
     try:
         results, batch_size = run.with_retries(batch_size)
     finally:
-        model.train(was_training)
+        if was_training is not None:
+            model.train(was_training)
     elapsed_s = time.perf_counter() - started
     samples = results["samples"]
     rows = []
@@ -213,12 +215,13 @@ class _LmEvalRun:
     def once(self, batch_size: int) -> dict[str, Any]:
         """simple_evaluate over the generated tasks, seeded; every rank gets the results (see ranks.py)."""
         from lm_eval import simple_evaluate
+        from lm_eval.api.model import LM
         from lm_eval.tasks import TaskManager
 
         # include_defaults=False: only our generated tasks are indexed (lm-eval's thousands of YAMLs take seconds).
         manager = TaskManager(include_path=str(self.task_dir), include_defaults=False)
         lm_class = ContinuationLM if self.scorer == "continuation" else SpreadHFLM
-        lm = lm_class(
+        lm = self.model if isinstance(self.model, LM) else lm_class(
             self.ranks, pretrained=self.model, tokenizer=self.tokenizer, batch_size=batch_size,
             max_length=self.max_length,
         )  # fmt: skip

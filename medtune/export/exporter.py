@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medtune.export import card, writers
-from medtune.export.check import TOLERANCES, Reference, Tolerance, against_evaluation, compare, reference
+from medtune.export import card, gate, writers
+from medtune.export.check import TOLERANCES, Reference, against_evaluation, compare, reference
 from medtune.export.gguf_loader import ExportLoadError
 from medtune.export.gguf_tokenizer import TokenizerExportError
 from medtune.export.gguf_writer import GGUFExportError, check_gguf_supported
+from medtune.export.llamacpp import LlamaCppLM, binding
 from medtune.export.merge import Merged, merge_adapter
 from medtune.export.source import ExportInputError, ExportSource, resolve_source
 from medtune.files.atomic import atomic_dir
@@ -39,7 +40,16 @@ PREDICTIONS = Path("eval") / "adapter" / "predictions.jsonl"  # the run's own pe
 
 
 class ExportCheckError(RuntimeError):
-    """The export does not compute what the merged model computes; the message lists what differed."""
+    """The export answers differently from the merged model; the message lists what differed."""
+
+
+@dataclass
+class Baseline:
+    """The merged model's side of the check, computed once for every format: probes, log-probs and answers."""
+
+    refs: list[Reference]
+    probes: gate.GateProbes
+    answers: list[dict[str, Any]]
 
 
 @dataclass
@@ -95,7 +105,7 @@ def _check_space(source: ExportSource, request: ExportRequest, paths: dict[str, 
 
 
 def _write_and_check(
-    merged: Merged, refs: list[Reference] | None, source: ExportSource, request: ExportRequest, fmt: str, tmp: Path
+    merged: Merged, base: Baseline | None, source: ExportSource, request: ExportRequest, fmt: str, tmp: Path
 ) -> dict:
     """Write one format into tmp, load it back, compare it with the merged model; returns the check record."""
     started = time.perf_counter()
@@ -104,10 +114,10 @@ def _write_and_check(
     record["write_s"] = round(time.perf_counter() - started, 1)
     record["merge"] = {"adapter_logit_change": merged.adapter_logit_change, "logit_delta": merged.merge_logit_delta}
     record |= merged.seconds
-    if refs is not None:
+    if base is not None:
         started = time.perf_counter()
-        record |= _check(refs, fmt, TOLERANCES[written["weight_type"]], tmp)
-        if source.run_dir:
+        record |= _check(base, fmt, written["weight_type"], tmp)
+        if source.run_dir and record.get("questions"):
             record["evaluated"] = against_evaluation(record["questions"], source.run_dir / PREDICTIONS)
         record["check_s"] = round(time.perf_counter() - started, 1)
     else:
@@ -117,13 +127,46 @@ def _write_and_check(
     return record
 
 
-def _check(refs: list[Reference], fmt: str, tolerance: Tolerance, folder: Path) -> dict[str, Any]:
-    """Load the export back and compare it; an export that does not load is a failed check too."""
+def _probe_record(probes: gate.GateProbes) -> dict[str, Any]:
+    counts = {lang: sum(len(t.docs) for t in probes.tasks if t.spec.language == lang) for lang in probes.languages}
+    return {
+        "origin": probes.origin, "languages": counts, "per_language_cap": probes.per_language,
+        "tasks": [t.name for t in probes.tasks], "num_fewshot": probes.num_fewshot, "scoring": probes.scoring,
+    }  # fmt: skip
+
+
+def _llama_cpp(base: Baseline, folder: Path) -> dict[str, Any]:
+    """The GGUF's answers in llama.cpp, judged like medtune's own reading; or why llama.cpp was not run."""
+    why = binding()[2]
+    if why:
+        return {"run": False, "why": why}
+    try:
+        lm = LlamaCppLM(next(folder.glob("*.gguf")))
+    except RuntimeError as err:  # e.g. a binding older than the architecture: no verdict from llama.cpp, said so
+        return {"run": False, "why": str(err)}
+    try:
+        return {"run": True, **gate.judge(base.answers, gate.answers(lm, None, base.probes), base.probes.scoring)}
+    finally:
+        lm.close()
+
+
+def _check(base: Baseline, fmt: str, weight_type: str, folder: Path) -> dict[str, Any]:
+    """Load the export back; the verdict is its answers (and, for GGUF, llama.cpp's); log-probs are information.
+
+    An export that does not load is a failed check too."""
     try:
         model, tokenizer = writers.load_back(fmt, folder)
     except ExportLoadError as err:
         return {"passed": False, "languages": {}, "failures": [str(err)], "questions": []}
-    return compare(refs, model, tokenizer, tolerance)
+    out = compare(base.refs, model, tokenizer, TOLERANCES[weight_type])
+    out["logprobs_within_tolerance"], out["logprob_notes"] = out.pop("passed"), out.pop("failures")
+    verdict = gate.judge(base.answers, gate.answers(model, tokenizer, base.probes), base.probes.scoring)
+    out["gate"] = {"probes": _probe_record(base.probes), "medtune": verdict}
+    failures = list(verdict["failures"])
+    if fmt == "gguf":
+        out["gate"]["llama_cpp"] = in_llama = _llama_cpp(base, folder)
+        failures += [f"llama.cpp: {f}" for f in in_llama.get("failures", [])]
+    return out | {"passed": not failures, "failures": failures}
 
 
 def _publish_failed(tmp: Path, target: Path) -> Path:
@@ -149,18 +192,23 @@ def export(request: ExportRequest) -> dict[str, Path]:
     started = time.perf_counter()
     merged = merge_adapter(source)
     merged_s = time.perf_counter() - started
-    refs = reference(merged.model, merged.tokenizer) if request.check else None
+    base = None
+    if request.check:
+        probes = gate.gate_probes(source.run_dir)
+        base = Baseline(
+            reference(merged.model, merged.tokenizer), probes, gate.answers(merged.model, merged.tokenizer, probes)
+        )
     merged.seconds = {"merge_s": round(merged_s, 1), "reference_s": round(time.perf_counter() - started - merged_s, 1)}
     for fmt, target in paths.items():
         with atomic_dir(target, replace=True) as tmp:  # a failed write or check leaves `target` as it was
             try:
-                record = _write_and_check(merged, refs, source, request, fmt, tmp)
+                record = _write_and_check(merged, base, source, request, fmt, tmp)
             except (GGUFExportError, TokenizerExportError) as err:
                 raise ExportInputError(f"{fmt} export of {source.label}: {err}") from err
             if record["passed"] is False:
                 failed = _publish_failed(tmp, target)
                 raise ExportCheckError(
-                    f"the {fmt} export does not match the merged model: "
+                    f"the {fmt} export answers differently from the merged model: "
                     + "; ".join(record["failures"])
                     + f". Kept for inspection in {failed} ({CHECK_FILE})."
                 )

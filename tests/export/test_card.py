@@ -56,10 +56,14 @@ def test_dataset_licenses_come_from_the_readmes(tmp_path: Path) -> None:
     assert dataset_license("ja_notes:train", readme, declared) == "not stated (data.datasets.ja_notes.license)"
 
 
-def test_modelfile_passes_plain_prompts_through() -> None:
-    assert 'TEMPLATE """{{ .Prompt }}"""' in modelfile("m-f16.gguf", chat_template=False)
-    chat = modelfile("m-f16.gguf", chat_template=True)
+def test_modelfile_passes_plain_prompts_through_and_carries_the_license() -> None:
+    gemma = base_license(_source(name="gemma3_270m", source="gguf", path=None))
+    plain = modelfile("m-f16.gguf", chat_template=False, license_text=gemma)
+    assert 'TEMPLATE """{{ .Prompt }}"""' in plain
+    assert 'LICENSE """Gemma Terms of Use (https://ai.google.dev/gemma/terms)"""' in plain
+    chat = modelfile("m-f16.gguf", chat_template=True, license_text="unknown")
     assert "FROM ./m-f16.gguf" in chat and "TEMPLATE" not in chat  # Ollama takes the GGUF's chat template
+    assert 'LICENSE """unknown"""' in chat
 
 
 def test_the_card_states_the_trained_mix_beside_the_planned_one() -> None:
