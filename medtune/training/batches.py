@@ -6,6 +6,8 @@ where the killed one stopped: batches are a pure function of (data, packing conf
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +37,9 @@ class DataPipeline:
     world_size: int
     eval_batches: int
     report: dict[str, Any] = field(default_factory=dict)
+    # what the run trains on, for resume's check (medtune/training/resume.py): data.content.<source:split> -> a hash
+    # of that source's loaded rows, data.selected -> a hash of the mix's training and held-out ids in order
+    fingerprint: dict[str, str] = field(default_factory=dict)
     _cached: tuple[int, list[dict[str, torch.Tensor]]] | None = None  # (epoch, all ranks' batches)
     _heldout: list[dict[str, torch.Tensor]] | None = None
     _per_epoch: int | None = None  # epoch 0's micro-batch count, the unit of `epochs` (kept: later epochs evict 0)
@@ -135,6 +140,24 @@ def load_pools(cfg: TrainConfig, report: dict[str, Any]) -> dict[str, dict[str, 
     return pools
 
 
+def data_fingerprint(pools: dict[str, dict[str, list]], train: list, heldout: list) -> dict[str, str]:
+    """{data.content.<source:split>: sha256 of its loaded rows (every field), data.selected: sha256 of the mix's ids}.
+
+    Rows are hashed as loaded (after the leakage guard), so a rewritten file, another prepare of it or another
+    guard gives another hash; the selection covers what the mix drew from them (training order and held-out set).
+    """
+    out: dict[str, str] = {}
+    for specs in pools.values():
+        for spec, records in specs.items():
+            digest = hashlib.sha256()
+            for record in records:
+                digest.update(json.dumps(record.to_row(), sort_keys=True, ensure_ascii=False).encode() + b"\n")
+            out[f"data.content.{spec}"] = digest.hexdigest()[:16]
+    ids = {"train": [r.id for r in train], "heldout": [r.id for r in heldout]}
+    out["data.selected"] = hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+    return out
+
+
 def build_data(cfg: TrainConfig, tokenizer: Any, model: torch.nn.Module, dist: Any) -> DataPipeline:
     """Mix, tokenize and prepare packing for this run; the realised mix goes into the report."""
 
@@ -146,7 +169,8 @@ def build_data(cfg: TrainConfig, tokenizer: Any, model: torch.nn.Module, dist: A
         return encoded[record.id]
 
     report: dict[str, Any] = {}
-    mix = build_mix(cfg.data_mix, load_pools(cfg, report), lambda r: len(encode(r)["input_ids"]))
+    pools = load_pools(cfg, report)
+    mix = build_mix(cfg.data_mix, pools, lambda r: len(encode(r)["input_ids"]))
     report.update(mix.report)
     if dist.is_main:
         log.info("realised data mix:\n%s", format_mix_report(mix.report))
@@ -165,6 +189,7 @@ def build_data(cfg: TrainConfig, tokenizer: Any, model: torch.nn.Module, dist: A
         dist.world_size,
         cfg.trainer.eval_batches,
         report=report,
+        fingerprint=data_fingerprint(pools, mix.train, mix.heldout),
     )
     stats = packing_stats(pipeline.all_batches(0))
     pipeline.report.update(stats)

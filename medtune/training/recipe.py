@@ -26,7 +26,7 @@ from medtune.models.lora import (
     save_adapter,
     trainable_parameters,
 )
-from medtune.training import checkpoint, distributed, fast_paths, step_metrics
+from medtune.training import checkpoint, distributed, fast_paths, resume, step_metrics
 from medtune.training.batches import DataPipeline, build_data
 from medtune.training.loss_module import compute_loss, eval_loss
 from medtune.training.offload import ActivationOffloader
@@ -57,6 +57,7 @@ class TrainRecipe:
         self.checkpoint_record: dict[str, Any] = {}  # the run's config and resume history, stored in each checkpoint
         # the checkpoint run_record.open_record checked against the config (training.run sets it); None: step 0
         self.resume_from: Path | None = None
+        self.resume_plan: resume.ResumePlan | None = None  # its accepted changes, which the data check extends
         self.watcher: Watcher | None = None  # the watch during training (eval.watch), built in setup
         self.offloader: ActivationOffloader | None = None  # trainer.offload_activations on a GPU, built with the model
 
@@ -126,6 +127,7 @@ class TrainRecipe:
                 f"{self.run_dir}, or did its keep_checkpoints remove it?); nothing was loaded. Run again: the "
                 "check picks the newest complete checkpoint."
             )
+        self.summary.update(resume.compare_data(point, self.data, self.cfg, self.resume_plan, self.checkpoint_record))
         state = checkpoint.load_checkpoint(point, self.model, self.optimizer, self.scheduler)
         self.step = state["step"]
         self.data_position = state["data_position"]
@@ -253,7 +255,7 @@ class TrainRecipe:
         """Write a resumable checkpoint: one file set from rank 0, or every rank's shard under FSDP."""
         self.watch.enter("checkpoint", self.step)
         args = (self.run_dir / "checkpoints", self.step, self.model, self.optimizer, self.scheduler)
-        state = {"data_position": self.data_position, **self.checkpoint_record}
+        state = {"data_position": self.data_position, **self.checkpoint_record, "data": self.data.fingerprint}
         if self.watcher is not None:
             state["watch"] = self.watcher.state()
         rngs = distributed.all_gather_objects(checkpoint.rng_state())  # dropout draws differ by rank
