@@ -53,6 +53,7 @@ class ExportRequest:
     overwrite: bool = False
     base: str | None = None
     check: bool = True
+    base_mismatch_ok: bool = False  # merge into a base other than the one the adapter records
 
 
 def _validate(request: ExportRequest) -> None:
@@ -147,7 +148,7 @@ def export(request: ExportRequest) -> dict[str, Path]:
     need = _check_space(source, request, paths)
     log.info("exporting %s to %s (estimated %s)", source.adapter_dir, paths, {k: size_text(v) for k, v in need.items()})
     started = time.perf_counter()
-    merged = merge_adapter(source)
+    merged = merge_adapter(source, request.base_mismatch_ok)
     merged_s = time.perf_counter() - started
     refs = reference(merged.model, merged.tokenizer) if request.check else None
     merged.seconds = {"merge_s": round(merged_s, 1), "reference_s": round(time.perf_counter() - started - merged_s, 1)}
