@@ -37,13 +37,13 @@ def _hydra_main(dict_cfg: DictConfig) -> None:
     except ConfigError as err:
         log.error("invalid config: %s", err)
         sys.exit(2)
-    from medtune.eval.adapter_check import AdapterInactiveError, BaseMismatchError
+    from medtune.eval.adapter_check import AdapterFileError, AdapterInactiveError, BaseMismatchError
     from medtune.eval.sanity import EvalSanityError
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         metrics_dir = _evaluate_command(cfg, dict_cfg, run_dir)
-    except BaseMismatchError as err:  # bad input: the adapter belongs to another base
+    except (AdapterFileError, BaseMismatchError) as err:  # bad input: a damaged adapter, or one of another base
         log.error("%s", err)
         sys.exit(2)
     except (AdapterInactiveError, EvalSanityError) as err:

@@ -28,6 +28,10 @@ class AdapterInactiveError(RuntimeError):
     """Loading the adapter did not change the model's output."""
 
 
+class AdapterFileError(ValueError):
+    """The adapter's files cannot be read or do not fit the model (truncated, garbage, another rank)."""
+
+
 class BaseMismatchError(ValueError):
     """The adapter records another base (architecture or weights) than the model it is applied to."""
 
@@ -95,7 +99,17 @@ def load_adapter(model: Any, path: str, base_mismatch_ok: bool = False, override
     if not (Path(path) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"eval.adapter={path}: no adapter_config.json there; point it at a saved adapter dir.")
     check_base(model, Path(path), base_mismatch_ok, override)
-    return PeftModel.from_pretrained(model, path, is_trainable=False)
+    from safetensors import SafetensorError
+
+    try:
+        return PeftModel.from_pretrained(model, path, is_trainable=False)
+    except (SafetensorError, ValueError, RuntimeError, KeyError) as err:  # JSONDecodeError is a ValueError
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise AdapterFileError(
+            f"the adapter in {path} cannot be loaded onto this model ({type(err).__name__}: {reason[:300]}): its "
+            "adapter_model.safetensors or adapter_config.json is damaged or was saved for another lora.r or "
+            "target_modules; copy the adapter again from its run, or point at the run's own adapter directory."
+        ) from err
 
 
 def check_base(model: Any, adapter_dir: Any, mismatch_ok: bool, override: str = OVERRIDE) -> None:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from medtune.eval.adapter_check import (
+    AdapterFileError,
     AdapterInactiveError,
     BaseMismatchError,
     check_adapter_active,
@@ -100,7 +101,7 @@ def merge_adapter(source: ExportSource, base_mismatch_ok: bool = False) -> Merge
     base, tokenizer = _build_base(source)
     try:
         model = load_adapter(base, str(source.adapter_dir), base_mismatch_ok, "--base-mismatch-ok").float()
-    except BaseMismatchError as err:
+    except (AdapterFileError, BaseMismatchError) as err:
         raise ExportInputError(str(err)) from err
     before = probe_logits(model, tokenizer)  # one forward for both uses (a 70B float32 forward on a CPU is minutes)
     try:

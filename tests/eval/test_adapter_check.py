@@ -54,3 +54,20 @@ def test_export_refuses_another_seeds_random_base_unless_told(
     assert not (run / "export").exists()
     code = export_main([str(run), "--format", "safetensors", "--no-check", "--base-mismatch-ok"])
     assert code == 0 and (run / "export" / "safetensors").is_dir()
+
+
+def test_a_garbage_adapter_is_an_adapter_file_error_naming_it(tmp_path: Path) -> None:
+    """Issue 32, item 8: medtune.evaluate printed safetensors' traceback; AdapterFileError is its exit 2 line."""
+    import torch
+
+    from medtune.config import ModelConfig, QuantizationConfig
+    from medtune.eval.adapter_check import AdapterFileError, load_adapter
+    from medtune.models.build import build_model
+
+    run = make_run(tmp_path, "tiny_llama")
+    (run / "adapter" / "adapter_model.safetensors").write_bytes(b"garbage" * 50)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    torch.manual_seed(0)
+    model, _ = build_model(ModelConfig(**config["model"]), QuantizationConfig(), torch.device("cpu"))
+    with pytest.raises(AdapterFileError, match=r"the adapter in .*adapter cannot be loaded onto this model \(Safet"):
+        load_adapter(model, str(run / "adapter"))
