@@ -62,6 +62,10 @@ def _validate(request: ExportRequest) -> None:
         raise ExportInputError(f"--format {','.join(request.formats)}: use one or more of {', '.join(FORMATS)}.")
     if request.quant not in QUANTS:
         raise ExportInputError(f"--quant {request.quant}: use one of {', '.join(QUANTS)} (GGUF weight types).")
+    above = [request.out, *request.out.parents] if request.out else []
+    blocking = next((p for p in above if p.is_file()), None)
+    if blocking is not None:  # checked now, not after minutes of merging
+        raise ExportInputError(f"--out {request.out}: {blocking} is a file, not a folder; pass --out DIR.")
     if request.quant != "f16" and "gguf" not in request.formats:
         raise ExportInputError(
             f"--quant {request.quant} applies to GGUF only; safetensors are written in the base's dtype. "

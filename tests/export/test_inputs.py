@@ -147,3 +147,16 @@ def test_broken_adapter_config_is_one_line_naming_it(run: Path, caplog: pytest.L
     code, message = _exit_and_message([str(run), "--format", "safetensors", "--no-check"], caplog)
     assert code == 2 and f"{run / 'adapter' / 'adapter_config.json'} is not valid JSON" in message
     assert "\n" not in message
+
+
+def test_out_that_is_a_file_is_refused_before_merging(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 32, item 8: --out at a file failed with a traceback after the whole merge (23 s on the 270M)."""
+    merged = []
+    monkeypatch.setattr(exporter, "merge_adapter", lambda *a: merged.append(1))
+    (tmp_path / "a_file").write_text("")
+    for out in (tmp_path / "a_file", tmp_path / "a_file" / "below"):
+        code, message = _exit_and_message([str(run), "--format", "safetensors", "--out", str(out)], caplog)
+        assert code == 2 and message == f"--out {out}: {tmp_path / 'a_file'} is a file, not a folder; pass --out DIR."
+    assert merged == []
