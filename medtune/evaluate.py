@@ -38,12 +38,15 @@ def _hydra_main(dict_cfg: DictConfig) -> None:
     except ConfigError as err:
         log.error("invalid config: %s", err)
         sys.exit(2)
-    from medtune.eval.adapter_check import AdapterInactiveError
+    from medtune.eval.adapter_check import AdapterFileError, AdapterInactiveError, BaseMismatchError
     from medtune.eval.sanity import EvalSanityError
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         metrics_dir = _evaluate_command(cfg, dict_cfg, run_dir)
+    except (AdapterFileError, BaseMismatchError) as err:  # bad input: a damaged adapter, or one of another base
+        log.error("%s", err)
+        sys.exit(2)
     except (AdapterInactiveError, EvalSanityError) as err:
         log.error("%s", err)
         sys.exit(1)
@@ -92,7 +95,7 @@ def _evaluate_command(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path) -> 
         model, tokenizer = build_model(cfg.model, cfg.quantization, dist.device)
         label = "base"
         if cfg.eval.adapter:
-            model = load_adapter(model, cfg.eval.adapter)
+            model = load_adapter(model, cfg.eval.adapter, cfg.eval.base_mismatch_ok)
             label = "adapter"
         if cfg.sharding.strategy == "fsdp":
             model = distributed.wrap_model(model, cfg.sharding, dist, cfg.trainer)

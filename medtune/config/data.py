@@ -207,6 +207,9 @@ class EvalConfig:
     confidence: float = 0.95
     seed: int = 0  # also picks the `limit` subset, so runs with one seed are scored on the same questions
     adapter: str | None = None  # python -m medtune.evaluate: a saved peft adapter dir to load onto the model
+    # the adapter's recorded base (base_identity.json: architecture, weights fingerprint) must be this model's;
+    # true applies it to another base anyway (the export's --base-mismatch-ok)
+    base_mismatch_ok: bool = False
     sanity: str = "error"  # error | warn | off: identical letter logits, one letter everywhere, below chance
     cache_base: bool = True  # reuse the base model's scores across a sweep (keyed on model, data, settings)
     cache_dir: str = f"{CACHE_ROOT}/eval_base"

@@ -2,7 +2,8 @@
 
 A LoRA adapter that never trained (B = 0), or one that failed to attach, leaves the logits exactly as the base
 model's: its "evaluation" would silently re-score the base. `check_adapter_active` compares the probe logits with
-the adapter on and off and raises AdapterInactiveError when they do not differ.
+the adapter on and off and raises AdapterInactiveError when they do not differ. `load_adapter` first checks that the
+model is the base the adapter records (medtune/models/identity.py) and raises BaseMismatchError when it is not.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import hashlib
 import logging
 from typing import Any
 
+from medtune.models.identity import identity_mismatch, read_identity
+
 log = logging.getLogger(__name__)
 
 PROBE_PROMPT = (
@@ -18,10 +21,19 @@ PROBE_PROMPT = (
     "\n질문: 인슐린을 분비하는 기관은?\nA. 간\nB. 췌장\nC. 신장\nD. 비장\n정답:"
 )
 ACTIVE_TOL = 1e-6
+OVERRIDE = "eval.base_mismatch_ok=true"  # how `python -m medtune.evaluate` applies an adapter to another base
 
 
 class AdapterInactiveError(RuntimeError):
     """Loading the adapter did not change the model's output."""
+
+
+class AdapterFileError(ValueError):
+    """The adapter's files cannot be read or do not fit the model (truncated, garbage, another rank)."""
+
+
+class BaseMismatchError(ValueError):
+    """The adapter records another base (architecture or weights) than the model it is applied to."""
 
 
 def is_peft_model(model: Any) -> bool:
@@ -77,12 +89,50 @@ def check_adapter_active(model: Any, tokenizer: Any, on: Any = None) -> float:
     return diff
 
 
-def load_adapter(model: Any, path: str) -> Any:
-    """Attach a saved peft adapter (a directory with adapter_config.json) to a loaded base model."""
+def load_adapter(model: Any, path: str, base_mismatch_ok: bool = False, override: str = OVERRIDE) -> Any:
+    """Attach a saved peft adapter (a directory with adapter_config.json) to a loaded base model, after checking
+    that the model is the base the adapter records (BaseMismatchError naming `override` otherwise)."""
     from pathlib import Path
 
     from peft import PeftModel
 
     if not (Path(path) / "adapter_config.json").is_file():
         raise FileNotFoundError(f"eval.adapter={path}: no adapter_config.json there; point it at a saved adapter dir.")
-    return PeftModel.from_pretrained(model, path, is_trainable=False)
+    check_base(model, Path(path), base_mismatch_ok, override)
+    from safetensors import SafetensorError
+
+    try:
+        return PeftModel.from_pretrained(model, path, is_trainable=False)
+    except (SafetensorError, ValueError, RuntimeError, KeyError) as err:  # JSONDecodeError is a ValueError
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise AdapterFileError(
+            f"the adapter in {path} cannot be loaded onto this model ({type(err).__name__}: {reason[:300]}): its "
+            "adapter_model.safetensors or adapter_config.json is damaged or was saved for another lora.r or "
+            "target_modules; copy the adapter again from its run, or point at the run's own adapter directory."
+        ) from err
+
+
+def check_base(model: Any, adapter_dir: Any, mismatch_ok: bool, override: str = OVERRIDE) -> None:
+    """BaseMismatchError when the adapter's recorded base (base_identity.json) is not `model` (a build_model base)."""
+    try:
+        recorded = read_identity(adapter_dir)
+    except ValueError as err:
+        raise BaseMismatchError(str(err)) from err
+    current = getattr(model, "medtune_base_identity", None)
+    if recorded is None or current is None:
+        log.warning(
+            "%s records no base identity (saved before medtune recorded it): its base is not checked", adapter_dir
+        )
+        return
+    problem = identity_mismatch(recorded, current)
+    if problem is None:
+        return
+    if mismatch_ok:
+        log.warning(
+            "the adapter %s was trained on another base: %s; applied anyway (%s)", adapter_dir, problem, override
+        )
+        return
+    raise BaseMismatchError(
+        f"the adapter {adapter_dir} was trained on another base than this model: {problem}; load the base it was "
+        f"trained on (the run's model and seed), or pass {override} to apply it anyway."
+    )

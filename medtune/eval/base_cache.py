@@ -6,6 +6,10 @@ by side share entries safely: the file is written through a unique temporary nam
 (`medtune.files.atomic`), and a one-process job holds the entry's lock while it scores, so that a second job asking for
 the same base waits for those scores instead of computing them again.
 
+An entry is verified before it is used: `entry.json` beside it holds the file's SHA-256, its row count and a hash of
+its question ids; every line must parse, and the rows must be those of the questions asked now (ids and count). A
+damaged entry (lines lost, a torn line, another checksum) is scored again and replaced, with a warning naming it.
+
     rows = base_predictions(model, tokenizer, eval_cfg, tasks, score_fn, out_dir, ranks)
 """
 
@@ -24,9 +28,8 @@ from medtune.config import EvalConfig
 from medtune.data.prepare import resolve_dir
 from medtune.eval.adapter_check import base_probe_logits, fingerprint, is_peft_model
 from medtune.eval.sanity import check_predictions
-from medtune.eval.scoring import read_predictions
 from medtune.eval.tasks import PROMPT_VERSION
-from medtune.files.atomic import atomic_copy, file_lock
+from medtune.files.atomic import atomic_copy, atomic_write_text, file_lock
 from medtune.models.anatomy import peft_base_of
 
 if TYPE_CHECKING:
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 ScoreFn = Callable[[Any, Path], list[dict]]
+ENTRY_FILE = "entry.json"  # beside predictions.jsonl: its sha256, rows and a hash of its question ids
 
 
 def base_cache_key(model: Any, base_fingerprint: str, tasks: list, eval_cfg: EvalConfig) -> str:
@@ -68,9 +72,16 @@ def _scored_batch(out_dir: Path) -> int | None:
 
 
 def score_base(
-    model: Any, score_fn: ScoreFn, out_dir: Path, cache: Path | None, batch_size: int, ranks: Ranks
+    model: Any,
+    score_fn: ScoreFn,
+    out_dir: Path,
+    cache: Path | None,
+    batch_size: int,
+    ranks: Ranks,
+    expected_ids: list[str] | None = None,
 ) -> list[dict]:
-    """Score the base model (adapter disabled) into out_dir, or reuse the cache entry `cache` when it exists.
+    """Score the base model (adapter disabled) into out_dir, or reuse the cache entry `cache` when it exists and is
+    whole (`expected_ids`: the questions asked now; None checks the entry's own checksum and lines only).
 
     The cache key holds eval.batch_size; a base that had to be scored at a smaller batch is not cached under it.
     Under torchrun rank 0 decides and reads the cache and hands the rows to the others, so all ranks agree; it
@@ -79,7 +90,7 @@ def score_base(
     """
 
     with file_lock(cache) if cache is not None and not ranks.spread else contextlib.nullcontext():
-        cached = _read_entry(cache, out_dir) if ranks.is_main and cache is not None else None
+        cached = _read_entry(cache, out_dir, expected_ids) if ranks.is_main and cache is not None else None
         cached = ranks.broadcast(cached)
         if cached is not None:
             return cached
@@ -93,26 +104,63 @@ def score_base(
     return rows
 
 
-def _read_entry(cache: Path, out_dir: Path) -> list[dict] | None:
-    """The cached base predictions, copied into out_dir; None when the entry does not exist yet."""
+def _read_entry(cache: Path, out_dir: Path, expected_ids: list[str] | None) -> list[dict] | None:
+    """The cached base predictions, copied into out_dir; None when the entry does not exist yet or is damaged."""
 
     if not (cache / "predictions.jsonl").is_file():
         return None
-    log.info("base model scores reused from %s", cache)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Copy once and read the copy: the entry may be replaced meanwhile (atomically, by an identical file).
     shutil.copyfile(cache / "predictions.jsonl", out_dir / "predictions.jsonl")
-    return read_predictions(out_dir / "predictions.jsonl")
+    rows, problem = _verified(out_dir / "predictions.jsonl", cache / ENTRY_FILE, expected_ids)
+    if problem:
+        log.warning("base-score cache entry %s is damaged (%s): scoring the base again to replace it", cache, problem)
+        return None
+    log.info("base model scores reused from %s", cache)
+    return rows
+
+
+def _ids_hash(ids: list[str]) -> str:
+    return hashlib.sha256(json.dumps(sorted(ids), ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def _verified(path: Path, entry: Path, expected_ids: list[str] | None) -> tuple[list[dict], str | None]:
+    """(rows, None) for a whole entry, else ([], what is wrong with it)."""
+    data = path.read_bytes()
+    try:
+        recorded = json.loads(entry.read_text()) if entry.is_file() else None  # None: cached before entry.json
+    except (OSError, ValueError):
+        return [], f"{ENTRY_FILE} is unreadable"
+    if recorded is not None and hashlib.sha256(data).hexdigest() != recorded.get("sha256"):
+        return [], f"predictions.jsonl does not match the checksum in {ENTRY_FILE}"
+    lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            return [], f"line {number} of predictions.jsonl is torn"
+    if lines and not lines[-1].endswith("\n"):  # cut at a line's end: whole JSON, yet not all of the file
+        return [], f"line {len(lines)} of predictions.jsonl is torn"
+    ids = [str(row.get("id")) for row in rows]
+    if expected_ids is not None and (len(ids) != len(expected_ids) or _ids_hash(ids) != _ids_hash(expected_ids)):
+        return [], f"{len(ids)} rows for the {len(expected_ids)} questions asked, or other question ids"
+    return rows, None
 
 
 def _write_entry(out_dir: Path, cache: Path, batch_size: int) -> None:
-    """Store out_dir's predictions as the entry (unique temporary name, atomic rename); never fails the eval."""
+    """Store out_dir's predictions as the entry (unique temporary name, atomic rename), then its entry.json; never
+    fails the eval."""
     scored = _scored_batch(out_dir)
     if scored not in (None, batch_size):
         log.warning("base model scored at batch %d, not eval.batch_size=%d: not cached", scored, batch_size)
         return
+    data = (out_dir / "predictions.jsonl").read_bytes()
+    ids = [str(json.loads(line).get("id")) for line in data.splitlines() if line.strip()]
+    entry = {"sha256": hashlib.sha256(data).hexdigest(), "rows": len(ids), "ids_sha256": _ids_hash(ids)}
     try:
         atomic_copy(out_dir / "predictions.jsonl", cache / "predictions.jsonl")
+        atomic_write_text(cache / ENTRY_FILE, json.dumps(entry) + "\n")
     except OSError as err:  # a full or read-only cache costs a re-score next time, not this evaluation
         log.warning("base model scores not cached in %s: %s", cache, err)
 
@@ -127,6 +175,7 @@ def base_predictions(
         probe = base_probe_logits(model, tokenizer)  # a forward: every rank runs it (FSDP gathers on all)
         key = ranks.broadcast(base_cache_key(model, fingerprint(probe), tasks, eval_cfg))
         cache = resolve_dir(eval_cfg.cache_dir) / key
-    rows = score_base(model, score_fn, out / "base", cache, eval_cfg.batch_size, ranks)
+    asked = [doc["id"] for task in tasks for doc in task.docs]  # what the entry must hold, each question once
+    rows = score_base(model, score_fn, out / "base", cache, eval_cfg.batch_size, ranks, asked)
     check_predictions(rows, eval_cfg.sanity, "base")
     return rows

@@ -29,9 +29,16 @@ def parse_args(argv: list[str] | None = None) -> ExportRequest:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export")
     parser.add_argument("--base", default=None, help="base model directory, when the recorded one is elsewhere")
     parser.add_argument("--no-check", dest="check", action="store_false", help="skip the check (not recommended)")
+    parser.add_argument(
+        "--base-mismatch-ok",
+        action="store_true",
+        help="merge even when the base is not the one the adapter records (base_identity.json)",
+    )
     args = parser.parse_args(argv)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    return ExportRequest(args.path, formats, args.quant, args.out, args.overwrite, args.base, args.check)
+    return ExportRequest(
+        args.path, formats, args.quant, args.out, args.overwrite, args.base, args.check, args.base_mismatch_ok
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

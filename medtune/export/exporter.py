@@ -63,6 +63,7 @@ class ExportRequest:
     overwrite: bool = False
     base: str | None = None
     check: bool = True
+    base_mismatch_ok: bool = False  # merge into a base other than the one the adapter records
 
 
 def _validate(request: ExportRequest) -> None:
@@ -71,6 +72,10 @@ def _validate(request: ExportRequest) -> None:
         raise ExportInputError(f"--format {','.join(request.formats)}: use one or more of {', '.join(FORMATS)}.")
     if request.quant not in QUANTS:
         raise ExportInputError(f"--quant {request.quant}: use one of {', '.join(QUANTS)} (GGUF weight types).")
+    above = [request.out, *request.out.parents] if request.out else []
+    blocking = next((p for p in above if p.is_file()), None)
+    if blocking is not None:  # checked now, not after minutes of merging
+        raise ExportInputError(f"--out {request.out}: {blocking} is a file, not a folder; pass --out DIR.")
     if request.quant != "f16" and "gguf" not in request.formats:
         raise ExportInputError(
             f"--quant {request.quant} applies to GGUF only; safetensors are written in the base's dtype. "
@@ -190,7 +195,7 @@ def export(request: ExportRequest) -> dict[str, Path]:
     need = _check_space(source, request, paths)
     log.info("exporting %s to %s (estimated %s)", source.adapter_dir, paths, {k: size_text(v) for k, v in need.items()})
     started = time.perf_counter()
-    merged = merge_adapter(source)
+    merged = merge_adapter(source, request.base_mismatch_ok)
     merged_s = time.perf_counter() - started
     base = None
     if request.check:

@@ -18,7 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from medtune.eval.adapter_check import AdapterInactiveError, check_adapter_active, load_adapter, probe_logits
+from medtune.eval.adapter_check import (
+    AdapterFileError,
+    AdapterInactiveError,
+    BaseMismatchError,
+    check_adapter_active,
+    load_adapter,
+    probe_logits,
+)
 from medtune.export.source import SUPPORTED_MODEL_TYPES, ExportInputError, ExportSource
 from medtune.models.build import ModelLoadError, build_model
 
@@ -88,10 +95,14 @@ def _build_base(source: ExportSource) -> tuple[nn.Module, Any]:
     return base.float(), tokenizer
 
 
-def merge_adapter(source: ExportSource) -> Merged:
-    """The run's base with its adapter merged in, float32 on the CPU, ready for inference (use_cache on)."""
+def merge_adapter(source: ExportSource, base_mismatch_ok: bool = False) -> Merged:
+    """The run's base with its adapter merged in, float32 on the CPU, ready for inference (use_cache on); an adapter
+    that records another base is refused (ExportInputError) unless `base_mismatch_ok`."""
     base, tokenizer = _build_base(source)
-    model = load_adapter(base, str(source.adapter_dir)).float()
+    try:
+        model = load_adapter(base, str(source.adapter_dir), base_mismatch_ok, "--base-mismatch-ok").float()
+    except (AdapterFileError, BaseMismatchError) as err:
+        raise ExportInputError(str(err)) from err
     before = probe_logits(model, tokenizer)  # one forward for both uses (a 70B float32 forward on a CPU is minutes)
     try:
         change = check_adapter_active(model, tokenizer, on=before)

@@ -111,7 +111,12 @@ def _check_model_type(model_cfg: ModelConfig) -> None:
 def resolve_source(path: Path, base: str | None = None) -> ExportSource:
     """Find the adapter and the run behind `path`; check that the base can be rebuilt offline."""
     adapter_dir, run_dir = _find_adapter(Path(path).expanduser())
-    adapter_cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    try:
+        adapter_cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        raise ExportInputError(
+            f"{adapter_dir / 'adapter_config.json'} is not valid JSON ({err}); copy the adapter again from its run."
+        ) from err
     run_cfg = _run_config(run_dir) if run_dir else {}
     if run_cfg:
         model_cfg = ModelConfig(**run_cfg["model"])

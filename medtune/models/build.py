@@ -27,6 +27,7 @@ from medtune.models.anatomy import decoder_layers
 from medtune.models.arch_spec import ArchNotFoundError, read_arch_spec
 from medtune.models.byte_tokenizer import build_byte_tokenizer
 from medtune.models.gguf import ensure_converted
+from medtune.models.identity import base_identity
 from medtune.models.precision import TORCH_DTYPES
 from medtune.models.quantize import bnb_config, quantize_linears_
 
@@ -216,6 +217,7 @@ def build_model(
     model.requires_grad_(False)
     model.config.use_cache = False  # training never decodes; the cache would only cost memory
     model.medtune_model_cfg = model_cfg  # read by adapters.merge_and_save to rebuild the base
+    model.medtune_base_identity = base_identity(model, quant_cfg.method)  # saved beside every adapter of this base
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "built %s (%s, init=%s, quantization=%s, %d layers, %.1fM stored params) on %s in %.1f s",

@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from medtune.config import LoraConfig, ModelConfig, QuantizationConfig
 from medtune.models.anatomy import decoder_layers
 from medtune.models.fused_lora import fuse_lora_adds
+from medtune.models.identity import write_identity
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,9 @@ def save_adapter(model: nn.Module, path: str | Path, state_dict: dict | None = N
     path.mkdir(parents=True, exist_ok=True)
     kwargs = {"state_dict": state_dict} if state_dict is not None else {}
     model.save_pretrained(path, **kwargs)
+    identity = getattr(model, "medtune_base_identity", None)  # set by build_model; peft forwards the attribute
+    if identity is not None:
+        write_identity(path, identity)
     return path
 
 

@@ -6,6 +6,8 @@ where the killed one stopped: batches are a pure function of (data, packing conf
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -39,6 +41,9 @@ class DataPipeline:
     report: dict[str, Any] = field(default_factory=dict)
     train_specs: list[str] = field(default_factory=list)  # "<language>/<source spec>" of each training example
     pass_counts: Counter = field(default_factory=Counter)  # rows and tokens per spec in one pass (trained_mix)
+    # what the run trains on, for resume's check (medtune/training/resume.py): data.content.<source:split> -> a hash
+    # of that source's loaded rows, data.selected -> a hash of the mix's training and held-out ids in order
+    fingerprint: dict[str, str] = field(default_factory=dict)
     _cached: tuple[int, list[dict[str, torch.Tensor]]] | None = None  # (epoch, all ranks' batches)
     _heldout: list[dict[str, torch.Tensor]] | None = None
     _per_epoch: int | None = None  # epoch 0's micro-batch count, the unit of `epochs` (kept: later epochs evict 0)
@@ -155,6 +160,24 @@ def _check_not_emptied_by_guard(where: str, spec: str, report: dict[str, Any]) -
     )
 
 
+def data_fingerprint(pools: dict[str, dict[str, list]], train: list, heldout: list) -> dict[str, str]:
+    """{data.content.<source:split>: sha256 of its loaded rows (every field), data.selected: sha256 of the mix's ids}.
+
+    Rows are hashed as loaded (after the leakage guard), so a rewritten file, another prepare of it or another
+    guard gives another hash; the selection covers what the mix drew from them (training order and held-out set).
+    """
+    out: dict[str, str] = {}
+    for specs in pools.values():
+        for spec, records in specs.items():
+            digest = hashlib.sha256()
+            for record in records:
+                digest.update(json.dumps(record.to_row(), sort_keys=True, ensure_ascii=False).encode() + b"\n")
+            out[f"data.content.{spec}"] = digest.hexdigest()[:16]
+    ids = {"train": [r.id for r in train], "heldout": [r.id for r in heldout]}
+    out["data.selected"] = hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+    return out
+
+
 @dataclass
 class PlannedMix:
     """The rows the mix selected and their tokens: built before the model loads, so a mix that cannot be built stops
@@ -163,6 +186,7 @@ class PlannedMix:
     mix: MixResult
     report: dict[str, Any]
     encode: Callable[[Any], dict]
+    pools: dict[str, dict[str, list]]  # the loaded rows by language and source (the data fingerprint hashes them)
 
 
 def plan_mix(cfg: TrainConfig, tokenizer: Any, is_main: bool = True) -> PlannedMix:
@@ -175,11 +199,12 @@ def plan_mix(cfg: TrainConfig, tokenizer: Any, is_main: bool = True) -> PlannedM
         return encoded[record.id]
 
     report: dict[str, Any] = {}
-    mix = build_mix(cfg.data_mix, load_pools(cfg, report), lambda r: len(encode(r)["input_ids"]))
+    pools = load_pools(cfg, report)
+    mix = build_mix(cfg.data_mix, pools, lambda r: len(encode(r)["input_ids"]))
     report.update(mix.report)
     if is_main:
         log.info("realised data mix:\n%s", format_mix_report(mix.report))
-    return PlannedMix(mix, report, encode)
+    return PlannedMix(mix, report, encode, pools)
 
 
 def build_data(
@@ -205,6 +230,7 @@ def build_data(
         cfg.trainer.eval_batches,
         report=dict(planned.report),
         train_specs=list(mix.train_specs),
+        fingerprint=data_fingerprint(planned.pools, mix.train, mix.heldout),
     )
     stats = packing_stats(pipeline.all_batches(0))
     pipeline.report.update(stats)

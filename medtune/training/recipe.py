@@ -26,7 +26,7 @@ from medtune.models.lora import (
     save_adapter,
     trainable_parameters,
 )
-from medtune.training import checkpoint, distributed, fast_paths, step_metrics
+from medtune.training import checkpoint, distributed, fast_paths, resume, step_metrics
 from medtune.training.batches import DataPipeline, build_data, plan_mix
 from medtune.training.loss_module import compute_loss, eval_loss
 from medtune.training.offload import ActivationOffloader
@@ -57,6 +57,7 @@ class TrainRecipe:
         self.checkpoint_record: dict[str, Any] = {}  # the run's config and resume history, stored in each checkpoint
         # the checkpoint run_record.open_record checked against the config (training.run sets it); None: step 0
         self.resume_from: Path | None = None
+        self.resume_plan: resume.ResumePlan | None = None  # its accepted changes, which the data check extends
         self.watcher: Watcher | None = None  # the watch during training (eval.watch), built in setup
         self.offloader: ActivationOffloader | None = None  # trainer.offload_activations on a GPU, built with the model
 
@@ -78,7 +79,6 @@ class TrainRecipe:
 
     def setup_model(self) -> None:
         """Base model (quantised as configured), LoRA adapter, then the loss wrapper and DDP/FSDP."""
-
         cfg = self.cfg
         step_metrics.reset_peak_memory(self.device, release_cache=True)  # a multirun's previous job cached blocks too
         model, self.tokenizer = build_model(cfg.model, cfg.quantization, self.device)
@@ -109,9 +109,8 @@ class TrainRecipe:
         """Optimizer over the trainable parameters, schedule, and the FLOP model for MFU."""
         self.optimizer = build_optimizer(self.cfg, self.model)
         self.scheduler = build_scheduler(self.cfg, self.optimizer)
-        self.flops = step_metrics.flop_model(
-            distributed.unwrap(self.model), self.summary["trainer/checkpointed_layers"]
-        )
+        layers = self.summary["trainer/checkpointed_layers"]
+        self.flops = step_metrics.flop_model(distributed.unwrap(self.model), layers)
         self.peak_tflops = step_metrics.device_peak_tflops(self.device)
 
     def _maybe_resume(self) -> None:
@@ -128,6 +127,7 @@ class TrainRecipe:
                 f"{self.run_dir}, or did its keep_checkpoints remove it?); nothing was loaded. Run again: the "
                 "check picks the newest complete checkpoint."
             )
+        self.summary.update(resume.compare_data(point, self.data, self.cfg, self.resume_plan, self.checkpoint_record))
         state = checkpoint.load_checkpoint(point, self.model, self.optimizer, self.scheduler)
         self.step = state["step"]
         self.data_position = state["data_position"]
@@ -255,7 +255,7 @@ class TrainRecipe:
         """Write a resumable checkpoint: one file set from rank 0, or every rank's shard under FSDP."""
         self.watch.enter("checkpoint", self.step)
         args = (self.run_dir / "checkpoints", self.step, self.model, self.optimizer, self.scheduler)
-        state = {"data_position": self.data_position, **self.checkpoint_record}
+        state = {"data_position": self.data_position, **self.checkpoint_record, "data": self.data.fingerprint}
         if self.watcher is not None:
             state["watch"] = self.watcher.state()
         rngs = distributed.all_gather_objects(checkpoint.rng_state())  # dropout draws differ by rank

@@ -14,6 +14,9 @@ LOCKED keys come back from the checkpoint, so a new value would be written down 
 (a constant schedule with a fixed warmup); with a decaying schedule the new value would describe another curve than
 the one trained, so it needs `trainer.resume_allow=[trainer.max_steps]` (the rest of the run then follows the new
 curve from the checkpoint's step: the lr jumps there).
+The data is compared too, once it is loaded (`check_data`): state.json's `data` holds a hash of every training
+source's rows (`data.content.<source:split>`) and of the mix's selected ids (`data.selected`); a source whose rows
+changed is refused in one line naming it unless `trainer.resume_allow` names `data` (or that key), and recorded.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ LOCKED = {
     "optim": "the checkpoint restores the optimizer with its lr, betas, eps and weight decay",
     "seed": "the checkpoint restores every RNG, and the seed drew a random-init base model's weights",
 }
+DATA_KEYS = ("data.content", "data.selected")  # the data fingerprint's names (training.batches.data_fingerprint)
 NOT_COMPARED = ("trainer.resume", "trainer.resume_allow")  # how this invocation resumes, not what the run is
 ABSENT = "<absent>"
 # Keys added after checkpoints existed, and what a checkpoint without them was trained with: a resume with that
@@ -135,7 +139,8 @@ def plan_resume(cfg: TrainConfig, run_dir: Path, world_size: int) -> ResumePlan 
         log.warning("%s predates checkpoints that record their config: resuming without comparing configs", point)
         return ResumePlan(point, step, {}, [], verified=False)
     current = run_identity(cfg, world_size)
-    unknown = [a for a in cfg.trainer.resume_allow if not any(k == a or k.startswith(f"{a}.") for k in current)]
+    names = [*current, *DATA_KEYS]
+    unknown = [a for a in cfg.trainer.resume_allow if not any(k == a or k.startswith(f"{a}.") for k in names)]
     if unknown:
         raise ConfigError(
             f"trainer.resume_allow names {unknown}, which are not config keys; name a key or a group, e.g. "
@@ -147,6 +152,55 @@ def plan_resume(cfg: TrainConfig, run_dir: Path, world_size: int) -> ResumePlan 
     if changes:
         log.warning("resuming %s with changes, recorded as run/resume_changes: %s", point, _show_changes(changes))
     return ResumePlan(point, step, changes, list(state.get("resumes", [])))
+
+
+def compare_data(
+    point: Path, data: Any, cfg: TrainConfig, plan: ResumePlan | None, record: dict[str, Any]
+) -> dict[str, Any]:
+    """check_data of `data` (a DataPipeline: its fingerprint) against the checkpoint at `point`, before that loads;
+    an accepted change joins `plan` and `record` (what the next checkpoints store). Returns the summary's run/* keys
+    when the data changed, else {}."""
+    from medtune.training import checkpoint
+
+    saved = json.loads((point / checkpoint.STATE_FILE).read_text())
+    plan = plan or ResumePlan(point, int(saved["step"]), {}, list(saved.get("resumes", [])))
+    if not check_data(saved.get("data"), data.fingerprint, cfg, plan):
+        return {}
+    record["resumes"] = plan.lineage()
+    return plan.summary()
+
+
+def check_data(
+    saved: dict[str, str] | None, current: dict[str, str], cfg: TrainConfig, plan: ResumePlan
+) -> dict[str, list[Any]]:
+    """Compare the checkpoint's data fingerprint with the data loaded now; raises ResumeMismatch (one line) on a
+    change not allowed, else adds the changes to `plan` (recorded as run/resume_changes) and returns them."""
+    if saved is None:
+        log.warning("%s predates checkpoints that record their data: resuming without comparing it", plan.checkpoint)
+        return {}
+    changes = {k: [saved.get(k, ABSENT), current.get(k, ABSENT)] for k in sorted(set(saved) | set(current))}
+    changes = {k: v for k, v in changes.items() if v[0] != v[1]}
+    allow = tuple(cfg.trainer.resume_allow)
+    # the selection follows from an accepted change of the mix's config or of a source's rows
+    refused = [k for k in changes if not _matching(k, allow)]
+    accepted = [k for k in [*plan.changes, *changes] if k not in refused and not _matching(k, FREE)]
+    if any(_matching(k, ("data_mix", "data")) for k in accepted) and "data.selected" in refused:
+        refused.remove("data.selected")  # the selection follows from the accepted change of the mix or of its rows
+    if refused:
+        sources = [k.removeprefix("data.content.") for k in refused if k != "data.selected"]
+        what = ", ".join(sources) + (" (rows changed)" if sources else "")
+        if "data.selected" in refused:
+            what += ("; " if sources else "") + "the mix selected other rows"
+        raise ResumeMismatch(
+            f"trainer.resume={cfg.trainer.resume}: the training data changed since {plan.checkpoint} (step "
+            f"{plan.step}) was saved: {what}; nothing was loaded. Restore the data to continue the run as it was, "
+            "add trainer.resume_allow=[data] to continue on the new data (recorded in summary.json "
+            "run/resume_changes), or start a new run."
+        )
+    if changes:
+        plan.changes.update(changes)
+        log.warning("resuming %s on changed data, recorded as run/resume_changes: %s", plan.checkpoint, sorted(changes))
+    return changes
 
 
 def compare(

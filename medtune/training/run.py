@@ -55,7 +55,7 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
             fitted["trainer/predicted_peak_gib"],
             fitted["trainer/memory_budget_gib"],
         )
-    tracker, resumed, record, checked = run_record.open_record(cfg, dict_cfg, run_dir, dist)
+    tracker, resumed, record, plan = run_record.open_record(cfg, dict_cfg, run_dir, dist)
     seed_everything(cfg.seed)  # same seed on every rank: random-init base weights must agree under FSDP
     started = time.perf_counter()
     summary: dict[str, Any] = {"run/status": "failed", **resumed, **fitted}
@@ -71,7 +71,7 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
     if dist.world_size > 1:
         watch.start()
     try:
-        _run_stages(cfg, run_dir, tracker, dist, watch, summary, record, checked)
+        _run_stages(cfg, run_dir, tracker, dist, watch, summary, record, plan)
         summary["run/status"] = "ok"
     except Exception as err:
         _note_failure(err, watch, summary, multirun)
@@ -88,14 +88,15 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
 
 
 def _note_failure(err: Exception, watch: Watchdog, summary: dict[str, Any], multirun: bool) -> None:
-    """Put the error in the summary and the log: one line for a full or unwritable disk or a config that cannot run
-    (a single run's entry point logs that line itself, and exits 2), else with the traceback."""
+    """Put the error in the summary and the log: one line for a full or unwritable disk or bad input (a single run's
+    entry point says that one itself), else with the traceback."""
     disk = space.explain(err)
     summary["run/error"] = f"{type(err).__name__} in {watch.where()}: {disk or err}"
     summary["run/failed_phase"], summary["run/failed_step"] = watch.phase, watch.step
-    if isinstance(err, ConfigError):  # e.g. a data mix that cannot be met, found before the model loads
+    if isinstance(err, ConfigError):  # e.g. a resume onto changed data: found once the data is loaded
         if multirun:
-            log.error("invalid config: %s", err)
+            log.error("run stopped in %s: %s", watch.where(), err)
+        log.debug("traceback of the refusal", exc_info=err)
     elif disk:  # the zip writer's chained errors say nothing the line does not; kept for --verbose / debug logs
         log.error("run failed in %s: %s", watch.where(), disk)
         log.debug("traceback of the failed write", exc_info=err)
@@ -120,12 +121,13 @@ def _run_stages(
     watch: Watchdog,
     summary: dict,
     record: dict[str, Any],
-    checked: Path | None,
+    plan: run_record.ResumePlan | None,
 ) -> None:
     """Setup, training, final held-out loss and adapter, then the eval stage; fills `summary` as it goes."""
     recipe = TrainRecipe(cfg, run_dir, tracker, dist, watch)
     recipe.checkpoint_record = record
-    recipe.resume_from = checked  # load what the record says it resumed from
+    recipe.resume_from = plan.checkpoint if plan else None  # load what the record says it resumed from
+    recipe.resume_plan = plan
     recipe.setup()
     summary.update(recipe.summary)
     if recipe.step == 0:  # a resumed run logged its data report when it started

@@ -1,6 +1,6 @@
 """The run directory's record: config files that are never overwritten, metrics without repeated steps, a tracker.
 
-    tracker, resumed, record, checked = open_record(cfg, dict_cfg, run_dir, dist)  # what training.run starts with
+    tracker, resumed, record, plan = open_record(cfg, dict_cfg, run_dir, dist)  # what training.run starts with
 
 A run that resumes in its own directory keeps `config.yaml` as written at its start and writes this invocation's
 config to `config.resume-<n>.yaml`; metrics.jsonl (and metrics.csv) lose the lines logged after the checkpoint's
@@ -31,10 +31,10 @@ RESUME_CONFIG = re.compile(r"config\.resume-(\d+)\.yaml")
 
 def open_record(
     cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, dist: Any
-) -> tuple[Any, dict, dict, Path | None]:
+) -> tuple[Any, dict, dict, ResumePlan | None]:
     """Check the resume target (a mismatch stops here: nothing loaded, nothing written), keep the record, start
     the tracker; returns the tracker, the summary's resume keys, what each checkpoint of the run stores and the
-    checkpoint that was checked (None: a fresh start), which is the one the run must load."""
+    resume plan (None: a fresh start), whose checkpoint is the one the run must load."""
 
     plan = resume.plan_resume(cfg, run_dir, dist.world_size)
     try:
@@ -49,7 +49,7 @@ def open_record(
         log.error("the run cannot start its record: %s", line)
         raise StorageError(line) from err
     record = resume.checkpoint_record(resume.run_identity(cfg, dist.world_size), plan)
-    return tracker, (plan.summary() if plan else {}), record, (plan.checkpoint if plan else None)
+    return tracker, (plan.summary() if plan else {}), record, plan
 
 
 def keep_record(run_dir: Path, config_yaml: str, plan: ResumePlan | None, resume_mode: str) -> Path:

@@ -114,3 +114,49 @@ def test_architecture_other_than_gemma3_or_llama(tmp_path: Path, caplog: pytest.
     code, message = _exit_and_message([str(run)], caplog)
     assert code == 2
     assert message == "the base is a 'mistral' model; medtune exports Gemma 3 (text) and Llama models only."
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("truncated safetensors", "SafetensorError"),
+        ("garbage safetensors", "SafetensorError"),
+        ("another rank", "RuntimeError: Error(s) in loading state_dict"),
+    ],
+)
+def test_damaged_adapter_is_one_line_naming_it(
+    run: Path, damage: str, expected: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 32, item 8: a truncated or garbage adapter, or one whose config names another rank, was a traceback."""
+    weights = run / "adapter" / "adapter_model.safetensors"
+    if damage == "truncated safetensors":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "garbage safetensors":
+        weights.write_bytes(b"not a safetensors file at all" * 10)
+    else:
+        config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+        (run / "adapter" / "adapter_config.json").write_text(json.dumps(config | {"r": 8, "lora_alpha": 16}))
+    code, message = _exit_and_message([str(run), "--format", "safetensors", "--no-check"], caplog)
+    assert code == 2, message
+    assert f"the adapter in {run / 'adapter'} cannot be loaded" in message and expected in message
+    assert "copy the adapter again" in message and "\n" not in message
+
+
+def test_broken_adapter_config_is_one_line_naming_it(run: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (run / "adapter" / "adapter_config.json").write_text('{"r": 4, "lora_al')
+    code, message = _exit_and_message([str(run), "--format", "safetensors", "--no-check"], caplog)
+    assert code == 2 and f"{run / 'adapter' / 'adapter_config.json'} is not valid JSON" in message
+    assert "\n" not in message
+
+
+def test_out_that_is_a_file_is_refused_before_merging(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 32, item 8: --out at a file failed with a traceback after the whole merge (23 s on the 270M)."""
+    merged = []
+    monkeypatch.setattr(exporter, "merge_adapter", lambda *a: merged.append(1))
+    (tmp_path / "a_file").write_text("")
+    for out in (tmp_path / "a_file", tmp_path / "a_file" / "below"):
+        code, message = _exit_and_message([str(run), "--format", "safetensors", "--out", str(out)], caplog)
+        assert code == 2 and message == f"--out {out}: {tmp_path / 'a_file'} is a file, not a folder; pass --out DIR."
+    assert merged == []

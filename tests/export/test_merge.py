@@ -54,7 +54,8 @@ def test_nf4_base_is_dequantised_not_reloaded(tmp_path: Path) -> None:
     torch.manual_seed(SEED)
     cfg = ModelConfig(**{**source.run_cfg["model"], "dtype": "bfloat16"})
     plain, tokenizer = build_model(cfg, QuantizationConfig(method="none"), torch.device("cpu"))
-    reloaded = probe_logits(load_adapter(plain.float(), str(run / "adapter")), tokenizer)
+    # a random base built unquantised draws other weights than the nf4 one: the identity check would refuse it
+    reloaded = probe_logits(load_adapter(plain.float(), str(run / "adapter"), base_mismatch_ok=True), tokenizer)
     gap_evaluated = float((mine - evaluated).abs().max())
     gap_reloaded = float((reloaded - evaluated).abs().max())
     assert gap_evaluated < gap_reloaded / 3, (gap_evaluated, gap_reloaded)

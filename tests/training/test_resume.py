@@ -148,3 +148,37 @@ def test_a_checkpoint_from_before_a_key_existed_resumes_with_what_it_meant(tmp_p
                            tmp_path, 1)  # fmt: skip
     with pytest.raises(resume.ResumeMismatch, match=r"lora\.fused_base: checkpoint false, now true"):
         resume.plan_resume(_cfg(*BASE, "trainer.resume=auto"), tmp_path, 1)  # its default changed the run
+
+
+def test_data_changes_are_named_refused_and_accepted_only_when_allowed(tmp_path: Path) -> None:
+    """Issue 32, item 2: the checkpoint's data fingerprint against the data loaded now."""
+    saved = {"data.content.a:train": "1", "data.content.b:train": "2", "data.selected": "3"}
+    point = tmp_path / "step_000004"
+
+    def check(now: dict[str, str], *overrides: str, changes: dict | None = None) -> resume.ResumePlan:
+        plan = resume.ResumePlan(point, 4, dict(changes or {}), [])
+        resume.check_data(saved, now, _cfg(*BASE, "trainer.resume=auto", *overrides), plan)
+        return plan
+
+    assert check(saved).changes == {}
+    rows = saved | {"data.content.b:train": "9", "data.selected": "8"}
+    with pytest.raises(resume.ResumeMismatch) as err:
+        check(rows)
+    assert "\n" not in str(err.value) and "b:train (rows changed); the mix selected other rows" in str(err.value)
+    assert "a:train" not in str(err.value) and "trainer.resume_allow=[data]" in str(err.value)
+    with pytest.raises(resume.ResumeMismatch, match=r"changed since .* the mix selected other rows;"):
+        check(saved | {"data.selected": "8"})  # nothing explains another selection
+    assert check(rows, "trainer.resume_allow=[data]").lineage() == [
+        {"step": 4, "changes": {"data.content.b:train": ["2", "9"], "data.selected": ["3", "8"]}}
+    ]
+    ratio = {"data_mix.ratio": ["1:1", "3:1"]}  # an accepted mix change explains the new selection, not new rows
+    assert check(saved | {"data.selected": "8"}, changes=ratio).changes == ratio | {"data.selected": ["3", "8"]}
+    with pytest.raises(resume.ResumeMismatch):
+        check(saved | {"data.selected": "8"}, changes={"data.cache_dir": ["x", "y"]})  # free keys explain nothing
+    assert "data.content.b:train" in check(rows, "trainer.resume_allow=[data.content.b:train]").changes
+
+
+def test_resume_allow_knows_the_data_names_before_the_data_loads(tmp_path: Path) -> None:
+    _checkpoint(tmp_path, 2)
+    for name in ("data", "data.content", "data.selected"):
+        assert resume.plan_resume(_cfg(*BASE, "trainer.resume=auto", f"trainer.resume_allow=[{name}]"), tmp_path, 1)

@@ -183,3 +183,39 @@ def test_unwritable_checkpoint_dir_exits_1_with_one_line_and_a_summary(tmp_path:
     assert f"could not write checkpoint step_000001 to {run / 'checkpoints'} (Not a directory [errno 20])" in out
     summary = json.loads((run / "summary.json").read_text())
     assert summary["run/status"] == "failed" and "free on that disk" in summary["run/error"]
+
+
+def test_resume_onto_rewritten_data_is_refused_naming_the_source_unless_allowed(tmp_path: Path) -> None:
+    """Issue 32, item 2: a killed run whose JSONL was rewritten (every question and answer) resumed with rc 0 and
+    nothing recorded; now the checkpoint holds the data's fingerprint, the resume stops in one line naming the
+    source (exit 2, nothing loaded), and trainer.resume_allow=[data] continues and records the change."""
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    exam = tmp_path / "exam.jsonl"
+    shutil.copy(REPO / "medtune" / "data" / "examples" / "ja" / "exam_questions.jsonl", exam)
+    common = ["+experiment=own_data_ja", f"data.datasets.ja_exam.path={exam}", f"data.data_dir={tmp_path / 'none'}",
+              "trainer.max_steps=2", "trainer.save_every=1", "trainer.keep_checkpoints=3", "eval=none",
+              "logger=jsonl"]  # fmt: skip
+    _train(run, cache, *common)
+    shutil.rmtree(run / "checkpoints" / "step_000002")  # as if killed after step 2, before its checkpoint
+    state = json.loads((run / "checkpoints" / "step_000001" / "state.json").read_text())
+    assert {"data.content.ja_exam:train", "data.content.sample_en:train", "data.selected"} <= state["data"].keys()
+
+    rows = [json.loads(line) for line in exam.read_text(encoding="utf-8").splitlines()]
+    shifted = {letter: "ABCD"[(i + 1) % 4] for i, letter in enumerate("ABCD")}
+    rewritten = [r | {"stem": r["stem"] + "(改訂)", "correct": shifted[r["correct"]]} for r in rows]
+    exam.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rewritten), encoding="utf-8")
+    refused = _train(run, cache, *common, "trainer.resume=auto", check=False)
+    out = refused.stdout + refused.stderr
+    assert refused.returncode == 2, out[-4000:]
+    lines = [line for line in out.splitlines() if "the training data changed" in line]
+    assert len(lines) == 1 and "ja_exam:train (rows changed)" in lines[0], out[-4000:]
+    assert "sample_en" not in lines[0] and "trainer.resume_allow=[data]" in lines[0]
+    assert "Traceback" not in out and "resumed from" not in out
+
+    _train(run, cache, *common, "trainer.resume=auto", "trainer.resume_allow=[data]")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["run/status"] == "ok" and summary["run/resumed_at_step"] == 1
+    [accepted] = json.loads(summary["run/resume_changes"])
+    assert accepted["step"] == 1 and list(accepted["changes"]) == ["data.content.ja_exam:train"]  # same ids drawn
+    again = json.loads((run / "checkpoints" / "step_000002" / "state.json").read_text())
+    assert again["resumes"] == [accepted] and again["data"] != state["data"]  # the next checkpoints carry it on
