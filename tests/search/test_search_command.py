@@ -20,7 +20,8 @@ TRAIN = [*TINY_RUN, "logger=jsonl", "eval.limit=8", "eval.sanity=warn", "eval.wa
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two proxy runs of the demo mix (Korean at 0.2 and 0.6 of the examples), about a minute each on 2 CPU cores."""
+    """Two proxy runs of the demo mix (Korean at 0.2 and 0.6 of the examples): 80 s each on 2 CPU cores shared with
+    other jobs (measured), under a minute on an idle machine."""
     root = tmp_path_factory.mktemp("search")
     saved = dict(os.environ)
     os.environ.update({"MEDTUNE_CACHE_DIR": str(root / "cache"), "WANDB_MODE": "offline"})
@@ -48,6 +49,7 @@ def test_the_search_runs_scores_and_recommends(searched: Path) -> None:
     assert "ratio: en:ko=0.4:0.6" in config and "max_steps: 2" in config
 
 
+@pytest.mark.slow  # a third training run (70 s on 2 shared CPU cores); tests/search/test_run.py covers resume fast
 def test_a_second_call_skips_finished_runs_and_reruns_a_killed_one(searched: Path, monkeypatch) -> None:
     monkeypatch.setenv("MEDTUNE_CACHE_DIR", str(searched / "cache"))
     out = searched / "s"
