@@ -9,6 +9,7 @@
     memory          config, files, models.arch_spec (no torch: memory is planned before anything loads)
     bench           anything below it
     export          config, files, data, models, eval (a top layer: merges, writes, checks; nothing imports it)
+    search          config, files, data, eval (a top layer: runs medtune.train as subprocesses, reads their files)
     commands        medtune/train.py, medtune/evaluate.py, */__main__.py: anything; nobody imports them
 
 Also: no import circle between modules, no private name imported from another module, and modules and functions
@@ -35,6 +36,7 @@ ALLOWED = {
     "memory": {"config", "files", "models"},
     "bench": {"config", "files", "data", "models", "eval", "training", "memory"},
     "export": {"config", "files", "data", "models", "eval"},
+    "search": {"config", "files", "data", "eval"},
 }
 MEMORY_MODELS = {"medtune.models.arch_spec"}  # the only piece of models the torch-free estimator may read
 TORCH_FREE = ("config", "files", "memory")

@@ -104,3 +104,16 @@ def test_the_commands_in_the_section_prose_compose() -> None:
     for command in commands:
         overrides = [item for item in command.split() if "=" in item and not item.startswith("-")]
         assert compose(overrides).run_name, command
+
+
+def test_the_search_commands_compose() -> None:
+    """The `python -m medtune.search ...` lines of the README compose: the search and the training it names."""
+    from medtune.config.search import compose_search, split_overrides
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    commands = re.findall(r"^python -m medtune\.search (.+?)(?:\s+#.*)?$", text, re.M)
+    assert len(commands) >= 2
+    for command in commands:
+        mine, rest = split_overrides(command.split())
+        cfg = compose_search(mine)
+        assert compose([*cfg.train, *rest]).data_mix.weights[cfg.vary] > 0, command
