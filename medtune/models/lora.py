@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from medtune.config import LoraConfig, ModelConfig, QuantizationConfig
+from medtune.files.atomic import follow_umask
 from medtune.models.anatomy import decoder_layers
 from medtune.models.fused_lora import fuse_lora_adds
 
@@ -140,6 +141,7 @@ def save_adapter(model: nn.Module, path: str | Path, state_dict: dict | None = N
     path.mkdir(parents=True, exist_ok=True)
     kwargs = {"state_dict": state_dict} if state_dict is not None else {}
     model.save_pretrained(path, **kwargs)
+    follow_umask(path)  # safetensors writes 0o600 whatever the umask: a group could not read the adapter
     return path
 
 
@@ -181,5 +183,6 @@ def merge_and_save(model: nn.Module, path: str | Path, base_cfg: ModelConfig | N
     merged.save_pretrained(path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
+    follow_umask(path)
     log.info("merged bf16 model saved to %s", path)
     return path
