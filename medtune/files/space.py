@@ -67,6 +67,10 @@ def size_text(n_bytes: int | None) -> str:
 
 def write_failure(what: str, path: Path, err: BaseException, need_bytes: int | None, fix: str) -> StorageError:
     """The one-line error of a failed write of `what` into `path` (torch's zip writer raises RuntimeError)."""
+    seen: BaseException | None = err
+    while seen is not None and not (isinstance(seen, OSError) and seen.strerror):
+        seen = seen.__cause__ or seen.__context__  # the zip writer's RuntimeError hides the ENOSPC it met
+    err = seen or err
     if isinstance(err, OSError) and err.strerror:
         reason = f"{err.strerror} [errno {err.errno}]"
     else:  # e.g. "[enforce fail at inline_container.cc] ... unexpected pos": the disk filled mid-file
