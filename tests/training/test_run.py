@@ -19,8 +19,6 @@ import pytest
 from conftest import FIXTURES, REPO, TINY_RUN
 from fixtures.small_disk import fill, small_disk
 
-from medtune.files import run_lock
-
 QUICK = [*TINY_RUN, "eval=none", "logger=jsonl", "trainer.log_every=1"]
 
 
@@ -67,7 +65,7 @@ def test_a_second_process_on_a_run_directory_is_refused_before_it_writes(tmp_pat
         _wait_for_steps(first, run, 1)
         written = {p: p.read_bytes() for p in (run / "config.yaml", run / ".hydra" / "config.yaml")}
         for entry in ("medtune.train", "medtune.evaluate"):
-            second = _run(entry, run, cache, "trainer.resume=auto", "trainer.max_steps=5000")
+            second = _run(entry, run, cache, "trainer.resume=auto", "trainer.max_steps=1")
             out = second.stdout + second.stderr
             assert second.returncode == 2, out[-3000:]
             assert f"the run directory {run} is in use by pid {first.pid} on " in out, out[-3000:]
@@ -77,6 +75,8 @@ def test_a_second_process_on_a_run_directory_is_refused_before_it_writes(tmp_pat
     finally:
         first.kill()
         first.wait(timeout=60)
+    from medtune.files import run_lock
+
     run_lock.hold_run_dir(run)  # its holder is gone (SIGKILL): the lock is free, nothing to clean
     run_lock.release_run_dir(run)
 
