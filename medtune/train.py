@@ -24,6 +24,7 @@ from medtune.config import ConfigError, hydra_argv, register_configs, to_train_c
 from medtune.files.space import StorageError, explain
 from medtune.training import sweep
 from medtune.training.preflight import check_run
+from medtune.training.watchdog import RunTerminated
 
 log = logging.getLogger("medtune.train")
 register_configs()
@@ -34,19 +35,21 @@ def _hydra_main(dict_cfg: DictConfig) -> float | None:
     """Validate the composed config, then run the recipe (train and/or eval); in a sweep, a failure is recorded."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        overrides = list(hydra_cfg.overrides.task)
-        summary = sweep.run_job(lambda: _train(dict_cfg, run_dir, True), run_dir, hydra_cfg.job.num, overrides)
-    else:
-        try:
+    try:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            overrides = list(hydra_cfg.overrides.task)
+            summary = sweep.run_job(lambda: _train(dict_cfg, run_dir, True), run_dir, hydra_cfg.job.num, overrides)
+        else:
             summary = _train(dict_cfg, run_dir, False)
-        except ConfigError as err:  # also a resume whose checkpoint belongs to another config
-            log.error("invalid config: %s", err)
-            sys.exit(2)
-        except (StorageError, OSError) as err:
-            if not explain(err):
-                raise
-            sys.exit(1)  # the run logged the one line (and wrote summary.json if it could); a traceback adds nothing
+    except RunTerminated as err:  # SIGTERM/SIGINT: recorded as terminated; 128 + the signal, as a shell expects
+        sys.exit(err.exit_code)
+    except ConfigError as err:  # also a resume whose checkpoint belongs to another config
+        log.error("invalid config: %s", err)
+        sys.exit(2)
+    except (StorageError, OSError) as err:
+        if not explain(err):
+            raise
+        sys.exit(1)  # the run logged the one line (and wrote summary.json if it could); a traceback adds nothing
     loss = summary.get("eval/loss")
     return float(loss) if loss is not None else None
 

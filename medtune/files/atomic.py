@@ -15,6 +15,12 @@ two jobs wait for the first instead of redoing minutes of work:
 
 Modes are 0o666 for files and 0o777 for directories, minus the umask (never tempfile's 0o600/0o700), so a group
 shares a cache by running with `umask 002` under a setgid cache root (`chmod 2775`): new entries inherit its group.
+Writers that create files this module does not open (safetensors writes 0o600 whatever the umask) pass the
+result through `follow_umask`; `atomic_dir` does that for everything built in its temporary directory.
+
+A writer holds an flock on its own temporary file or directory while it builds it. The next writer of the same
+entry removes temporaries that nobody holds and that are older than STALE_AFTER_S (a killed conversion's folder),
+so an interrupted write costs disk space only until the entry is written again.
 """
 
 from __future__ import annotations
@@ -22,10 +28,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import logging
 import os
 import secrets
 import shutil
+import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -36,6 +45,8 @@ FILE_MODE = 0o666  # minus the umask
 DIR_MODE = 0o777  # minus the umask; the setgid bit of a parent is inherited by the kernel
 # File systems without flock (some network mounts): the lock only saves work, correctness comes from the renames.
 _NO_LOCKING = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+# A temporary is created, then locked by its writer: one this old that nobody holds is left from a dead writer.
+STALE_AFTER_S = 60.0
 
 
 def temp_path(final: Path, kind: str = "tmp") -> Path:
@@ -50,20 +61,87 @@ def lock_path(entry: Path) -> Path:
     return entry.parent / f".{entry.name}.lock"
 
 
+def current_umask() -> int:
+    """This process's umask, read without changing it (Linux: /proc; elsewhere set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path) -> None:
+    """Give `path` (a file, or a directory and all it holds) the modes a plain open/mkdir would: 0o666 / 0o777 minus
+    the umask (execute bits kept where set); a directory's setgid bit stays."""
+    mask = current_umask()
+    path = Path(path)
+    paths = [path, *path.rglob("*")] if path.is_dir() and not path.is_symlink() else [path]
+    for item in paths:
+        info = item.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            continue
+        executable = stat.S_ISDIR(info.st_mode) or info.st_mode & 0o111
+        mode = ((DIR_MODE if executable else FILE_MODE) & ~mask) | (info.st_mode & stat.S_ISGID)
+        if stat.S_IMODE(info.st_mode) != mode:
+            os.chmod(item, mode)
+
+
+def _hold(fd: int) -> None:
+    """Lock a temporary this writer builds, so that the next writer knows it is alive (see reclaim_stale)."""
+    with contextlib.suppress(OSError):  # no flock here: the temporary is simply never reclaimed
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def reclaim_stale(final: Path) -> list[Path]:
+    """Remove temporaries of `final` (`.<name>.tmp-*`, `.<name>.old-*`) left by dead writers; returns them."""
+    final = Path(final)
+    gone = []
+    left = [p for kind in ("tmp", "old") for p in final.parent.glob(f".{glob.escape(final.name)}.{kind}-*")]
+    for path in left:
+        try:
+            if time.time() - path.lstat().st_mtime < STALE_AFTER_S:
+                continue
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its writer lives
+        except OSError:
+            continue
+        else:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            gone.append(path)
+            log.info("removed %s, left by an interrupted writer", path)
+        finally:
+            os.close(fd)
+    return gone
+
+
 def _write_through_temp(path: Path, fill: Callable[[BinaryIO], None]) -> None:
     """Create a unique temporary file next to `path`, let `fill` write it, fsync, and rename it onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    reclaim_stale(path)
     tmp = temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
+        _hold(fd)
         with os.fdopen(fd, "wb") as handle:
             fill(handle)
             handle.flush()
             os.fsync(handle.fileno())  # the rename must never publish a name whose data is still in flight
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = str(path)  # a failed write names no file: the message must name this one, not the cwd
         raise
 
 
@@ -120,14 +198,21 @@ def atomic_dir(final: Path, replace: bool = False) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    reclaim_stale(final)
     tmp = temp_path(final)
     os.mkdir(tmp, DIR_MODE)
+    held = os.open(tmp, os.O_RDONLY)
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _publish(tmp, final, replace)
+        _hold(held)
+        try:
+            yield tmp
+            follow_umask(tmp)  # files written by other libraries (safetensors: 0o600) get the umask's modes
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _publish(tmp, final, replace)
+    finally:
+        os.close(held)
 
 
 def _open_lock(path: Path) -> int | None:

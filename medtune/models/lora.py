@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from medtune.config import LoraConfig, ModelConfig, QuantizationConfig
+from medtune.files.atomic import follow_umask
 from medtune.models.anatomy import decoder_layers
 from medtune.models.fused_lora import fuse_lora_adds
 from medtune.models.identity import write_identity
@@ -144,6 +145,7 @@ def save_adapter(model: nn.Module, path: str | Path, state_dict: dict | None = N
     identity = getattr(model, "medtune_base_identity", None)  # set by build_model; peft forwards the attribute
     if identity is not None:
         write_identity(path, identity)
+    follow_umask(path)  # safetensors writes 0o600 whatever the umask: a group could not read the adapter
     return path
 
 
@@ -185,5 +187,6 @@ def merge_and_save(model: nn.Module, path: str | Path, base_cfg: ModelConfig | N
     merged.save_pretrained(path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
+    follow_umask(path)
     log.info("merged bf16 model saved to %s", path)
     return path

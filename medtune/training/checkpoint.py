@@ -4,8 +4,8 @@ Layout: `<run_dir>/checkpoints/step_000040/{trainable.pt, optimizer.pt, schedule
 is written into `step_000040.tmp-<pid>` and renamed when complete, so a killed run never leaves a directory that
 looks finished; leftovers named `*.tmp-*` are removed on the next start. Only trainable tensors (the adapter) are
 saved: the frozen base is rebuilt from its config, which keeps a checkpoint of a 4B QLoRA run to megabytes.
-A write that fails (full disk, no permission) removes its partial directory at once and raises a one-line
-`space.StorageError` with the space the checkpoint needs and what is free. state.json also carries what the
+A write that fails (full disk, no permission) closes and removes its partial directory at once and raises a one-line
+`space.StorageError` with the space the checkpoint needs and what is free then. state.json also carries what the
 caller passes in the loop state: the run's config and resume history (see medtune/training/resume.py).
 """
 
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from medtune.files import space
+from medtune.files.atomic import follow_umask
 
 log = logging.getLogger(__name__)
 STATE_FILE = "state.json"
@@ -69,13 +70,20 @@ def save_checkpoint(
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        torch.save(trainable_state(model), tmp / "trainable.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        _save(trainable_state(model), tmp / "trainable.pt")
+        _save(optimizer.state_dict(), tmp / "optimizer.pt")
+        _save(scheduler.state_dict(), tmp / "scheduler.pt")
         _finish(tmp, final, ckpt_root, loop_state | {"step": step}, keep, rng_states)
     except (OSError, RuntimeError) as err:  # torch's zip writer reports a full disk as RuntimeError
         raise _write_failed(tmp, final, err, model, optimizer) from err
     return final
+
+
+def _save(obj: Any, path: Path) -> None:
+    """torch.save through a file this function closes, also when the write fails: a partial file left open by the
+    failed zip writer would keep its blocks after the partial checkpoint is deleted, and the disk full."""
+    with path.open("wb") as handle:
+        torch.save(obj, handle)
 
 
 def _write_failed(
@@ -113,8 +121,9 @@ def _nbytes(obj: Any) -> int:
 def _finish(tmp: Path, final: Path, ckpt_root: Path, state: dict[str, Any], keep: int, rng_states: list | None) -> None:
     """RNG (one state per rank: LoRA dropout draws differ by rank) and loop state, then the atomic rename and
     pruning (rank 0 only)."""
-    torch.save({"ranks": rng_states or [rng_state()]}, tmp / "rng.pt")
+    _save({"ranks": rng_states or [rng_state()]}, tmp / "rng.pt")
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    follow_umask(tmp)  # torch.distributed.checkpoint's files too: a colleague may resume or read the run
     _fsync_dir(tmp)
     if final.exists():  # a re-run of the same step after resume: replace it
         shutil.rmtree(final)
@@ -151,7 +160,7 @@ def save_sharded_checkpoint(
         tdist.barrier()
         dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(tmp / "sharded"))
         if rank0:
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            _save(scheduler.state_dict(), tmp / "scheduler.pt")
             _finish(tmp, final, ckpt_root, loop_state | {"step": step, "sharded": True}, keep, rng_states)
     except (OSError, RuntimeError, CheckpointException) as err:  # dcp raises CheckpointException on every rank
         raise _write_failed(tmp, final, err, model, optimizer, remove=rank0) from err

@@ -149,6 +149,7 @@ class TrainRecipe:
             self.watcher.begin(self.model)
         bar = _progress(tc.max_steps, self.step, enabled=tc.progress_bar and self.dist.is_main)
         self.watch.enter("train", self.step + 1)  # the step in progress
+        self.watch.polling = True  # one process: SIGTERM/SIGINT wait for the step's end (watchdog.py)
         while self.step < tc.max_steps:
             group = [next(micro_batches) for _ in range(tc.grad_accum_steps)]
             with out_of_memory_hint(self.cfg, f"training step {self.step + 1}"):
@@ -166,11 +167,15 @@ class TrainRecipe:
             if self.watcher is not None and self.watcher.due(self.step):
                 self.watch.enter("watch", self.step)
                 self.tracker.log(self.watcher.observe(self.model, self.step), step=self.step)
-            if tc.save_every and self.step % tc.save_every == 0:
+            stop = self.watch.stop_signal is not None
+            if tc.save_every and (self.step % tc.save_every == 0 or stop):  # a stopped run resumes from here
                 self.save_checkpoint()
+            if stop:
+                raise self.watch.terminated(self.step, saved=bool(tc.save_every))
             if self.watcher is not None and self.watcher.stop:
                 break
             self.watch.enter("train", self.step + 1)  # the step in progress
+        self.watch.polling = False
         bar.close()
         loop_s = time.perf_counter() - started  # this invocation's loop: base scores, steps, watch, checkpoints
         last = {**last, "train/loop_s": loop_s}
@@ -267,8 +272,7 @@ class TrainRecipe:
         distributed.barrier()
 
     def release(self) -> None:
-        """Drop everything the run holds (model, optimizer, data), so the memory is free for the next run in this
-        process even while a traceback still references the recipe."""
+        """Drop what the run holds (model, optimizer, data): memory free for the next run even under a traceback."""
         self.__dict__.clear()
 
     def release_optimizer(self) -> None:
@@ -277,7 +281,6 @@ class TrainRecipe:
 
     def save_adapter(self) -> Path:
         """Save the adapter in peft format (and a merged bf16 model when trainer.merge_adapter)."""
-
         path = self.run_dir / "adapter"
         self.watch.enter("save adapter", self.step)
         state = distributed.full_state_dict(self.model)

@@ -3,7 +3,10 @@
     summary = run(cfg, dict_cfg, run_dir, multirun=False)
 
 In a sweep a failure is recorded in the job's summary.json, not raised. Under torchrun a watchdog stops every rank
-when one stalls (a collective nobody else joins) or when the launcher stops the job, and rank 0 records where.
+when one stalls (a collective nobody else joins) or when the launcher stops the job, and rank 0 records where. In one
+process SIGTERM or SIGINT ends the run after the step in progress, with a checkpoint and `run/status: terminated`
+(`RunTerminated` is raised, in a sweep too: the sweep stops). The final record is written into the room reserved
+for it at the start (space.reserve), so a disk that filled mid-run still gets its summary.json.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from medtune.training import distributed, fast_paths, run_record
 from medtune.training.eval_stage import run_eval_stage
 from medtune.training.recipe import TrainRecipe
 from medtune.training.trained_mix import log_trained, trained_record
-from medtune.training.watchdog import Watchdog
+from medtune.training.watchdog import RunTerminated, Watchdog
 
 log = logging.getLogger("medtune.train")
 
@@ -65,15 +68,23 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
     def record_failure(message: str, phase: str, step: int | None) -> None:  # the watchdog's thread; exits next
         with record_lock:
             failed = {"run/error": message, "run/failed_phase": phase, "run/failed_step": step}
+            if watch.signalled and dist.world_size == 1:  # under torchrun a SIGTERM mostly means a rank failed
+                failed["run/status"] = "terminated"
+            space.release_reserve(run_dir if dist.is_main else None)
             tracker.summary(summary | failed | {"run/wall_s": time.perf_counter() - started})
 
     watch = Watchdog(cfg.sharding.timeout_min * 60, record_failure)
-    if dist.world_size > 1:
-        watch.start()
+    watch.start(timer=dist.world_size > 1, graceful=dist.world_size == 1)  # one process cannot stall on a peer
     try:
         _run_stages(cfg, run_dir, tracker, dist, watch, summary, record, plan)
         summary["run/status"] = "ok"
+    except RunTerminated as err:
+        log.warning("%s", err)
+        summary.update({"run/status": "terminated", "run/error": str(err)})
+        summary["run/failed_phase"], summary["run/failed_step"] = watch.phase, watch.step
+        raise  # in a sweep too: the scheduler wants the whole process gone
     except Exception as err:
+        space.release_reserve(run_dir if dist.is_main else None)  # a full disk: room for the log line and the record
         _note_failure(err, watch, summary, multirun)
         if not multirun:
             raise
@@ -82,6 +93,7 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
         with record_lock:
             if not watch.fired:  # else the watchdog wrote this rank's record and is ending the process
                 summary["run/wall_s"] = time.perf_counter() - started
+                space.release_reserve(run_dir if dist.is_main else None)
                 _close_record(tracker, summary)
         distributed.cleanup()
     return summary

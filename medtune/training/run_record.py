@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medtune.config import TrainConfig
 from medtune.files.atomic import atomic_write_text
-from medtune.files.space import StorageError, explain
+from medtune.files.space import StorageError, explain, reserve
 from medtune.training import resume
 from medtune.training.resume import ResumePlan
 from medtune.training.tracking import build_tracker
@@ -40,6 +40,7 @@ def open_record(
     try:
         if dist.is_main:
             keep_record(run_dir, OmegaConf.to_yaml(dict_cfg, resolve=True), plan, cfg.trainer.resume)
+            reserve(run_dir)  # room for summary.json (the command's start took it already; a sweep job takes it here)
         shown = original_config(run_dir, OmegaConf.to_container(dict_cfg, resolve=True), plan)
         tracker = build_tracker(cfg.logger, shown, run_dir, dist.rank, resume=plan is not None)
     except OSError as err:

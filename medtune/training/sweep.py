@@ -18,6 +18,7 @@ from typing import Any
 from medtune.config import ConfigError
 from medtune.files.space import explain
 from medtune.training.run_record import write_failed_summary
+from medtune.training.watchdog import RunTerminated
 
 log = logging.getLogger("medtune.train")
 MAX_EXIT_STATUS = 101  # exit statuses above ~125 mean signals to shells
@@ -40,6 +41,8 @@ def run_job(train: Callable[[], dict[str, Any]], run_dir: Path, num: int, overri
     """Run one sweep job; any failure is written to its summary.json and returned, never raised."""
     try:
         summary = train()
+    except RunTerminated:  # a signal to the sweep's process ends the sweep (the job recorded itself)
+        raise
     except (Exception, SystemExit) as err:  # SystemExit: whatever calls sys.exit must not end the other jobs
         phase = "config" if isinstance(err, ConfigError) else "setup"
         summary = {"run/status": "failed", "run/error": f"{type(err).__name__}: {err}", "run/failed_phase": phase}

@@ -24,6 +24,7 @@ from typing import Any
 
 from medtune.config import LoggerConfig
 from medtune.files.atomic import atomic_write_text
+from medtune.files.space import with_path
 from medtune.training.wandb_run import start_wandb
 
 log = logging.getLogger("medtune.training.tracking")
@@ -85,8 +86,11 @@ class Tracker:
         """Record metrics at `step`: one line of metrics.jsonl (and metrics.csv, W&B when enabled)."""
         clean = {k: _scalar(v) for k, v in metrics.items()}
         elapsed_s = round(time.monotonic() - self._start_s, 3)
-        self._jsonl.write(json.dumps({"step": int(step), "elapsed_s": elapsed_s, **clean}, default=str) + "\n")
-        self._jsonl.flush()
+        try:
+            self._jsonl.write(json.dumps({"step": int(step), "elapsed_s": elapsed_s, **clean}, default=str) + "\n")
+            self._jsonl.flush()
+        except OSError as err:  # a write to an open file names no file: a full disk's message must name this one
+            raise with_path(err, self.run_dir / "metrics.jsonl") from None
         if self._csv is not None:
             writer = csv.writer(self._csv)
             writer.writerows([step, elapsed_s, k, v] for k, v in clean.items())

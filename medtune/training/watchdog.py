@@ -16,6 +16,10 @@ another branch, leaves the others waiting forever inside a collective, where no 
 - SIGTERM (torchrun sends it to every rank when one exits with an error, as do schedulers) is seen by a thread
   through `signal.set_wakeup_fd`, so it is recorded even while the main thread is blocked inside a collective;
   the process then exits with 128 + 15.
+- One process (`start(graceful=True)`, no timer: nothing to wait for) catches SIGTERM and SIGINT. While the
+  training loop polls (`polling`), the signal only sets `stop_signal`: the loop ends after the step in progress,
+  saves a checkpoint and raises `RunTerminated`; if that takes longer than STOP_GRACE_S, or in any other phase, or
+  at a second signal, the thread records the run as terminated and exits with 128 + the signal at once.
 
 The process-group timeout is set a little longer than `timeout_s` (`process_group_timeout`), so the watchdog,
 which can write the record, fires before the backend tears the process down (NCCL aborts without a Python hook).
@@ -26,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import select
 import signal
 import threading
 import time
@@ -33,6 +38,18 @@ from collections.abc import Callable
 
 log = logging.getLogger("medtune.training.watchdog")
 TIMEOUT_EXIT_CODE = 3
+# Slurm's KillWait and Kubernetes' terminationGracePeriodSeconds both default to 30 s before SIGKILL: a step that has
+# not ended 20 s after the signal is given up, and the record is written while there is still time.
+STOP_GRACE_S = 20.0
+
+
+class RunTerminated(Exception):
+    """The run stopped on a signal (SIGTERM from a scheduler, SIGINT from Ctrl-C) at a step boundary."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
 
 
 def process_group_timeout(timeout_s: float) -> dt.timedelta:
@@ -61,17 +78,25 @@ class Watchdog:
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         self._wakeup: tuple[int, int] | None = None
-        self._old_handler = None
+        self._old_handlers: dict[int, object] = {}
+        self._graceful = False
+        self.polling = False  # the training loop checks stop_signal after every step
+        self.stop_signal: int | None = None  # a signal the loop is asked to stop for
+        self.signalled: int | None = None  # the signal that ended the run (the record says "terminated")
 
     # --------------------------------------------------------------------------------------------- main thread
-    def start(self, catch_sigterm: bool = True) -> Watchdog:
-        """Start the timer thread (and the SIGTERM thread when called from the main thread)."""
-        self._threads.append(threading.Thread(target=self._watch_time, name="medtune-watchdog", daemon=True))
+    def start(self, catch_sigterm: bool = True, timer: bool = True, graceful: bool = False) -> Watchdog:
+        """Start the timer thread and (from the main thread) the signal thread; `graceful`: one process, where
+        SIGTERM and SIGINT stop the training loop at the end of its step (see the module's docstring)."""
+        if timer:
+            self._threads.append(threading.Thread(target=self._watch_time, name="medtune-watchdog", daemon=True))
         if catch_sigterm and threading.current_thread() is threading.main_thread():
+            self._graceful = graceful
             read_fd, write_fd = os.pipe()
             os.set_blocking(write_fd, False)
             self._wakeup = (read_fd, write_fd)
-            self._old_handler = signal.signal(signal.SIGTERM, lambda *_: None)  # the thread below acts on it
+            for signum in (signal.SIGTERM, signal.SIGINT) if graceful else (signal.SIGTERM,):
+                self._old_handlers[signum] = signal.signal(signum, lambda *_: None)  # the thread below acts on it
             signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
             self._threads.append(threading.Thread(target=self._watch_signals, name="medtune-sigterm", daemon=True))
         for thread in self._threads:
@@ -100,6 +125,18 @@ class Watchdog:
         """True once the watchdog has begun ending the process."""
         return self._fired.is_set()
 
+    def terminated(self, step: int, saved: bool) -> RunTerminated:
+        """The exception that ends the training loop after `step` for `stop_signal` (the record names the step)."""
+        assert self.stop_signal is not None
+        self.phase, self.step = "train", step
+        then = (
+            f"checkpoint step_{step:06d} saved; continue with trainer.resume=auto and the same hydra.run.dir"
+            if saved
+            else "no checkpoint (trainer.save_every=0)"
+        )
+        name = signal.Signals(self.stop_signal).name
+        return RunTerminated(f"terminated by {name} after step {step} (the step completed): {then}.", self.stop_signal)
+
     def where(self) -> str:
         """'phase train at step 12' (or without the step)."""
         return f"phase {self.phase}" + (f" at step {self.step}" if self.step is not None else "")
@@ -109,8 +146,8 @@ class Watchdog:
         self._stopped.set()
         if self._wakeup is not None:
             signal.set_wakeup_fd(-1)
-            if self._old_handler is not None:
-                signal.signal(signal.SIGTERM, self._old_handler)
+            for signum, handler in self._old_handlers.items():
+                signal.signal(signum, handler)  # type: ignore[arg-type]
             os.write(self._wakeup[1], b"\0")  # wakes the signal thread, which then sees _stopped
         for thread in self._threads:
             thread.join(timeout=5)
@@ -150,17 +187,35 @@ class Watchdog:
 
     def _watch_signals(self) -> None:
         assert self._wakeup is not None
+        deadline: float | None = None  # set once the loop has been asked to stop
         while not self._stopped.is_set():
+            wait_s = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                data = os.read(self._wakeup[0], 64)
+                ready, _, _ = select.select([self._wakeup[0]], [], [], wait_s)
+                data = os.read(self._wakeup[0], 64) if ready else b""
             except OSError:
                 return
             if self._stopped.is_set():
                 return
-            if signal.SIGTERM in data:
-                self._fail(
-                    f"terminated by SIGTERM in {self.where()}: torchrun stops every rank when one exits with an "
-                    "error (see that rank's log), or the job was cancelled.",
-                    128 + signal.SIGTERM,
-                )
+            if not ready:  # the step in progress did not end within STOP_GRACE_S
+                self._terminate(self.stop_signal or signal.SIGTERM)
                 return
+            signum = next((s for s in (signal.SIGTERM, signal.SIGINT) if s in data), None)
+            if signum is None:
+                continue
+            if self._graceful and self.polling and self.stop_signal is None:
+                self.stop_signal, deadline = signum, time.monotonic() + STOP_GRACE_S
+                log.warning("%s: the run stops after the step in progress", signal.Signals(signum).name)
+                continue
+            self._terminate(signum)  # another phase, or a second signal: now
+            return
+
+    def _terminate(self, signum: int) -> None:
+        self.signalled = signum
+        why = (
+            "the job was cancelled or preempted (a scheduler, or Ctrl-C)"
+            if self._graceful
+            else "torchrun stops every rank when one exits with an error (see that rank's log), or the job was "
+            "cancelled"
+        )
+        self._fail(f"terminated by {signal.Signals(signum).name} in {self.where()}: {why}.", 128 + signum)

@@ -6,6 +6,9 @@ import contextlib
 import functools
 import os
 import stat
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,3 +132,119 @@ def test_a_lock_that_cannot_be_created_does_not_stop_the_work(
     with file_lock(tmp_path / "entry", shared=True):
         ran = True
     assert ran and not (tmp_path / ".entry.lock").exists()
+
+
+# /bin/sh, not this Python: another user cannot enter /root, where the test's interpreter may live
+READ_ALL = 'n=0; for f; do cat "$f" > /dev/null || exit 1; n=$((n+1)); done; echo read $n'
+
+
+@contextlib.contextmanager
+def group_folder(group: str = "users") -> Iterator[tuple[Path, int]]:
+    """A folder outside pytest's private tmp (which others cannot enter), owned by `group`, setgid, 0o2775."""
+    import grp
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a folder to a group and to read as another user")
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        pytest.skip(f"no group {group!r}")
+    folder = Path(tempfile.mkdtemp(prefix="medtune-shared-", dir="/tmp"))
+    try:
+        os.chown(folder, 0, gid)
+        folder.chmod(0o2775)
+        yield folder, gid
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _read_as_another_user(paths: list[Path], gid: int) -> subprocess.CompletedProcess:
+    """Read every file as uid/gid 65534 (nobody) with `gid` as a supplementary group: a colleague in the group."""
+
+    def become_colleague() -> None:
+        os.setgroups([gid])
+        os.setgid(65534)
+        os.setuid(65534)
+
+    cmd = ["/bin/sh", "-c", READ_ALL, "sh", *map(str, paths)]
+    return subprocess.run(cmd, preexec_fn=become_colleague, capture_output=True, text=True, timeout=60, cwd="/")
+
+
+@pytest.mark.timeout(300)
+def test_a_colleague_in_the_group_reads_converted_models_adapters_and_checkpoints() -> None:
+    """Issue 32.3: under umask 002 in a setgid folder, safetensors files were 0o600 whatever the umask, so a
+    colleague found conversion.json valid and then could not read the weights."""
+    import torch
+    from conftest import tiny_model
+    from peft import LoraConfig, get_peft_model
+
+    from medtune.models.gguf import ensure_converted
+    from medtune.models.lora import save_adapter
+    from medtune.training.checkpoint import save_checkpoint
+
+    with group_folder() as (shared, gid), umask(0o002):
+        gguf = shared / "model.gguf"
+        gguf.write_bytes(b"gguf")
+
+        def convert(source: Path, folder: Path) -> dict:
+            tiny_model().save_pretrained(folder)  # the safetensors writer, as the real conversion calls it
+            return {"passed": True}
+
+        converted = ensure_converted("tiny", shared / "models", gguf, convert=convert)
+        model = get_peft_model(tiny_model(), LoraConfig(r=2, target_modules=["q_proj"]))
+        adapter = save_adapter(model, shared / "run" / "adapter")
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+        ckpt = save_checkpoint(shared / "run" / "checkpoints", 1, model, opt, sched, {}, keep=1)
+        files = [p for folder in (converted, adapter, ckpt) for p in folder.rglob("*") if p.is_file()]
+        names = {p.name for p in files}
+        assert {"model.safetensors", "conversion.json", "adapter_model.safetensors", "trainable.pt"} <= names
+        for path in files:
+            info = path.stat()
+            assert (_mode(path), info.st_gid) == (0o664, gid), path
+        for folder in (converted, adapter, ckpt):
+            assert _mode(folder) == 0o2775 and folder.stat().st_gid == gid, folder
+        done = _read_as_another_user(files, gid)
+        assert done.returncode == 0 and done.stdout.strip() == f"read {len(files)}", done.stderr[-2000:]
+
+
+KILLED_WRITER = (
+    "import sys, time\nfrom pathlib import Path\nfrom medtune.files.atomic import atomic_dir\n"
+    "with atomic_dir(Path(sys.argv[1])) as tmp:\n"
+    "    (tmp / 'model.safetensors').write_bytes(bytes(1000))\n    print('writing', flush=True)\n    time.sleep(600)\n"
+)
+
+
+def _writer_inside(entry: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(entry)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+    return proc
+
+
+@pytest.mark.timeout(120)
+def test_the_next_writer_removes_a_killed_writers_temporary_and_keeps_a_live_ones(tmp_path: Path) -> None:
+    """Issue 32.3: a killed conversion left its `.tmp-*` folder forever."""
+    entry = tmp_path / "converted"
+    killed, live = _writer_inside(entry), _writer_inside(entry)
+    try:
+        killed.kill()
+        killed.wait(timeout=30)
+        old = time.time() - getattr(cachefs, "STALE_AFTER_S", 60.0) - 1  # both look old: the lock tells them apart
+        for tmp in tmp_path.glob(".converted.tmp-*"):
+            os.utime(tmp, (old, old))
+        with atomic_dir(entry) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"new")
+        left = _leftovers(tmp_path)
+        assert left == [n for n in left if f"-{live.pid}-" in n] and len(left) == 1, left
+    finally:
+        live.kill()
+        live.wait(timeout=30)
+    (leftover,) = tmp_path.glob(".converted.tmp-*")
+    os.utime(leftover, (old, old))
+    atomic_write_text(tmp_path / "other.json", "{}")  # a writer of another entry leaves it alone
+    assert _leftovers(tmp_path) == [leftover.name]
+    with atomic_dir(entry, replace=True) as tmp:
+        pass
+    assert _leftovers(tmp_path) == []

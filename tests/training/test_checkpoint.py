@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -124,3 +125,27 @@ def test_zip_writer_error_of_a_full_device_is_one_line(tmp_path: Path, monkeypat
     with pytest.raises(space.StorageError, match=r"could not write checkpoint step_000003 .*\(RuntimeError: "):
         checkpoint.save_checkpoint(tmp_path, 3, model, opt, sched, {"data_position": {}}, keep=2)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_partial_file_of_a_full_disk_is_closed_before_it_is_deleted(tmp_path: Path) -> None:
+    """Issue 32.4: torch's zip writer kept the failed file open, so deleting the partial checkpoint freed nothing
+    and the summary that followed found the disk still full."""
+    from fixtures.small_disk import fill, small_disk
+
+    model = torch.nn.Linear(256, 256)  # 257 KiB of trainable weights: more than the room left below
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    with small_disk(tmp_path / "disk", size="4m") as disk:
+        fill(str(disk / "filler"), leave_bytes=128 * 1024)
+        room = space.free_bytes(disk)
+        with pytest.raises(space.StorageError) as info:
+            checkpoint.save_checkpoint(disk / "checkpoints", 1, model, opt, sched, {}, keep=1)
+        assert list((disk / "checkpoints").iterdir()) == []
+        assert space.free_bytes(disk) >= room  # the partial's blocks came back
+        held = []
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # the descriptor that listed the folder is gone by now
+                held.append(os.readlink(f"/proc/self/fd/{fd}"))
+        assert not [p for p in held if p.startswith(str(disk))], held
+        # the zip writer's "unexpected pos" RuntimeError is not the message: the ENOSPC under it is
+        assert "(No space left on device [errno 28])" in str(info.value)

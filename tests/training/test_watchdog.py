@@ -82,3 +82,61 @@ def test_timeout_must_be_positive(bad: float) -> None:
 
     with pytest.raises(ConfigError, match=r"sharding\.timeout_min"):
         ShardingConfig(timeout_min=bad)
+
+
+def test_one_process_stops_its_loop_at_the_step_end_on_sigterm() -> None:
+    """Issue 32.7: in one process the signal waits for the loop (which checkpoints and records), it does not kill."""
+    rec = _Recorder()
+    watch = Watchdog(60, rec.on_failure, exit=rec.exit).start(timer=False, graceful=True)
+    try:
+        watch.enter("train", step=3)
+        watch.polling = True
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while watch.stop_signal is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert watch.stop_signal == signal.SIGTERM
+        stopped = watch.terminated(3, saved=True)
+    finally:
+        watch.stop()
+    assert rec.failures == [] and rec.codes == []  # the loop ended in time: nothing forced
+    assert stopped.exit_code == 143 and "checkpoint step_000003 saved" in str(stopped)
+
+
+@pytest.mark.parametrize("second_signal", [True, False])
+def test_a_loop_that_does_not_stop_in_time_or_a_second_signal_ends_it_at_once(
+    second_signal: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medtune.training import watchdog
+
+    monkeypatch.setattr(watchdog, "STOP_GRACE_S", 60.0 if second_signal else 0.3)
+    rec = _Recorder()
+    watch = Watchdog(60, rec.on_failure, exit=rec.exit).start(timer=False, graceful=True)
+    try:
+        watch.enter("train", step=5)
+        watch.polling = True
+        os.kill(os.getpid(), signal.SIGINT)
+        if second_signal:
+            time.sleep(0.3)
+            os.kill(os.getpid(), signal.SIGINT)
+        assert rec.done.wait(10), "the run was not ended"
+    finally:
+        watch.stop()
+    ((message, phase, step),) = rec.failures
+    assert (phase, step) == ("train", 5)
+    assert "terminated by SIGINT in phase train at step 5" in message and watch.signalled == signal.SIGINT
+    assert rec.codes == [128 + signal.SIGINT]
+
+
+def test_outside_the_loop_a_signal_is_recorded_at_once() -> None:
+    rec = _Recorder()
+    before = signal.getsignal(signal.SIGINT)
+    watch = Watchdog(60, rec.on_failure, exit=rec.exit).start(timer=False, graceful=True)
+    try:
+        watch.enter("eval", step=8)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert rec.done.wait(10)
+    finally:
+        watch.stop()
+    assert rec.failures[0][1:] == ("eval", 8) and rec.codes == [143]
+    assert signal.getsignal(signal.SIGINT) == before
