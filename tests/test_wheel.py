@@ -91,3 +91,22 @@ def test_the_wheel_carries_the_config_and_runs_outside_the_repo(tmp_path: Path) 
         assert metrics[key] == pytest.approx(summary[key]), key
     for proc in (train, evaluate):
         assert "fatal: not a git repository" not in proc.stderr  # lm-eval's git lookup, outside a checkout
+    _own_ids_trained_mix_report_and_export(python, home, run, summary, env)
+
+
+def _own_ids_trained_mix_report_and_export(python: str, home: Path, run: Path, summary: dict, env: dict) -> None:
+    """The rest of a hospital's path from the same folder: the file's own ids key the predictions, the record states
+    the trained mix beside the planned one, and report and export run from the wheel."""
+    (preds,) = [p for p in (run / "eval").glob("*/predictions.jsonl") if p.parent.name != "base"]
+    ids = {json.loads(line)["id"] for line in preds.read_text().splitlines()}
+    assert ids and all(i.startswith("vi_exam:test:q") for i in ids), sorted(ids)[:3]  # "q7", not "<file stem>-<line>"
+    for lang in ("en", "vi"):  # what the loop took (2 steps: less than a pass), beside the plan
+        assert summary[f"trained_mix/{lang}/examples"] <= summary[f"data_mix/{lang}/examples"]
+    assert 0 < summary["trained_mix/passes"] < 1
+    _run([python, "-m", "medtune.report", "runs", "--out", "report"], home, env)
+    report = (home / "report" / "report.md").read_text()
+    assert "vi" in report and "Trained mix" in report
+    _run([python, "-m", "medtune.export", str(run), "--format", "safetensors"], home, env)
+    (check,) = run.glob("export/*/export_check.json")
+    gate = json.loads(check.read_text())["gate"]
+    assert gate["medtune"]["passed"] and gate["probes"]["languages"].get("vi", 0) > 0, gate  # the run's own language

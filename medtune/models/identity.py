@@ -40,14 +40,22 @@ ARCH_KEYS = (
 FINGERPRINT_METHOD = f"sha256 of the input embedding's shape and {SAMPLE_VALUES} evenly spaced values as bfloat16"
 
 
+def sample_index(numel: int, count: int = SAMPLE_VALUES) -> torch.Tensor:
+    """`count` evenly spaced positions in [0, numel), first and last included, in integers (a float32 linspace rounds
+    past the end once numel passes 2**24: Gemma 3's 262,144 x 640 embedding did)."""
+    count = min(count, numel)
+    return torch.arange(count, dtype=torch.int64) * (numel - 1) // max(count - 1, 1)
+
+
 def base_identity(model: nn.Module, quantization: str) -> dict[str, Any]:
     """Architecture, quantization and weights fingerprint of a base model (see the module docstring)."""
     config = model.config
     architecture = {key: getattr(config, key, None) for key in ARCH_KEYS}
     weight = model.get_input_embeddings().weight.detach()
     flat = weight.reshape(-1)
-    index = torch.linspace(0, flat.numel() - 1, min(SAMPLE_VALUES, flat.numel()), device=flat.device).long()
-    sample = flat[index].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
+    sample = (
+        flat[sample_index(flat.numel()).to(flat.device)].to(torch.bfloat16).view(torch.int16).cpu().numpy().tobytes()
+    )
     digest = hashlib.sha256(json.dumps(list(weight.shape)).encode() + sample).hexdigest()[:16]
     return {
         "architecture": architecture,

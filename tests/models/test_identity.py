@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from medtune.models.identity import base_identity, identity_mismatch, read_identity, write_identity
+from medtune.models.identity import base_identity, identity_mismatch, read_identity, sample_index, write_identity
 
 
 def test_same_weights_match_in_any_dtype_and_quantization_other_bases_do_not() -> None:
@@ -34,3 +34,11 @@ def test_the_record_round_trips_and_a_broken_one_names_its_file(tmp_path: Path) 
     path.write_text('{"architecture": ')
     with pytest.raises(ValueError, match=r"base_identity.json is not valid JSON"):
         read_identity(tmp_path)
+
+
+def test_the_sample_stays_inside_embeddings_past_two_to_the_24() -> None:
+    """Gemma 3 270M's embedding has 262,144 x 640 values: a float32 linspace put its last index one past the end."""
+    for numel in (1, 7, 4096, 4097, 2**24 + 1, 262_144 * 640, 262_144 * 2_560):
+        index = sample_index(numel)
+        assert index[0] == 0 and index[-1] == numel - 1 and len(index) == min(4096, numel)
+        assert bool((index[1:] > index[:-1]).all())
