@@ -50,9 +50,9 @@ def paired_note(confidence: float) -> str:
     """The sentence under the forgetting table that says what its power columns mean."""
     return (
         f" Discordant: questions the two models answered differently; MDE: the |delta| that the exact McNemar test at "
-        f"{format_level(confidence)} detects with {format_level(POWER)} power at that n and discordance (none: no "
-        "effect is, every discordant question going one way), so a non-significant delta below it is no evidence "
-        "of no effect."
+        f"{format_level(confidence)} detects with {format_level(POWER)} power at that n and discordance (none: not "
+        "even every discordant question going one way is), so a non-significant delta below it is no evidence of "
+        "no effect."
     )
 
 
