@@ -172,6 +172,7 @@ class DataConfig:
 
 # what a language's prompt words say: the question's label, the cue after an MCQ's options and after an open question,
 # the instruction of a chat-template MCQ, and the speakers of a chat rendered without a chat template
+CLUSTER_KEYS = ("subject", "task", "language", "domain", "exam")  # eval.cluster_by: what a cluster shares
 PROMPT_WORD_KEYS = ("question", "answer", "open_answer", "instruction", "user", "assistant")
 
 
@@ -204,6 +205,10 @@ class EvalConfig:
     scorer: str = "continuation"
     compare_base: bool = True  # also score the base model (cached) and report forgetting
     bootstrap_samples: int = 2000
+    # paired intervals resample whole clusters of questions that share a prediction-row key (subject, task,
+    # language, domain) or an exam ("exam": the id's native part without its last "-<number>", e.g. KorMedMCQA's
+    # doctor-2022-1); None: questions one by one
+    cluster_by: str | None = None
     confidence: float = 0.95
     seed: int = 0  # also picks the `limit` subset, so runs with one seed are scored on the same questions
     adapter: str | None = None  # python -m medtune.evaluate: a saved peft adapter dir to load onto the model
@@ -230,6 +235,8 @@ class EvalConfig:
         check_choice("eval.sanity", self.sanity, ("error", "warn", "off"))
         check_positive("eval.batch_size", self.batch_size)
         check_positive("eval.bootstrap_samples", self.bootstrap_samples)
+        if self.cluster_by is not None:
+            check_choice("eval.cluster_by", self.cluster_by, CLUSTER_KEYS)
         if self.num_fewshot < 0:
             raise ConfigError(f"eval.num_fewshot={self.num_fewshot} must be >= 0.")
         check_positive("eval.limit", self.limit, allow_none=True)

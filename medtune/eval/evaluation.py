@@ -33,7 +33,9 @@ BASE_PREFIX = "base/eval"  # base-model metrics next to an adapter's: base/eval/
 def _compare(base_rows: list[dict], rows: list[dict], eval_cfg: EvalConfig, out: Path | None) -> tuple[dict, str]:
     """Forgetting metrics and table of rows against base_rows; forgetting.json under out (unless None)."""
 
-    cmp = forgetting(base_rows, rows, eval_cfg.confidence, eval_cfg.bootstrap_samples, eval_cfg.seed)
+    cmp = forgetting(
+        base_rows, rows, eval_cfg.confidence, eval_cfg.bootstrap_samples, eval_cfg.seed, eval_cfg.cluster_by
+    )
     if out is not None:
         (out / "forgetting.json").write_text(json.dumps(cmp, indent=1))
     return forgetting_metrics(cmp), format_forgetting(cmp, eval_cfg.confidence)

@@ -51,10 +51,31 @@ def _pair(base_rows: Sequence[dict], run_rows: Sequence[dict]) -> list[tuple[dic
     return pairs
 
 
-def _compare(pairs: list[tuple[dict, dict]], confidence: float, n_boot: int, seed: int) -> dict[str, Any]:
+def cluster_of(row: dict[str, Any], cluster_by: str) -> str:
+    """The cluster a prediction row belongs to under eval.cluster_by (a row key, or "exam": see EvalConfig)."""
+    if cluster_by != "exam":
+        if cluster_by not in row:
+            raise ValueError(f"eval.cluster_by={cluster_by}: prediction rows have no {cluster_by!r}; keys: {list(row)}")
+        return str(row[cluster_by])
+    native = str(row["id"]).rsplit(":", 1)[-1]
+    exam, _, number = native.rpartition("-")
+    if not exam or not number.isdigit():
+        raise ValueError(
+            f"eval.cluster_by=exam: question {row['id']!r} ({row['task']}) names no exam (<exam>-<number>); "
+            "cluster by subject or task instead."
+        )
+    return exam
+
+
+def _compare(
+    pairs: list[tuple[dict, dict]], confidence: float, n_boot: int, seed: int, cluster_by: str | None = None
+) -> dict[str, Any]:
     base_ok = [bool(b["correct"]) for b, _ in pairs]
     run_ok = [bool(r["correct"]) for _, r in pairs]
-    low, high = paired_bootstrap_ci(base_ok, run_ok, confidence, n_boot, seed)
+    clusters = None if cluster_by is None else [cluster_of(r, cluster_by) for _, r in pairs]
+    if clusters is not None and len(set(clusters)) < 2:
+        log.warning("forgetting: %d questions, one %s cluster: no cluster bootstrap interval", len(pairs), cluster_by)
+    low, high = paired_bootstrap_ci(base_ok, run_ok, confidence, n_boot, seed, clusters)
     mc = mcnemar_test(base_ok, run_ok)
     alpha = 1.0 - confidence
     row: dict[str, Any] = {
@@ -71,17 +92,21 @@ def _compare(pairs: list[tuple[dict, dict]], confidence: float, n_boot: int, see
         "significant": mc.p_exact < alpha,
     }
     for key in LL_KEYS:
-        row |= _ll_delta(key, pairs, confidence, n_boot, seed)
+        row |= _ll_delta(key, pairs, confidence, n_boot, seed, clusters)
+    if clusters is not None:  # a cluster bootstrap: over what, and how many clusters this group has
+        row |= {"cluster_by": cluster_by, "n_clusters": len(set(clusters))}
     # what produced the intervals and p-values above, beside them (forgetting.json, forgetting/<group>/... keys)
     return row | {"confidence": confidence, "bootstrap_samples": n_boot, "bootstrap_seed": seed}
 
 
-def _ll_delta(key: str, pairs: list[tuple[dict, dict]], confidence: float, n_boot: int, seed: int) -> dict[str, Any]:
+def _ll_delta(
+    key: str, pairs: list[tuple[dict, dict]], confidence: float, n_boot: int, seed: int, clusters: list | None
+) -> dict[str, Any]:
     """Mean paired change of one gold log-likelihood, its bootstrap interval and sign-flip p; not testable (nan p,
     `<key>_testable` false, never significant) when a value is NaN or infinite."""
     b = [float(x[key]) for x, _ in pairs]
     r = [float(y[key]) for _, y in pairs]
-    low, high = paired_bootstrap_ci(b, r, confidence, n_boot, seed)
+    low, high = paired_bootstrap_ci(b, r, confidence, n_boot, seed, clusters)
     p = sign_flip_test(b, r, n_boot, seed)
     ok = math.isfinite(p)
     if not ok:
@@ -103,8 +128,10 @@ def forgetting(
     confidence: float = 0.95,
     n_boot: int = 2000,
     seed: int = 0,
+    cluster_by: str | None = None,
 ) -> list[dict[str, Any]]:
-    """One comparison row per language pool (lang/<language>) and per task, over the questions both scored."""
+    """One comparison row per language pool (lang/<language>) and per task, over the questions both scored; with
+    `cluster_by` (eval.cluster_by) the paired intervals resample clusters of questions instead of questions."""
     pairs = _pair(base_rows, run_rows)
     if not pairs:
         raise ValueError("forgetting: the two prediction sets share no (task, id); were they scored on the same data?")
@@ -112,7 +139,7 @@ def forgetting(
     out = []
     for group, members in group_rows([r for _, r in pairs]).items():
         group_pairs = [by_key[(m["task"], m["id"])] for m in members]
-        out.append({"group": group, **_compare(group_pairs, confidence, n_boot, seed)})
+        out.append({"group": group, **_compare(group_pairs, confidence, n_boot, seed, cluster_by)})
     # Language pools first: they carry the headline numbers.
     return sorted(out, key=lambda row: (not row["group"].startswith("lang/"), row["group"]))
 
@@ -123,7 +150,7 @@ def forgetting_metrics(rows: Sequence[dict[str, Any]], prefix: str = "forgetting
     for row in rows:
         group = row["group"].removeprefix("lang/")
         for key, value in row.items():
-            if key != "group":
+            if key not in ("group", "cluster_by"):  # cluster_by names a key: in forgetting.json, not a metric
                 out[f"{prefix}/{group}/{key}"] = float(value)
     return out
 
@@ -174,8 +201,9 @@ def format_forgetting(rows: Sequence[dict[str, Any]], confidence: float | None =
 
 
 def _bootstrap_note(row: dict[str, Any]) -> str:
+    unit = f"clusters of questions by {row['cluster_by']}" if row.get("cluster_by") else "questions"
     return (
-        f"Intervals: paired percentile bootstrap over questions, {row['bootstrap_samples']} resamples, seed "
+        f"Intervals: paired percentile bootstrap over {unit}, {row['bootstrap_samples']} resamples, seed "
         f"{row['bootstrap_seed']}; gold LL p: sign-flip randomisation test with as many flips. Verdicts at p < "
         f"{format_alpha(row['confidence'])}; not testable: a NaN or infinite log-likelihood."
     )
@@ -189,8 +217,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cluster-by", default=None, help="resample clusters sharing this key (eval.cluster_by)")
     args = parser.parse_args(argv)
-    rows = forgetting(read_predictions(args.base), read_predictions(args.run), args.confidence, args.n_boot, args.seed)
+    base, run = read_predictions(args.base), read_predictions(args.run)
+    rows = forgetting(base, run, args.confidence, args.n_boot, args.seed, args.cluster_by)
     print(format_forgetting(rows, args.confidence))
 
 

@@ -6,6 +6,7 @@ models on the same questions carries a paired interval and a paired test:
     wilson_interval(correct=191, n=239)            -> (low, high) for one accuracy
     bootstrap_mean_ci(values)                      -> (low, high) for a mean (e.g. gold log-likelihood)
     paired_bootstrap_ci(base, run)                 -> (low, high) for mean(run - base) over the same items
+    paired_bootstrap_ci(base, run, clusters=subj)  -> the same, resampling whole clusters (cluster bootstrap)
     mcnemar_test(base_correct, run_correct)        -> McNemarResult(b, c, p_exact, p_mid)
     sign_flip_test(base, run)                      -> two-sided p for mean(run - base) == 0
     format_level(0.975), format_alpha(0.975)       -> "97.5%", "0.025": every label states the level exactly
@@ -21,6 +22,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 
@@ -121,15 +123,47 @@ def _paired(base: Sequence[float], run: Sequence[float]) -> np.ndarray:
     return r - b
 
 
+def cluster_bootstrap_means(values: np.ndarray, clusters: Sequence[Any], n_boot: int, seed: int) -> np.ndarray:
+    """Bootstrap means of `values` resampling whole clusters with replacement (all the questions of a drawn cluster
+    come along); each mean is over the questions drawn, so clusters weigh by their size.
+
+    Questions of one exam year or subject share difficulty and topic: resampling questions one by one then treats
+    correlated outcomes as independent and gives intervals that are too narrow. Resampling clusters keeps the
+    correlation inside each draw (Davison & Hinkley 1997, sec. 3.8). It needs enough clusters: with fewer than
+    about 20 the interval is itself too narrow, and with one it cannot be computed at all.
+    """
+    labels, index = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
+    if len(index) != len(values):
+        raise ValueError(f"{len(index)} cluster labels for {len(values)} values")
+    sums = np.bincount(index, weights=values, minlength=len(labels))
+    sizes = np.bincount(index, minlength=len(labels)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, 2_000_000 // len(labels))
+    means = []
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, len(labels), size=(min(chunk, n_boot - start), len(labels)))
+        means.append(sums[idx].sum(axis=1) / sizes[idx].sum(axis=1))
+    return np.concatenate(means)
+
+
 def paired_bootstrap_ci(
-    base: Sequence[float], run: Sequence[float], confidence: float = 0.95, n_boot: int = 2000, seed: int = 0
+    base: Sequence[float],
+    run: Sequence[float],
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+    clusters: Sequence[Any] | None = None,
 ) -> tuple[float, float]:
-    """Interval of mean(run - base) resampling items (questions), keeping each pair together; (nan, nan) for no
-    pairs or a NaN/infinite value."""
+    """Interval of mean(run - base) resampling items (questions), keeping each pair together, or with `clusters`
+    (one label per pair) resampling whole clusters; (nan, nan) for no pairs, a NaN/infinite value or one cluster."""
     diff = _paired(base, run)
     if diff.size == 0 or not testable(diff):
         return float("nan"), float("nan")
-    return _percentile_ci(_bootstrap_means(diff, n_boot, seed), confidence)
+    if clusters is None:
+        return _percentile_ci(_bootstrap_means(diff, n_boot, seed), confidence)
+    if len({str(c) for c in clusters}) < 2:
+        return float("nan"), float("nan")  # one cluster: no between-cluster variation to resample
+    return _percentile_ci(cluster_bootstrap_means(diff, clusters, n_boot, seed), confidence)
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,15 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from medtune.eval.power import POWER
 from medtune.eval.stats import format_level
+from medtune.report.power import mde_cell, welch_power_columns
 from medtune.report.sweep import languages
 from medtune.report.watch import markdown_table
 
 CONTRAST_COLUMNS = [
     "ratio", "reference", "metric", "unit", "n_seeds", "n_seeds_ref", "mean", "mean_ref", "diff", "ci_low",
-    "ci_high", "p_welch",
+    "ci_high", "p_welch", "sd_pooled", "mde",
 ]  # fmt: skip
 
 
@@ -76,7 +78,9 @@ def contrast_table(
             if a.empty or b.empty:
                 continue
             stats = welch(a.to_numpy(), b.to_numpy(), confidence)
+            power = welch_power_columns(a.to_numpy(), b.to_numpy(), confidence)
             rows.append([ratio, reference, key, unit, len(a), len(b), a.mean(), b.mean(), *stats.values()])
+            rows[-1] += [power["sd_pooled"], power["mde"]]
     return pd.DataFrame(rows, columns=CONTRAST_COLUMNS)
 
 
@@ -98,9 +102,12 @@ def contrast_section(
     note = (
         f"diff = mean over the seeds of a ratio minus the mean over the seeds of {reference}, on the same questions;"
         f" {level} Welch t interval and two-sided p with the seed as the unit (not corrected for the"
-        f" {len(table)} comparisons). Accuracy in percentage points, gold-letter log-likelihood in nats."
+        f" {len(table)} comparisons). Accuracy in percentage points, gold-letter log-likelihood in nats. sd: the"
+        f" seeds' sd pooled over both sides; MDE: the |diff| the Welch test at {level} detects with"
+        f" {format_level(POWER)} power at these seed counts if that sd were the truth (n/a under two seeds a side)."
     )
-    header = [mix_label, "metric", "seeds", f"mean ({reference} mean)", f"diff [{level} CI]", "Welch p"]
+    header = [mix_label, "metric", "seeds", f"mean ({reference} mean)", f"diff [{level} CI]", "Welch p", "sd"]
+    header.append(f"MDE ({format_level(POWER)} power)")
     rows = []
     for _, r in table.iterrows():
         fmt = "{:+.2f}" if r["unit"] == "pp" else "{:+.3f}"
@@ -110,5 +117,6 @@ def contrast_section(
             str(r["ratio"]), f"{r['metric'].removeprefix('eval/')} ({r['unit']})",
             f"{r['n_seeds']} vs {r['n_seeds_ref']}", f"{plain.format(r['mean'])} ({plain.format(r['mean_ref'])})",
             f"{fmt.format(r['diff'])} {ci}", "n/a" if not math.isfinite(r["p_welch"]) else f"{r['p_welch']:.3g}",
+            mde_cell(r["sd_pooled"], plain), mde_cell(r["mde"], plain),
         ])  # fmt: skip
     return [f"## Against the {reference} mix", "", note, "", *markdown_table(header, rows), ""]

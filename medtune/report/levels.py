@@ -64,6 +64,11 @@ def bootstrap_settings(row: Mapping[str, Any], config: Mapping[str, Any]) -> tup
     return int(max(samples)), int(max(seeds))
 
 
+def cluster_setting(config: Mapping[str, Any]) -> str | None:
+    """The run's eval.cluster_by (None: its paired bootstrap resampled questions), so a recomputation matches it."""
+    return _config_eval(config).get("cluster_by")
+
+
 def prediction_files(run_dir: Path) -> tuple[Path | None, Path | None]:
     """(eval/base/predictions.jsonl, eval/<label>/predictions.jsonl of the fine-tuned model), each None if absent."""
     eval_dir = Path(run_dir) / "eval"
@@ -93,7 +98,7 @@ def recompute(run_dir: Path, row: Mapping[str, Any], config: Mapping[str, Any], 
         out |= summarise(base, "base/eval" if tuned is not None else "eval", confidence)
     if base is not None and tuned is not None:
         n_boot, seed = bootstrap_settings(row, config)
-        out |= forgetting_metrics(forgetting(base, tuned, confidence, n_boot, seed))
+        out |= forgetting_metrics(forgetting(base, tuned, confidence, n_boot, seed, cluster_setting(config)))
     return out
 
 
@@ -127,7 +132,8 @@ def stored_forgetting(run: Mapping[str, Any], lang: str, config: Mapping[str, An
             f"{run['path']}: forgetting intervals at {format_level(level)}, asked for {format_level(confidence)}; "
             "load the sweep with load_sweep(dir, confidence) so that they are recomputed, never relabelled."
         )
-    got = {k: run.get(pre + k) for k in ("n", "base_acc", "run_acc", "delta_pp", "p_mcnemar")}
+    keys = ("n", "base_acc", "run_acc", "delta_pp", "p_mcnemar", "b_base_only", "c_run_only")
+    got = {k: run.get(pre + k) for k in keys}
     got |= {"ci_low": run.get(pre + "delta_pp_ci_low"), "ci_high": run.get(pre + "delta_pp_ci_high")}
     significant = bool(run.get(pre + "significant")) and math.isfinite(float(run.get(pre + "p_mcnemar")))
     return got | {"significant": significant, "source": "summary"}
@@ -141,9 +147,10 @@ def forgetting_from_predictions(run_dir: Path, config: Mapping[str, Any], confid
         return {}
     n_boot, seed = bootstrap_settings({}, config)
     out = {}
-    for r in forgetting(read_rows(base), read_rows(tuned), confidence, n_boot, seed):
+    for r in forgetting(read_rows(base), read_rows(tuned), confidence, n_boot, seed, cluster_setting(config)):
         if r["group"].startswith("lang/"):
             got = {k: r[k] for k in ("n", "base_acc", "run_acc", "delta_pp", "p_mcnemar", "significant")}
+            got |= {"b_base_only": r["b_base_only"], "c_run_only": r["c_run_only"]}
             got |= {"ci_low": r["delta_pp_ci_low"], "ci_high": r["delta_pp_ci_high"], "source": "predictions"}
             out[r["group"].removeprefix("lang/")] = got
     return out

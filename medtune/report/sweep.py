@@ -25,6 +25,7 @@ import yaml
 
 from medtune.config import ConfigError, parse_ratio
 from medtune.report.levels import forgetting_from_predictions, restate, stored_forgetting
+from medtune.report.power import paired_power
 
 log = logging.getLogger("medtune.report")
 FIRST_LANGS = ("ko", "en")  # the paper's languages lead every table, in the order its reports always had
@@ -237,9 +238,11 @@ def forgetting_table(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame
                 | {"lang": lang, "n": got["n"], "base_acc": got["base_acc"], "run_acc": got["run_acc"]}
                 | {"delta_pp": got["delta_pp"], "ci_low_pp": got["ci_low"], "ci_high_pp": got["ci_high"]}
                 | {"p_mcnemar": got["p_mcnemar"], "significant": got["significant"], "source": got["source"]}
+                | paired_power(got, confidence)
             )
     cols = ["run", "ratio", "en_share", "seed", "lang", "n", "base_acc", "run_acc", "delta_pp", "ci_low_pp"]
-    table = pd.DataFrame(out, columns=[*cols, "ci_high_pp", "p_mcnemar", "significant", "source"])
+    cols += ["ci_high_pp", "p_mcnemar", "significant", "source", "discordance", "mde_pp"]
+    table = pd.DataFrame(out, columns=cols)
     table["p_holm"] = holm(table["p_mcnemar"].astype(float).tolist()) if len(table) else []
     return table
 

@@ -18,6 +18,7 @@ from medtune.eval.stats import format_alpha, format_level
 from medtune.report import plots
 from medtune.report.contrast import contrast_section, contrast_table
 from medtune.report.levels import RECOMPUTED
+from medtune.report.power import PAIRED_HEADER, paired_cells, paired_note
 from medtune.report.sweep import (
     across_seeds,
     base_metrics,
@@ -237,19 +238,18 @@ def _share_section(rep: SweepReport, metric: str, title: str, scale: float, fmt:
 def _forgetting_section(rep: SweepReport) -> list[str]:
     level = format_level(rep.confidence)
     header = ["run", rep.mix_label, "seed", "lang", "n", "base acc %", "run acc %"]
-    header.append(f"delta pp [{level} paired bootstrap CI]")
-    header += ["McNemar p", "Holm p", "verdict"]
+    header += [f"delta pp [{level} paired bootstrap CI]", "McNemar p", "Holm p", "verdict", *PAIRED_HEADER]
     rows = []
     for _, r in rep.forgetting.iterrows():
         ci = f"[{_num(r['ci_low_pp'], '{:+.2f}')}, {_num(r['ci_high_pp'], '{:+.2f}')}]"
         where = [f"`{r['run']}`", str(r["ratio"]), str(r["seed"]), r["lang"], _num(r["n"], "{:.0f}")]
         acc = [_num(r["base_acc"], scale=100), _num(r["run_acc"], scale=100), f"{_num(r['delta_pp'], '{:+.2f}')} {ci}"]
         tests = [_num(r["p_mcnemar"], "{:.3g}"), _num(r["p_holm"], "{:.3g}"), verdict(r["significant"], r["p_mcnemar"])]
-        rows.append([*where, *acc, *tests])
+        rows.append([*where, *acc, *tests, *paired_cells(r)])
     note = (
         f"delta = fine-tuned minus base accuracy on the same questions (negative = forgetting). Verdict: exact "
         f"McNemar p < {format_alpha(rep.confidence)} for that run alone; Holm p corrects for the {len(rows)} tests of "
-        "this table." + _bootstrap_note(rep.runs, rep.langs)
+        "this table." + _bootstrap_note(rep.runs, rep.langs) + paired_note(rep.confidence)
     )
     return ["## Forgetting", "", "![forgetting](forgetting.png)", "", note, "", *markdown_table(header, rows), ""]
 

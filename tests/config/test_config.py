@@ -81,6 +81,7 @@ def test_every_group_choice_composes(group: str) -> None:
         (["model=tiny_llama", "model.init=pretrained"], "model.init"),
         (["+eval.task_limits.mmlu_general=100"], "eval.task_limits.mmlu_general"),
         (["eval=medical", "+eval.task_limits.mmlu_general=0"], "eval.task_limits.mmlu_general"),
+        (["eval.cluster_by=year"], "eval.cluster_by"),
     ],
 )
 def test_bad_config_names_the_key(overrides: list[str], key: str) -> None:

@@ -118,3 +118,38 @@ def test_rows_record_their_level_and_bootstrap() -> None:
     with pytest.raises(ValueError, match="cannot be labelled"):
         format_forgetting(rows, confidence=0.95)  # the rows are at 90%: no relabelling
     assert "[97.5% CI]" in format_forgetting(forgetting(base, run, confidence=0.975, n_boot=100))
+
+
+def _exams(shift_by_exam: dict[str, int], size: int = 20) -> tuple[list[dict], list[dict]]:
+    """Base right on every question; the run wrong on `shift` questions of each exam (KorMedMCQA-style ids)."""
+    base, run = [], []
+    for exam, shift in shift_by_exam.items():
+        for q in range(size):
+            row = {"task": "kormed_law", "id": f"kormedmcqa:test:{exam}-{q + 1}", "language": "ko", "subject": "doctor"}
+            row |= {"n_choices": 4, "gold_ll_letter": -1.0, "gold_ll_text": -2.0, "gold": "A", "pred": "A"}
+            base.append({**row, "correct": True})
+            run.append({**row, "correct": q >= shift})
+    return base, run
+
+
+def test_cluster_by_exam_resamples_exams_and_says_so() -> None:
+    # one exam year loses 10 of 20 questions, the others none: questions within an exam are correlated
+    base, run = _exams({"doctor-2020-1": 10, "doctor-2021-1": 0, "doctor-2022-1": 0, "doctor-2023-1": 0})
+    naive = forgetting(base, run, n_boot=1000)[0]
+    clustered = forgetting(base, run, n_boot=1000, cluster_by="exam")[0]
+    assert clustered["n_clusters"] == 4 and clustered["cluster_by"] == "exam" and "n_clusters" not in naive
+    assert clustered["delta_pp"] == naive["delta_pp"] == pytest.approx(-12.5)
+    width = {name: r["delta_pp_ci_high"] - r["delta_pp_ci_low"] for name, r in (("q", naive), ("c", clustered))}
+    assert width["c"] > 1.5 * width["q"]  # the cluster interval admits that one exam carries all of the loss
+    assert "forgetting/lang/ko/cluster_by" not in forgetting_metrics([clustered])  # a name, not a metric
+    assert "over clusters of questions by exam" in format_forgetting([clustered])
+    one = forgetting(base, run, n_boot=100, cluster_by="subject")[0]  # every question is subject "doctor"
+    assert math.isnan(one["delta_pp_ci_low"]) and one["n_clusters"] == 1
+
+
+def test_cluster_by_a_key_the_rows_lack_names_it() -> None:
+    base, run = _pair()
+    with pytest.raises(ValueError, match=r"eval\.cluster_by=subject: prediction rows have no 'subject'"):
+        forgetting(base, run, cluster_by="subject")
+    with pytest.raises(ValueError, match=r"eval.cluster_by=exam: question 'kormed_law:0' .* names no exam"):
+        forgetting(base, run, cluster_by="exam")

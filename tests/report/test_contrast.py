@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from medtune.eval.power import welch_mde
 from medtune.report.cli import main
 from medtune.report.contrast import contrast_table, welch
 
@@ -55,6 +56,8 @@ def test_contrast_table_compares_each_ratio_with_the_reference() -> None:
     assert (row["mean"], row["mean_ref"], row["diff"]) == pytest.approx((26.0, 21.0, 5.0))
     assert row["unit"] == "pp" and row["metric"] == "eval/lang/ko/acc"
     assert math.isnan(table.loc["0:1", "ci_low"])  # one seed: a difference, no interval
+    assert row["sd_pooled"] == pytest.approx(math.sqrt(2.0))  # both sides 1 pp apart: variance 2 pp^2
+    assert row["mde"] == pytest.approx(welch_mde(math.sqrt(2.0), 2, 2)) and math.isnan(table.loc["0:1", "mde"])
 
 
 def test_unknown_reference_names_the_ratios_present() -> None:
@@ -69,7 +72,12 @@ def test_cli_writes_the_contrast(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert main([str(sweep), "--out", str(tmp_path / "r"), "--reference", reference]) == 0
     contrast = pd.read_csv(tmp_path / "r" / "contrast.csv")
     assert set(contrast["reference"]) == {reference} and reference not in set(contrast["ratio"])
-    assert f"## Against the {reference} mix" in (tmp_path / "r" / "report.md").read_text()
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert f"## Against the {reference} mix" in md and "| Welch p | sd | MDE (80% power) |" in md
+    assert "| McNemar p | Holm p | verdict | discordant % | MDE pp (80% power) |" in md
+    forgetting = pd.read_csv(tmp_path / "r" / "forgetting.csv")
+    assert (forgetting["discordance"] > 0).all() and (forgetting["mde_pp"] > 0).all()
+    assert {"sd_pooled", "mde"} <= set(contrast.columns)
     capsys.readouterr()
     assert main([str(sweep), "--out", str(tmp_path / "bad"), "--reference", "7:7"]) == 2
     assert "--reference '7:7'" in capsys.readouterr().out and not (tmp_path / "bad").exists()
