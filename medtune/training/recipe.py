@@ -28,18 +28,15 @@ from medtune.models.lora import (
 )
 from medtune.training import checkpoint, distributed, fast_paths, resume, step_metrics
 from medtune.training.batches import DataPipeline, build_data, plan_mix
+from medtune.training.errors import TrainingError
 from medtune.training.loss_module import compute_loss, eval_loss
 from medtune.training.offload import ActivationOffloader
-from medtune.training.schedule import lr_factor
+from medtune.training.optim import build_optimizer, build_scheduler
 from medtune.training.speed import apply_speedups
 from medtune.training.watchdog import Watchdog
 from medtune.training.watcher import Watcher
 
 log = logging.getLogger("medtune.train")
-
-
-class TrainingError(RuntimeError):
-    """A run stopped for a reason the user can act on (NaN loss, out of memory)."""
 
 
 class TrainRecipe:
@@ -290,24 +287,6 @@ class TrainRecipe:
                 merge_and_save(distributed.unwrap(self.model), self.run_dir / "merged")
         distributed.barrier()
         return path
-
-
-def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The optimizer named by optim._target_ over the trainable parameters."""
-    from hydra.utils import get_class
-
-    oc = cfg.optim
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise TrainingError("no trainable parameters: is lora.enabled=true and are lora.target_modules in the model?")
-    cls = get_class(oc._target_)
-    return cls(params, lr=oc.lr, weight_decay=oc.weight_decay, betas=tuple(oc.betas), eps=oc.eps)
-
-
-def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup, then cosine or linear decay to min_lr_ratio * lr (or constant): see training/schedule.py."""
-    optim, total = cfg.optim, cfg.trainer.max_steps
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(optim, total, step))
 
 
 @contextlib.contextmanager

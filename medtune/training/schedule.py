@@ -1,6 +1,6 @@
 """The learning-rate schedule as a pure function of the step: linear warmup, then cosine, linear or constant.
 
-`recipe.build_scheduler` wraps it in a torch LambdaLR; `resume` evaluates it without torch to tell whether a new
+`optim.build_scheduler` wraps it in a torch LambdaLR; `resume` evaluates it without torch to tell whether a new
 `trainer.max_steps` would have given the steps already trained another learning rate.
 """
 

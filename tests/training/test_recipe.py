@@ -11,7 +11,8 @@ from hydra import compose, initialize_config_dir
 
 from medtune.config import register_configs, to_train_config
 from medtune.training.distributed import DistInfo
-from medtune.training.recipe import TrainingError, TrainRecipe, build_scheduler, out_of_memory_hint
+from medtune.training.optim import build_scheduler
+from medtune.training.recipe import TrainingError, TrainRecipe, out_of_memory_hint
 
 CONF = REPO / "medtune" / "conf"
 register_configs()
