@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,17 @@ def _kill(procs: list[subprocess.Popen]) -> None:
             proc.wait(timeout=30)
 
 
+def _wait(procs: list[subprocess.Popen]) -> None:
+    """Until every node is done, or one has failed (the other would wait for it until its own timeout)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        codes = [proc.poll() for proc in procs]
+        if all(code is not None for code in codes) or any(code not in (None, 0) for code in codes):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"the two nodes did not finish in {TIMEOUT_S} s")
+
+
 def _two_nodes(tmp: Path, cache: Path, runs: Path) -> list[str]:
     """Start node 0 and node 1 as two torchrun agents meeting at one c10d endpoint; their logs, in node order."""
     endpoint = f"127.0.0.1:{_free_port()}"
@@ -71,13 +83,15 @@ def _two_nodes(tmp: Path, cache: Path, runs: Path) -> list[str]:
                         start_new_session=True,
                     )
                 )
-        for proc in procs:
-            proc.wait(timeout=TIMEOUT_S)
+        _wait(procs)
     finally:
         _kill(procs)
     text = [log.read_text() for log in logs]
-    for node, proc in enumerate(procs):
-        assert proc.returncode == 0, f"node {node}:\n{text[node][-4000:]}"
+    failed = [node for node, proc in enumerate(procs) if proc.returncode != 0]
+    failed.sort(key=lambda node: procs[node].returncode == -signal.SIGKILL)  # the node that failed, not the one killed
+    if failed:
+        node = failed[0]
+        raise AssertionError(f"node {node} exited {procs[node].returncode}:\n{text[node][-4000:]}")
     return text
 
 
