@@ -5,15 +5,24 @@ exception a job raises is kept until the sweep ends (then re-raised with a trace
 whole sweep at once; so `run_job` catches both, records the job as failed in its run directory (`run/status`,
 `run/error`, `run/failed_phase`, `run/overrides`) and returns. After the sweep, `exit_status()` is the number of
 failed jobs (as in GNU parallel: 1-100, 101 for more), logged in one line that names them.
+
+A launcher that runs the jobs in other processes (hydra/launcher=slurm or submitit_local) leaves this process's list
+empty; `JobRecords`, a Hydra callback, then reads every job's record from the sweep directory once the launcher has
+waited for them, so the exit status counts those failures too (a job killed before it wrote one counts as failed).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
 from medtune.config import ConfigError
 from medtune.files.space import explain
@@ -75,6 +84,30 @@ def exit_status() -> int:
         names,
     )
     return min(len(failed), MAX_EXIT_STATUS)
+
+
+class JobRecords(Callback):
+    """After a sweep whose jobs ran in other processes, this process learns their outcomes from their records."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not JOBS:
+            JOBS.extend(read_jobs(Path(str(config.hydra.sweep.dir))))
+
+
+def read_jobs(sweep_dir: Path) -> list[Job]:
+    """The jobs of a sweep directory (each subdirectory with `.hydra/overrides.yaml`), in job order, from their
+    summary.json: ok, failed with its run/error, or failed because it wrote none."""
+    jobs = []
+    for job_dir in sorted(p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")):
+        overrides = [str(o) for o in yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []]
+        try:
+            summary = json.loads((job_dir / "summary.json").read_text(encoding="utf-8"))
+            error = None if summary.get("run/status") == "ok" else str(summary.get("run/error", "failed"))
+        except (OSError, ValueError):
+            error = "no summary.json: the job ended before it could record itself (see its submitit log)"
+        num = job_dir.name.split("_", 1)[0]
+        jobs.append(Job(int(num) if num.isdigit() else len(jobs), overrides, job_dir, error))
+    return sorted(jobs, key=lambda job: job.num)
 
 
 def _varying(jobs: list[Job]) -> set[str]:

@@ -57,3 +57,20 @@ def test_exit_status_is_the_number_of_failed_jobs(tmp_path: Path) -> None:
         "ConfigError: optim.lr=-0.5 must be > 0.",
     ]
     assert "sweep: 2 of 2 jobs failed: #0 optim.lr=-1; #1 optim.lr=-0.5." in proc.stdout + proc.stderr
+
+
+def test_jobs_of_another_launcher_are_read_from_their_records(tmp_path: Path) -> None:
+    """hydra/launcher=slurm runs the jobs elsewhere: their outcomes come from the sweep directory, and a job that
+    wrote no summary.json (killed at SLURM's time limit) counts as failed."""
+    from medtune.training.sweep import read_jobs
+
+    for num, summary in ((0, {"run/status": "ok"}), (1, None), (2, {"run/status": "failed", "run/error": "boom"})):
+        job = tmp_path / f"{num}_seed={num}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- seed={num}\n- model=tiny_llama\n")
+        if summary is not None:
+            (job / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / ".submitit").mkdir()  # not a job
+    jobs = read_jobs(tmp_path)
+    assert [(j.num, j.overrides) for j in jobs] == [(n, [f"seed={n}", "model=tiny_llama"]) for n in (0, 1, 2)]
+    assert jobs[0].error is None and jobs[2].error == "boom" and jobs[1].error.startswith("no summary.json")
