@@ -1,4 +1,4 @@
-"""Datasets declared in config: every format, every file type, every way to split, ids, and the leakage guard."""
+"""The datasets of data.datasets (DatasetSource): every format, every file type, every way to split, ids, the guard."""
 
 from __future__ import annotations
 
