@@ -24,8 +24,8 @@ _INDEX_CACHE: dict[tuple, tuple[DupIndex, list[str]]] = {}
 
 def eval_split_specs(data_cfg: DataConfig) -> list[str]:
     """The "<source>:<split>" specs that only ever evaluate: data.eval_splits and each declared dataset's eval_split."""
-    declared = [f"{name}:{ds.eval_split}" for name, ds in (getattr(data_cfg, "datasets", None) or {}).items()]
-    return list(data_cfg.eval_splits) + [spec for spec in declared if spec not in data_cfg.eval_splits]
+    datasets = [f"{name}:{ds.eval_split}" for name, ds in (getattr(data_cfg, "datasets", None) or {}).items()]
+    return list(data_cfg.eval_splits) + [spec for spec in datasets if spec not in data_cfg.eval_splits]
 
 
 def is_eval_split(source: str, split: str, data_cfg: DataConfig) -> bool:

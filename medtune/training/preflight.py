@@ -31,7 +31,7 @@ def check_run(cfg: TrainConfig, dict_cfg: Any = None) -> None:
     if dict_cfg is not None:
         check_known_keys(dict_cfg)
     check_launch(cfg)
-    check_datasets(cfg.data)
+    check_dataset_files(cfg.data)
     if cfg.stage in ("train", "train_eval"):
         for language, specs in cfg.data_mix.sources.items():
             for spec in specs:
@@ -96,7 +96,7 @@ def check_launch(cfg: TrainConfig, replicas_ok: bool = False, entry: str = "medt
             raise ConfigError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=auto or cpu.")
 
 
-def check_datasets(data_cfg: Any) -> None:
+def check_dataset_files(data_cfg: Any) -> None:
     """Prepare every dataset of data.datasets (cached after the first run): a bad one stops here."""
     if not getattr(data_cfg, "datasets", None):
         return
@@ -131,7 +131,7 @@ def check_source(spec: str, data_cfg: Any, where: str, training: bool = False, l
             f"{where}: {source.name} is in {source.language!r}, not {language!r}; list it under "
             f"data_mix.sources.{source.language} (every row of a language's sources counts towards its share)."
         )
-    splits = source_splits(source, data_cfg)  # a data.datasets entry: from its copy, prepared by check_datasets
+    splits = source_splits(source, data_cfg)  # a data.datasets entry: from its copy, prepared by check_dataset_files
     if split not in splits:
         hint = source.split_hint
         raise ConfigError(f"{where}: {source.name} has no split {split!r}; its splits: {list(splits)}{hint}.")
