@@ -58,11 +58,11 @@ def _hydra_main(dict_cfg: DictConfig) -> None:
 def _preflight(cfg: TrainConfig, dict_cfg: DictConfig) -> None:
     """The checks that need no model: keys, launch (replicas allowed), tasks and their data, the adapter dir."""
     from medtune.data.prepare import resolve_dir
-    from medtune.training.preflight import check_declared, check_known_keys, check_launch, check_tasks
+    from medtune.training.preflight import check_dataset_files, check_known_keys, check_launch, check_tasks
 
     check_known_keys(dict_cfg)
     check_launch(cfg, replicas_ok=True, entry="medtune.evaluate")
-    check_declared(cfg.data)  # a bad declared file stops here with its line and field, as in medtune.train
+    check_dataset_files(cfg.data)  # a bad declared file stops here with its line and field, as in medtune.train
     check_tasks(cfg)
     if cfg.eval.adapter and not (resolve_dir(cfg.eval.adapter) / "adapter_config.json").is_file():
         raise ConfigError(

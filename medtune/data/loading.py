@@ -13,10 +13,10 @@ from typing import Any
 
 from medtune.config import DataConfig
 from medtune.data.leakage import DupIndex, Overlap
-from medtune.data.prepare import prepare_source, read_prepared, resolve_dir, use_hub, version_key
+from medtune.data.prepare import prepare_source, read_prepared, resolve_dir, version_key
 from medtune.data.schema import Record
 from medtune.data.sources.korean import is_law_block, law_uids
-from medtune.data.sources.registry import SOURCES, declared_sources, parse_spec, resolve
+from medtune.data.sources.registry import SOURCES, dataset_sources, parse_spec, resolve
 
 log = logging.getLogger(__name__)
 _INDEX_CACHE: dict[tuple, tuple[DupIndex, list[str]]] = {}
@@ -24,8 +24,8 @@ _INDEX_CACHE: dict[tuple, tuple[DupIndex, list[str]]] = {}
 
 def eval_split_specs(data_cfg: DataConfig) -> list[str]:
     """The "<source>:<split>" specs that only ever evaluate: data.eval_splits and each declared dataset's eval_split."""
-    declared = [f"{name}:{ds.eval_split}" for name, ds in (getattr(data_cfg, "datasets", None) or {}).items()]
-    return list(data_cfg.eval_splits) + [spec for spec in declared if spec not in data_cfg.eval_splits]
+    datasets = [f"{name}:{ds.eval_split}" for name, ds in (getattr(data_cfg, "datasets", None) or {}).items()]
+    return list(data_cfg.eval_splits) + [spec for spec in datasets if spec not in data_cfg.eval_splits]
 
 
 def is_eval_split(source: str, split: str, data_cfg: DataConfig) -> bool:
@@ -56,11 +56,11 @@ def guarded_specs(data_cfg: DataConfig) -> list[str]:
     """The eval splits the leakage guard holds against: data.eval_splits, and each declared dataset's eval split
     where that dataset has one (a training-only set has nothing to guard; one whose file is missing is kept, to be
     reported as missing)."""
-    declared = declared_sources(data_cfg)
+    datasets = dataset_sources(data_cfg)
     out = []
     for spec in eval_split_specs(data_cfg):
         name, split = parse_spec(spec)
-        source = declared.get(name)
+        source = datasets.get(name)
         if source is None or not _available(name, data_cfg) or split in prepare_source(source, data_cfg)["counts"]:
             out.append(spec)
     return out
@@ -86,7 +86,7 @@ def eval_index(data_cfg: DataConfig) -> tuple[DupIndex, list[str]]:
 
 def law_filter(records: list[Record], data_cfg: DataConfig) -> list[Record]:
     """KorMedMCQA records without the law rows (uids from law_subset.jsonl, else the block position rule)."""
-    uids = set() if use_hub(SOURCES["kormedmcqa"], data_cfg) else law_uids(resolve_dir(data_cfg.data_dir))
+    uids = set() if SOURCES["kormedmcqa"].is_hub(data_cfg) else law_uids(resolve_dir(data_cfg.data_dir))
     if uids:
         return [r for r in records if r.id.rsplit(":", 1)[1] not in uids]
     log.warning("law_subset.jsonl not found: excluding KorMedMCQA law rows by the block position rule only")

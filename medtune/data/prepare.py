@@ -9,7 +9,6 @@ once, and none of them ever reads a half-written folder.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -23,7 +22,7 @@ import pyarrow.parquet as pq
 from medtune.config import DataConfig
 from medtune.config.checks import resolve_dir
 from medtune.data.schema import BadRowError, Record, RowSink
-from medtune.data.sources.registry import HUB_SPLITS, Source, all_sources, hub_reader, sample_dir
+from medtune.data.sources.registry import Source, all_sources
 from medtune.files.atomic import atomic_dir, file_lock
 
 log = logging.getLogger(__name__)
@@ -49,45 +48,20 @@ SCHEMA = pa.schema(
 )
 
 
-def use_hub(source: Source, data_cfg: DataConfig) -> bool:
-    """True when this source is read from the hub (data.hub=true and the source has a hub copy)."""
-    if source.declared is not None:
-        return source.declared.is_hub()
-    return bool(getattr(data_cfg, "hub", False)) and hub_reader(source.name) is not None
-
-
 def source_splits(source: Source, data_cfg: DataConfig) -> tuple[str, ...]:
-    """The splits a source provides (the hub copy may have more)."""
-    return HUB_SPLITS.get(source.name, source.splits) if use_hub(source, data_cfg) else source.splits
-
-
-def raw_files(source: Source, data_cfg: DataConfig) -> list[Path]:
-    """The raw files a local source reads; an error names the folder when there are none."""
-    if source.declared is not None:
-        return source.declared.files()
-    root = sample_dir() if source.builtin else resolve_dir(data_cfg.data_dir)
-    files = sorted(p for pattern in source.files for p in root.glob(pattern) if p.is_file())
-    if not files:
-        raise FileNotFoundError(
-            f"no raw files for source {source.name!r} under {root} (looked for {list(source.files)}); set "
-            "data.data_dir (or MEDTUNE_DATA_DIR) to the dataset folder described in ../shared/data/README.md"
-            + ("" if hub_reader(source.name) is None else ", or set data.hub=true to load it from the hub")
-            + "."
-        )
-    return files
+    """The splits a source provides: those it names, else (its data decides them) those its prepared copy holds."""
+    splits = source.splits(data_cfg)
+    return tuple(prepare_source(source, data_cfg)["counts"]) if splits is None else splits
 
 
 def version_key(source: Source, data_cfg: DataConfig) -> str:
-    """'<source>-<12 hex>': hashes the adapter version and the raw files' names, sizes and mtimes (or the hub)."""
+    """'<source>-<12 hex>': hashes the adapter version, what the source says decides its rows (a declaration, the hub
+    copy) and its raw files' names, sizes and mtimes."""
     digest = hashlib.sha256(f"adapter-v{ADAPTER_VERSION}".encode())
-    if source.declared is not None:  # its declaration decides what its rows are, as much as its files do
-        digest.update(json.dumps(dataclasses.asdict(source.declared.cfg), sort_keys=True).encode())
-    if use_hub(source, data_cfg):
-        digest.update(f"hub:{source.name}:{source.declared.cfg.path if source.declared else ''}".encode())
-    else:
-        for path in raw_files(source, data_cfg):
-            stat = path.stat()
-            digest.update(f"{path.name}:{path.parent.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update(source.identity(data_cfg).encode())
+    for path in source.files(data_cfg):
+        stat = path.stat()
+        digest.update(f"{path.name}:{path.parent.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return f"{source.name}-{digest.hexdigest()[:12]}"
 
 
@@ -97,17 +71,9 @@ def prepared_dir(source: Source, data_cfg: DataConfig) -> Path:
 
 
 def read_source(source: Source, data_cfg: DataConfig) -> tuple[dict[str, list[Record]], list[dict[str, str]]]:
-    """Run the adapter over every split: ({split: records}, skipped bad rows). Duplicate ids are bad rows."""
+    """Read every split: ({split: records}, skipped bad rows); an id produced twice is a bug in the adapter."""
     sink = RowSink(on_bad_row=data_cfg.on_bad_row)
-    reader = hub_reader(source.name) if use_hub(source, data_cfg) else source.read
-    data_dir = resolve_dir(data_cfg.data_dir)
-    by_split: dict[str, list[Record]] = {}
-    if source.declared is not None:
-        by_split = source.declared.read_all(sink)
-    for split in source_splits(source, data_cfg) if source.declared is None else ():
-        start = len(sink.records)
-        reader(data_dir, split, sink)
-        by_split[split] = sink.records[start:]
+    by_split = source.read(data_cfg, sink)
     seen: set[str] = set()
     for records in by_split.values():
         for record in records:
@@ -152,7 +118,7 @@ def _write_prepared(source: Source, data_cfg: DataConfig, target: Path) -> dict[
             "source": source.name,
             "language": source.language,
             "version_key": target.name,
-            "hub": use_hub(source, data_cfg),
+            "hub": source.is_hub(data_cfg),
             "counts": {split: len(records) for split, records in by_split.items()},
             "skipped": skipped,
             "prepare_s": round(time.perf_counter() - start_s, 3),
@@ -177,11 +143,11 @@ def read_prepared(source: Source, split: str, data_cfg: DataConfig) -> list[Reco
 
 
 def prepare(data_cfg: DataConfig, sources: list[str] | None = None, force: bool = False) -> dict[str, dict[str, Any]]:
-    """Prepare the named sources (default: every source whose raw files are present, and every declared dataset);
-    {source: manifest}."""
+    """Prepare the named sources (default: every source whose raw files are present; a data.datasets entry whose files
+    are missing stops with its error); {source: manifest}."""
     known = all_sources(data_cfg)
     if sources is None:
-        sources = [n for n, s in known.items() if s.builtin or s.declared is not None or _present(s, data_cfg)]
+        sources = [name for name, source in known.items() if _present(source, data_cfg)]
     unknown = [name for name in sources if name not in known]
     if unknown:
         raise KeyError(f"unknown data sources {unknown}; known: {', '.join(known)}.")

@@ -63,10 +63,10 @@ def dataset_license(name: str, readme: Path | None, declared: dict[str, Any] | N
         source = resolve(name.split(":")[0])[0]
     except (KeyError, ValueError):
         return "unknown"
-    if source.builtin:
+    if source.in_package:
         found = re.search(r"License: ([\w.+-]*\w)", (sample_dir() / "README.md").read_text())
         return found.group(1).strip() if found else "unknown"
-    folder = source.files[0].split("/")[0]
+    folder = source.patterns[0].split("/")[0]
     for line in readme.read_text().splitlines() if readme else []:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) > 1 and cells[0].startswith(f"`{folder}/"):

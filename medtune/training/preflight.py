@@ -31,7 +31,7 @@ def check_run(cfg: TrainConfig, dict_cfg: Any = None) -> None:
     if dict_cfg is not None:
         check_known_keys(dict_cfg)
     check_launch(cfg)
-    check_declared(cfg.data)
+    check_dataset_files(cfg.data)
     if cfg.stage in ("train", "train_eval"):
         for language, specs in cfg.data_mix.sources.items():
             for spec in specs:
@@ -96,14 +96,14 @@ def check_launch(cfg: TrainConfig, replicas_ok: bool = False, entry: str = "medt
             raise ConfigError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=auto or cpu.")
 
 
-def check_declared(data_cfg: Any) -> None:
-    """Prepare every dataset declared in data.datasets (cached after the first run): a bad one stops here."""
+def check_dataset_files(data_cfg: Any) -> None:
+    """Prepare every dataset of data.datasets (cached after the first run): a bad one stops here."""
     if not getattr(data_cfg, "datasets", None):
         return
     from medtune.data.prepare import prepare_source
-    from medtune.data.sources.registry import declared_sources
+    from medtune.data.sources.registry import dataset_sources
 
-    for name, source in declared_sources(data_cfg).items():
+    for name, source in dataset_sources(data_cfg).items():
         try:
             manifest = prepare_source(source, data_cfg)
         except (OSError, ValueError) as err:  # DatasetError, BadRowError, a file that is not there
@@ -114,19 +114,11 @@ def check_declared(data_cfg: Any) -> None:
             log.warning("data.datasets.%s: %d bad rows skipped (data.on_bad_row=skip)", name, len(manifest["skipped"]))
 
 
-def _splits_of(source: Any, data_cfg: Any) -> tuple[str, ...]:
-    from medtune.data.prepare import prepare_source, source_splits
-
-    if source.declared is not None:  # prepared by check_declared: its splits are what its data gave
-        return tuple(prepare_source(source, data_cfg)["counts"])
-    return source_splits(source, data_cfg)
-
-
 def check_source(spec: str, data_cfg: Any, where: str, training: bool = False, language: str | None = None) -> None:
     """`<source>:<split>` names a known source or view and split, and its raw files are here (warns when empty);
     with `language`, the source's records are in that language."""
     from medtune.data import assert_trainable
-    from medtune.data.prepare import raw_files, use_hub
+    from medtune.data.prepare import source_splits
     from medtune.data.sources.registry import parse_spec, resolve
 
     try:
@@ -139,19 +131,17 @@ def check_source(spec: str, data_cfg: Any, where: str, training: bool = False, l
             f"{where}: {source.name} is in {source.language!r}, not {language!r}; list it under "
             f"data_mix.sources.{source.language} (every row of a language's sources counts towards its share)."
         )
-    splits = _splits_of(source, data_cfg)
+    splits = source_splits(source, data_cfg)  # a data.datasets entry: from its copy, prepared by check_dataset_files
     if split not in splits:
-        how = " (declare it: splits, split_column or holdout)" if source.declared is not None else ""
-        raise ConfigError(f"{where}: {source.name} has no split {split!r}; its splits: {list(splits)}{how}.")
+        hint = source.split_hint
+        raise ConfigError(f"{where}: {source.name} has no split {split!r}; its splits: {list(splits)}{hint}.")
     if training:
         try:
             assert_trainable(spec, data_cfg)
         except ValueError as err:
             raise ConfigError(f"{where}: {err}") from None
-    if source.builtin or source.declared is not None or use_hub(source, data_cfg):
-        return
     try:
-        files = raw_files(source, data_cfg)
+        files = source.files(data_cfg)  # [] from the hub
     except FileNotFoundError as err:
         raise ConfigError(
             f"{where}: {err} Point MEDTUNE_DATA_DIR (or data.data_dir) at the datasets' folder "

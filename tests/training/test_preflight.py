@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from medtune.config import CONF, ConfigError, TrainConfig, compose
+from medtune.config import CONF, ConfigError, DataConfig, TrainConfig, compose
 from medtune.training.preflight import (
+    check_dataset_files,
     check_known_keys,
     check_launch,
     check_resume,
@@ -72,6 +73,23 @@ def test_missing_data_dir_and_empty_files(tmp_path: Path, caplog: pytest.LogCapt
     with caplog.at_level(logging.WARNING, logger="medtune.training.preflight"):
         check_source("pubmedqa:train", cfg.data, "data_mix.sources (pubmedqa:train)")
     assert "ori_pqal.json is empty (0 bytes)" in caplog.text
+
+
+def test_a_dataset_is_checked_like_a_built_in_source(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A data.datasets entry: its splits come from its prepared copy, the hint says how to add one, empty files warn."""
+    folder = tmp_path / "raw" / "notes"
+    folder.mkdir(parents=True)
+    (folder / "a.jsonl").write_text('{"q": "頭痛の原因は?", "a": "緊張です。"}\n')
+    (folder / "b.jsonl").write_text("")
+    notes = {"format": "qa", "language": "ja", "path": "notes", "columns": {"question": "q", "answer": "a"}}
+    data = DataConfig(data_dir=str(tmp_path / "raw"), cache_dir=str(tmp_path / "cache"), datasets={"notes": notes})
+    check_dataset_files(data)
+    missing = r"notes has no split 'test'; its splits: \['train'\] \(declare it: splits, split_column or holdout\)\."
+    with pytest.raises(ConfigError, match=missing):
+        check_source("notes:test", data, "data_mix.sources.ja (notes:test)")
+    with caplog.at_level(logging.WARNING, logger="medtune.training.preflight"):
+        check_source("notes:train", data, "data_mix.sources.ja (notes:train)", language="ja")
+    assert "b.jsonl is empty (0 bytes)" in caplog.text
 
 
 def test_unknown_task_is_refused_before_training(tmp_path: Path) -> None:

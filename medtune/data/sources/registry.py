@@ -3,8 +3,9 @@
 A source spec is "<source>:<split>". Besides the prepared sources there are views, filtered at load time:
 `kormedmcqa_<doctor|nurse|pharm|dentist>` (one KorMedMCQA subject), `mmlu_medical` (MultiMedQA's six subjects),
 `mmlu_general` (the non-health subjects, the forgetting probe) and `mmlu_<subject>` (one MMLU subject).
-The datasets declared in config (`data.datasets.<name>`, read by sources/user.py) are sources too:
-`resolve(name, data_cfg)` and `all_sources(data_cfg)` see them next to the built-in ones.
+The datasets of config (`data.datasets.<name>`, a `DatasetSource` of sources/datasets.py) are sources too, with
+the same interface (`Source`): `resolve(name, data_cfg)` and `all_sources(data_cfg)` see them next to the built-in
+ones, and prepare, loading and preflight never ask which kind a source is.
 """
 
 from __future__ import annotations
@@ -14,31 +15,95 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from medtune.config import ConfigError
 from medtune.config.checks import resolve_dir
 from medtune.data.schema import Record, RowError, RowSink, letter_index, mcq, text_field
 from medtune.data.sources import english as en
 from medtune.data.sources import korean as ko
+from medtune.data.sources.datasets import DatasetSource
 from medtune.data.sources.hub import HUB_READERS, hub_rows
 from medtune.data.sources.readers import iter_jsonl
-from medtune.data.sources.user import Declared
 
 Reader = Callable[[Path, str, RowSink], None]
 
 
+class Source(Protocol):
+    """What prepare, loading and preflight ask of a source, built-in or of data.datasets alike."""
+
+    name: str
+    split_hint: str  # said after "has no split ..." (how to give the source that split)
+
+    @property
+    def language(self) -> str:
+        """The language of its rows."""
+
+    def is_hub(self, data_cfg: Any) -> bool:
+        """True when it is read from the Hugging Face hub under this data config."""
+
+    def splits(self, data_cfg: Any) -> tuple[str, ...] | None:
+        """Its splits, or None when its data decides them (known once it is prepared)."""
+
+    def files(self, data_cfg: Any) -> list[Path]:
+        """The local files it reads ([] from the hub); an error names the path and the fix when there are none."""
+
+    def identity(self, data_cfg: Any) -> str:
+        """What decides its rows besides its files' contents (hashed into the prepared copy's key)."""
+
+    def read(self, data_cfg: Any, sink: RowSink) -> dict[str, list[Record]]:
+        """{split: records} of every split; bad rows go to the sink."""
+
+
 @dataclass(frozen=True)
-class Source:
-    """One prepared source: its language, splits, raw files (relative to data_dir) and reader."""
+class BuiltinSource:
+    """A source medtune knows: its language, splits, raw files (globs under data_dir) and reader, maybe a hub copy."""
 
     name: str
     language: str
-    splits: tuple[str, ...]
-    files: tuple[str, ...]  # glob patterns under data_dir; the version key hashes their sizes and mtimes
-    read: Reader
-    builtin: bool = False  # ships inside the package (no data_dir needed)
-    declared: Declared | None = None  # a dataset declared in config: read by its own rules, all splits at once
+    local_splits: tuple[str, ...]
+    patterns: tuple[str, ...]  # glob patterns under data_dir; the version key hashes their sizes and mtimes
+    reader: Reader
+    in_package: bool = False  # ships inside the package (no data_dir needed)
+    split_hint: str = ""
+
+    def is_hub(self, data_cfg: Any) -> bool:
+        """True when data.hub=true and the source has a hub copy."""
+        return bool(getattr(data_cfg, "hub", False)) and hub_reader(self.name) is not None
+
+    def splits(self, data_cfg: Any) -> tuple[str, ...]:
+        """Its splits (the hub copy may have more)."""
+        return HUB_SPLITS.get(self.name, self.local_splits) if self.is_hub(data_cfg) else self.local_splits
+
+    def files(self, data_cfg: Any) -> list[Path]:
+        """The raw files it reads ([] from the hub); FileNotFoundError names the folder when there are none."""
+        if self.is_hub(data_cfg):
+            return []
+        root = sample_dir() if self.in_package else resolve_dir(data_cfg.data_dir)
+        files = sorted(p for pattern in self.patterns for p in root.glob(pattern) if p.is_file())
+        if not files:
+            raise FileNotFoundError(
+                f"no raw files for source {self.name!r} under {root} (looked for {list(self.patterns)}); set "
+                "data.data_dir (or MEDTUNE_DATA_DIR) to the dataset folder described in ../shared/data/README.md"
+                + ("" if hub_reader(self.name) is None else ", or set data.hub=true to load it from the hub")
+                + "."
+            )
+        return files
+
+    def identity(self, data_cfg: Any) -> str:
+        """Its adapter decides its rows; from the hub, the hub copy does."""
+        return f"hub:{self.name}:" if self.is_hub(data_cfg) else ""
+
+    def read(self, data_cfg: Any, sink: RowSink) -> dict[str, list[Record]]:
+        """Run the adapter (or the hub's) over every split."""
+        reader = hub_reader(self.name) if self.is_hub(data_cfg) else self.reader
+        data_dir = resolve_dir(data_cfg.data_dir)
+        by_split: dict[str, list[Record]] = {}
+        for split in self.splits(data_cfg):
+            start = len(sink.records)
+            reader(data_dir, split, sink)
+            by_split[split] = sink.records[start:]
+        return by_split
 
 
 def sample_record(row: dict, language: str, split: str) -> Record:
@@ -70,23 +135,26 @@ def _sample_reader(language: str) -> Reader:
     return read
 
 
-SOURCES: dict[str, Source] = {
+SOURCES: dict[str, BuiltinSource] = {
     s.name: s
     for s in (
-        Source("kormedmcqa", "ko", ko.KORMED_SPLITS, ("kormedmcqa/*/*.csv",), ko.read_kormedmcqa),
-        Source("kormed_law", "ko", ko.LAW_SPLITS, ("kormedmcqa/law_subset.jsonl",), ko.read_kormed_law),
-        Source("kormed_law_all", "ko", ko.LAW_SPLITS, ("kormedmcqa/law_subset.jsonl",), ko.read_kormed_law_all),
-        Source("kmmlu_criminal_law", "ko", ko.KMMLU_SPLITS, ("kmmlu_criminal_law/*.csv",), ko.read_kmmlu_criminal_law),
-        Source("genmedgpt_ko", "ko", ("train",), ("genmedgpt5k_ko/*.csv",), ko.read_genmedgpt_ko),
-        Source("medqa_4opt", "en", en.MEDQA_SPLITS, ("medqa/4_options/*.jsonl",), en.read_medqa_4opt),
-        Source("medqa_5opt", "en", en.MEDQA_SPLITS, ("medqa/5_options/*.jsonl",), en.read_medqa_5opt),
-        Source("medmcqa", "en", ("dev",), ("medmcqa/*.jsonl",), en.read_medmcqa),
-        Source("pubmedqa", "en", ("train", "test"), ("pubmedqa/*.json",), en.read_pubmedqa),
-        Source("mmlu", "en", en.MMLU_SPLITS, ("mmlu/*/*.csv",), en.read_mmlu),
-        Source("chatdoctor_en", "en", ("train",), ("chatdoctor5k_en/*.json",), en.read_chatdoctor_en),
-        Source("medquad", "en", ("train",), ("medquad/*.jsonl",), en.read_medquad),
-        Source("sample_ko", "ko", ("train", "test"), ("sample_ko.jsonl",), _sample_reader("ko"), builtin=True),
-        Source("sample_en", "en", ("train", "test"), ("sample_en.jsonl",), _sample_reader("en"), builtin=True),
+        BuiltinSource("kormedmcqa", "ko", ko.KORMED_SPLITS, ("kormedmcqa/*/*.csv",), ko.read_kormedmcqa),
+        BuiltinSource("kormed_law", "ko", ko.LAW_SPLITS, ("kormedmcqa/law_subset.jsonl",), ko.read_kormed_law),
+        BuiltinSource("kormed_law_all", "ko", ko.LAW_SPLITS, ("kormedmcqa/law_subset.jsonl",), ko.read_kormed_law_all),
+        BuiltinSource(
+            "kmmlu_criminal_law", "ko", ko.KMMLU_SPLITS, ("kmmlu_criminal_law/*.csv",), ko.read_kmmlu_criminal_law
+        ),
+        BuiltinSource("genmedgpt_ko", "ko", ("train",), ("genmedgpt5k_ko/*.csv",), ko.read_genmedgpt_ko),
+        BuiltinSource("medqa_4opt", "en", en.MEDQA_SPLITS, ("medqa/4_options/*.jsonl",), en.read_medqa_4opt),
+        BuiltinSource("medqa_5opt", "en", en.MEDQA_SPLITS, ("medqa/5_options/*.jsonl",), en.read_medqa_5opt),
+        BuiltinSource("medmcqa", "en", ("dev",), ("medmcqa/*.jsonl",), en.read_medmcqa),
+        BuiltinSource("pubmedqa", "en", ("train", "test"), ("pubmedqa/*.json",), en.read_pubmedqa),
+        BuiltinSource("mmlu", "en", en.MMLU_SPLITS, ("mmlu/*/*.csv",), en.read_mmlu),
+        BuiltinSource("chatdoctor_en", "en", ("train",), ("chatdoctor5k_en/*.json",), en.read_chatdoctor_en),
+        BuiltinSource("medquad", "en", ("train",), ("medquad/*.jsonl",), en.read_medquad),
+        # the built-in samples ship inside the package (in_package=True): no data_dir needed
+        BuiltinSource("sample_ko", "ko", ("train", "test"), ("sample_ko.jsonl",), _sample_reader("ko"), True),
+        BuiltinSource("sample_en", "en", ("train", "test"), ("sample_en.jsonl",), _sample_reader("en"), True),
     )
 }
 # hub splits differ: MedMCQA and MedQA have a train split there (not offline), KorMedMCQA has the same four
@@ -126,33 +194,28 @@ VIEW_SUBJECTS: dict[str, tuple[str, tuple[str, ...] | None]] = {
 }
 
 
-def _declared_reader(data_dir: Path, split: str, sink: RowSink) -> None:
-    raise RuntimeError("a declared dataset is read whole by Source.declared.read_all, not split by split (a bug).")
-
-
-def declared_sources(data_cfg: Any) -> dict[str, Source]:
-    """The datasets declared in data.datasets as sources; a name taken by a built-in source or view is refused."""
-    out = {}
+def dataset_sources(data_cfg: Any) -> dict[str, Source]:
+    """The datasets of data.datasets as sources; a name taken by a built-in source or view is refused."""
+    out: dict[str, Source] = {}
     for name, ds in (getattr(data_cfg, "datasets", None) or {}).items():
         if name in SOURCES or name in VIEW_SUBJECTS or re.fullmatch(r"mmlu_([a-z_]+)", name):
             raise ConfigError(f"data.datasets.{name}: {name!r} is the name of a built-in source or view; rename it.")
-        declared = Declared(name, ds, resolve_dir(data_cfg.data_dir), bool(getattr(data_cfg, "hub", False)))
-        out[name] = Source(name, ds.language, (), (), _declared_reader, declared=declared)
+        out[name] = DatasetSource(name, ds)
     return out
 
 
 def all_sources(data_cfg: Any) -> dict[str, Source]:
-    """Built-in sources, then the declared datasets of `data_cfg` (None: built-in only)."""
-    return SOURCES | (declared_sources(data_cfg) if data_cfg is not None else {})
+    """Built-in sources, then the datasets of `data_cfg` (data.datasets; None: built-in only)."""
+    return SOURCES | (dataset_sources(data_cfg) if data_cfg is not None else {})
 
 
 def resolve(name: str, data_cfg: Any = None) -> tuple[Source, Callable[[Record], bool] | None]:
-    """A source, view or declared dataset name -> (prepared source, record filter or None)."""
+    """A source, view or data.datasets name -> (prepared source, record filter or None)."""
     if name in SOURCES:
         return SOURCES[name], None
-    declared = declared_sources(data_cfg) if data_cfg is not None else {}
-    if name in declared:
-        return declared[name], None
+    datasets = dataset_sources(data_cfg) if data_cfg is not None else {}
+    if name in datasets:
+        return datasets[name], None
     if name in VIEW_SUBJECTS:
         base, subjects = VIEW_SUBJECTS[name]
         if subjects is None:
@@ -165,7 +228,7 @@ def resolve(name: str, data_cfg: Any = None) -> tuple[Source, Callable[[Record],
         subject = match.group(1)
         return SOURCES["mmlu"], lambda r: r.subject == subject
     known = sorted([*SOURCES, *VIEW_SUBJECTS, "mmlu_<subject>"])
-    mine = f"; declared in data.datasets: {', '.join(declared)}" if declared else ""
+    mine = f"; declared in data.datasets: {', '.join(datasets)}" if datasets else ""
     raise KeyError(
         f"unknown data source {name!r}; known sources and views: {', '.join(known)}{mine}. Your own data: declare "
         "it under data.datasets (README, 'Your own data')."

@@ -1,4 +1,4 @@
-"""Reading a declared dataset's files: JSON Lines, JSON, CSV/TSV, Parquet, a `datasets` save_to_disk folder, the hub.
+"""Reading the files of a data.datasets entry: JSON Lines, JSON, CSV/TSV, Parquet, a save_to_disk folder, the hub.
 
     columns, rows = read_table(path, "jsonl", sink)      # rows: [(location, row dict)], location "file:line"
     splits = read_dataset_dict(path_or_id, hub=False)    # {split: (columns, rows)} of a saved or hub dataset
@@ -11,6 +11,9 @@ the item starts), `file row N` for Parquet and saved datasets, `hub <id> [split]
 from __future__ import annotations
 
 import json
+import os
+import stat
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +23,37 @@ from medtune.data.sources.readers import iter_csv, iter_jsonl, read_text
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv"}
 EXTENSIONS |= {".parquet": "parquet", ".pq": "parquet"}
 Rows = list[tuple[str, dict[str, Any]]]
+PACKAGE_PREFIX = "medtune://"  # a path inside the installed package (the shipped examples)
 
 
 class DatasetError(ValueError):
     """A declared dataset that cannot be read as declared (file, format, columns, splits); the message says the fix."""
+
+
+def resolve_path(value: str, data_dir: Path) -> Path:
+    """A declared path: `medtune://...` inside the package, absolute as is, else under data.data_dir."""
+    if value.startswith(PACKAGE_PREFIX):
+        return Path(str(resources.files("medtune"))) / value[len(PACKAGE_PREFIX) :]
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else data_dir / path
+
+
+def glob_path(pattern: Path) -> list[Path]:
+    """The files a glob matches (sorted), or [pattern] when it is a path that exists."""
+    if any(ch in str(pattern) for ch in "*?["):
+        anchor = Path(pattern.anchor)
+        return sorted(p for p in anchor.glob(str(pattern.relative_to(anchor))) if p.is_file())
+    return [pattern] if pattern.exists() else []
+
+
+def check_readable(path: Path, key: str) -> None:
+    """A declared file that is a device, a pipe or a socket (endless or one-shot), or that cannot be read: stop."""
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a character device" if stat.S_ISCHR(mode) else "a pipe" if stat.S_ISFIFO(mode) else "not a plain file"
+        raise DatasetError(f"{key}: {path} is {kind}, not a data file; point {key} at a file, a glob or a folder.")
+    if not os.access(path, os.R_OK):
+        raise DatasetError(f"{key}: {path} cannot be read (permission denied); make it readable or copy it.")
 
 
 def is_saved_dataset(path: Path) -> bool:

@@ -1,8 +1,8 @@
-"""A dataset declared in config (`data.datasets.<name>`) read into Records, split by files, a column or a holdout.
+"""The datasets of `data.datasets.<name>`: a Source like the built-in ones, read into Records by its declaration.
 
-    declared = Declared("my_ja_mcq", data_cfg.datasets["my_ja_mcq"], data_dir, hub=data_cfg.hub)
-    declared.files()              # the local files it reads (their sizes and mtimes key the prepared copy)
-    declared.read_all(sink)       # {split: [Record]}; bad rows go to the sink (file, line, field)
+    source = DatasetSource("my_ja_mcq", data_cfg.datasets["my_ja_mcq"])
+    source.files(data_cfg)        # the local files it reads (their sizes and mtimes key the prepared copy)
+    source.read(data_cfg, sink)   # {split: [Record]}; bad rows go to the sink (file, line, field)
 
 Paths are relative to data.data_dir; `medtune://` points inside the installed package (the shipped examples).
 Without `splits`, one file (or glob) is all `train`, a saved or hub dataset keeps its own splits; `split_column`
@@ -14,52 +14,75 @@ in two splits is two rows (what keeps a test question out of training is the lea
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import os
-import stat
+import json
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from medtune.config import DatasetConfig
+from medtune.config.checks import resolve_dir
 from medtune.data.schema import Record, RowError, RowSink, text_field
-from medtune.data.sources.tables import DatasetError, file_format, is_saved_dataset, read_dataset_dict, read_table
-from medtune.data.sources.user_rows import BUILDERS
+from medtune.data.sources.dataset_rows import BUILDERS
+from medtune.data.sources.tables import (
+    PACKAGE_PREFIX,
+    DatasetError,
+    check_readable,
+    file_format,
+    glob_path,
+    is_saved_dataset,
+    read_dataset_dict,
+    read_table,
+    resolve_path,
+)
 
-PACKAGE_PREFIX = "medtune://"
 Entry = tuple[str, dict[str, Any], str | None]  # (location, row, id by position; None: read the row's `id` column)
 OWN_ID = "id"  # a file's own id column, used when columns.id does not name another
 
 
-def resolve_path(value: str, data_dir: Path) -> Path:
-    """A declared path: `medtune://...` inside the package, absolute as is, else under data.data_dir."""
-    if value.startswith(PACKAGE_PREFIX):
-        return Path(str(resources.files("medtune"))) / value[len(PACKAGE_PREFIX) :]
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else data_dir / path
+@dataclass(frozen=True)
+class DatasetSource:
+    """A dataset of data.datasets as a Source: the same questions prepare and preflight ask of a built-in source."""
 
+    name: str
+    cfg: DatasetConfig
+    # said when a run names a split this dataset does not have
+    split_hint = " (declare it: splits, split_column or holdout)"
 
-def _glob(pattern: Path) -> list[Path]:
-    if any(ch in str(pattern) for ch in "*?["):
-        anchor = Path(pattern.anchor)
-        return sorted(p for p in anchor.glob(str(pattern.relative_to(anchor))) if p.is_file())
-    return [pattern] if pattern.exists() else []
+    @property
+    def language(self) -> str:
+        """The language of its rows (the declaration's `language`)."""
+        return self.cfg.language
 
+    def is_hub(self, data_cfg: Any) -> bool:
+        """True when `path` is read from the hub: data.hub=true and nothing on disk matches it."""
+        return self._at(data_cfg).is_hub()
 
-def _check_readable(path: Path, key: str) -> None:
-    """A declared file that is a device, a pipe or a socket (endless or one-shot), or that cannot be read: stop."""
-    mode = path.stat().st_mode
-    if not stat.S_ISREG(mode):
-        kind = "a character device" if stat.S_ISCHR(mode) else "a pipe" if stat.S_ISFIFO(mode) else "not a plain file"
-        raise DatasetError(f"{key}: {path} is {kind}, not a data file; point {key} at a file, a glob or a folder.")
-    if not os.access(path, os.R_OK):
-        raise DatasetError(f"{key}: {path} cannot be read (permission denied); make it readable or copy it.")
+    def splits(self, data_cfg: Any) -> None:
+        """None: the data decides the splits (a split column, a holdout, a saved or hub dataset's own splits)."""
+        return None
+
+    def files(self, data_cfg: Any) -> list[Path]:
+        """Every local file the dataset reads ([] from the hub); DatasetError when a path matches nothing."""
+        return self._at(data_cfg).files()
+
+    def identity(self, data_cfg: Any) -> str:
+        """What decides its rows besides the files: the declaration, and the hub id when read from the hub."""
+        text = json.dumps(dataclasses.asdict(self.cfg), sort_keys=True)
+        return text + (f"hub:{self.name}:{self.cfg.path}" if self.is_hub(data_cfg) else "")
+
+    def read(self, data_cfg: Any, sink: RowSink) -> dict[str, list[Record]]:
+        """Every split's Records: split by column and holdout, ids checked, rows built (bad ones to the sink)."""
+        return self._at(data_cfg).read_all(sink)
+
+    def _at(self, data_cfg: Any) -> _Located:
+        return _Located(self.name, self.cfg, resolve_dir(data_cfg.data_dir), bool(getattr(data_cfg, "hub", False)))
 
 
 @dataclass(frozen=True)
-class Declared:
-    """One declared dataset and where its data is (local files, a saved folder or the hub)."""
+class _Located:
+    """One dataset of data.datasets and where its data is (local files, a saved folder or the hub)."""
 
     name: str
     cfg: DatasetConfig
@@ -78,7 +101,7 @@ class Declared:
     def is_hub(self) -> bool:
         """True when `path` is read from the hub: data.hub=true and nothing on disk matches it."""
         path = self.cfg.path or ""
-        return self.hub and bool(path) and not path.startswith(PACKAGE_PREFIX) and not _glob(self.root())
+        return self.hub and bool(path) and not path.startswith(PACKAGE_PREFIX) and not glob_path(self.root())
 
     def is_saved(self) -> bool:
         """True when `path` is a save_to_disk folder (or file_format says so)."""
@@ -105,20 +128,20 @@ class Declared:
             out = {}
             for split, value in self.cfg.splits.items():
                 patterns = value if isinstance(value, list) else [value]
-                out[split] = [f for p in patterns for f in _glob(resolve_path(str(p), root))]
+                out[split] = [f for p in patterns for f in glob_path(resolve_path(str(p), root))]
                 if not out[split]:
                     raise self._missing(f"splits.{split}", resolve_path(str(patterns[0]), root))
                 for path in out[split]:
-                    _check_readable(path, f"{self.key}.splits.{split}")
+                    check_readable(path, f"{self.key}.splits.{split}")
             self._check_disjoint(out)
             return out
-        files = _glob(root)
+        files = glob_path(root)
         if files == [root] and root.is_dir():
             files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
         if not files:
             raise self._missing("path", root)
         for path in files:
-            _check_readable(path, f"{self.key}.path")
+            check_readable(path, f"{self.key}.path")
         return {"": files}
 
     def _check_disjoint(self, by_split: dict[str, list[Path]]) -> None:

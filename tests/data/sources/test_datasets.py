@@ -1,4 +1,4 @@
-"""Datasets declared in config: every format, every file type, every way to split, ids, and the leakage guard."""
+"""The datasets of data.datasets (DatasetSource): every format, every file type, every way to split, ids, the guard."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import pytest
 
 from medtune.config import DataConfig
 from medtune.data import BadRowError, load_records, prepare
-from medtune.data.prepare import prepared_dir
-from medtune.data.sources.registry import resolve
+from medtune.data.prepare import prepared_dir, source_splits
+from medtune.data.schema import RowSink
+from medtune.data.sources.registry import resolve, sample_dir
 
 QUESTIONS = [(f"症状{i}の原因は?", [f"原因{i}{c}" for c in "あいうえ"], i % 4) for i in range(20)]
 
@@ -234,3 +235,21 @@ def test_the_eval_split_of_a_declared_set_is_guarded(tmp_path: Path) -> None:
         from medtune.data import assert_trainable
 
         assert_trainable("exam:test", cfg)
+
+
+def test_a_dataset_answers_what_a_built_in_source_answers(tmp_path: Path) -> None:
+    """Both kinds of source through one interface: language, hub or not, files, splits, the records of every split."""
+    rows = jsonl(mcq_rows(8))
+    splits = {"train": "train.jsonl", "test": "test.jsonl"}
+    files = {"exam/train.jsonl": rows, "exam/test.jsonl": jsonl(mcq_rows(12, start=8))}
+    cfg = config(tmp_path, files, exam={**MCQ, "path": "exam", "splits": splits})
+    exam, sample = resolve("exam", cfg)[0], resolve("sample_en", cfg)[0]
+    for source, language in ((exam, "ja"), (sample, "en")):
+        by_split = source.read(cfg, RowSink())
+        assert source.language == language and not source.is_hub(cfg) and sorted(by_split) == ["test", "train"]
+        assert {r.source for rs in by_split.values() for r in rs} == {source.name}
+    assert exam.files(cfg) == [tmp_path / "raw" / "exam" / "train.jsonl", tmp_path / "raw" / "exam" / "test.jsonl"]
+    assert sample.files(cfg) == [sample_dir() / "sample_en.jsonl"]
+    assert sample.splits(cfg) == ("train", "test") and exam.splits(cfg) is None  # the data decides a dataset's splits
+    assert source_splits(exam, cfg) == ("train", "test")  # from its prepared copy
+    assert "split_column or holdout" in exam.split_hint and sample.split_hint == ""

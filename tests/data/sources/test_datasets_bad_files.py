@@ -1,4 +1,4 @@
-"""Bad user files stop early, each with the file, the line and the field, and how to fix it; skip mode counts them.
+"""Bad files in data.datasets stop early, each with the file, the line, the field and the fix; skip mode counts them.
 
 Config mistakes (an unknown format, a language that is not a code, a column key nobody reads) stop when the config
 is composed; file mistakes stop when the dataset is prepared, which preflight does before any model loads.
