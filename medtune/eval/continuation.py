@@ -1,25 +1,25 @@
-"""Log-likelihoods that project only the continuation positions onto the vocabulary: evaluation in training memory.
+"""lm-eval's model class over the one scorer (eval/logprobs.py): evaluation in training memory.
 
 lm-eval's `HFLM` takes the logits of every position of every row and a log-softmax over them: batch x length x
-vocabulary values (Gemma 3: 262k), 20 GiB for Gemma 3 270M at batch 16 against 3.7 GiB to train it. A multiple-
-choice continuation is one token (" A") or a few (" option text"), so `ContinuationLM` runs the decoder for the
-hidden states [batch, length, hidden] and projects only the continuation positions of each request: a few rows of
-logits per question, in float32. It stays an lm-eval model class (the requests, few-shot contexts, truncation and
-metrics are lm-eval's), and gives `HFLM`'s log-likelihoods and greedy flags on the same requests (tested).
+vocabulary values (Gemma 3: 262k), 20 GiB for Gemma 3 270M at batch 16 against 3.7 GiB to train it. `ContinuationLM`
+runs the decoder for the hidden states [batch, length, hidden] (`logprobs.hidden_batches`) and projects only the
+continuation positions of each request: a few rows of logits per question, in float32. It stays an lm-eval model
+class (the requests, few-shot contexts, truncation and metrics are lm-eval's), and gives `HFLM`'s log-likelihoods
+and greedy flags on the same requests (tested).
 
     lm = ContinuationLM(ranks, pretrained=model, tokenizer=tokenizer, batch_size=16)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from medtune.eval.logprobs import hidden_batches, projected_logprobs
 from medtune.eval.ranks import SpreadHFLM
-from medtune.models.anatomy import decoder_of, final_softcap_of, output_head_of
+from medtune.models.anatomy import final_softcap_of, output_head_of
 
 Request = tuple[Any, list[int], list[int]]  # ((context, continuation), context tokens, continuation tokens)
 
@@ -38,13 +38,11 @@ class ContinuationLM(SpreadHFLM):
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         head, softcap = output_head_of(self.model), final_softcap_of(self.model)
         bar = tqdm(total=len(requests), disable=disable_tqdm, desc="scoring continuations")
-        for start in range(0, len(order), size):
-            rows = order[start : start + size]
-            hidden = self._hidden(right_padded(rows, self._pad_id(), self.device))
-            for j, toks in enumerate(rows):
-                for i in by_row[start + j]:
-                    cont = requests[i][2]
-                    results[i] = _continuation_ll(hidden[j, len(toks) - len(cont) : len(toks)], cont, head, softcap)
+        for rows, hidden in hidden_batches(self.model, order, size, self._pad_id(), self.device, self._before_forward):
+            for j, row in enumerate(rows):
+                for i in by_row[row]:
+                    cont, end = requests[i][2], len(order[row])
+                    results[i] = _continuation_ll(hidden[j, end - len(cont) : end], cont, head, softcap)
                     self.cache_hook.add_partial("loglikelihood", requests[i][0], results[i])
                     bar.update(1)
         bar.close()
@@ -60,21 +58,6 @@ class ContinuationLM(SpreadHFLM):
         pad = self.tokenizer.pad_token_id
         return pad if pad is not None else (self.tokenizer.eos_token_id or 0)
 
-    def _hidden(self, ids: torch.Tensor) -> torch.Tensor:
-        """Last hidden states [batch, length, hidden] (right padding cannot reach earlier positions: causal)."""
-        self._before_forward()
-        with torch.no_grad():
-            return decoder_of(self.model)(input_ids=ids).last_hidden_state
-
-
-def right_padded(rows: Sequence[Sequence[int]], pad_id: int, device: torch.device) -> torch.Tensor:
-    """Token rows as one [rows, longest] tensor, right-padded (causal: padding never reaches earlier positions)."""
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    return out.to(device)
-
 
 def _continuation_ll(
     hidden: torch.Tensor, continuation: list[int], head: torch.nn.Module, softcap: float | None
@@ -84,12 +67,3 @@ def _continuation_ll(
     target = torch.tensor(continuation, device=logprobs.device)
     ll = float(logprobs.gather(1, target[:, None]).sum())
     return ll, bool((logprobs.argmax(dim=-1) == target).all())
-
-
-def projected_logprobs(hidden: torch.Tensor, head: torch.nn.Module, softcap: float | None) -> torch.Tensor:
-    """Float32 log-probabilities over the vocabulary [positions, vocab] of a few positions' hidden states."""
-    with torch.no_grad():
-        logits = head(hidden).float()  # the head module: a LoRA on it counts too
-    if softcap is not None:
-        logits = torch.tanh(logits / softcap) * softcap
-    return torch.log_softmax(logits, dim=-1)

@@ -1,12 +1,15 @@
 """Scoring spread over the ranks of a torchrun job: each rank scores a share of the questions, rank 0 gets them all.
 
 Every rank builds the same lm-eval requests (same tasks, same few-shot draws: lm-eval draws few-shot examples with
-one generator per task, in document order, so each rank must see every document). `SpreadHFLM` then computes the
-log-likelihoods of its share only and gathers everyone's, so `simple_evaluate` returns on every rank exactly the
-results of a one-process run, and accuracy, intervals and paired tests are computed over all questions at once.
+one generator per task, in document order, so each rank must see every document). `spread_scores` then has each
+rank compute the log-likelihoods of its share only and gathers everyone's, so `simple_evaluate` returns on every rank
+exactly the results of a one-process run, and accuracy, intervals and paired tests are computed over all questions
+at once. It is the one spreading, around every scorer: lm-eval's (`SpreadHFLM`), ours (`continuation.ContinuationLM`)
+and the watch's (`watch.score_watch`).
 
     ranks = Ranks.current(lockstep=True)          # under FSDP: each forward gathers layers on every rank
     lm = SpreadHFLM(ranks, pretrained=model, tokenizer=tokenizer, batch_size=8)
+    results = spread_scores(ranks, requests, score_share, idle_forward, device)   # any scorer's share -> all
 
 Shares are whole context groups (lm-eval scores all options of a question from one forward), balanced by tokens.
 Under FSDP a forward is a sequence of collectives, so ranks must run the same number of them: before each
@@ -76,6 +79,13 @@ class Ranks:
         tdist.all_reduce(tensor)
         return bool(tensor.item() > 0)
 
+    def before_forward(self, device: torch.device) -> None:
+        """Say this rank still has work (lockstep under FSDP) and report progress; before every scoring forward."""
+        if self.lockstep and self.spread:
+            self.any(True, device)
+        if self.on_forward is not None:
+            self.on_forward()
+
     def barrier(self) -> None:
         if self.spread:
             tdist.barrier()
@@ -113,6 +123,30 @@ def assign_shares(requests: Sequence[Any], world_size: int) -> list[list[int]]:
     return [sorted(s) for s in shares]
 
 
+def spread_scores(
+    ranks: Ranks,
+    requests: Sequence[Any],
+    score_share: Callable[[list[Any]], list[Any]],
+    idle_forward: Callable[[], None],
+    device: torch.device,
+) -> list[Any]:
+    """Every request's result, in request order, on every rank: each rank scores its share (`assign_shares`; a
+    request is ((context, continuation), prompt tokens, answer tokens)); under lockstep a rank whose share is done
+    runs `idle_forward` for as long as another rank still scores."""
+    shares = assign_shares(requests, ranks.world_size)
+    mine = score_share([requests[i] for i in shares[ranks.rank]])
+    if ranks.lockstep and ranks.spread:
+        while ranks.any(False, device):  # another rank still scores: join its forwards' collectives
+            if ranks.on_forward is not None:
+                ranks.on_forward()
+            idle_forward()
+    out: list[Any] = [None] * len(requests)
+    for share, share_results in zip(shares, ranks.gather(mine), strict=True):
+        for i, result in zip(share, share_results, strict=True):
+            out[i] = result
+    return out
+
+
 class SpreadHFLM(HFLM):
     """lm-eval's HF model on an in-memory model; log-likelihoods computed as shares over ranks, then gathered."""
 
@@ -121,34 +155,27 @@ class SpreadHFLM(HFLM):
         self.ranks = ranks
 
     def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, override_bs: int | None = None):
-        if not self.ranks.spread:
-            return self._score_share(requests, disable_tqdm, override_bs)
-        shares = assign_shares(requests, self.ranks.world_size)
-        mine = [requests[i] for i in shares[self.ranks.rank]]
-        results = self._score_share(mine, disable_tqdm or not self.ranks.is_main, override_bs)
-        if self.ranks.lockstep:
-            while self.ranks.any(False, self.device):  # another rank still scores: join its collectives
-                if self.ranks.on_forward is not None:
-                    self.ranks.on_forward()
-                ids = torch.full((1, 1), self.prefix_token_id, dtype=torch.long, device=self.device)
-                HFLM._model_call(self, ids)
-        out: list[Any] = [None] * len(requests)
-        for share, share_results in zip(shares, self.ranks.gather(results), strict=True):
-            for i, result in zip(share, share_results, strict=True):
-                out[i] = result
-        log.info("scored %d of %d requests on rank %d", len(mine), len(requests), self.ranks.rank)
+        quiet, scored = disable_tqdm or not self.ranks.is_main, []
+
+        def share(mine: list) -> list:
+            scored.append(len(mine))
+            return self._score_share(mine, quiet, override_bs)
+
+        out = spread_scores(self.ranks, requests, share, self._idle_forward, self.device)
+        if self.ranks.spread:
+            log.info("scored %d of %d requests on rank %d", scored[0], len(requests), self.ranks.rank)
         return out
+
+    def _idle_forward(self) -> None:
+        """A one-token forward that only joins the other ranks' collectives (lockstep under FSDP)."""
+        HFLM._model_call(self, torch.full((1, 1), self.prefix_token_id, dtype=torch.long, device=self.device))
 
     def _score_share(self, requests: list, disable_tqdm: bool, override_bs: int | None) -> list:
         """This rank's log-likelihoods (lm-eval's own computation; ContinuationLM replaces it)."""
         return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
 
     def _before_forward(self) -> None:
-        """Say this rank still has work (lockstep under FSDP) and report progress; before every scoring forward."""
-        if self.ranks.lockstep and self.ranks.spread:
-            self.ranks.any(True, self.device)
-        if self.ranks.on_forward is not None:
-            self.ranks.on_forward()
+        self.ranks.before_forward(self.device)
 
     def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: Any = None):
         self._before_forward()

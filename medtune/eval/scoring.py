@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from medtune.data.schema import LETTERS
+from medtune.eval.base_cache import predictions_jsonl
 from medtune.eval.continuation import ContinuationLM
 from medtune.eval.ranks import Ranks, SpreadHFLM
 from medtune.eval.tasks import TaskData
@@ -94,9 +95,7 @@ def _write_samples(path: Path, samples: dict[str, list[dict]]) -> None:
 def write_predictions(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """One JSON line per question."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    path.write_bytes(predictions_jsonl(rows))
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:

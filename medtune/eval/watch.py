@@ -5,16 +5,17 @@
     base = base_watch_scores(model, tokenizer, sets, eval_cfg, ranks)   # the same with the adapter off, cached
 
 A question is scored by the log-probability of its gold letter (" C") after the prompt, as the eval stage's
-gold-letter log-likelihood is: one forward over the prompt for the last hidden state, and only that position is
-projected onto the vocabulary (the continuation-position idea of eval/continuation.py), which gives every option
-letter's log-probability at once, hence the letter accuracy too. The subset is the one `eval.limit` would draw
+gold-letter log-likelihood is, through the same scorer (eval/logprobs.py): one forward over the prompt for the last
+hidden state, and only that position is projected onto the vocabulary, which gives every option letter's
+log-probability at once, hence the letter accuracy too. The subset is the one `eval.limit` would draw
 (`build_task_data`, seeded by eval.seed and the task name). Under torchrun the questions are spread over the ranks
-and gathered as in eval/ranks.py; under FSDP every rank runs as many forwards as the busiest one (lockstep).
+and gathered by the evaluation's own wrapper (`ranks.spread_scores`; under FSDP in lockstep), and the base scores go
+through the evaluation's base-score cache (`base_cache.score_base`: locked, verified, adapter off).
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -26,13 +27,11 @@ from typing import Any
 import torch
 
 from medtune.config import EvalConfig
-from medtune.data.prepare import resolve_dir
-from medtune.eval.adapter_check import base_probe_logits, fingerprint, is_peft_model
-from medtune.eval.continuation import projected_logprobs, right_padded
-from medtune.eval.ranks import Ranks, assign_shares
-from medtune.eval.tasks import PROMPT_VERSION, build_task_data
-from medtune.files.atomic import atomic_write_text, file_lock
-from medtune.models.anatomy import decoder_of, final_softcap_of, output_head_of, peft_base_of
+from medtune.eval.base_cache import base_entry, base_key, score_base
+from medtune.eval.logprobs import hidden_batches, last_hidden, projected_logprobs
+from medtune.eval.ranks import Ranks, spread_scores
+from medtune.eval.tasks import build_task_data
+from medtune.models.anatomy import final_softcap_of, output_head_of
 
 log = logging.getLogger(__name__)
 Scores = dict[str, list[list[float]]]  # set name -> per question, the log-probability of each option letter
@@ -100,20 +99,19 @@ def _letter_token(tokenizer: Any, prompt: str, context: list[int], letter: str, 
 def score_watch(model: Any, sets: Sequence[WatchSet], batch_size: int, ranks: Ranks | None = None) -> Scores:
     """Every option letter's log-probability for every question, on every rank (questions spread over ranks)."""
     ranks = ranks or Ranks()
-    items = [(p, o) for s in sets for p, o in zip(s.prompts, s.options, strict=True)]
+    # spread_scores' requests: ((options), prompt tokens, no answer tokens): the answer is at the prompt's end
+    requests = [(o, p, ()) for s in sets for p, o in zip(s.prompts, s.options, strict=True)]
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        shares = assign_shares([(None, p, ()) for p, _ in items], ranks.world_size)
-        mine = _score_share(model, [items[i] for i in shares[ranks.rank]], batch_size, ranks, device)
-        if ranks.lockstep and ranks.spread:
-            while ranks.any(False, device):  # another rank still scores: join its forwards' collectives
-                _forward(model, [(0,)], ranks, device, announce=False)
-        flat: list[list[float]] = [[] for _ in items]
-        for share, results in zip(shares, ranks.gather(mine), strict=True):
-            for i, result in zip(share, results, strict=True):
-                flat[i] = result
+        flat = spread_scores(
+            ranks,
+            requests,
+            lambda mine: _score_share(model, mine, batch_size, ranks, device),
+            lambda: last_hidden(model, [(0,)], 0, device, lambda: None),  # joins the other ranks' collectives
+            device,
+        )
     finally:
         model.train(was_training)
     out, start = {}, 0
@@ -123,86 +121,41 @@ def score_watch(model: Any, sets: Sequence[WatchSet], batch_size: int, ranks: Ra
 
 
 def _score_share(
-    model: Any, items: list[tuple[tuple[int, ...], list[int]]], batch_size: int, ranks: Ranks, device: torch.device
+    model: Any, requests: list[tuple[list[int], tuple[int, ...], tuple]], batch_size: int, ranks: Ranks, device: Any
 ) -> list[list[float]]:
-    """This rank's questions, longest first (one shape per batch), in their given order."""
+    """This rank's questions: the option letters' log-probabilities at each prompt's last position."""
     head, softcap = output_head_of(model), final_softcap_of(model)
-    order = sorted(range(len(items)), key=lambda i: (-len(items[i][0]), i))
-    out: list[list[float]] = [[] for _ in items]
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
-        hidden = _forward(model, [items[i][0] for i in batch], ranks, device)
-        last = torch.stack([hidden[j, len(items[i][0]) - 1] for j, i in enumerate(batch)])
-        logprobs = projected_logprobs(last, head, softcap)
+    prompts = [req[1] for req in requests]
+    out: list[list[float]] = [[] for _ in requests]
+    announce = functools.partial(ranks.before_forward, device)
+    for batch, hidden in hidden_batches(model, prompts, batch_size, 0, device, announce):
+        last = torch.stack([hidden[j, len(prompts[i]) - 1] for j, i in enumerate(batch)])
+        logprobs = projected_logprobs(last, head, softcap)  # the batch's answer positions in one projection
         for j, i in enumerate(batch):
-            out[i] = logprobs[j, items[i][1]].tolist()
+            out[i] = logprobs[j, requests[i][0]].tolist()
     return out
-
-
-def _forward(
-    model: Any, rows: list[tuple[int, ...]], ranks: Ranks, device: torch.device, announce: bool = True
-) -> torch.Tensor:
-    """The decoder's last hidden states of right-padded rows; says "still scoring" first under lockstep."""
-    if announce and ranks.lockstep and ranks.spread:
-        ranks.any(True, device)
-    if ranks.on_forward is not None:
-        ranks.on_forward()
-    with torch.no_grad():
-        return decoder_of(model)(input_ids=right_padded(rows, 0, device)).last_hidden_state
 
 
 def base_watch_scores(
     model: Any, tokenizer: Any, sets: Sequence[WatchSet], eval_cfg: EvalConfig, ranks: Ranks
 ) -> Scores:
-    """The base model's scores (adapter disabled), from `<eval.cache_dir>/watch-<key>.json` when scored before.
+    """The base model's scores (adapter disabled) through the base-score cache (`base_cache.score_base`, as the
+    evaluation's): the entry `<eval.cache_dir>/watch-<key>/` is verified before it is reused, replaced if damaged."""
+    size = eval_cfg.watch_batch_size
+    # bf16 kernels tile by batch shape (see base_cache.base_cache_key); the sets' fingerprints hold ids and tokens
+    parts = {"scorer": SCORER_VERSION, "sets": {s.name: s.fingerprint() for s in sets}, "batch_size": size}
+    entry = base_entry(model, tokenizer, eval_cfg, ranks, lambda weights: base_key(model, weights, parts), "watch-")
 
-    As with the eval stage's base cache: one process holds the entry's lock while it scores; under torchrun rank 0
-    reads the entry and hands it to the others, without waiting on the lock (see base_cache.score_base).
-    """
-    cache = None
-    if eval_cfg.cache_base:
-        probe = base_probe_logits(model, tokenizer)  # a forward: every rank runs it (FSDP gathers on all)
-        key = ranks.broadcast(watch_cache_key(model, fingerprint(probe), sets, eval_cfg.watch_batch_size))
-        cache = resolve_dir(eval_cfg.cache_dir) / f"watch-{key}.json"
-    with file_lock(cache) if cache is not None and not ranks.spread else contextlib.nullcontext():
-        stored = _read_entry(cache, sets) if cache is not None and ranks.is_main else None
-        stored = ranks.broadcast(stored)
-        if stored is not None:
-            return stored
-        with model.disable_adapter() if is_peft_model(model) else contextlib.nullcontext():
-            scores = score_watch(model, sets, eval_cfg.watch_batch_size, ranks)
-        if cache is not None and ranks.is_main:
-            try:
-                atomic_write_text(cache, json.dumps({"key": cache.stem, "scores": scores}))
-            except OSError as err:  # a full or read-only cache costs a re-score next time, not the run
-                log.warning("watch base scores not cached in %s: %s", cache, err)
-    return scores
+    def score_fn(plain: Any, out_dir: Path | None) -> list[dict]:
+        scores = score_watch(plain, sets, size, ranks)
+        return [
+            {"task": s.name, "id": qid, "letter_lls": lls}
+            for s in sets
+            for qid, lls in zip(s.ids, scores[s.name], strict=True)
+        ]
 
-
-def watch_cache_key(model: Any, base_fingerprint: str, sets: Sequence[WatchSet], batch_size: int) -> str:
-    """Hash of everything the base model's watch scores depend on."""
-    config = getattr(peft_base_of(model), "config", None)
-    parts = {
-        "scorer": SCORER_VERSION,
-        "model": getattr(config, "_name_or_path", "") or type(peft_base_of(model)).__name__,
-        "weights": base_fingerprint,
-        "sets": {s.name: s.fingerprint() for s in sets},  # ids, subset and the exact tokens
-        "prompt": PROMPT_VERSION,
-        "batch_size": batch_size,  # bf16 kernels tile by batch shape (see base_cache.base_cache_key)
-    }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _read_entry(cache: Path, sets: Sequence[WatchSet]) -> Scores | None:
-    """The cached scores when the entry exists and covers every question of `sets`; else None."""
-    if not cache.is_file():
-        return None
-    try:
-        scores = json.loads(cache.read_text())["scores"]
-    except (OSError, ValueError, KeyError) as err:
-        log.warning("watch base cache %s unreadable (%s): scoring again", cache, err)
-        return None
-    if any(len(scores.get(s.name, [])) != len(s.prompts) for s in sets):
-        return None
-    log.info("watch: base model scores reused from %s", cache)
-    return scores
+    rows = score_base(model, score_fn, None, entry, size, ranks, [qid for s in sets for qid in s.ids])
+    out: Scores = {s.name: [] for s in sets}
+    for row in rows:
+        out[row["task"]].append(row["letter_lls"])
+    return out

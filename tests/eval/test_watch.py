@@ -89,7 +89,38 @@ def test_base_scores_are_cached_and_keyed_by_the_questions(
     assert "reused" in caplog.text
     with pytest.raises(AssertionError, match="scored again"):
         watch.base_watch_scores(model, byte_tokenizer(), _sets(monkeypatch, limit=5), cfg, Ranks())
-    assert len(list((tmp_path / "cache").glob("watch-*.json"))) == 1
+    assert len(list((tmp_path / "cache").glob("watch-*/predictions.jsonl"))) == 1
+
+
+@pytest.mark.parametrize(
+    "damage", ["torn line", "lines lost", "entry.json missing, torn line", "entry.json missing, lines lost"]
+)
+def test_a_damaged_base_entry_is_scored_again_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    """The watch's base entry is verified as the evaluation's is (base_cache.score_base): a torn or short entry is
+    not read back as scores; the base is scored again (one warning naming the entry) and the entry replaced."""
+    sets = _sets(monkeypatch, limit=4)
+    model = _lora()
+    cfg = EvalConfig(cache_dir=str(tmp_path / "cache"), watch_batch_size=2)
+    first = watch.base_watch_scores(model, byte_tokenizer(), sets, cfg, Ranks())
+    (entry,) = (tmp_path / "cache").glob("watch-*")
+    whole = (entry / "predictions.jsonl").read_text()
+    lines = whole.splitlines(keepends=True)
+    assert [p.name for p in sorted(entry.iterdir())] == ["entry.json", "predictions.jsonl"] and len(lines) == 8
+    if damage.startswith("entry.json missing"):
+        (entry / "entry.json").unlink()
+    kept = [*lines[:3], lines[3][:25]] if damage.endswith("torn line") else lines[:5]
+    (entry / "predictions.jsonl").write_text("".join(kept))
+    scored = []
+    real = watch.score_watch
+    monkeypatch.setattr(watch, "score_watch", lambda *args: scored.append(1) or real(*args))
+    caplog.clear()
+    assert watch.base_watch_scores(model, byte_tokenizer(), sets, cfg, Ranks()) == first and scored == [1]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and str(entry) in warnings[0] and "damaged" in warnings[0], warnings
+    assert (entry / "predictions.jsonl").read_text() == whole  # replaced by a whole one, and reused from now on
+    assert watch.base_watch_scores(model, byte_tokenizer(), sets, cfg, Ranks()) == first and scored == [1]
 
 
 def _constructed(values: dict[str, list[float]], gold: int = 0) -> dict[str, list[list[float]]]:
