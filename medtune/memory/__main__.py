@@ -66,8 +66,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     try:  # a budget given: the plan the run would make (rows, recomputation, offloading); none: every layer
         cfg, planned = plan_memory(cfg, world_size, cfg.trainer.memory_budget_gib, label_tokens_per_row)
-    except (ConfigError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+    except (ConfigError, ValueError) as err:  # a budget no micro-batch fits, a model without a shape: bad input
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if planned.get("plan/predicted_peak_gib", 0.0) > planned.get("plan/budget_gib", float("inf")):
+        print(f"error: memory plan: {planned['plan/reason']}", file=sys.stderr)  # the smallest plan is over it
+        raise SystemExit(2)
     if "plan/predicted_peak_gib" in planned or "trainer/micro_batch_size_auto" in planned:  # stderr: --json stays JSON
         rows = planned.get("trainer/micro_batch_size_auto")
         print(("" if rows is None else f"micro_batch_size=auto: {rows} rows fit the budget\n")
