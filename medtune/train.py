@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from medtune.config import ConfigError, hydra_argv, register_configs, to_train_config
+from medtune.eval.sanity import EvalSanityError
 from medtune.files.space import StorageError, explain
 from medtune.training import sweep
 from medtune.training.preflight import check_run
@@ -46,6 +47,8 @@ def _hydra_main(dict_cfg: DictConfig) -> float | None:
     except ConfigError as err:  # also a resume whose checkpoint belongs to another config
         log.error("invalid config: %s", err)
         sys.exit(2)
+    except EvalSanityError:
+        sys.exit(1)  # the run logged the check's one line and its fix, and wrote summary.json
     except (StorageError, OSError) as err:
         if not explain(err):
             raise

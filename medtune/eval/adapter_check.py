@@ -75,6 +75,12 @@ def check_adapter_active(model: Any, tokenizer: Any, on: Any = None) -> float:
     adapter's probe logits when the caller already has them (probe_logits(model, tokenizer)), saving a forward."""
     if not is_peft_model(model):
         raise AdapterInactiveError("check_adapter_active needs a peft model; this model has no adapter.")
+    bad = non_finite_lora(model)  # NaN weights make every logit NaN, which is no change by the test below
+    if bad is not None:
+        raise AdapterInactiveError(
+            f"the adapter has NaN/inf weights ({bad}): the run diverged; use the adapter of an earlier checkpoint "
+            "(the run's checkpoints/step_*), or train again with a lower optim.lr."
+        )
     on = probe_logits(model, tokenizer) if on is None else on
     off = base_probe_logits(model, tokenizer)
     diff = float((on - off).abs().max())
@@ -87,6 +93,16 @@ def check_adapter_active(model: Any, tokenizer: Any, on: Any = None) -> float:
         )
     log.info("adapter active: max |logit change| on the probe prompt = %.4f", diff)
     return diff
+
+
+def non_finite_lora(model: Any) -> str | None:
+    """'name: k of n values' for the first LoRA tensor holding NaN or inf, None when every one is finite."""
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            finite = param.detach().isfinite()
+            if not bool(finite.all()):
+                return f"{name}: {int((~finite).sum())} of {finite.numel()} values"
+    return None
 
 
 def load_adapter(model: Any, path: str, base_mismatch_ok: bool = False, override: str = OVERRIDE) -> Any:

@@ -102,7 +102,10 @@ def check_predictions(rows: Sequence[dict[str, Any]], mode: str, label: str) -> 
         return []
     fatal = [text for severity, text in found if severity == "fatal"]
     message = f"evaluation sanity check for '{label}':\n  - " + "\n  - ".join(text for _, text in found)
-    if mode == "error" and fatal:
-        raise EvalSanityError(message + "\n(set eval.sanity=warn to record the numbers anyway)")
+    if mode == "error" and fatal:  # one line: the entry points print it as the run's error
+        raise EvalSanityError(
+            f"evaluation sanity check for '{label}': {' '.join(fatal)} Set eval.sanity=warn to record the numbers "
+            "anyway (a model.init=random base often predicts one letter)."
+        )
     log.error("!" * 80 + "\n%s\n" + "!" * 80, message)
     return [text for _, text in found]

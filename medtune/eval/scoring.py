@@ -99,9 +99,24 @@ def write_predictions(path: Path, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """Rows written by write_predictions."""
+    """Rows written by write_predictions; a line that is not a JSON object (a write cut short) is a ValueError
+    naming the file and line: a report built without that question would be built on other numbers."""
+    rows = []
     with Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                row = f"{err.msg} at column {err.colno}"
+            if not isinstance(row, dict):
+                raise ValueError(
+                    f"{path}:{number}: not a JSON object ({row}; a write cut short?); re-run this evaluation "
+                    "(python -m medtune.evaluate with the run's config) to rewrite the file; it is left as it is."
+                )
+            rows.append(row)
+    return rows
 
 
 def score(

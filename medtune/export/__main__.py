@@ -17,6 +17,7 @@ from pathlib import Path
 
 from medtune.export.exporter import FORMATS, QUANTS, ExportCheckError, ExportRequest, export
 from medtune.export.source import ExportInputError
+from medtune.files.space import StorageError
 
 
 def parse_args(argv: list[str] | None = None) -> ExportRequest:
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     except ExportInputError as err:
         logging.getLogger("medtune.export").error("%s", err)
         return 2
-    except ExportCheckError as err:
+    except (ExportCheckError, StorageError) as err:  # a check that failed, a disk that filled while writing
         logging.getLogger("medtune.export").error("%s", err)
         return 1
     for fmt, folder in written.items():

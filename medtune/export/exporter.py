@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from medtune.export.llamacpp import LlamaCppLM, binding
 from medtune.export.merge import Merged, merge_adapter
 from medtune.export.source import ExportInputError, ExportSource, resolve_source
 from medtune.files.atomic import atomic_dir
-from medtune.files.space import free_bytes, size_text
+from medtune.files.space import DISK_ERRNOS, StorageError, free_bytes, size_text, write_failure
 from medtune.models.build import base_config
 
 log = logging.getLogger(__name__)
@@ -174,11 +175,44 @@ def _check(base: Baseline, fmt: str, weight_type: str, folder: Path) -> dict[str
     return out | {"passed": not failures, "failures": failures}
 
 
+def _disk_failure(err: BaseException, fmt: str, target: Path, need_bytes: int) -> StorageError | None:
+    """The one-line StorageError for a write that met a full or unwritable disk, else None."""
+    if isinstance(err, ExportInputError | ExportCheckError):
+        return None
+    seen: BaseException | None = err
+    while seen is not None and not (isinstance(seen, OSError) and seen.errno in DISK_ERRNOS):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:  # safetensors' Rust error names ENOSPC in its text; numpy's tofile reports a short write
+        short = isinstance(err, OSError) and re.fullmatch(r"\d+ requested and \d+ written", str(err))
+        if not short and "No space left on device" not in str(err):
+            return None
+    fix = "Free space or pass --out DIR on a larger disk; the partial export was removed."
+    return write_failure(f"the {fmt} export", target, seen or err, need_bytes, fix)
+
+
 def _publish_failed(tmp: Path, target: Path) -> Path:
     failed = target.with_name(target.name + ".check-failed")
     shutil.rmtree(failed, ignore_errors=True)
     os.rename(tmp, failed)
     return failed
+
+
+def _write_one(
+    merged: Merged, base: Baseline | None, source: ExportSource, request: ExportRequest, fmt: str, target: Path
+) -> None:
+    """Write and check one format into a temporary folder renamed to `target` only when both succeed."""
+    with atomic_dir(target, replace=True) as tmp:  # a failed write or check leaves `target` as it was
+        try:
+            record = _write_and_check(merged, base, source, request, fmt, tmp)
+        except (GGUFExportError, TokenizerExportError) as err:
+            raise ExportInputError(f"{fmt} export of {source.label}: {err}") from err
+        if record["passed"] is False:
+            failed = _publish_failed(tmp, target)
+            raise ExportCheckError(
+                f"the {fmt} export answers differently from the merged model: "
+                + "; ".join(record["failures"])
+                + f". Kept for inspection in {failed} ({CHECK_FILE})."
+            )
 
 
 def export(request: ExportRequest) -> dict[str, Path]:
@@ -205,17 +239,12 @@ def export(request: ExportRequest) -> dict[str, Path]:
         )
     merged.seconds = {"merge_s": round(merged_s, 1), "reference_s": round(time.perf_counter() - started - merged_s, 1)}
     for fmt, target in paths.items():
-        with atomic_dir(target, replace=True) as tmp:  # a failed write or check leaves `target` as it was
-            try:
-                record = _write_and_check(merged, base, source, request, fmt, tmp)
-            except (GGUFExportError, TokenizerExportError) as err:
-                raise ExportInputError(f"{fmt} export of {source.label}: {err}") from err
-            if record["passed"] is False:
-                failed = _publish_failed(tmp, target)
-                raise ExportCheckError(
-                    f"the {fmt} export answers differently from the merged model: "
-                    + "; ".join(record["failures"])
-                    + f". Kept for inspection in {failed} ({CHECK_FILE})."
-                )
+        try:
+            _write_one(merged, base, source, request, fmt, target)
+        except Exception as err:  # a disk that filled or turned read-only mid-write: one line, the free space
+            full = _disk_failure(err, fmt, target, need[fmt])  # measured after atomic_dir removed the partial files
+            if full is None:
+                raise
+            raise full from err
         log.info("%s export written and checked: %s", fmt, target)
     return paths

@@ -15,6 +15,7 @@ hard-codes, other rope types, biases) is refused before anything is written; `ch
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -215,9 +216,14 @@ def write_gguf(
         array, qtype = _encode(hf_name, tensor, quant)
         writer.add_tensor(name, array, raw_dtype=qtype)
         types[qtype.name] = types.get(qtype.name, 0) + 1
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file(progress=True)
-    writer.close()
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file(progress=True)
+    finally:  # also on a failed write: an open handle keeps a removed partial file's blocks on a full disk
+        for handle in writer.fout or []:
+            with contextlib.suppress(OSError):  # closing flushes, which fails again on a full disk
+                handle.close()
+        writer.fout = None
     log.info("wrote %s (%s, %s tensors)", path, quant, types)
     return {"tensor_types": types, "bytes": path.stat().st_size, "tokenizer_model": fields.model}

@@ -23,28 +23,34 @@ from medtune.export.source import ExportInputError, ExportSource
 from medtune.models.build import base_config
 from medtune.models.precision import TORCH_DTYPES
 
-TOKENIZER_MARGIN_BYTES = 64 * 2**20  # tokenizer files, card, check record: a few MB (Gemma's tokenizer.json: 33 MB)
+# tokenizer files grow with the vocabulary: Gemma 3's tokenizer.json is 33 MB for 262,144 tokens (~128 B a token)
+TOKENIZER_BYTES_PER_TOKEN = 128
+SMALL_FILES_BYTES = 16 * 2**10  # config, card, Modelfile, check record: a few KB
 DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}
 
 
-def _param_shapes(model_cfg: ModelConfig) -> list[tuple[int, ...]]:
+def _param_shapes(model_cfg: ModelConfig) -> tuple[list[tuple[int, ...]], int]:
+    """The weights' shapes (tied ones once, as both formats store them) and the vocabulary size."""
     from transformers import AutoModelForCausalLM
 
+    config = base_config(model_cfg)
     with torch.device("meta"):  # shapes only: nothing is allocated
-        model = AutoModelForCausalLM.from_config(base_config(model_cfg))
-    return [tuple(p.shape) for p in model.parameters()]
+        model = AutoModelForCausalLM.from_config(config)
+    return [tuple(p.shape) for p in model.parameters()], int(config.get_text_config().vocab_size)
 
 
 def estimate_bytes(model_cfg: ModelConfig, fmt: str, quant: str) -> int:
-    """About how many bytes the export of this base takes on disk, from its architecture alone."""
+    """About how many bytes the export of this base takes on disk, from its architecture alone: the parameter
+    count times the bytes of the dtype (safetensors) or of the GGUF type, plus the tokenizer and a few small files."""
     try:
-        shapes = _param_shapes(model_cfg)
+        shapes, vocab_size = _param_shapes(model_cfg)
     except (OSError, ValueError) as err:
         raise ExportInputError(f"cannot read the base's architecture to size the export: {err}") from err
+    extra = vocab_size * TOKENIZER_BYTES_PER_TOKEN + SMALL_FILES_BYTES
     if fmt == "gguf":
-        return estimate_gguf_bytes(shapes, quant) + TOKENIZER_MARGIN_BYTES
+        return estimate_gguf_bytes(shapes, quant) + extra
     itemsize = torch.empty(0, dtype=TORCH_DTYPES[model_cfg.dtype]).element_size()
-    return sum(int(torch.Size(s).numel()) for s in shapes) * itemsize + TOKENIZER_MARGIN_BYTES
+    return sum(int(torch.Size(s).numel()) for s in shapes) * itemsize + extra
 
 
 def gguf_name(label: str, quant: str) -> str:

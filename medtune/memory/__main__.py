@@ -93,8 +93,13 @@ def main(argv: list[str] | None = None) -> None:
         budget = verdict.budget_gib
     try:  # a budget given: the plan the run would make (rows, recomputation, offloading); none: every layer
         cfg, planned = plan_memory(cfg, world_size, budget, label_tokens_per_row)
-    except (ConfigError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from None
+    except (ConfigError, ValueError) as err:  # a budget no micro-batch fits, a model without a shape: bad input
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    over = planned.get("plan/predicted_peak_gib", 0.0) > planned.get("plan/budget_gib", float("inf"))
+    if over and verdict is None:  # the smallest plan is over a budget given by hand (a card's verdict says it below)
+        print(f"error: memory plan: {planned['plan/reason']}", file=sys.stderr)
+        raise SystemExit(2)
     if "plan/predicted_peak_gib" in planned or "trainer/micro_batch_size_auto" in planned:  # stderr: --json stays JSON
         rows = planned.get("trainer/micro_batch_size_auto")
         print(("" if rows is None else f"micro_batch_size=auto: {rows} rows fit the budget\n")

@@ -15,7 +15,6 @@ No torch: the budget comes from the caller (training/fast_paths.py reads the GPU
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any
 
 from medtune.config import ConfigError, TrainConfig
@@ -23,7 +22,6 @@ from medtune.files.space import GIB
 from medtune.memory.estimate import estimate, load_arch
 from medtune.memory.fit import fit_micro_batch
 
-log = logging.getLogger(__name__)
 MARGIN_GIB = 2.0  # the default budget leaves the larger of this and MARGIN_SHARE of the card unplanned
 MARGIN_SHARE = 0.10  # the estimator's error (within 10% of every measured configuration) and the allocator's
 
@@ -82,11 +80,10 @@ def plan_memory(
             "plan/layers": n_layers,
             "plan/offload_activations": bool(offload),
             "plan/predicted_peak_gib": predicted,
-            "plan/reason": _reason(n_ckpt, n_layers, bool(offload), predicted, budget_gib, auto_ckpt),
+            "plan/reason": _reason(n_ckpt, n_layers, bool(offload), predicted, budget_gib, auto_ckpt)
+            + (_switches(cfg, n_ckpt == n_layers, tc.offload_activations is False) if predicted > budget_gib else ""),
         }
     )
-    if predicted > budget_gib:
-        log.warning("memory plan: %s", record["plan/reason"])
     return cfg, record
 
 
@@ -94,10 +91,24 @@ def _reason(n_ckpt: int, n_layers: int, offload: bool, predicted: float, budget:
     what = f"{n_ckpt} of {n_layers} layers recomputed" + (", checkpointed inputs offloaded to CPU" if offload else "")
     head = f"{what}: predicted peak {predicted:.2f} GiB, budget {budget:.2f} GiB"
     if predicted > budget:
-        return (
-            f"{head}: over the budget even so; lower trainer.micro_batch_size or packing.max_seq_len, or raise "
-            "trainer.memory_budget_gib if the card has more free memory."
-        )
+        return f"{head}: over the budget even so"
     if not auto:
         return f"{head} (trainer.grad_ckpt_every / grad_ckpt_layers as set)"
     return head + (": the whole step fits, nothing recomputed" if n_ckpt == 0 else ": the fewest that fit")
+
+
+def _switches(cfg: TrainConfig, every_layer: bool, offload_refused: bool) -> str:
+    """The settings that lower the predicted peak and are not in use yet, for the over-budget message (offloading
+    only when it was turned off: `auto` has already tried it)."""
+    tc = cfg.trainer
+    switches = [] if every_layer else ["trainer.grad_ckpt_every=auto (recompute more layers)"]
+    if offload_refused:
+        switches.append("trainer.offload_activations=true")
+    if tc.micro_batch_size != 1:
+        switches.append("a lower trainer.micro_batch_size")
+    switches.append("a lower packing.max_seq_len")
+    if cfg.quantization.method == "none":
+        switches.append("quantization=nf4")
+    if cfg.sharding.strategy != "fsdp":
+        switches.append("sharding=fsdp over more GPUs")
+    return f"; try {', '.join(switches)}, or raise trainer.memory_budget_gib if the card has more free memory."

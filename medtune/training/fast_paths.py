@@ -64,7 +64,8 @@ def settle(
     record["run/fast_paths_refused"] = "; ".join(refused) or "none"
     for why in refused:
         log.info("fast path not taken: %s", why)
-    log.info("memory plan: %s", record["plan/reason"])
+    over = record.get("plan/predicted_peak_gib", 0.0) > record.get("plan/budget_gib", float("inf"))
+    log.log(logging.WARNING if over else logging.INFO, "memory plan: %s", record["plan/reason"])  # run anyway
     return cfg, record
 
 

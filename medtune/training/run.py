@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from medtune.config import ConfigError, TrainConfig
+from medtune.eval.sanity import EvalSanityError
 from medtune.files import space
 from medtune.training import distributed, fast_paths, run_record
 from medtune.training.eval_stage import run_eval_stage
@@ -100,8 +101,8 @@ def run(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, multirun: bool) -
 
 
 def _note_failure(err: Exception, watch: Watchdog, summary: dict[str, Any], multirun: bool) -> None:
-    """Put the error in the summary and the log: one line for a full or unwritable disk or bad input (a single run's
-    entry point says that one itself), else with the traceback."""
+    """Put the error in the summary and the log: one line for a full or unwritable disk, a failed evaluation sanity
+    check or bad input (a single run's entry point says that one itself), else with the traceback."""
     disk = space.explain(err)
     summary["run/error"] = f"{type(err).__name__} in {watch.where()}: {disk or err}"
     summary["run/failed_phase"], summary["run/failed_step"] = watch.phase, watch.step
@@ -109,6 +110,9 @@ def _note_failure(err: Exception, watch: Watchdog, summary: dict[str, Any], mult
         if multirun:
             log.error("run stopped in %s: %s", watch.where(), err)
         log.debug("traceback of the refusal", exc_info=err)
+    elif isinstance(err, EvalSanityError):  # the message names the task and the fix; the stack adds nothing
+        log.error("run failed in %s: %s", watch.where(), err)
+        log.debug("traceback of the failed check", exc_info=err)
     elif disk:  # the zip writer's chained errors say nothing the line does not; kept for --verbose / debug logs
         log.error("run failed in %s: %s", watch.where(), disk)
         log.debug("traceback of the failed write", exc_info=err)

@@ -71,3 +71,26 @@ def test_a_garbage_adapter_is_an_adapter_file_error_naming_it(tmp_path: Path) ->
     model, _ = build_model(ModelConfig(**config["model"]), QuantizationConfig(), torch.device("cpu"))
     with pytest.raises(AdapterFileError, match=r"the adapter in .*adapter cannot be loaded onto this model \(Safet"):
         load_adapter(model, str(run / "adapter"))
+
+
+def test_nan_lora_weights_are_named_not_called_untrained(tmp_path: Path) -> None:
+    """Issue 32, item 8: an adapter whose weights went NaN was reported as 'untrained (LoRA B = 0)'."""
+    import torch
+
+    from medtune.config import ModelConfig, QuantizationConfig
+    from medtune.eval.adapter_check import AdapterInactiveError, check_adapter_active, load_adapter
+    from medtune.models.build import build_model
+
+    run = make_run(tmp_path, "tiny_llama")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    torch.manual_seed(0)
+    base, tokenizer = build_model(ModelConfig(**config["model"]), QuantizationConfig(), torch.device("cpu"))
+    model = load_adapter(base, str(run / "adapter"))
+    name, param = next((n, p) for n, p in model.named_parameters() if "lora_B" in n)
+    with torch.no_grad():
+        param.view(-1)[:3] = float("nan")
+    with pytest.raises(AdapterInactiveError) as err:
+        check_adapter_active(model, tokenizer)
+    message = str(err.value)
+    assert "NaN/inf weights" in message and f"{name}: 3 of {param.numel()} values" in message
+    assert "diverged" in message and "earlier checkpoint" in message and "untrained" not in message

@@ -181,3 +181,31 @@ def test_against_evaluation_pairs_questions_by_id(tmp_path: Path) -> None:
     assert got["questions"] == 2 and got["same_letter"] == 1
     assert got["max_abs_dlogp_letters"] == pytest.approx(2.0)
     assert against_evaluation(questions, tmp_path / "absent.jsonl") is None
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fmt", ["safetensors", "gguf"])
+def test_a_disk_that_fills_while_writing_is_one_line_and_no_partial_files(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 32, item 8: the preflight passed (told the disk had room) and the disk filled mid-write: one line with
+    the path and the free space, exit 1, nothing left behind."""
+    from fixtures.small_disk import fill, small_disk
+
+    from medtune.export import exporter
+
+    run = make_run(tmp_path, "tiny_llama")
+    monkeypatch.setattr(exporter, "free_bytes", lambda path: 2**40)  # the preflight believes there is room
+    with small_disk(tmp_path / "disk", size="2m") as disk:
+        fill(str(disk / "filler"), leave_bytes=64 * 2**10)
+        out = disk / "out"
+        assert main([str(run), "--format", fmt, "--no-check", "--out", str(out)]) == 1
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and "\n" not in errors[0], errors
+        assert errors[0].startswith(
+            f"could not write the {fmt} export to {out / (fmt + '-f16' if fmt == 'gguf' else fmt)}"
+        )
+        reason = "No space left on device" if fmt == "safetensors" else "requested and"  # numpy: a short write
+        assert reason in errors[0] and "KiB free on that disk" in errors[0], errors[0]
+        assert "--out DIR" in errors[0] and "Traceback" not in caplog.text
+        assert not out.exists() or not any(out.iterdir())  # the partial export was removed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 
@@ -111,3 +112,22 @@ def test_default_budget_leaves_a_margin() -> None:
     assert default_budget_gib(78.0, 79.2) == pytest.approx(78.0 - 7.92)  # 10% of an 80 GB card
     assert default_budget_gib(10.0, 12.0) == pytest.approx(8.0)  # at least 2 GiB
     assert default_budget_gib(1.0, 80.0) == 0.0
+
+
+@pytest.mark.parametrize("rows", ["2", "auto"])
+def test_a_budget_no_plan_fits_is_one_line_exit_2(rows: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """python -m medtune.memory with a budget even the smallest plan exceeds: one line naming the predicted peak and
+    the settings that would lower it, exit 2 (bad input), no traceback and no breakdown that pretends it fits."""
+    from medtune.memory.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([f"trainer.micro_batch_size={rows}", "trainer.offload_activations=false", "trainer.memory_budget_gib=0.5"])
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    if rows == "2":  # the smallest plan: every layer recomputed, and still over
+        assert re.search(r"18 of 18 layers recomputed: predicted peak \d+\.\d\d GiB, budget 0\.50 GiB", err)
+        for switch in ("trainer.offload_activations=true", "packing.max_seq_len", "quantization=nf4", "sharding=fsdp"):
+            assert switch in err
+    else:  # no micro-batch fits: the load peak alone is over
+        assert "no micro-batch size changes that" in err

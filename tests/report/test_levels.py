@@ -121,3 +121,20 @@ def test_a_level_outside_zero_one_is_refused(sweep: Path, capsys: pytest.Capture
     with pytest.raises(SystemExit) as exit_info:
         main([str(sweep), "--confidence", "95"])
     assert exit_info.value.code == 2 and "not a level in (0, 1)" in capsys.readouterr().err
+
+
+def test_a_torn_prediction_line_is_one_line_naming_file_and_line(
+    sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A predictions.jsonl cut short mid-line (a full disk, a killed evaluation): the report stops with the file and
+    line, exit 2, and writes nothing; skipping the run would relabel its stored intervals or drop it silently."""
+    path = sweep / OK_RUNS[0] / "eval" / "adapter" / "predictions.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    torn = "".join(lines[:2]) + lines[2][: len(lines[2]) // 2]
+    path.write_text(torn, encoding="utf-8")
+    out = tmp_path / "report"
+    assert main([str(sweep), "--out", str(out), "--confidence", "0.9"]) == 2
+    message = capsys.readouterr().out.strip()
+    assert len(message.splitlines()) == 1 and message.startswith(f"error: {path}:3: not a JSON object")
+    assert "python -m medtune.evaluate" in message
+    assert path.read_text(encoding="utf-8") == torn and not (out / "report.md").exists()

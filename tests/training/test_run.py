@@ -134,3 +134,20 @@ def test_a_disk_full_at_the_start_is_one_line_and_exit_code_2(tmp_path: Path) ->
         assert "Traceback" not in out and "built tiny_llama" not in out
         line = next(x for x in out.splitlines() if "could not write" in x)
         assert f"to {disk / 'run'} (No space left on device [errno 28])" in line and "0 B free on that disk" in line
+
+
+@pytest.mark.timeout(600)
+def test_a_failed_evaluation_sanity_check_is_one_line_once_and_exit_code_1(tmp_path: Path) -> None:
+    """Issue 32, item 8: model=tiny_llama's random base predicts one letter; the check's message and traceback
+    were printed twice (the run's log, then Hydra's). Now: one line with the fix, exit 1, the record written."""
+    cmd = [sys.executable, "-m", "medtune.train", "model=tiny_llama", "trainer.device=cpu", "logger=jsonl",
+           "trainer.max_steps=1", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, env=_env(tmp_path / "cache"), capture_output=True, text=True, timeout=540)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out[-3000:]
+    assert "Traceback" not in out and "Error executing job" not in out, out[-3000:]
+    lines = [x for x in out.splitlines() if "evaluation sanity check for 'base'" in x]
+    assert len(lines) == 1 and "predicts" in lines[0] and "Set eval.sanity=warn" in lines[0], out[-3000:]
+    assert out.count("evaluation sanity check") == 1
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["run/status"] == "failed" and "evaluation sanity check" in summary["run/error"]
