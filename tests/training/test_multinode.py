@@ -35,7 +35,10 @@ def _free_port() -> int:
 
 
 def _env(cache: Path, runs: Path) -> dict:
-    return {**os.environ, "MEDTUNE_CACHE_DIR": str(cache), "MEDTUNE_RUNS_DIR": str(runs), "OMP_NUM_THREADS": "1"}
+    """The ranks pick their run stamp themselves: one left in this process's environment by an earlier test's
+    compose() ("compose") would name the run directory for them (runs/compose_nodes) and hide what is tested."""
+    env = {k: v for k, v in os.environ.items() if k != "MEDTUNE_RUN_STAMP"}
+    return {**env, "MEDTUNE_CACHE_DIR": str(cache), "MEDTUNE_RUNS_DIR": str(runs), "OMP_NUM_THREADS": "1"}
 
 
 def _kill(procs: list[subprocess.Popen]) -> None:
