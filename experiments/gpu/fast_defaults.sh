@@ -22,8 +22,8 @@ SRC=/root/src RUNS=/root/fd USITE=/root/site_unsloth
 export PYTHONPATH=/root/site:$SRC PYTHONUNBUFFERED=1 MEDTUNE_CACHE_DIR=/root/cache HF_HUB_OFFLINE=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=4 TOKENIZERS_PARALLELISM=false
 export UNSLOTH_DISABLE_STATISTICS=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
-# session 11 (2026-12-07): the done-when rows only (TRL + Liger: its 8-row row is committed; FD_PEERS adds it)
-read -ra CONFIGS <<< "${FD_CONFIGS:-defaults_8 defaults_4 budget_peer_8}"
+# session 12 (2026-12-07): the done-when rows and the 10 GiB auto rows (TRL + Liger: its 8-row row is committed; FD_PEERS adds it)
+read -ra CONFIGS <<< "${FD_CONFIGS:-defaults_8 defaults_4 budget_peer_8 auto_rows_10}"
 declare -A PEERS=()
 for pair in ${FD_PEERS:-defaults_8=unsloth defaults_4=unsloth}; do PEERS[${pair%%=*}]=${pair#*=}; done
 PEER_TIMEOUT_S=${PEER_TIMEOUT_S:-900} STEPS=${FD_STEPS:-30}
@@ -68,8 +68,8 @@ runs() {
   begin_runs
   [[ -d $USITE ]] || PEERS=()
   bench defaults_8; train_run  # the two done-when rows first, in case the machine is taken back
+  gpu_tests "$RUNS"  # then the kernels' and the offloader's GPU tests (the offloader's had never run on a GPU)
   for c in "${CONFIGS[@]}"; do [[ $c == defaults_8 ]] || bench "$c"; done
-  gpu_tests "$RUNS"
   touch "$RUNS/ALL_DONE"
 }
 
