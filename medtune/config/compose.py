@@ -65,7 +65,7 @@ def compose(overrides: list[str]) -> TrainConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import MissingConfigException
+    from hydra.errors import ConfigCompositionException, MissingConfigException
 
     register_configs()
     check_choices(overrides)
@@ -78,3 +78,7 @@ def compose(overrides: list[str]) -> TrainConfig:
     except MissingConfigException as err:  # one check_choices cannot see (a shipped file's own defaults)
         folders = " and ".join(str(f) for f in (user_config_dir(), CONF) if f is not None)
         raise ConfigError(f"{str(err).splitlines()[0]} (searched {folders})") from None
+    except ConfigCompositionException as err:  # a key the schema lacks: "Could not override 'x.y'. ... not in ..."
+        first = str(err).splitlines()[0]
+        why = str(err.__cause__ or "").splitlines()[:1]  # "Key 'nope' not in 'ModelConfig'"
+        raise ConfigError(f"{first} {''.join(why)}: check the key's spelling against that group's fields") from None

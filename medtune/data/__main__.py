@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from medtune.config import GROUPS, OPTION_HELP, ConfigError, DataConfig, compose, use_config_dir
+from medtune.config import GROUPS, OPTION_HELP, ConfigError, DataConfig, TrainConfig, compose, use_config_dir
 from medtune.config.checks import cache_root
 from medtune.data.loading import eval_split_specs, guarded_specs, is_eval_split, load_records
 from medtune.data.prepare import prepare_source, resolve_dir, version_key
@@ -37,7 +37,9 @@ from medtune.files.atomic import atomic_write_text, file_lock
 def _is_hydra(item: str) -> bool:
     """An override for the whole run config (+experiment=..., a group choice, data.datasets.x...=...)."""
     key = item.partition("=")[0]
-    return key.startswith(("+", "~")) or key in (*GROUPS, "experiment") or key.startswith("data.datasets")
+    head = key.split(".")[0]
+    run_keys = {f.name for f in dataclasses.fields(TrainConfig)} - {"data"}  # model.init=..., trainer.seed=...
+    return key.startswith(("+", "~")) or head in (*GROUPS, *run_keys, "experiment") or key.startswith("data.datasets")
 
 
 def build_config(args: argparse.Namespace) -> DataConfig:

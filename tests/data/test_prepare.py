@@ -174,3 +174,22 @@ def test_version_keys_stay_those_of_copies_prepared_before(data_dir: str, tmp_pa
         "exam", declarations["exam"], files=(tmp_path / "exam.jsonl",)
     )
     assert version_key(resolve("vi", hub)[0], hub) == _old_key("vi", declarations["vi"], "hub:vi:someone/vi-exam")
+
+
+def test_prepare_takes_run_keys_with_an_experiment_and_names_an_unknown_key(tmp_path: Path) -> None:
+    """`prepare +experiment=X model.init=random` passes model.init to the run's config (it was prefixed with data.
+    and Hydra raised a traceback); an unknown key is one ConfigError naming the key and its group."""
+    import argparse
+
+    import pytest
+
+    from medtune.config import ConfigError
+    from medtune.data.__main__ import build_config
+
+    def args(*overrides: str) -> argparse.Namespace:
+        return argparse.Namespace(overrides=list(overrides), data_dir=str(tmp_path), cache_dir=None, hub=None)
+
+    cfg = build_config(args("+experiment=paper_medgemma_4b", "model.init=random", "near_dup_threshold=0.8"))
+    assert cfg.near_dup_threshold == 0.8
+    with pytest.raises(ConfigError, match=r"trainer\.nope.*'nope' not in 'TrainerConfig'"):
+        build_config(args("+experiment=paper_medgemma_4b", "trainer.nope=1"))
