@@ -5,7 +5,8 @@
 # 1.15, datasets < 5), then `python -m medtune.train +experiment=paper_medgemma_4b model.init=random` for a short
 # run (its log: fast paths, memory plan, tokens/s), then the GPU tests. Back-to-back calls (64 MiB each; the
 # machine forgets /root 30 s after a call):
-#   bash experiments/gpu/fast_defaults.sh install .gpuA       # carry [".gpuA"]: bitsandbytes
+#   bash experiments/gpu/fast_defaults.sh install .gpuA       # carry [".gpuA"]: bitsandbytes (or, one call for
+#   both: install_unsloth .gpuA2 .gpuC, .gpuA2 being the wheel without the CUDA 11.8-12.6 and ROCm libraries)
 #   bash experiments/gpu/fast_defaults.sh unsloth .gpuC       # carry [".gpuC"]: unsloth 2026.10.9, unsloth_zoo,
 #                                                             # torchao, cut_cross_entropy, tyro, trl 1.15, datasets 4
 #   bash experiments/gpu/fast_defaults.sh start .gpuB         # carry [".gpuB"]: hydra, omegaconf, antlr4,
@@ -23,7 +24,7 @@ export PYTHONPATH=/root/site:$SRC PYTHONUNBUFFERED=1 MEDTUNE_CACHE_DIR=/root/cac
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=4 TOKENIZERS_PARALLELISM=false
 export UNSLOTH_DISABLE_STATISTICS=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled
 # session 12 (2026-12-07): the done-when rows and the 10 GiB auto rows (TRL + Liger: its 8-row row is committed; FD_PEERS adds it)
-read -ra CONFIGS <<< "${FD_CONFIGS:-defaults_8 defaults_4 budget_peer_8 auto_rows_10}"
+read -ra CONFIGS <<< "${FD_CONFIGS:-defaults_8 budget_peer_8 auto_rows_10 defaults_4}"
 declare -A PEERS=()
 for pair in ${FD_PEERS:-defaults_8=unsloth defaults_4=unsloth}; do PEERS[${pair%%=*}]=${pair#*=}; done
 PEER_TIMEOUT_S=${PEER_TIMEOUT_S:-900} STEPS=${FD_STEPS:-30}
@@ -83,6 +84,7 @@ collect() {
 case "${1:-}" in
   install) shift; for d in "$@"; do pip_target /root/site "$d"/*.whl || exit 1; done ;;
   unsloth) pip_target "$USITE" "$2"/*.whl ;;
+  install_unsloth) pip_target /root/site "$2"/*.whl && pip_target "$USITE" "$3"/*.whl ;;  # both in one call
   start)
     pip_target /root/site "$2"/*.whl || exit 1
     # bitsandbytes, dill and multiprocess come with medtune's wheels; unsloth's environment needs them too
