@@ -16,7 +16,15 @@ from conftest import REPO, TINY_MODEL
 from medtune.config import DataMixConfig, ModelConfig, TrainConfig
 from medtune.report.cli import main
 from medtune.report.plots import plot_efficiency
-from medtune.report.sweep import across_seeds, efficiency_table, forgetting_table, holm, load_sweep, mix_of
+from medtune.report.sweep import (
+    across_seeds,
+    efficiency_table,
+    forgetting_table,
+    holm,
+    load_sweep,
+    mix_languages,
+    mix_of,
+)
 from medtune.training.step_metrics import memory_metrics
 
 FIXTURE = REPO / "tests" / "fixtures" / "sweep"
@@ -135,6 +143,17 @@ def test_mix_of_reads_the_recorded_mix_then_the_config() -> None:
     config.data_mix = DataMixConfig(weights={"en": 1, "ko": 0})
     assert mix_of({}, config) == ("1:0", 1.0)
     assert mix_of({}, None) == (None, None) and mix_of({}, TrainConfig(model=ModelConfig(**TINY_MODEL))) == (None, None)
+
+
+def test_mix_languages_are_the_recorded_ones_then_the_configs(tmp_path: Path) -> None:
+    run = tmp_path / "old"
+    run.mkdir()
+    mix = {"ratio": "en:ko:ja=1:1:1", "sources": {k: {f"sample_{k}:train": 1.0} for k in ("en", "ko", "ja")}}
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": TINY_MODEL, "data_mix": mix}))
+    recorded = pd.DataFrame({"path": [str(tmp_path / "gone")], "data_mix/languages": ["ko,vi"]})
+    assert mix_languages(recorded) == ["ko", "vi"]  # no config needed: the run recorded its mix
+    older = pd.DataFrame({"path": [str(tmp_path / "gone"), str(run)], "data_mix/languages": ["ko,vi", None]})
+    assert mix_languages(older) == ["ko", "vi", "en", "ja"]  # a run without the record: its config's languages
 
 
 def test_a_bad_config_fails_a_finished_run_and_not_a_failed_one(sweep: Path, tmp_path: Path, capsys) -> None:
