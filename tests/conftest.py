@@ -29,6 +29,9 @@ TINY_RUN = [
     "optim.warmup_ratio=0",
 ]
 
+# the model section of a run's config.yaml for tests that write one (read back through the schema: load_run_config)
+TINY_MODEL = {"name": "tiny_llama", "source": "builtin", "arch": "tiny_llama", "init": "random", "dtype": "float32"}
+
 
 def tiny_config(arch: str, **overrides):
     """A transformers config for a tiny architecture shipped in medtune/models/archs."""

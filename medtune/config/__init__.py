@@ -1,6 +1,7 @@
 """Config: one dataclass schema per Hydra group, their checks, and the Hydra glue. No torch, nothing else of medtune.
 
 from medtune.config import TrainConfig, ConfigError, compose, to_train_config
+from medtune.config import load_run_config    # a finished run's config.yaml, through the same schema
 """
 
 from medtune.config.checks import CACHE_ROOT, DTYPES, ConfigError, cache_root, check_choice, check_positive
@@ -17,6 +18,7 @@ from medtune.config.data import (
 from medtune.config.datasets import DatasetConfig, HoldoutConfig
 from medtune.config.languages import language_name, normalize_language
 from medtune.config.location import CONF, OPTION_HELP, hydra_argv, take_config_dir, use_config_dir
+from medtune.config.run_config import MIGRATIONS, Migration, load_run_config, run_config_path
 from medtune.config.training import (
     LoraConfig,
     ModelConfig,
@@ -35,6 +37,7 @@ __all__ = [
     "DEFAULT_EVAL_SPLITS",
     "DTYPES",
     "GROUPS",
+    "MIGRATIONS",
     "OPTION_HELP",
     "PROMPT_WORD_KEYS",
     "WORST_LANG",
@@ -47,6 +50,7 @@ __all__ = [
     "HoldoutConfig",
     "LoggerConfig",
     "LoraConfig",
+    "Migration",
     "ModelConfig",
     "OptimConfig",
     "PackingConfig",
@@ -60,9 +64,11 @@ __all__ = [
     "compose",
     "hydra_argv",
     "language_name",
+    "load_run_config",
     "normalize_language",
     "parse_ratio",
     "register_configs",
+    "run_config_path",
     "take_config_dir",
     "to_train_config",
     "use_config_dir",

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
+from medtune.config import DatasetConfig, TrainConfig
 from medtune.data.mix_report import trained_markdown
 from medtune.data.prompts import prompt_words, words_for
 from medtune.data.sources.registry import resolve, sample_dir
@@ -46,19 +47,19 @@ def base_license(source: ExportSource) -> str:
     return base_license_terms(source)[1]
 
 
-def _data_readme(run_cfg: dict[str, Any]) -> Path | None:
-    for folder in (run_cfg.get("data", {}).get("data_dir"), os.environ.get("MEDTUNE_DATA_DIR")):
+def _data_readme(run_cfg: TrainConfig | None) -> Path | None:
+    for folder in (run_cfg.data.data_dir if run_cfg else None, os.environ.get("MEDTUNE_DATA_DIR")):
         if folder and (Path(folder).expanduser() / "README.md").is_file():
             return Path(folder).expanduser() / "README.md"
     return None
 
 
-def dataset_license(name: str, readme: Path | None, declared: dict[str, Any] | None = None) -> str:
+def dataset_license(name: str, readme: Path | None, declared: Mapping[str, DatasetConfig] | None = None) -> str:
     """A training source's license: a declared dataset's `license`, the built-in sample's README, or the data
     README row of its folder. `declared` is the run config's `data.datasets`."""
     base = name.split(":")[0]
     if declared and base in declared:
-        return (declared[base] or {}).get("license") or f"not stated (data.datasets.{base}.license)"
+        return declared[base].license or f"not stated (data.datasets.{base}.license)"
     try:
         source = resolve(name.split(":")[0])[0]
     except (KeyError, ValueError):
@@ -75,14 +76,14 @@ def dataset_license(name: str, readme: Path | None, declared: dict[str, Any] | N
 
 
 def _mix_table(source: ExportSource, summary: dict[str, Any]) -> list[str]:
-    mix = source.run_cfg.get("data_mix", {})
-    if not mix:
-        return [
-            "Unknown: " + ("the run's config.yaml records no data mix." if source.run_cfg else "no run config.yaml.")
-        ]
-    unit = summary.get("data_mix/unit", mix.get("unit", "examples"))
+    if source.run_cfg is None:
+        return ["Unknown: no run config.yaml."]
+    mix = source.run_cfg.data_mix
+    if not mix.sources:
+        return ["Unknown: the run's config.yaml records no data mix."]
+    unit = summary.get("data_mix/unit", mix.unit)  # the unit the run's mix recorded; its config for older runs
     readme = _data_readme(source.run_cfg)
-    declared = (source.run_cfg.get("data") or {}).get("datasets") or {}
+    declared = source.run_cfg.data.datasets
     lines = [
         f"Unit: {unit}; requested ratio {summary.get('data_mix/requested_ratio', 'unknown')}, "
         f"realised {summary.get('data_mix/achieved_ratio', 'unknown')} (summary.json).",
@@ -90,7 +91,7 @@ def _mix_table(source: ExportSource, summary: dict[str, Any]) -> list[str]:
         f"| language | source | requested share | realised share ({unit}) | examples | tokens | license |",
         "|---|---|---|---|---|---|---|",
     ]
-    for lang, sources in mix.get("sources", {}).items():
+    for lang, sources in mix.sources.items():
         key = f"data_mix/{lang}"
         lines.append(
             f"| {lang} | all | {_num(summary.get(f'{key}/requested_share'))} | "
@@ -226,8 +227,7 @@ def _where(cfg: Any) -> str:
 
 def _prompt_section(source: ExportSource) -> list[str]:
     """The prompt words of every language the run evaluated, and one of its evaluation prompts per language."""
-    data = SimpleNamespace(prompt_words=(source.run_cfg.get("data") or {}).get("prompt_words"))
-    table = prompt_words(data)
+    table = prompt_words(source.run_cfg.data if source.run_cfg else None)
     probes = gate_probes(source.run_dir, 1)
     chat = source.model_cfg.chat_template
     lines = ["## Prompt", ""]

@@ -3,19 +3,20 @@
     source = resolve_source(Path("runs/2026-11-30/01-03-00_demo"), base=None)
     source.adapter_dir, source.model_cfg, source.quant_cfg, source.seed
 
-A run directory gives the base exactly as trained (config.yaml: model, quantization, seed, which a random-init base
-needs). A bare adapter directory names its base in adapter_config.json; `--base DIR` replaces either. Every problem
-the user can fix is an ExportInputError with one line naming the path or argument and the fix (exit code 2).
+A run directory gives the base exactly as trained (its config.yaml read through the schema, medtune.config.
+load_run_config: model, quantization, seed, which a random-init base needs). A bare adapter directory names its base
+in adapter_config.json; `--base DIR` replaces either. Every problem the user can fix is an ExportInputError with one
+line naming the path or argument and the fix (exit code 2).
 """
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from medtune.config import ModelConfig, QuantizationConfig
+from medtune.config import ConfigError, ModelConfig, QuantizationConfig, TrainConfig, load_run_config
 from medtune.models.build import arch_config
 
 SUPPORTED_MODEL_TYPES = ("gemma3_text", "gemma3", "llama")  # gemma3: a multimodal checkpoint, its text model only
@@ -34,7 +35,7 @@ class ExportSource:
     model_cfg: ModelConfig
     quant_cfg: QuantizationConfig
     seed: int = 0
-    run_cfg: dict[str, Any] = field(default_factory=dict)  # the run's config.yaml, for the model card
+    run_cfg: TrainConfig | None = None  # the run's config.yaml (None for a bare adapter), for the model card
 
     @property
     def label(self) -> str:
@@ -59,10 +60,12 @@ def _find_adapter(path: Path) -> tuple[Path, Path | None]:
     )
 
 
-def _run_config(run_dir: Path) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True)
+def _run_config(run_dir: Path) -> TrainConfig:
+    """The run's config.yaml through the schema; one that cannot be read is bad input (exit 2), said in one line."""
+    try:
+        return load_run_config(run_dir / "config.yaml")
+    except ConfigError as err:
+        raise ExportInputError(f"{err} (the run's config; or pass its adapter/ directory and --base DIR)") from None
 
 
 def _hub_snapshot(repo_id: str) -> str | None:
@@ -117,10 +120,9 @@ def resolve_source(path: Path, base: str | None = None) -> ExportSource:
         raise ExportInputError(
             f"{adapter_dir / 'adapter_config.json'} is not valid JSON ({err}); copy the adapter again from its run."
         ) from err
-    run_cfg = _run_config(run_dir) if run_dir else {}
-    if run_cfg:
-        model_cfg = ModelConfig(**run_cfg["model"])
-        quant_cfg = QuantizationConfig(**run_cfg.get("quantization", {}))
+    run_cfg = _run_config(run_dir) if run_dir else None
+    if run_cfg is not None:  # copies: --base and the offline check below change them, the run's record stays
+        model_cfg, quant_cfg = copy.deepcopy(run_cfg.model), copy.deepcopy(run_cfg.quantization)
         where = f"model.path in {run_dir / 'config.yaml'}"
     else:
         named = adapter_cfg.get("base_model_name_or_path")
@@ -137,4 +139,4 @@ def resolve_source(path: Path, base: str | None = None) -> ExportSource:
         where = "--base"
     _check_base_offline(model_cfg, where)
     _check_model_type(model_cfg)
-    return ExportSource(adapter_dir, run_dir, model_cfg, quant_cfg, int(run_cfg.get("seed", 0)), run_cfg)
+    return ExportSource(adapter_dir, run_dir, model_cfg, quant_cfg, run_cfg.seed if run_cfg else 0, run_cfg)

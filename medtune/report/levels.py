@@ -8,7 +8,8 @@ another level every such key is recomputed from the run's stored predictions (`e
 there makes the report refuse, naming the run and the way out.
 
 The level a run was evaluated at: its `*/confidence` keys; for summaries older than those keys, `eval.confidence`
-in its config.yaml; for a run with neither, medtune's default (0.95), the only level such runs could have used.
+in its config.yaml (read through the schema: medtune.config.load_run_config); for a run with neither, medtune's
+default (0.95), the only level such runs could have used.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from medtune.config import EvalConfig
+from medtune.config import EvalConfig, TrainConfig
 from medtune.eval.forgetting import forgetting, forgetting_metrics
 from medtune.eval.scoring import read_predictions
 from medtune.eval.stats import format_level
@@ -29,9 +30,9 @@ LEVEL_KEYS = ("_ci_low", "_ci_high", "significant", "/confidence")  # key ending
 RECOMPUTED = "report/levels_recomputed_from"  # column: the level a run's intervals were recomputed from
 
 
-def _config_eval(config: Mapping[str, Any]) -> Mapping[str, Any]:
-    node = config.get("eval")
-    return node if isinstance(node, Mapping) else {}
+def _config_eval(config: TrainConfig | None) -> EvalConfig:
+    """The run's eval section (medtune's defaults for a run without a config.yaml)."""
+    return config.eval if config is not None else EvalConfig()
 
 
 def _recorded(row: Mapping[str, Any], suffix: str) -> set[float]:
@@ -46,27 +47,27 @@ def _recorded(row: Mapping[str, Any], suffix: str) -> set[float]:
     }
 
 
-def stored_level(row: Mapping[str, Any], config: Mapping[str, Any], where: str) -> float:
+def stored_level(row: Mapping[str, Any], config: TrainConfig | None, where: str) -> float:
     """The confidence level a run's intervals were computed at (see the module docstring for where it comes from)."""
     levels = _recorded(row, "/confidence")
     if len(levels) > 1:
         raise ValueError(f"{where}: summary.json mixes confidence levels {sorted(levels)}; re-evaluate the run.")
     if levels:
         return levels.pop()
-    return float(_config_eval(config).get("confidence", EvalConfig.confidence))
+    return float(_config_eval(config).confidence)
 
 
-def bootstrap_settings(row: Mapping[str, Any], config: Mapping[str, Any]) -> tuple[int, int]:
+def bootstrap_settings(row: Mapping[str, Any], config: TrainConfig | None) -> tuple[int, int]:
     """(resamples, seed) of the run's paired bootstrap: its recorded keys, else its config, else the defaults."""
     cfg = _config_eval(config)
-    samples = _recorded(row, "/bootstrap_samples") or {cfg.get("bootstrap_samples", EvalConfig.bootstrap_samples)}
-    seeds = _recorded(row, "/bootstrap_seed") or {cfg.get("seed", EvalConfig.seed)}
+    samples = _recorded(row, "/bootstrap_samples") or {cfg.bootstrap_samples}
+    seeds = _recorded(row, "/bootstrap_seed") or {cfg.seed}
     return int(max(samples)), int(max(seeds))
 
 
-def cluster_setting(config: Mapping[str, Any]) -> str | None:
+def cluster_setting(config: TrainConfig | None) -> str | None:
     """The run's eval.cluster_by (None: its paired bootstrap resampled questions), so a recomputation matches it."""
-    return _config_eval(config).get("cluster_by")
+    return _config_eval(config).cluster_by
 
 
 def prediction_files(run_dir: Path) -> tuple[Path | None, Path | None]:
@@ -85,7 +86,7 @@ def read_rows(path: Path) -> list[dict]:
     return [r if "id" in r else {**r, "id": r.get("doc_id")} for r in read_predictions(path)]
 
 
-def recompute(run_dir: Path, row: Mapping[str, Any], config: Mapping[str, Any], confidence: float) -> dict[str, Any]:
+def recompute(run_dir: Path, row: Mapping[str, Any], config: TrainConfig | None, confidence: float) -> dict[str, Any]:
     """Every eval/, base/eval/ and forgetting/ key that the run's predictions give, at `confidence`."""
 
     base_path, tuned_path = prediction_files(run_dir)
@@ -102,7 +103,7 @@ def recompute(run_dir: Path, row: Mapping[str, Any], config: Mapping[str, Any], 
     return out
 
 
-def restate(row: dict[str, Any], run_dir: Path, config: Mapping[str, Any], confidence: float) -> dict[str, Any]:
+def restate(row: dict[str, Any], run_dir: Path, config: TrainConfig | None, confidence: float) -> dict[str, Any]:
     """The summary row with every interval and significance flag at `confidence`; raises ValueError if impossible."""
     dependent = [k for k in row if k.startswith(SECTIONS) and k.endswith(LEVEL_KEYS)]
     level = stored_level(row, config, str(run_dir))
@@ -123,7 +124,7 @@ def restate(row: dict[str, Any], run_dir: Path, config: Mapping[str, Any], confi
     return row | fresh | {RECOMPUTED: level}
 
 
-def stored_forgetting(run: Mapping[str, Any], lang: str, config: Mapping[str, Any], confidence: float) -> dict:
+def stored_forgetting(run: Mapping[str, Any], lang: str, config: TrainConfig | None, confidence: float) -> dict:
     """A run's stored forgetting numbers for one language; ValueError if they were computed at another level."""
     pre = f"forgetting/{lang}/"
     level = stored_level(run, config, run["path"])
@@ -139,7 +140,7 @@ def stored_forgetting(run: Mapping[str, Any], lang: str, config: Mapping[str, An
     return got | {"significant": significant, "source": "summary"}
 
 
-def forgetting_from_predictions(run_dir: Path, config: Mapping[str, Any], confidence: float) -> dict[str, dict]:
+def forgetting_from_predictions(run_dir: Path, config: TrainConfig | None, confidence: float) -> dict[str, dict]:
     """Per-language forgetting numbers recomputed from the run's predictions ({} without them), same shape."""
 
     base, tuned = prediction_files(run_dir)

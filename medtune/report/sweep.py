@@ -3,10 +3,11 @@
     python -m medtune.report runs/multirun/2026-11-24/12-00-00              # writes <DIR>/report/
     python -m medtune.report DIR --out results/mix --wandb                  # also publish to W&B when online
 
-A run is any directory below DIR with a summary.json (config.yaml next to it gives the mix, seed, model...); a
-directory with only Hydra's .hydra/config.yaml is a job that died before writing its summary and is reported as
-failed. The English share of a run is en / (sum of all languages) of its data_mix weights (data_mix.ratio when
-set); the languages reported are every language a run was evaluated on (`eval/lang/<language>/...`).
+A run is any directory below DIR with a summary.json (config.yaml next to it, read through the schema by
+medtune.config.load_run_config, gives the seed, model...); a directory with only Hydra's .hydra/config.yaml is a job
+that died before writing its summary and is reported as failed. A run's ratio and English share are those its mix
+recorded when it was built (summary.json: `data_mix/requested_ratio`, `data_mix/en/requested_share`); the languages
+reported are every language a run was evaluated on (`eval/lang/<language>/...`).
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ import json
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from medtune.config import ConfigError, parse_ratio
+from medtune.config import ConfigError, TrainConfig, load_run_config, run_config_path
 from medtune.report.levels import forgetting_from_predictions, restate, stored_forgetting
 from medtune.report.power import paired_power
 
@@ -54,53 +54,31 @@ def find_run_dirs(sweep_dir: Path) -> list[Path]:
     return [d for d in runs if not any(o != d and o in d.parents for o in runs)]
 
 
-def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err}); fix or delete the file.") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}.")
-    return data
+def read_config(run_dir: Path) -> TrainConfig | None:
+    """The run's config.yaml (else Hydra's .hydra/config.yaml) through the schema; None when it has neither."""
+    path = run_config_path(Path(run_dir))
+    return load_run_config(path) if path is not None else None
 
 
-def read_config(run_dir: Path) -> dict:
-    """The run's resolved config.yaml, else Hydra's .hydra/config.yaml, else {}."""
-    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
-        if path.is_file():
-            return _read_yaml(path)
-    return {}
-
-
-def _get(config: dict, dotted: str) -> Any:
+def _get(config: TrainConfig | None, dotted: str) -> Any:
     node: Any = config
     for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
+        node = getattr(node, part, None)
     return node
 
 
-def mix_weights(config: dict, where: str = "config") -> dict[str, float]:
-    """A run's language weights, in the mix's order: data_mix.ratio when set, else data_mix.weights."""
-    mix = config.get("data_mix") or {}
-    try:
-        if mix.get("ratio") not in (None, ""):
-            return parse_ratio(str(mix["ratio"]), list(mix.get("sources") or {}) or ["en", "ko"])
-        return {k: float(v) for k, v in (mix.get("weights") or {}).items()}
-    except (ConfigError, TypeError, ValueError) as err:
-        raise ValueError(f"{where}: data_mix cannot be read ({err}).") from err
-
-
-def mix_of(config: dict, where: str = "config") -> tuple[str | None, float | None]:
-    """(ratio label such as 10:3 or 2:1:1, English share of all the weight) ; (None, None) when absent."""
-    weights = mix_weights(config, where)
+def mix_of(summary: Mapping[str, Any], config: TrainConfig | None) -> tuple[str | None, float | None]:
+    """(ratio label such as 10:3 or 2:1:1, English share of the requested mix); (None, None) without a mix.
+    The run's own record of the mix it built (summary.json's data_mix/requested_ratio, data_mix/<lang>/requested_
+    share); only a run without that record (older than it, eval-only, or dead before its mix was built) falls back
+    to its config's weights, which the schema has already set from data_mix.ratio when that was given."""
+    if summary.get("data_mix/requested_ratio") is not None:
+        return str(summary["data_mix/requested_ratio"]), float(summary.get("data_mix/en/requested_share", 0.0))
+    weights = config.data_mix.weights if config is not None else {}
     total = sum(weights.values())
     if total <= 0:
         return None, None
-    ratio = (config.get("data_mix") or {}).get("ratio")
-    label = str(ratio).rpartition("=")[2] if ratio not in (None, "") else ":".join(f"{w:g}" for w in weights.values())
-    return label, weights.get("en", 0.0) / total
+    return ":".join(f"{w:g}" for w in weights.values()), weights.get("en", 0.0) / total
 
 
 def languages(df: pd.DataFrame) -> list[str]:
@@ -123,13 +101,19 @@ def stages(df: pd.DataFrame) -> list[str]:
 
 
 def mix_languages(df: pd.DataFrame) -> list[str]:
-    """The languages of the runs' mixes in their config order (the ratio's 'en:ko:ja' header); en, ko without any."""
+    """The languages of the runs' mixes in their order (the ratio's 'en:ko:ja' header) as each run recorded them
+    (data_mix/languages), else, for a run without that record, as its config gives them; en, ko without any."""
     order: dict[str, None] = {}
-    for path in df.get("path", []):
-        try:
-            order.update(dict.fromkeys(mix_weights(read_config(Path(path)))))
-        except ValueError:  # a job stopped by its own bad mix: its languages are not known
+    for _, run in df.iterrows():
+        recorded = run.get("data_mix/languages")
+        if isinstance(recorded, str) and recorded:
+            order.update(dict.fromkeys(recorded.split(",")))
             continue
+        try:
+            config = read_config(Path(run["path"]))
+        except ConfigError:  # a job stopped by its own bad config: its languages are not known
+            continue
+        order.update(dict.fromkeys(config.data_mix.languages() if config is not None else []))
     return list(order) or ["en", "ko"]
 
 
@@ -137,7 +121,6 @@ def load_run(run_dir: Path, sweep_dir: Path, confidence: float | None = None) ->
     """One flat row: where, status, mix, seed, model... and every summary.json key as it was written, or, with
     `confidence`, with every interval and significance flag at that level (`report_levels.restate`)."""
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():
         try:
@@ -148,11 +131,12 @@ def load_run(run_dir: Path, sweep_dir: Path, confidence: float | None = None) ->
     else:
         summary = {"run/status": "failed", "run/error": "no summary.json (the job died before the end)"}
     try:
-        ratio, en_share = mix_of(config, where=str(run_dir / "config.yaml"))
-    except ValueError:
+        config = read_config(run_dir)
+    except ConfigError:
         if summary["run/status"] == "ok":
             raise
-        ratio, en_share = None, None  # a sweep job stopped by its own bad mix: listed as failed, not fatal
+        config = None  # a sweep job stopped by its own bad config (e.g. its mix): listed as failed, not fatal
+    ratio, en_share = mix_of(summary, config)
     row: dict[str, Any] = {"run": str(run_dir.relative_to(sweep_dir)) or ".", "path": str(run_dir)}
     row |= {"ratio": ratio, "en_share": en_share}
     row |= {col: _get(config, key) for col, key in CONFIG_KEYS.items()}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medtune.config import ModelConfig, QuantizationConfig
+from medtune.config import DatasetConfig, ModelConfig, QuantizationConfig
 from medtune.export.card import base_license, base_license_terms, dataset_license, modelfile
 from medtune.export.source import ExportSource
 
@@ -51,7 +51,7 @@ def test_dataset_licenses_come_from_the_readmes(tmp_path: Path) -> None:
     assert dataset_license("medquad:train", None) == "unknown"
     assert dataset_license("no_such_source:train", readme) == "unknown"
     assert dataset_license("sample_ko:train", None) == "Apache-2.0"  # medtune/data/sample/README.md
-    declared = {"ja_exam": {"format": "mcq", "license": "internal, de-identified"}, "ja_notes": {"format": "qa"}}
+    declared = {"ja_exam": DatasetConfig(format="mcq", license="internal, de-identified"), "ja_notes": DatasetConfig()}
     assert dataset_license("ja_exam:train", readme, declared) == "internal, de-identified"
     assert dataset_license("ja_notes:train", readme, declared) == "not stated (data.datasets.ja_notes.license)"
 

@@ -7,10 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from fixtures.export_run import make_run
 
 from medtune.export import check, exporter
 from medtune.export.__main__ import main
+from medtune.export.source import resolve_source
 
 
 @pytest.fixture(autouse=True)
@@ -175,3 +177,23 @@ def test_out_that_is_a_file_is_refused_before_merging(
         code, message = _exit_and_message([str(run), "--format", "safetensors", "--out", str(out)], caplog)
         assert code == 2 and message == f"--out {out}: {tmp_path / 'a_file'} is a file, not a folder; pass --out DIR."
     assert merged == []
+
+
+def test_run_config_the_schema_cannot_read_is_one_line_naming_file_and_key(
+    run: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["dtpye"] = "float32"  # a key no medtune ever wrote (not in MIGRATIONS either)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    code, message = _exit_and_message([str(run), "--format", "safetensors", "--no-check"], caplog)
+    assert code == 2 and message.startswith(f"{run / 'config.yaml'}: model.dtpye: Key 'dtpye' not in 'ModelConfig'")
+    assert "--base DIR" in message and "\n" not in message
+
+
+def test_base_override_leaves_the_runs_recorded_config_alone(run: Path, tmp_path: Path) -> None:
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    source = resolve_source(run, base=str(base))
+    assert (source.model_cfg.source, source.model_cfg.path) == ("hf", str(base))
+    assert source.run_cfg is not None and source.run_cfg.model.source == "builtin" and source.run_cfg.model.path is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from fixtures.export_run import make_run
 
-from medtune.config import ModelConfig, QuantizationConfig
+from medtune.config import QuantizationConfig
 from medtune.eval.adapter_check import load_adapter, probe_logits
 from medtune.export import check
 from medtune.export.__main__ import main
@@ -52,7 +53,7 @@ def test_nf4_base_is_dequantised_not_reloaded(tmp_path: Path) -> None:
     # the unquantised weights + the same adapter: what reloading the checkpoint before merging would give
     source = resolve_source(run)
     torch.manual_seed(SEED)
-    cfg = ModelConfig(**{**source.run_cfg["model"], "dtype": "bfloat16"})
+    cfg = dataclasses.replace(source.run_cfg.model, dtype="bfloat16")
     plain, tokenizer = build_model(cfg, QuantizationConfig(method="none"), torch.device("cpu"))
     # a random base built unquantised draws other weights than the nf4 one: the identity check would refuse it
     reloaded = probe_logits(load_adapter(plain.float(), str(run / "adapter"), base_mismatch_ok=True), tokenizer)

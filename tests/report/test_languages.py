@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from conftest import TINY_MODEL
 
 from medtune.eval.forgetting import forgetting, forgetting_metrics
 from medtune.eval.summary import summarise
@@ -43,7 +44,7 @@ def make_run(sweep: Path, name: str, ratio: str, seed: int, lift: float) -> None
     summary = {"run/status": "ok"} | summarise(tuned) | summarise(base, "base/eval")
     summary |= forgetting_metrics(forgetting(base, tuned, n_boot=200, seed=0))
     (run / "summary.json").write_text(json.dumps(summary))
-    config = {"seed": seed, "model": {"name": "tiny_llama"}, "data_mix": {"ratio": ratio, "sources": SOURCES}}
+    config = {"seed": seed, "model": TINY_MODEL, "data_mix": {"ratio": ratio, "sources": SOURCES}}
     (run / "config.yaml").write_text(yaml.safe_dump(config))
 
 

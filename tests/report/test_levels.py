@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TINY_MODEL
 
+from medtune.config import EvalConfig, ModelConfig, TrainConfig
 from medtune.eval.forgetting import forgetting, forgetting_metrics
 from medtune.eval.scoring import read_predictions
 from medtune.eval.summary import summarise
@@ -85,11 +87,12 @@ def test_another_level_without_predictions_is_refused(
 
 
 def test_stored_level_comes_from_the_summary_then_the_config_then_the_default() -> None:
-    assert stored_level({"eval/lang/ko/confidence": 0.9}, {"eval": {"confidence": 0.99}}, "r") == 0.9
-    assert stored_level({"eval/lang/ko/acc": 0.5}, {"eval": {"confidence": 0.99}}, "r") == 0.99
-    assert stored_level({}, {}, "r") == 0.95
+    config = TrainConfig(model=ModelConfig(**TINY_MODEL), eval=EvalConfig(confidence=0.99))
+    assert stored_level({"eval/lang/ko/confidence": 0.9}, config, "r") == 0.9
+    assert stored_level({"eval/lang/ko/acc": 0.5}, config, "r") == 0.99
+    assert stored_level({}, None, "r") == 0.95  # no config.yaml either: the only level such runs could have used
     with pytest.raises(ValueError, match="mixes confidence levels"):
-        stored_level({"eval/a/confidence": 0.9, "forgetting/a/confidence": 0.95}, {}, "r")
+        stored_level({"eval/a/confidence": 0.9, "forgetting/a/confidence": 0.95}, None, "r")
 
 
 def test_forgetting_table_refuses_to_relabel(sweep: Path) -> None:

@@ -11,11 +11,20 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, TINY_MODEL
 
+from medtune.config import DataMixConfig, ModelConfig, TrainConfig
 from medtune.report.cli import main
 from medtune.report.plots import plot_efficiency
-from medtune.report.sweep import across_seeds, efficiency_table, forgetting_table, holm, load_sweep, mix_of
+from medtune.report.sweep import (
+    across_seeds,
+    efficiency_table,
+    forgetting_table,
+    holm,
+    load_sweep,
+    mix_languages,
+    mix_of,
+)
 from medtune.training.step_metrics import memory_metrics
 
 FIXTURE = REPO / "tests" / "fixtures" / "sweep"
@@ -125,12 +134,37 @@ def test_holm_adjustment() -> None:
     assert holm([0.01, 0.04, float("nan"), 0.03]) == pytest.approx([0.03, 0.06, float("nan"), 0.06], nan_ok=True)
 
 
-def test_mix_of_weights_ratio_and_errors() -> None:
-    assert mix_of({"data_mix": {"ratio": "10:3"}}) == ("10:3", pytest.approx(10 / 13))
-    assert mix_of({"data_mix": {"ratio": None, "weights": {"en": 1, "ko": 0}}}) == ("1:0", 1.0)
-    assert mix_of({}) == (None, None)
-    with pytest.raises(ValueError, match=r"runs/x/config\.yaml: data_mix"):
-        mix_of({"data_mix": {"ratio": "ten:three"}}, where="runs/x/config.yaml")
+def test_mix_of_reads_the_recorded_mix_then_the_config() -> None:
+    config = TrainConfig(model=ModelConfig(**TINY_MODEL), data_mix=DataMixConfig(ratio="10:3"))
+    assert mix_of({}, config) == ("10:3", pytest.approx(10 / 13))  # no record (older run): the config's weights
+    recorded = {"data_mix/requested_ratio": "1:0", "data_mix/en/requested_share": 1.0}
+    assert mix_of(recorded, config) == ("1:0", 1.0)  # the run's record of the mix it built wins
+    assert mix_of({"data_mix/requested_ratio": "0:1:1"}, None) == ("0:1:1", 0.0)  # no English in the mix
+    config.data_mix = DataMixConfig(weights={"en": 1, "ko": 0})
+    assert mix_of({}, config) == ("1:0", 1.0)
+    assert mix_of({}, None) == (None, None) and mix_of({}, TrainConfig(model=ModelConfig(**TINY_MODEL))) == (None, None)
+
+
+def test_mix_languages_are_the_recorded_ones_then_the_configs(tmp_path: Path) -> None:
+    run = tmp_path / "old"
+    run.mkdir()
+    mix = {"ratio": "en:ko:ja=1:1:1", "sources": {k: {f"sample_{k}:train": 1.0} for k in ("en", "ko", "ja")}}
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": TINY_MODEL, "data_mix": mix}))
+    recorded = pd.DataFrame({"path": [str(tmp_path / "gone")], "data_mix/languages": ["ko,vi"]})
+    assert mix_languages(recorded) == ["ko", "vi"]  # no config needed: the run recorded its mix
+    older = pd.DataFrame({"path": [str(tmp_path / "gone"), str(run)], "data_mix/languages": ["ko,vi", None]})
+    assert mix_languages(older) == ["ko", "vi", "en", "ja"]  # a run without the record: its config's languages
+
+
+def test_a_bad_config_fails_a_finished_run_and_not_a_failed_one(sweep: Path, tmp_path: Path, capsys) -> None:
+    run = sweep / "0_data_mix.ratio=0:1,seed=0"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump(config | {"data_mix": {"ratio": "ten:three"}}))
+    assert main([str(sweep), "--out", str(tmp_path / "r")]) == 2
+    assert f"error: {run / 'config.yaml'}: data_mix.ratio='ten:three'" in capsys.readouterr().out
+    (run / "summary.json").write_text(json.dumps({"run/status": "failed", "run/error": "ConfigError: ratio"}))
+    df = load_sweep(sweep).set_index("run")  # a job stopped by its own bad config: listed, failed, no mix
+    assert df.loc[run.name, "status"] == "failed" and pd.isna(df.loc[run.name, "ratio"])
 
 
 def test_efficiency_label_names_what_varies() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, TINY_MODEL
 
 from medtune.report.cli import main
 from medtune.report.watch import load_watch_series
@@ -27,7 +27,7 @@ def _slide(ratio: str, seed: int, step: int) -> float:
 def _run(sweep: Path, ratio: str, seed: int, guard_at: int | None = None) -> None:
     run_dir = sweep / f"{ratio.replace(':', '-')}_seed{seed}"
     run_dir.mkdir(parents=True)
-    config = {"seed": seed, "data_mix": {"ratio": ratio}, "model": {"name": "tiny_llama"}}
+    config = {"seed": seed, "data_mix": {"ratio": ratio}, "model": TINY_MODEL}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     lines = [{"step": 5, "train/loss": 2.0}]
     for step in STEPS:

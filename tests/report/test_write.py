@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from conftest import REPO
+from conftest import REPO, TINY_MODEL
 
 from medtune.report.cli import main
 
@@ -21,7 +21,7 @@ def _train_only(sweep: Path, ratio: str) -> None:
     """A finished stage=train run with a watch: the summary has training, watch and guard keys, no eval/<x>/acc."""
     run_dir = sweep / ratio.replace(":", "-")
     run_dir.mkdir(parents=True)
-    config = {"seed": 0, "stage": "train", "data_mix": {"ratio": ratio}, "model": {"name": "tiny_llama"}}
+    config = {"seed": 0, "stage": "train", "data_mix": {"ratio": ratio}, "model": TINY_MODEL}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
     ko = -0.1 if ratio == "1:0" else 0.2
     lines = []
