@@ -47,30 +47,29 @@ def test_the_run_stamp_names_one_directory_per_command(monkeypatch: pytest.Monke
 def test_errors_become_one_line_and_an_exit_code(
     error: BaseException, code: int, line: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="medtune.test"), pytest.raises(SystemExit) as exited:
-        with lifecycle.exits_on_failure(log, bad_input=(AdapterFileError,), failed=(RuntimeError,), logged=(KeyError,)):
-            raise error
+    kinds = {"bad_input": (AdapterFileError,), "failed": (RuntimeError,), "logged": (KeyError,)}
+    guarded = lifecycle.exits_on_failure(log, **kinds)  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR, logger="medtune.test"), pytest.raises(SystemExit) as exited, guarded:
+        raise error
     assert exited.value.code == code
     assert [r.getMessage() for r in caplog.records] == ([line] if line else [])
 
 
 def test_other_errors_keep_their_traceback() -> None:
-    with pytest.raises(OSError, match="not a disk error"):  # logged=OSError covers only full or unwritable disks
-        with lifecycle.exits_on_failure(log, logged=(OSError,)):
-            raise OSError("not a disk error")
-    with pytest.raises(ZeroDivisionError):
-        with lifecycle.exits_on_failure(log):
-            raise ZeroDivisionError
+    # logged=OSError covers only full or unwritable disks
+    with pytest.raises(OSError, match="not a disk error"), lifecycle.exits_on_failure(log, logged=(OSError,)):
+        raise OSError("not a disk error")
+    with pytest.raises(ZeroDivisionError), lifecycle.exits_on_failure(log):
+        raise ZeroDivisionError
 
 
 def test_a_session_restores_the_signal_handlers_even_on_error(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(key, raising=False)
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(ValueError, match="inside"):
-        with lifecycle.session(ShardingConfig(), "cpu") as (dist, watchdog):
-            assert (dist.rank, dist.world_size, dist.device.type) == (0, 1, "cpu")
-            watchdog.start(timer=False)
-            assert signal.getsignal(signal.SIGTERM) is not before
-            raise ValueError("inside")
+    with pytest.raises(ValueError, match="inside"), lifecycle.session(ShardingConfig(), "cpu") as (dist, watchdog):
+        assert (dist.rank, dist.world_size, dist.device.type) == (0, 1, "cpu")
+        watchdog.start(timer=False)
+        assert signal.getsignal(signal.SIGTERM) is not before
+        raise ValueError("inside")
     assert signal.getsignal(signal.SIGTERM) is before
