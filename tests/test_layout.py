@@ -4,10 +4,12 @@
     data            config, files
     models          config, files, data
     eval            config, files, data, models
-    training        config, files, data, models, eval (the eval stage runs inside a training run), memory
-    report          config, files, eval, training (tracking, to publish to W&B)
+    runtime         config, files, data, models, eval (what every command shares: launch, process group, watchdog,
+                    preflight, the run's record, tracking, sweeps); nothing below it imports it
+    training        config, files, data, models, eval (the eval stage runs inside a training run), runtime, memory
+    report          config, files, eval, runtime (tracking, to publish to W&B)
     memory          config, files, models.arch_spec (no torch: memory is planned before anything loads)
-    bench           anything below it
+    bench           anything below it (runtime for the process group, training to time its step)
     export          config, files, data, models, eval (a top layer: merges, writes, checks; nothing imports it)
     search          config, files, data, eval (a top layer: runs medtune.train as subprocesses, reads their files)
     commands        medtune/train.py, medtune/evaluate.py, */__main__.py: anything; nobody imports them
@@ -31,10 +33,11 @@ ALLOWED = {
     "data": {"config", "files"},
     "models": {"config", "files", "data"},
     "eval": {"config", "files", "data", "models"},
-    "training": {"config", "files", "data", "models", "eval", "memory"},
-    "report": {"config", "files", "eval", "training"},
+    "runtime": {"config", "files", "data", "models", "eval"},
+    "training": {"config", "files", "data", "models", "eval", "runtime", "memory"},
+    "report": {"config", "files", "eval", "runtime"},
     "memory": {"config", "files", "models"},
-    "bench": {"config", "files", "data", "models", "eval", "training", "memory"},
+    "bench": {"config", "files", "data", "models", "eval", "runtime", "training", "memory"},
     "export": {"config", "files", "data", "models", "eval"},
     "search": {"config", "files", "data", "eval"},
 }

@@ -42,13 +42,13 @@ from medtune.memory.estimate import estimate
 from medtune.models.anatomy import peft_base_of
 from medtune.models.build import arch_config, load_tokenizer
 from medtune.models.document_masks import enable_document_masking
+from medtune.runtime import process_group
+from medtune.runtime.launch import env_world
+from medtune.runtime.tracking import NullTracker
 from medtune.training import distributed, fast_paths
 from medtune.training import step_metrics as metrics
 from medtune.training.batches import DataPipeline
-from medtune.training.distributed import all_gather_objects
-from medtune.training.launch import env_world
 from medtune.training.recipe import TrainRecipe
-from medtune.training.tracking import NullTracker
 
 __all__ = ["add_ratios", "format_table", "main", "run_bench", "synthetic_examples", "write_length_histogram"]
 log = logging.getLogger("medtune.bench")
@@ -122,7 +122,7 @@ def measure(cfg: Any, hist: dict, args: argparse.Namespace, out_dir: Path, profi
     peers' `process_to_first_step_s`): imports, CUDA start-up and any one-off compile included.
     """
 
-    dist = distributed.init(cfg.sharding, cfg.trainer.device)
+    dist = process_group.init(cfg.sharding, cfg.trainer.device)
     cfg, planned = fast_paths.settle(cfg, dist)  # as medtune.train: kernels, rows, recomputation for this GPU
     recipe = TrainRecipe(cfg, out_dir, NullTracker(), dist)
     loaded_at = time.perf_counter()  # the model's build: the peers' clocks start at their model load too
@@ -205,7 +205,7 @@ def _across_ranks(result: dict[str, Any], dist: Any) -> dict[str, Any]:
     """Memory: the busiest rank, and every rank's (`<key>_per_rank`); tokens/s: per GPU (rank 0) and summed."""
 
     keys = ("peak_alloc_gib", "peak_reserved_gib", "load_peak_alloc_gib", "load_peak_reserved_gib")
-    everyone = all_gather_objects({k: result[k] for k in (*keys, "useful_tokens_per_s")})
+    everyone = process_group.all_gather_objects({k: result[k] for k in (*keys, "useful_tokens_per_s")})
     for key in keys:
         if result[key] is not None:
             result[f"{key}_per_rank"] = [r[key] for r in everyone]
@@ -280,7 +280,7 @@ def run_bench(args: argparse.Namespace, extra: list[str]) -> dict[str, Any]:
     results["finished_at"] = dt.datetime.now().isoformat(timespec="seconds")
     if world == 1 or env_world()[0] == 0:
         write_results(results, out, baseline)
-    distributed.cleanup()
+    process_group.cleanup()
     return results
 
 

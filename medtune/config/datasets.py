@@ -11,7 +11,7 @@
           holdout: {fraction: 0.2, seed: 0}   # or splits: {train: train.jsonl, test: test.jsonl}, or split_column
 
 Everything here is checked when the config is composed; the files themselves are checked when the dataset is
-prepared (before any model loads: `medtune.training.preflight` prepares the declared datasets a run uses).
+prepared (before any model loads: `medtune.runtime.preflight` prepares the declared datasets a run uses).
 """
 
 from __future__ import annotations

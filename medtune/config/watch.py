@@ -6,7 +6,7 @@
     trainer.keep=best trainer.keep_by=worst_lang
 
 A protected or criterion group is a watch set's name or `lang:<language>` (the pool of that language's medical
-sets); the languages of the sets are checked before the model loads (training/preflight.py), not here, since the
+sets); the languages of the sets are checked before the model loads (runtime/preflight.py), not here, since the
 task registry lives in medtune.eval.
 """
 

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from medtune.config import LoggerConfig
-from medtune.training import wandb_run
-from medtune.training.tracking import Tracker
+from medtune.runtime import wandb_run
+from medtune.runtime.tracking import Tracker
 
 
 def publish_wandb(rep: Any, sweep_dir: Path, out_dir: Path, init_timeout_s: float = 30.0) -> bool:

@@ -1,20 +1,18 @@
-"""Process groups and model wrapping: one process, DDP, or FSDP2 (`fully_shard`, one unit per decoder layer).
+"""The model over several processes: one process, DDP, or FSDP2 (`fully_shard`, one unit per decoder layer), and
+the plain scoring view of a wrapped model.
 
 Launch several processes with torchrun; every rank composes the same Hydra config:
 
     torchrun --nproc-per-node 2 -m medtune.train sharding=fsdp quantization=nf4
 
-Rank 0 picks the run directory and shares it (`launch.shared_run_stamp`), only rank 0 logs and writes files,
-and metrics that are sums (tokens, losses) are all-reduced.
+The process group, the rank and device of this process, and the collectives live in runtime/process_group.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,67 +22,12 @@ from medtune.config import ShardingConfig, TrainerConfig
 from medtune.models.anatomy import decoder_layers
 from medtune.models.document_masks import unpacked_attention
 from medtune.models.precision import TORCH_DTYPES
-from medtune.training.launch import env_world
+from medtune.runtime.process_group import DistInfo, all_gather_objects
 from medtune.training.loss_module import LossModule
 from medtune.training.speed import eager_layers
 from medtune.training.step_metrics import memory_metrics, reset_peak_memory
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DistInfo:
-    """Where this process sits: rank, world size and its device."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def resolve_device(requested: str, local_rank: int) -> torch.device:
-    """auto -> cuda:<local_rank> when a GPU is visible, else cpu; cuda without a GPU is an error."""
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=auto or cpu.")
-    if requested in ("auto", "cuda") and torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
-
-
-def ensure_process_group(backend: str = "auto", timeout: dt.timedelta | None = None) -> None:
-    """Join the torchrun process group if not joined yet (auto: gloo for CPU tensors, nccl for CUDA ones).
-
-    `timeout` bounds every collective; the run's watchdog (medtune.training.watchdog) fires a little earlier and records
-    where the run was. The first call decides: the run stamp is shared before the config is read.
-    """
-    _, world, _ = env_world()
-    if world > 1 and not tdist.is_initialized():
-        if backend == "auto":
-            backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
-        tdist.init_process_group(backend=backend, timeout=timeout or dt.timedelta(minutes=30))
-
-
-def init(sharding: ShardingConfig, device: str, replicas_ok: bool = False) -> DistInfo:
-    """Set up this process for `sharding.strategy`; checks that the launch matches it.
-
-    `replicas_ok`: several processes with sharding=none are allowed (evaluation: every rank holds the whole model).
-    """
-    rank, world, local_rank = env_world()
-    if sharding.strategy == "none" and world > 1 and not replicas_ok:
-        raise RuntimeError(f"launched with {world} processes but sharding=none; add sharding=ddp or sharding=fsdp.")
-    info = DistInfo(rank, world, local_rank, resolve_device(device, local_rank))
-    if world > 1:
-        from medtune.training.watchdog import process_group_timeout
-
-        ensure_process_group(sharding.backend, process_group_timeout(sharding.timeout_min * 60))
-    if sharding.strategy == "fsdp" and info.device.type != "cuda" and sharding.cpu_offload:
-        raise RuntimeError("sharding.cpu_offload=true needs CUDA devices; set sharding.cpu_offload=false on CPU.")
-    return info
 
 
 def wrap_model(model: torch.nn.Module, sharding: ShardingConfig, info: DistInfo, tc: TrainerConfig) -> torch.nn.Module:
@@ -212,29 +155,6 @@ def no_sync_unless(module: torch.nn.Module, last: bool) -> Iterator[None]:
         yield
 
 
-def all_reduce_sum(value: torch.Tensor | int | float, device: torch.device) -> torch.Tensor:
-    """Sum over ranks (a no-op in one process); returns a tensor on `device`."""
-    tensor = value.detach().clone() if torch.is_tensor(value) else torch.tensor(float(value), device=device)
-    if tdist.is_initialized():
-        tdist.all_reduce(tensor)
-    return tensor
-
-
-def all_gather_objects(obj: Any) -> list[Any]:
-    """Every rank's `obj` in rank order (one process: [obj])."""
-    if not tdist.is_initialized():
-        return [obj]
-    out: list[Any] = [None] * tdist.get_world_size()
-    tdist.all_gather_object(out, obj)
-    return out
-
-
-def barrier() -> None:
-    """Wait for every rank (no-op in one process)."""
-    if tdist.is_initialized():
-        tdist.barrier()
-
-
 def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Trainable tensors gathered to full size on CPU (every rank calls this; FSDP shards are all-gathered)."""
     out = {}
@@ -244,9 +164,3 @@ def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
         full = param.full_tensor() if hasattr(param, "full_tensor") else param
         out[name] = full.detach().cpu()
     return out
-
-
-def cleanup() -> None:
-    """Leave the process group."""
-    if tdist.is_initialized():
-        tdist.destroy_process_group()

@@ -25,8 +25,8 @@ from medtune.memory.estimate import load_arch
 from medtune.memory.plan import default_budget_gib, plan_memory
 from medtune.models.anatomy import causal_lm_of, decoder_layers
 from medtune.models.kernels import resolve_kernels
+from medtune.runtime.process_group import DistInfo, all_gather_objects
 from medtune.training import ce_kernel
-from medtune.training.distributed import DistInfo, all_gather_objects
 
 log = logging.getLogger("medtune.train")
 

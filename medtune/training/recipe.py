@@ -26,6 +26,8 @@ from medtune.models.lora import (
     save_adapter,
     trainable_parameters,
 )
+from medtune.runtime import process_group
+from medtune.runtime.watchdog import Watchdog
 from medtune.training import checkpoint, distributed, fast_paths, resume, step_metrics
 from medtune.training.batches import DataPipeline, build_data, plan_mix
 from medtune.training.errors import TrainingError
@@ -33,8 +35,7 @@ from medtune.training.loss_module import compute_loss, eval_loss
 from medtune.training.offload import ActivationOffloader
 from medtune.training.optim import build_optimizer, build_scheduler
 from medtune.training.speed import apply_speedups
-from medtune.training.watchdog import Watchdog
-from medtune.training.watcher import Watcher
+from medtune.training.watch import Watch
 
 log = logging.getLogger("medtune.train")
 
@@ -43,10 +44,15 @@ class TrainRecipe:
     """One run: model + adapter, data, optimizer, the loop, checkpoints and the final adapter."""
 
     def __init__(
-        self, cfg: TrainConfig, run_dir: Path, tracker: Any, dist: distributed.DistInfo, watch: Watchdog | None = None
+        self,
+        cfg: TrainConfig,
+        run_dir: Path,
+        tracker: Any,
+        dist: process_group.DistInfo,
+        watchdog: Watchdog | None = None,
     ) -> None:
         self.cfg, self.run_dir, self.tracker, self.dist = cfg, run_dir, tracker, dist
-        self.watch = watch or Watchdog()  # phase and step of this rank; started (it can stop the run) by run()
+        self.watchdog = watchdog or Watchdog()  # the hang guard: this rank's phase and step; started by run()
         self.device = dist.device
         self.step = 0
         self.data_position = {"epoch": 0, "batch": 0}
@@ -55,23 +61,23 @@ class TrainRecipe:
         # the checkpoint run_record.open_record checked against the config (training.run sets it); None: step 0
         self.resume_from: Path | None = None
         self.resume_plan: resume.ResumePlan | None = None  # its accepted changes, which the data check extends
-        self.watcher: Watcher | None = None  # the watch during training (eval.watch), built in setup
+        self.watch: Watch | None = None  # the forgetting watch during training (eval.watch), built in setup
         self.offloader: ActivationOffloader | None = None  # trainer.offload_activations on a GPU, built with the model
 
     # ----------------------------------------------------------------------------------------------- setup
     def setup(self) -> None:
         """Mix the data (one that cannot be met stops before any model), model and adapter, batches, optimizer."""
-        self.watch.pause("data")  # each rank tokenizes and packs on its own (no collective): slow is not stuck
+        self.watchdog.pause("data")  # each rank tokenizes and packs on its own (no collective): slow is not stuck
         planned = plan_mix(self.cfg, build_tokenizer(self.cfg.model), self.dist.is_main)
-        self.watch.pause("load model")  # no collective while loading: a slow disk is not a hang
+        self.watchdog.pause("load model")  # no collective while loading: a slow disk is not a hang
         self.setup_model()
-        self.watch.pause("data")
+        self.watchdog.pause("data")
         self.data: DataPipeline = build_data(self.cfg, self.tokenizer, self.model, self.dist, planned)
         self.summary.update(self.data.report)
         self.log_fast_paths()  # after the data: packing has chosen the attention kernel by now
         self.setup_optimizer()
         # the watch sets are read and tokenized here, still paused (local work); None unless eval.watch is on
-        self.watcher = Watcher.build(self.cfg, self.tokenizer, self.watch.tick)
+        self.watch = Watch.build(self.cfg, self.tokenizer, self.watchdog.tick)
         self._maybe_resume()
 
     def setup_model(self) -> None:
@@ -113,8 +119,8 @@ class TrainRecipe:
     def _maybe_resume(self) -> None:
         if self.dist.is_main:
             checkpoint.remove_partial(self.run_dir / "checkpoints")
-        distributed.barrier()  # still paused: a rank may wait here while another finishes its data (bounded by the
-        self.watch.enter("resume")  # process group's timeout); from here on every collective is watched
+        process_group.barrier()  # still paused: a rank may wait here while another finishes its data (bounded by the
+        self.watchdog.enter("resume")  # process group's timeout); from here on every collective is watched
         point = self.resume_from  # not looked up again: a checkpoint written since the check was not checked
         if point is None:
             return
@@ -128,8 +134,8 @@ class TrainRecipe:
         state = checkpoint.load_checkpoint(point, self.model, self.optimizer, self.scheduler)
         self.step = state["step"]
         self.data_position = state["data_position"]
-        if self.watcher is not None and "watch" in state:
-            self.watcher.load_state(state["watch"], self.step)
+        if self.watch is not None and "watch" in state:
+            self.watch.load_state(state["watch"], self.step)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", point, self.step, *self.data_position.values())
 
     # ----------------------------------------------------------------------------------------------- train
@@ -141,12 +147,12 @@ class TrainRecipe:
         step_metrics.reset_peak_memory(self.device)
         micro_batches = self.data.train_stream(self.data_position)
         last: dict[str, float] = {}
-        if self.watcher is not None:
-            self.watch.enter("watch base", self.step)
-            self.watcher.begin(self.model)
+        if self.watch is not None:
+            self.watchdog.enter("watch base", self.step)
+            self.watch.begin(self.model)
         bar = _progress(tc.max_steps, self.step, enabled=tc.progress_bar and self.dist.is_main)
-        self.watch.enter("train", self.step + 1)  # the step in progress
-        self.watch.polling = True  # one process: SIGTERM/SIGINT wait for the step's end (watchdog.py)
+        self.watchdog.enter("train", self.step + 1)  # the step in progress
+        self.watchdog.polling = True  # one process: SIGTERM/SIGINT wait for the step's end (watchdog.py)
         while self.step < tc.max_steps:
             group = [next(micro_batches) for _ in range(tc.grad_accum_steps)]
             with out_of_memory_hint(self.cfg, f"training step {self.step + 1}"):
@@ -161,33 +167,33 @@ class TrainRecipe:
                 self.tracker.log(last, step=self.step)
             if tc.eval_every and self.step % tc.eval_every == 0:  # inside the train phase: its peak stays whole
                 self.tracker.log(self.eval_loss(measure_memory=False), step=self.step)
-            if self.watcher is not None and self.watcher.due(self.step):
-                self.watch.enter("watch", self.step)
-                self.tracker.log(self.watcher.observe(self.model, self.step), step=self.step)
-            stop = self.watch.stop_signal is not None
+            if self.watch is not None and self.watch.due(self.step):
+                self.watchdog.enter("watch", self.step)
+                self.tracker.log(self.watch.observe(self.model, self.step), step=self.step)
+            stop = self.watchdog.stop_signal is not None
             if tc.save_every and (self.step % tc.save_every == 0 or stop):  # a stopped run resumes from here
                 self.save_checkpoint()
             if stop:
-                raise self.watch.terminated(self.step, saved=bool(tc.save_every))
-            if self.watcher is not None and self.watcher.stop:
+                raise self.watchdog.terminated(self.step, saved=bool(tc.save_every))
+            if self.watch is not None and self.watch.stop:
                 break
-            self.watch.enter("train", self.step + 1)  # the step in progress
-        self.watch.polling = False
+            self.watchdog.enter("train", self.step + 1)  # the step in progress
+        self.watchdog.polling = False
         bar.close()
         loop_s = time.perf_counter() - started  # this invocation's loop: base scores, steps, watch, checkpoints
         last = {**last, "train/loop_s": loop_s}
-        if self.watcher is not None:  # keep=best: the kept step's weights are back in the model from here on
-            last |= self.watcher.finish(self.model, self.step, loop_s)
+        if self.watch is not None:  # keep=best: the kept step's weights are back in the model from here on
+            last |= self.watch.finish(self.model, self.step, loop_s)
         return last
 
     def optimizer_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """One optimizer step over gradient-accumulation micro-batches, loss normalised by all label tokens."""
         tc = self.cfg.trainer
-        n_labels = distributed.all_reduce_sum(sum(int(b["n_label_tokens"]) for b in batches), self.device)
+        n_labels = process_group.all_reduce_sum(sum(int(b["n_label_tokens"]) for b in batches), self.device)
         loss_total = torch.zeros((), device=self.device)
         with step_metrics.StepTimer(self.device) as timer:
             for i, batch in enumerate(batches):
-                self.watch.tick(self.step + 1)
+                self.watchdog.tick(self.step + 1)
                 last = i == len(batches) - 1
                 with distributed.no_sync_unless(self.model, last=last):
                     with self.offloader.forward() if self.offloader else contextlib.nullcontext():  # forward only
@@ -203,7 +209,7 @@ class TrainRecipe:
             self.optimizer.zero_grad(set_to_none=True)
         useful = sum(int(b["n_useful_tokens"]) for b in batches)
         # one all-reduce for the step's loss and every rank's useful tokens (throughput of the whole job)
-        totals = distributed.all_reduce_sum(
+        totals = process_group.all_reduce_sum(
             torch.stack([loss_total.float(), loss_total.new_tensor(useful)]), self.device
         )
         loss = totals[0] / n_labels
@@ -242,12 +248,12 @@ class TrainRecipe:
             return {}
         if measure_memory:
             step_metrics.reset_peak_memory(self.device)
-        self.watch.enter("held-out loss", self.step)
+        self.watchdog.enter("held-out loss", self.step)
         self.model.eval()
-        total, n = eval_loss(self.model, self.data.heldout_batches(), self.device, self.cfg.trainer, self.watch.tick)
+        total, n = eval_loss(self.model, self.data.heldout_batches(), self.device, self.cfg.trainer, self.watchdog.tick)
         self.model.train()
-        total = distributed.all_reduce_sum(total, self.device)
-        n = distributed.all_reduce_sum(n, self.device)
+        total = process_group.all_reduce_sum(total, self.device)
+        n = process_group.all_reduce_sum(n, self.device)
         out = {"eval/loss": float(total / n) if n else float("nan"), "eval/loss_tokens": float(n)}
         if not measure_memory:
             return out
@@ -255,18 +261,18 @@ class TrainRecipe:
 
     def save_checkpoint(self) -> None:
         """Write a resumable checkpoint: one file set from rank 0, or every rank's shard under FSDP."""
-        self.watch.enter("checkpoint", self.step)
+        self.watchdog.enter("checkpoint", self.step)
         args = (self.run_dir / "checkpoints", self.step, self.model, self.optimizer, self.scheduler)
         state = {"data_position": self.data_position, **self.checkpoint_record, "data": self.data.fingerprint}
-        if self.watcher is not None:
-            state["watch"] = self.watcher.state()
-        rngs = distributed.all_gather_objects(checkpoint.rng_state())  # dropout draws differ by rank
+        if self.watch is not None:
+            state["watch"] = self.watch.state()
+        rngs = process_group.all_gather_objects(checkpoint.rng_state())  # dropout draws differ by rank
         if self.cfg.sharding.strategy == "fsdp":
             checkpoint.save_sharded_checkpoint(*args, state, self.cfg.trainer.keep_checkpoints, rngs)
             return
         if self.dist.is_main:
             checkpoint.save_checkpoint(*args, state, self.cfg.trainer.keep_checkpoints, rngs)
-        distributed.barrier()
+        process_group.barrier()
 
     def release(self) -> None:
         """Drop what the run holds (model, optimizer, data): memory free for the next run even under a traceback."""
@@ -279,13 +285,13 @@ class TrainRecipe:
     def save_adapter(self) -> Path:
         """Save the adapter in peft format (and a merged bf16 model when trainer.merge_adapter)."""
         path = self.run_dir / "adapter"
-        self.watch.enter("save adapter", self.step)
+        self.watchdog.enter("save adapter", self.step)
         state = distributed.full_state_dict(self.model)
         if self.dist.is_main:
             save_adapter(distributed.unwrap(self.model), path, state)
             if self.cfg.trainer.merge_adapter:
                 merge_and_save(distributed.unwrap(self.model), self.run_dir / "merged")
-        distributed.barrier()
+        process_group.barrier()
         return path
 
 

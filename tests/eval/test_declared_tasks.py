@@ -12,7 +12,7 @@ from medtune.config import ConfigError, DataConfig, compose
 from medtune.eval.forgetting import forgetting, forgetting_metrics
 from medtune.eval.summary import summarise
 from medtune.eval.tasks import TASKS, all_tasks, build_task_data, write_task_files
-from medtune.training.preflight import check_tasks
+from medtune.runtime.preflight import check_tasks
 
 ROWS = [{"id": f"q{i}", "q": f"質問{i}?", "o": ["あ", "い", "う"], "a": "ABC"[i % 3]} for i in range(10)]
 

@@ -256,14 +256,14 @@ def test_wandb_option_logs_plots_and_tables(
     sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """The publishing path itself, against a local (offline) W&B run standing in for the online one."""
-    import medtune.training.wandb_run
+    import medtune.runtime.wandb_run
 
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "wandb_home" / var.lower()))
     monkeypatch.setenv("WANDB_API_KEY", "f" * 40)
-    real_init = medtune.training.wandb_run.init_wandb
+    real_init = medtune.runtime.wandb_run.init_wandb
     monkeypatch.setattr(
-        medtune.training.wandb_run,
+        medtune.runtime.wandb_run,
         "init_wandb",
         lambda cfg, config, run_dir, mode: real_init(cfg, config, run_dir, "offline"),
     )

@@ -11,8 +11,8 @@ import torch
 from medtune.config import compose
 from medtune.models import kernels
 from medtune.models.kernels import resolve_kernels
+from medtune.runtime.process_group import DistInfo
 from medtune.training import fast_paths
-from medtune.training.distributed import DistInfo
 from medtune.training.recipe import TrainRecipe
 from medtune.training.step_metrics import FlopModel
 

@@ -10,7 +10,7 @@ from conftest import REPO
 from hydra import compose, initialize_config_dir
 
 from medtune.config import register_configs, to_train_config
-from medtune.training.distributed import DistInfo
+from medtune.runtime.process_group import DistInfo
 from medtune.training.optim import build_scheduler
 from medtune.training.recipe import TrainingError, TrainRecipe, out_of_memory_hint
 

@@ -10,10 +10,10 @@ import torch
 from medtune.config import compose
 from medtune.models.anatomy import decoder_layers
 from medtune.models.kernels import KernelsUnavailableError, apply_fused_kernels
-from medtune.training import distributed
+from medtune.runtime import process_group
+from medtune.runtime.tracking import NullTracker
 from medtune.training.recipe import TrainRecipe
 from medtune.training.speed import apply_speedups, eager_layers
-from medtune.training.tracking import NullTracker
 
 COMMON = ["model=tiny_llama", "trainer.device=cpu", "packing.max_seq_len=256", "trainer.micro_batch_size=2"]
 COMMON += ["lora.dropout=0", "optim.schedule=constant", "optim.warmup_ratio=0", "eval=none", "logger=none"]
@@ -23,7 +23,7 @@ COMMON += ["trainer.autocast_dtype=null"]
 def _losses(tmp_path: Path, *extra: str, steps: int = 3) -> list[float]:
     cfg = compose([*COMMON, *extra])
     torch.manual_seed(0)
-    recipe = TrainRecipe(cfg, tmp_path, NullTracker(), distributed.init(cfg.sharding, "cpu"))
+    recipe = TrainRecipe(cfg, tmp_path, NullTracker(), process_group.init(cfg.sharding, "cpu"))
     recipe.setup()
     stream = recipe.data.train_stream({"epoch": 0, "batch": 0})
     out = [recipe.optimizer_step([next(stream)[0]])["train/loss"] for _ in range(steps)]
@@ -49,7 +49,7 @@ def test_peft_forward_trains_alike(eager: list[float], tmp_path: Path) -> None:
 
 def test_bf16_adapters_are_stored_in_bf16_and_train_alike(eager: list[float], tmp_path: Path) -> None:
     cfg = compose([*COMMON, "lora.dtype=bfloat16"])
-    recipe = TrainRecipe(cfg, tmp_path, NullTracker(), distributed.init(cfg.sharding, "cpu"))
+    recipe = TrainRecipe(cfg, tmp_path, NullTracker(), process_group.init(cfg.sharding, "cpu"))
     recipe.setup_model()
     dtypes = {p.dtype for p in recipe.model.parameters() if p.requires_grad}
     assert dtypes == {torch.bfloat16}

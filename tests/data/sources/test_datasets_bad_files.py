@@ -21,7 +21,7 @@ from medtune.data.__main__ import main as data_main
 from medtune.data.loading import skipped_rows
 from medtune.data.sources.registry import resolve
 from medtune.data.sources.tables import DatasetError
-from medtune.training.preflight import check_run
+from medtune.runtime.preflight import check_run
 
 COLUMNS = {"id": "qid", "question": "stem", "options": "choices", "answer": "correct"}
 GOOD = [

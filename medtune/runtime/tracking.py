@@ -25,9 +25,9 @@ from typing import Any
 from medtune.config import LoggerConfig
 from medtune.files.atomic import atomic_write_text
 from medtune.files.space import with_path
-from medtune.training.wandb_run import start_wandb
+from medtune.runtime.wandb_run import start_wandb
 
-log = logging.getLogger("medtune.training.tracking")
+log = logging.getLogger("medtune.runtime.tracking")
 
 
 def _scalar(value: Any) -> Any:

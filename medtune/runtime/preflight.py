@@ -1,6 +1,7 @@
 """Checks that need no model, run before anything heavy (and before torch is imported, where they can be).
 
-    check_run(cfg, dict_cfg)   # raises ConfigError naming the key, the file or the launch, and the fix
+    check_run(cfg, dict_cfg)   # medtune.train: raises ConfigError naming the key, the file or the launch, and the fix
+    check_eval(cfg, dict_cfg)  # medtune.evaluate: keys, launch, tasks and their data, the adapter directory
 
 `to_train_config` checks each value and the rules between groups; this module checks the config against the world
 around it: keys nobody reads (`+trainer.max_step=5`), source and task names, the data files they need (present and
@@ -21,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from medtune.config import WORST_LANG, ConfigError, TrainConfig
-from medtune.training.launch import env_world, launched_by_torchrun
+from medtune.runtime.launch import env_world, launched_by_torchrun
 
-log = logging.getLogger("medtune.training.preflight")
+log = logging.getLogger("medtune.runtime.preflight")
 
 
 def check_run(cfg: TrainConfig, dict_cfg: Any = None) -> None:
@@ -41,6 +42,22 @@ def check_run(cfg: TrainConfig, dict_cfg: Any = None) -> None:
     if cfg.stage in ("train", "train_eval") and cfg.eval.watch and cfg.eval.watch_every > 0:
         check_watch(cfg)
     check_resume(cfg.trainer.resume)
+
+
+def check_eval(cfg: TrainConfig, dict_cfg: Any) -> None:
+    """medtune.evaluate's checks that need no model: keys, launch (replicas allowed), tasks and their data, the
+    adapter directory."""
+    from medtune.data.prepare import resolve_dir
+
+    check_known_keys(dict_cfg)
+    check_launch(cfg, replicas_ok=True, entry="medtune.evaluate")
+    check_dataset_files(cfg.data)  # a bad declared file stops here with its line and field, as in medtune.train
+    check_tasks(cfg)
+    if cfg.eval.adapter and not (resolve_dir(cfg.eval.adapter) / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"eval.adapter={cfg.eval.adapter}: no adapter_config.json there; point it at a saved adapter directory "
+            "(a run's <run dir>/adapter)."
+        )
 
 
 def check_known_keys(dict_cfg: Any) -> None:

@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 
-log = logging.getLogger("medtune.training.watchdog")
+log = logging.getLogger("medtune.runtime.watchdog")
 TIMEOUT_EXIT_CODE = 3
 # Slurm's KillWait and Kubernetes' terminationGracePeriodSeconds both default to 30 s before SIGKILL: a step that has
 # not ended 20 s after the signal is given up, and the record is written while there is still time.

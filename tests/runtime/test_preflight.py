@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 from medtune.config import CONF, ConfigError, DataConfig, TrainConfig, compose
-from medtune.training.preflight import (
+from medtune.runtime.preflight import (
     check_dataset_files,
     check_known_keys,
     check_launch,
@@ -70,7 +70,7 @@ def test_missing_data_dir_and_empty_files(tmp_path: Path, caplog: pytest.LogCapt
     (tmp_path / "data" / "pubmedqa").mkdir(parents=True)
     (tmp_path / "data" / "pubmedqa" / "ori_pqal.json").write_text("")
     cfg = compose([f"data.data_dir={tmp_path / 'data'}"])
-    with caplog.at_level(logging.WARNING, logger="medtune.training.preflight"):
+    with caplog.at_level(logging.WARNING, logger="medtune.runtime.preflight"):
         check_source("pubmedqa:train", cfg.data, "data_mix.sources (pubmedqa:train)")
     assert "ori_pqal.json is empty (0 bytes)" in caplog.text
 
@@ -87,7 +87,7 @@ def test_a_dataset_is_checked_like_a_built_in_source(tmp_path: Path, caplog: pyt
     missing = r"notes has no split 'test'; its splits: \['train'\] \(declare it: splits, split_column or holdout\)\."
     with pytest.raises(ConfigError, match=missing):
         check_source("notes:test", data, "data_mix.sources.ja (notes:test)")
-    with caplog.at_level(logging.WARNING, logger="medtune.training.preflight"):
+    with caplog.at_level(logging.WARNING, logger="medtune.runtime.preflight"):
         check_source("notes:train", data, "data_mix.sources.ja (notes:train)", language="ja")
     assert "b.jsonl is empty (0 bytes)" in caplog.text
 

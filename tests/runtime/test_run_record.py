@@ -5,12 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from medtune.training.resume import ResumePlan
-from medtune.training.run_record import keep_record, trim_metrics, write_failed_summary
-
-
-def _plan(step: int) -> ResumePlan:
-    return ResumePlan(Path("ckpt"), step, {}, [])
+from medtune.runtime.run_record import keep_record, trim_metrics, write_failed_summary
 
 
 def _jsonl(path: Path, steps: list[int]) -> None:
@@ -19,8 +14,8 @@ def _jsonl(path: Path, steps: list[int]) -> None:
 
 def test_resume_keeps_the_original_config_and_numbers_the_others(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("seed: 0\n")
-    assert keep_record(tmp_path, "seed: 1\n", _plan(2), "auto") == tmp_path / "config.resume-1.yaml"
-    assert keep_record(tmp_path, "seed: 2\n", _plan(4), "auto") == tmp_path / "config.resume-2.yaml"
+    assert keep_record(tmp_path, "seed: 1\n", 2, "auto") == tmp_path / "config.resume-1.yaml"
+    assert keep_record(tmp_path, "seed: 2\n", 4, "auto") == tmp_path / "config.resume-2.yaml"
     assert (tmp_path / "config.yaml").read_text() == "seed: 0\n"
     assert (tmp_path / "config.resume-2.yaml").read_text() == "seed: 2\n"
 
@@ -39,7 +34,7 @@ def test_metrics_after_the_checkpoint_step_and_torn_lines_are_dropped(tmp_path: 
     with (tmp_path / "metrics.jsonl").open("a") as f:
         f.write('{"step": 6, "train/lo')  # a kill in mid-write
     (tmp_path / "metrics.csv").write_text("step,elapsed_s,key,value\n1,0.1,train/loss,2.0\n3,0.3,train/loss,1.5\n4,0")
-    assert keep_record(tmp_path, "x: 1\n", _plan(3), "auto").name == "config.yaml"
+    assert keep_record(tmp_path, "x: 1\n", 3, "auto").name == "config.yaml"
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3]
     assert (

@@ -1,11 +1,11 @@
 """The watch inside the training loop: change from base at the watched steps, the guard, and the step kept.
 
-    watcher = Watcher.build(cfg, tokenizer, on_forward=watchdog.tick)   # None when eval.watch is off
-    watcher.begin(model)                           # the base model's scores on the watch sets (cached), once
-    if watcher.due(step):
-        tracker.log(watcher.observe(model, step), step=step)   # watch/<set>/..., watch/lang/<lang>/..., guard/...
-    if watcher.stop: ...                           # trainer.guard.action=stop fired: end training here
-    summary |= watcher.finish(model, step, loop_s) # keep=best: the best step's adapter weights are put back
+    watch = Watch.build(cfg, tokenizer, on_forward=watchdog.tick)   # None when eval.watch is off
+    watch.begin(model)                             # the base model's scores on the watch sets (cached), once
+    if watch.due(step):
+        tracker.log(watch.observe(model, step), step=step)   # watch/<set>/..., watch/lang/<lang>/..., guard/...
+    if watch.stop: ...                             # trainer.guard.action=stop fired: end training here
+    summary |= watch.finish(model, step, loop_s)   # keep=best: the best step's adapter weights are put back
 
 Every rank calls every method (scores are spread over the ranks and gathered; under FSDP the forwards run in
 lockstep); all ranks hold the same gathered scores and run the same seeded bootstrap, so every rank reaches the
@@ -35,7 +35,7 @@ from medtune.training.distributed import is_fsdp, scoring_view
 log = logging.getLogger("medtune.train")
 
 
-class Watcher:
+class Watch:
     """Watch sets and base scores of one run, the guard's state and the best step's adapter weights."""
 
     def __init__(self, cfg: TrainConfig, sets: list[WatchSet], tokenizer: Any, on_forward: Any = None) -> None:
@@ -52,8 +52,8 @@ class Watcher:
         self.since_step = 0  # keep=best chooses among the steps watched since (a resume loses earlier weights)
 
     @classmethod
-    def build(cls, cfg: TrainConfig, tokenizer: Any, on_forward: Any = None) -> Watcher | None:
-        """The run's watcher, or None when eval.watch is off."""
+    def build(cls, cfg: TrainConfig, tokenizer: Any, on_forward: Any = None) -> Watch | None:
+        """The run's watch, or None when eval.watch is off."""
         ec = cfg.eval
         if not ec.watch or ec.watch_every <= 0:
             return None

@@ -26,8 +26,8 @@ from omegaconf import DictConfig
 
 from medtune.config import ConfigError
 from medtune.files.space import explain
-from medtune.training.run_record import write_failed_summary
-from medtune.training.watchdog import RunTerminated
+from medtune.runtime.run_record import write_failed_summary
+from medtune.runtime.watchdog import RunTerminated
 
 log = logging.getLogger("medtune.train")
 MAX_EXIT_STATUS = 101  # exit statuses above ~125 mean signals to shells

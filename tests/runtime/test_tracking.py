@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from medtune.config import LoggerConfig
-from medtune.training.tracking import NullTracker, Tracker, build_tracker
-from medtune.training.wandb_run import wandb_api_key_present
+from medtune.runtime.tracking import NullTracker, Tracker, build_tracker
+from medtune.runtime.wandb_run import wandb_api_key_present
 
 CONFIG = {"run_name": "t", "seed": 0, "data_mix": {"ratio": "1:1"}}
 
@@ -199,7 +199,7 @@ def test_wandb_offline_runs_per_job(tmp_path: Path) -> None:
 
 def test_online_without_key_falls_back_offline(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert not wandb_api_key_present()
-    with caplog.at_level(logging.WARNING, logger="medtune.training.tracking"):
+    with caplog.at_level(logging.WARNING, logger="medtune.runtime.tracking"):
         tracker = build_tracker(LoggerConfig(backend="wandb", mode="online"), CONFIG, tmp_path)
     assert tracker.wandb_run.settings.mode == "offline"
     assert "no W&B key" in caplog.text
@@ -268,7 +268,7 @@ class _BrokenRun:
 def test_wandb_error_mid_run_degrades_to_local(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     broken = _BrokenRun()
     tracker = Tracker(tmp_path, "wandb", broken)
-    with caplog.at_level(logging.WARNING, logger="medtune.training.tracking"):
+    with caplog.at_level(logging.WARNING, logger="medtune.runtime.tracking"):
         for step in range(3):
             tracker.log({"train/loss": float(step)}, step=step)
     assert broken.calls == 1 and tracker.wandb_run is None

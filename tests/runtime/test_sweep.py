@@ -62,7 +62,7 @@ def test_exit_status_is_the_number_of_failed_jobs(tmp_path: Path) -> None:
 def test_jobs_of_another_launcher_are_read_from_their_records(tmp_path: Path) -> None:
     """hydra/launcher=slurm runs the jobs elsewhere: their outcomes come from the sweep directory, and a job that
     wrote no summary.json (killed at SLURM's time limit) counts as failed."""
-    from medtune.training.sweep import read_jobs
+    from medtune.runtime.sweep import read_jobs
 
     for num, summary in ((0, {"run/status": "ok"}), (1, None), (2, {"run/status": "failed", "run/error": "boom"})):
         job = tmp_path / f"{num}_seed={num}"

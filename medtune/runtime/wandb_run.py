@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from medtune.config import LoggerConfig
 
-log = logging.getLogger("medtune.training.tracking")
+log = logging.getLogger("medtune.runtime.tracking")
 WANDB_ID_FILE = "wandb_run_id.txt"  # in the run dir: the W&B run a resume continues
 
 

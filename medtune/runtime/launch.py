@@ -1,13 +1,14 @@
 """Where this process sits in a torchrun launch, read from the environment (no torch import for one process).
 
 rank, world_size, local_rank = env_world()
-os.environ["MEDTUNE_RUN_STAMP"] = shared_run_stamp()   # the same run directory on every rank
+set_run_stamp(os.environ, runs=True)                    # the same run directory on every rank
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import MutableMapping
 
 
 def env_world() -> tuple[int, int, int]:
@@ -46,3 +47,18 @@ def shared_run_stamp() -> str:
     if rank == 0 and not store.check([key]):
         store.set(key, stamp)
     return store.get(key).decode()
+
+
+def set_run_stamp(environ: MutableMapping[str, str], runs: bool, suffix: str = "") -> None:
+    """Set $MEDTUNE_RUN_STAMP, which names the run directory (conf/train.yaml), unless it is set already.
+
+    A command that runs gets rank 0's timestamp, shared with every rank (`shared_run_stamp`); with a `suffix`
+    (evaluate: "_eval") it is one folder, `2026-12-07_10-00-00_eval`, not a date folder and a time folder. A
+    command that only prints (--help, --cfg: `runs=False`) waits for no rank and gets a placeholder.
+    """
+    if "MEDTUNE_RUN_STAMP" not in environ and runs:
+        stamp = shared_run_stamp()
+        environ["MEDTUNE_RUN_STAMP"] = stamp.replace("/", "_") + suffix if suffix else stamp
+    if suffix:
+        environ.setdefault("MEDTUNE_RUN_STAMP", dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S") + suffix)
+    environ.setdefault("MEDTUNE_RUN_STAMP", "now")

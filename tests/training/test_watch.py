@@ -20,8 +20,9 @@ from medtune.config import register_configs, to_train_config
 from medtune.eval.ranks import Ranks
 from medtune.eval.watch import WatchSet
 from medtune.models.anatomy import causal_lm_of, decoder_layers
-from medtune.training import watcher as watcher_module
-from medtune.training.distributed import DistInfo, scoring_view, unwrap
+from medtune.runtime.process_group import DistInfo
+from medtune.training import watch as watch_module
+from medtune.training.distributed import scoring_view, unwrap
 from medtune.training.recipe import TrainRecipe
 from medtune.training.run import run
 from medtune.training.speed import apply_speedups
@@ -80,7 +81,7 @@ class CheckingTracker:
         self.steps.append(step)
         self.logged[step] = metrics
         model = unwrap(self.recipe.model).eval()
-        for s in self.recipe.watcher.sets:
+        for s in self.recipe.watch.sets:
             args = (s.prompts, s.options, s.golds)
             run = _direct_gold_ll(model, *args)
             with model.disable_adapter():
@@ -161,31 +162,29 @@ def test_guard_stays_quiet_on_a_model_that_does_not_move(tmp_path: Path, monkeyp
     assert all(x["watch/lang/ko/delta_gold_ll"] == 0.0 and x["guard/below"] == 0.0 for x in watched)
 
 
-def _scripted_watcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deltas: list[float]) -> Any:
-    """A watcher of one Korean set whose run scores are the base's plus `deltas` (gold option 0), no model."""
+def _scripted_watch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deltas: list[float]) -> Any:
+    """A watch of one Korean set whose run scores are the base's plus `deltas` (gold option 0), no model."""
     guard = ["eval.watch=[sample_ko]", "eval.watch_every=10", "trainer.guard.protect=[sample_ko]"]
     cfg = to_train_config(_compose(tmp_path, *guard, "trainer.guard.margin=0.05"))
     n = len(deltas)
     ids, prompts, options = [str(i) for i in range(n)], [(1, 2)] * n, [[5, 6]] * n
-    watcher = watcher_module.Watcher(
-        cfg, [WatchSet("sample_ko", "ko", "medical", ids, prompts, options, [0] * n)], None
-    )
-    watcher.ranks, watcher.base = Ranks(), {"sample_ko": [[-2.0, -1.0]] * n}
+    watch = watch_module.Watch(cfg, [WatchSet("sample_ko", "ko", "medical", ids, prompts, options, [0] * n)], None)
+    watch.ranks, watch.base = Ranks(), {"sample_ko": [[-2.0, -1.0]] * n}
     run = {"sample_ko": [[-2.0 + d, -1.0] for d in deltas]}
-    monkeypatch.setattr(watcher_module, "score_watch", lambda *args: run)
-    monkeypatch.setattr(watcher_module, "scoring_view", contextlib.nullcontext)
-    return watcher
+    monkeypatch.setattr(watch_module, "score_watch", lambda *args: run)
+    monkeypatch.setattr(watch_module, "scoring_view", contextlib.nullcontext)
+    return watch
 
 
 def test_the_guard_tests_the_interval_not_the_mean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Both runs lose 0.1 nats on average, twice the margin; only the one whose paired interval lies wholly below
     -margin fires (the noisy one's interval reaches above it), and at the step it was watched."""
-    noisy = _scripted_watcher(tmp_path, monkeypatch, [-0.6, 0.4] * 4)
+    noisy = _scripted_watch(tmp_path, monkeypatch, [-0.6, 0.4] * 4)
     metrics = noisy.observe(tiny_model("tiny_llama"), step=10)
     assert metrics["watch/sample_ko/delta_gold_ll"] == pytest.approx(-0.1)
     assert metrics["watch/sample_ko/delta_gold_ll_ci_high"] > -0.05 and metrics["guard/below"] == 0.0
     assert noisy.fired is None and not noisy.stop
-    steady = _scripted_watcher(tmp_path, monkeypatch, [-0.1] * 8)
+    steady = _scripted_watch(tmp_path, monkeypatch, [-0.1] * 8)
     metrics = steady.observe(tiny_model("tiny_llama"), step=10)
     assert metrics["guard/below"] == 1.0 and metrics["guard/fired_step"] == 10.0 and steady.stop
     assert steady.fired["delta"] == pytest.approx(-0.1) and steady.fired["ci_high"] == pytest.approx(-0.1)
@@ -196,20 +195,20 @@ def test_the_watch_scores_with_the_eager_layers_of_a_compiled_model(
 ) -> None:
     """trainer.compile compiles each decoder layer for the training rows; the watch's batches have other lengths, so
     it scores with the eager forwards (no recompilation) and training gets the compiled ones back."""
-    watcher = _scripted_watcher(tmp_path, monkeypatch, [0.0] * 4)
-    scripted, seen = watcher_module.score_watch, []
+    watch = _scripted_watch(tmp_path, monkeypatch, [0.0] * 4)
+    scripted, seen = watch_module.score_watch, []
 
     def spy(plain: torch.nn.Module, *args: Any) -> Any:
         seen.append([layer.forward for layer in decoder_layers(plain)])
         return scripted(plain, *args)
 
-    monkeypatch.setattr(watcher_module, "score_watch", spy)
-    monkeypatch.setattr(watcher_module, "scoring_view", scoring_view)  # the real one: it swaps the layers
+    monkeypatch.setattr(watch_module, "score_watch", spy)
+    monkeypatch.setattr(watch_module, "scoring_view", scoring_view)  # the real one: it swaps the layers
     model = tiny_model("tiny_llama")
     eager = [layer.forward for layer in decoder_layers(model)]
     apply_speedups(model, to_train_config(_compose(tmp_path, "trainer.compile=true")).trainer)  # compiles lazily
     compiled = [layer.forward for layer in decoder_layers(model)]
-    watcher.observe(model, step=10)
+    watch.observe(model, step=10)
     assert seen == [eager] and [layer.forward for layer in decoder_layers(model)] == compiled != eager
 
 
@@ -217,7 +216,7 @@ def test_keep_best_saves_the_adapter_of_the_step_it_names(tmp_path: Path, monkey
     """Real training, a checkpoint at every step; the criterion is scripted so that the best (step 2, the first
     of two equal values) is not the last: the saved adapter is step 2's checkpoint, not step 4's."""
     scripted = iter([0.1, 0.5, 0.2, 0.5])  # steps 1-4, one watch each
-    monkeypatch.setattr(watcher_module, "criterion", lambda metrics, by: next(scripted))
+    monkeypatch.setattr(watch_module, "criterion", lambda metrics, by: next(scripted))
     summary, _ = _run(
         tmp_path, "trainer.max_steps=4", "eval.watch_every=1", "trainer.keep=best", "trainer.save_every=1",
         "trainer.keep_checkpoints=0", "optim.lr=1e-2",
@@ -240,9 +239,9 @@ def test_a_resumed_watch_keeps_the_guard_and_chooses_among_later_steps(tmp_path:
     """The checkpoint's watch state comes back (the guard's streak and record); the best step's weights were not
     checkpointed, so keep=best starts over from the resume step and says so."""
     cfg = to_train_config(_compose(tmp_path, "eval.watch_every=2", "trainer.keep=best"))
-    watcher = watcher_module.Watcher(cfg, [], tokenizer=None)
+    watch = watch_module.Watch(cfg, [], tokenizer=None)
     fired = {"step": 4, "group": "lang:ko", "action": "mark"}
-    watcher.load_state({"streak": 2, "fired": fired, "best": {"step": 4, "value": 0.2}}, step=6)
-    assert (watcher.streak, watcher.fired, watcher.best) == (2, fired, None)
-    assert watcher.since_step == 6 and not watcher.stop
-    assert watcher.due(8) and watcher.due(cfg.trainer.max_steps) and not watcher.due(7)
+    watch.load_state({"streak": 2, "fired": fired, "best": {"step": 4, "value": 0.2}}, step=6)
+    assert (watch.streak, watch.fired, watch.best) == (2, fired, None)
+    assert watch.since_step == 6 and not watch.stop
+    assert watch.due(8) and watch.due(cfg.trainer.max_steps) and not watch.due(7)

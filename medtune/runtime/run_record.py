@@ -1,10 +1,12 @@
 """The run directory's record: config files that are never overwritten, metrics without repeated steps, a tracker.
 
-    tracker, resumed, record, plan = open_record(cfg, dict_cfg, run_dir, dist)  # what training.run starts with
+    tracker = open_record(cfg, dict_cfg, run_dir, dist, resumed_step)   # what training.run starts with
+    write_config(run_dir, dict_cfg, dist)                                # a command that never resumes (evaluate)
 
 A run that resumes in its own directory keeps `config.yaml` as written at its start and writes this invocation's
 config to `config.resume-<n>.yaml`; metrics.jsonl (and metrics.csv) lose the lines logged after the checkpoint's
-step, since those steps run again. A sweep job that failed gets a summary.json even when it never started
+step, since those steps run again. Which checkpoint a run resumes from is training's rule (training/resume.py); this
+module is told its step. A sweep job that failed gets a summary.json even when it never started
 (`write_failed_summary`).
 """
 
@@ -14,62 +16,62 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from medtune.config import TrainConfig
 from medtune.files.atomic import atomic_write_text
 from medtune.files.space import StorageError, explain, reserve
-from medtune.training import resume
-from medtune.training.resume import ResumePlan
-from medtune.training.tracking import build_tracker
+from medtune.runtime.tracking import build_tracker
+
+if TYPE_CHECKING:  # torch: not imported before the config is checked
+    from medtune.runtime.process_group import DistInfo
 
 log = logging.getLogger(__name__)
 RESUME_CONFIG = re.compile(r"config\.resume-(\d+)\.yaml")
 
 
-def open_record(
-    cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, dist: Any
-) -> tuple[Any, dict, dict, ResumePlan | None]:
-    """Check the resume target (a mismatch stops here: nothing loaded, nothing written), keep the record, start
-    the tracker; returns the tracker, the summary's resume keys, what each checkpoint of the run stores and the
-    resume plan (None: a fresh start), whose checkpoint is the one the run must load."""
-
-    plan = resume.plan_resume(cfg, run_dir, dist.world_size)
+def open_record(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path, dist: DistInfo, resumed_step: int | None) -> Any:
+    """Keep the record (rank 0) and start the tracker; `resumed_step`: the step of the checkpoint the run continues
+    from (None: a fresh start). A full or unwritable disk is one line (StorageError), nothing half-written."""
     try:
         if dist.is_main:
-            keep_record(run_dir, OmegaConf.to_yaml(dict_cfg, resolve=True), plan, cfg.trainer.resume)
+            keep_record(run_dir, OmegaConf.to_yaml(dict_cfg, resolve=True), resumed_step, cfg.trainer.resume)
             reserve(run_dir)  # room for summary.json (the command's start took it already; a sweep job takes it here)
-        shown = original_config(run_dir, OmegaConf.to_container(dict_cfg, resolve=True), plan)
-        tracker = build_tracker(cfg.logger, shown, run_dir, dist.rank, resume=plan is not None)
+        shown = original_config(run_dir, OmegaConf.to_container(dict_cfg, resolve=True), resumed_step)
+        return build_tracker(cfg.logger, shown, run_dir, dist.rank, resume=resumed_step is not None)
     except OSError as err:
         line = explain(err)
         if not line:
             raise
         log.error("the run cannot start its record: %s", line)
         raise StorageError(line) from err
-    record = resume.checkpoint_record(resume.run_identity(cfg, dist.world_size), plan)
-    return tracker, (plan.summary() if plan else {}), record, plan
 
 
-def keep_record(run_dir: Path, config_yaml: str, plan: ResumePlan | None, resume_mode: str) -> Path:
+def write_config(run_dir: Path, dict_cfg: DictConfig, dist: DistInfo) -> None:
+    """The composed config as the run used it (resolved), written by rank 0 to run_dir/config.yaml."""
+    if dist.is_main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(dict_cfg, resolve=True))
+
+
+def keep_record(run_dir: Path, config_yaml: str, resumed_step: int | None, resume_mode: str) -> Path:
     """Write this invocation's config beside (never over) the original; drop metric lines past the resume step."""
     run_dir.mkdir(parents=True, exist_ok=True)  # Hydra made it; a caller of training.run may not have
     path = run_dir / "config.yaml"
-    if plan is not None and path.exists():
+    if resumed_step is not None and path.exists():
         taken = [int(m.group(1)) for p in run_dir.iterdir() if (m := RESUME_CONFIG.fullmatch(p.name))]
         path = run_dir / f"config.resume-{max(taken, default=0) + 1}.yaml"
     path.write_text(config_yaml)
     if resume_mode != "never":  # nothing found: a restart from step 0 replaces the earlier attempt's lines
-        trim_metrics(run_dir, plan.step if plan else -1)
+        trim_metrics(run_dir, -1 if resumed_step is None else resumed_step)
     return path
 
 
-def original_config(run_dir: Path, current: dict[str, Any], plan: ResumePlan | None) -> dict[str, Any]:
+def original_config(run_dir: Path, current: dict[str, Any], resumed_step: int | None) -> dict[str, Any]:
     """The config a tracker should show: the run's original one when it continues in its own directory."""
     path = run_dir / "config.yaml"
-    if plan is None or not path.is_file():
+    if resumed_step is None or not path.is_file():
         return current
     return OmegaConf.to_container(OmegaConf.load(path))  # type: ignore[return-value]
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from medtune.training.watchdog import TIMEOUT_EXIT_CODE, Watchdog, process_group_timeout
+from medtune.runtime.watchdog import TIMEOUT_EXIT_CODE, Watchdog, process_group_timeout
 
 
 class _Recorder:
@@ -107,7 +107,7 @@ def test_one_process_stops_its_loop_at_the_step_end_on_sigterm() -> None:
 def test_a_loop_that_does_not_stop_in_time_or_a_second_signal_ends_it_at_once(
     second_signal: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from medtune.training import watchdog
+    from medtune.runtime import watchdog
 
     monkeypatch.setattr(watchdog, "STOP_GRACE_S", 60.0 if second_signal else 0.3)
     rec = _Recorder()
