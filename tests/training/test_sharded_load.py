@@ -54,8 +54,9 @@ def _one_process(*overrides: str) -> torch.nn.Module:
 def _assert_same_state(out: Path, reference: torch.nn.Module) -> None:
     ours, theirs = torch.load(out / "state.pt"), full_state(reference)
     assert ours.keys() == theirs.keys() and ours
-    for key, value in theirs.items():
-        assert ours[key].dtype == value.dtype and torch.equal(ours[key], value), key
+    for key, value in theirs.items():  # bit for bit: 4-bit weights stored as floats may hold NaN patterns
+        assert ours[key].dtype == value.dtype and ours[key].shape == value.shape, key
+        assert torch.equal(ours[key].reshape(-1).view(torch.uint8), value.reshape(-1).view(torch.uint8)), key
 
 
 def _unit_bytes(model: torch.nn.Module) -> int:
@@ -70,10 +71,14 @@ def _unit_bytes(model: torch.nn.Module) -> int:
     return max(layer, root)
 
 
-def _arch(tmp_path: Path, base: str, **changes) -> str:
+def _arch(tmp_path: Path, base: str, layers: int) -> str:
+    """A shipped tiny architecture with `layers` decoder layers (its layer-type pattern repeated)."""
     spec = json.loads((ARCHS / f"{base}.json").read_text())
-    path = tmp_path / f"{base}_{'_'.join(f'{k}{v}' for k, v in changes.items())}.json"
-    path.write_text(json.dumps({**spec, **changes}))
+    spec["num_hidden_layers"] = layers
+    if "layer_types" in spec:
+        spec["layer_types"] = [spec["layer_types"][i % len(spec["layer_types"])] for i in range(layers)]
+    path = tmp_path / f"{base}_{layers}.json"
+    path.write_text(json.dumps(spec))
     return str(path)
 
 
@@ -81,7 +86,7 @@ def _arch(tmp_path: Path, base: str, **changes) -> str:
 def test_per_layer_loading_equals_one_process_within_a_share(quantization: str, tmp_path: Path) -> None:
     """8 Llama layers on 2 ranks: the per-layer model is the one-process model, trains as the whole path does, and
     its loading peak is under shard + one unit + slack, a bound the whole path breaks."""
-    overrides = ["model=tiny_llama", f"model.arch={_arch(tmp_path, 'tiny_llama', num_hidden_layers=8)}"]
+    overrides = ["model=tiny_llama", f"model.arch={_arch(tmp_path, 'tiny_llama', 8)}"]
     if quantization == "nf4":  # FSDP flattens in param_dtype (float32 on the CPU): the 4-bit storage must match
         overrides += ["quantization=nf4", "quantization.quant_storage=float32"]
     per_layer = _launch(2, tmp_path / "per_layer", *overrides, "sharding.load=per_layer")
@@ -98,11 +103,11 @@ def test_per_layer_loading_equals_one_process_within_a_share(quantization: str, 
 @pytest.mark.slow
 def test_uneven_shards_and_tied_embeddings_on_three_ranks(tmp_path: Path) -> None:
     """Gemma 3 (tied head, sliding-window layers), 5 layers and a 512-row vocabulary over 3 ranks."""
-    overrides = ["model=tiny_gemma3", f"model.arch={_arch(tmp_path, 'tiny_gemma3', num_hidden_layers=5)}"]
+    overrides = ["model=tiny_gemma3", f"model.arch={_arch(tmp_path, 'tiny_gemma3', 5)}"]
     ranks = _launch(3, tmp_path / "per_layer", *overrides)
     _assert_same_state(tmp_path / "per_layer", _one_process(*overrides))
     unit = _unit_bytes(_one_process(*overrides))
-    assert len({r["shard_bytes"] for r in ranks}) > 1  # the shares differ
+    assert len({r["local_elements"] for r in ranks}) > 1  # the shares differ (FSDP pads them to one size)
     for rank in ranks:
         assert rank["peak_bytes"] <= rank["shard_bytes"] + unit + SLACK_BYTES, (rank, unit)
         assert rank["losses"] == ranks[0]["losses"]
