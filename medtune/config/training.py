@@ -29,6 +29,7 @@ from medtune.config.data import (
     EvalConfig,
     LoggerConfig,
 )
+from medtune.config.sharding import ShardingConfig
 from medtune.config.watch import WORST_LANG, GuardConfig, check_watch_config
 
 LOSS_KERNELS = ("auto", "torch", "triton")  # trainer.loss_kernel (training/ce_kernel.py)
@@ -113,29 +114,6 @@ class QuantizationConfig:
         check_choice("quantization.method", self.method, ("none", "nf4", "int8"))
         check_choice("quantization.compute_dtype", self.compute_dtype, DTYPES)
         check_choice("quantization.quant_storage", self.quant_storage, DTYPES)
-
-
-@dataclass
-class ShardingConfig:
-    """Data parallelism: none, DDP, or FSDP2 (`fully_shard`, one unit per decoder layer)."""
-
-    strategy: str = "none"  # none | ddp | fsdp
-    param_dtype: str = "bfloat16"
-    reduce_dtype: str = "float32"
-    cpu_offload: bool = False
-    reshard_after_forward: bool = True
-    backend: str = "auto"  # auto (nccl on GPU, gloo on CPU) | nccl | gloo
-    # Longest a rank may make no progress (a step, a held-out batch, a checkpoint, one scoring forward) before the
-    # run is stopped on every rank and recorded as failed; the process group's own timeout is set a little longer.
-    timeout_min: float = 10.0
-
-    def __post_init__(self) -> None:
-        check_choice("sharding.strategy", self.strategy, ("none", "ddp", "fsdp"))
-        if not self.timeout_min > 0:
-            raise ConfigError(f"sharding.timeout_min={self.timeout_min} must be > 0 (minutes, fractions allowed).")
-        check_choice("sharding.param_dtype", self.param_dtype, DTYPES)
-        check_choice("sharding.reduce_dtype", self.reduce_dtype, DTYPES)
-        check_choice("sharding.backend", self.backend, ("auto", "nccl", "gloo"))
 
 
 @dataclass
@@ -323,6 +301,11 @@ class TrainConfig:
             raise ConfigError(
                 f"quantization.method={q.method} freezes the base in low precision, so only an adapter can train; "
                 "set lora.enabled=true or quantization=none."
+            )
+        if s.strategy == "fsdp" and s.load == "per_layer" and self.lora.use_dora:
+            raise ConfigError(
+                "lora.use_dora=true with sharding.load=per_layer: DoRA's magnitudes are computed from the whole base "
+                "weight when the adapter is attached; set sharding.load=whole (or lora.use_dora=false)."
             )
         check_watch_config(self.eval, self.trainer)
         if q.method != "none" and self.model.init == "random" and self.model.source == "gguf":

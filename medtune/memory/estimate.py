@@ -160,20 +160,53 @@ class MemoryEstimate:
         return "\n".join(rows)
 
 
-def _load_peak(arch: Arch, cfg: TrainConfig, parts: dict[str, float]) -> float:
+def _load_peak(arch: Arch, cfg: TrainConfig, world_size: int) -> float:
     """The larger of the model build's transient and the built model plus its adapters.
 
-    Under FSDP every rank builds the whole model before `fully_shard` splits it: on two H200s the load peaks were
-    38.43 GiB (LLaMA 3.3 70B nf4) and 2.97 (Gemma 3 4B nf4) per rank, the one-GPU figures.
+    Whole-model loading (sharding none/ddp, or fsdp with sharding.load=whole): every rank builds the whole model
+    before `fully_shard` splits it: on two H200s the load peaks were 38.43 GiB (LLaMA 3.3 70B nf4) and 2.97 (Gemma 3
+    4B nf4) per rank, the one-GPU figures. Per-layer loading is `_per_layer_load_peak`.
     """
+    if cfg.sharding.strategy == "fsdp" and cfg.sharding.load == "per_layer":
+        return _per_layer_load_peak(arch, cfg, world_size)
     weights = sum(weight_bytes(arch, cfg).values())
-    dtype_b, random = DTYPE_BYTES[cfg.model.dtype], cfg.model.init == "random"
     transient = 0.0
     if cfg.quantization.method != "none":  # random-init quantisation materialises one layer in model.dtype first
-        transient = sum(a * b for a, b in arch.linears().values()) * dtype_b
-    elif random and arch.tied:  # from_config allocates lm_head before tie_weights points it at the embedding
-        transient = arch.vocab * arch.hidden * dtype_b
+        transient = sum(a * b for a, b in arch.linears().values()) * DTYPE_BYTES[cfg.model.dtype]
+    # a tied head is filled once (models/materialize.py; tiny_gemma3 in bf16 on a CPU: 368,066 bytes peak for
+    # 363,010 of weights); from_config on the device used to allocate it a second time
     return weights + max(transient, 4 * lora_param_count(arch, cfg))
+
+
+def _per_layer_load_peak(arch: Arch, cfg: TrainConfig, world_size: int) -> float:
+    """sharding.load=per_layer (training/sharded_load.py): the shards loaded so far plus the one unit being filled.
+
+    A decoder layer is filled, its linears quantised one by one (each filled in model.dtype first; two may be
+    alive at once), its adapters added, and `fully_shard` keeps 1/N of it; the root's modules (embeddings, final
+    norm, head) are filled whole last, before the root is sharded. So: all shards + buffers + the larger of one
+    layer (with two linears in model.dtype) and the whole root. With sharding.cpu_offload the shards go to pinned
+    CPU memory as each unit is sharded, and only the unit stays on the GPU. Measured on a CPU for tiny models
+    (tests/training/test_sharded_load.py: shard + unit within a few KiB); not yet measured on a GPU.
+    """
+    w = weight_bytes(arch, cfg)
+    adapters = DTYPE_BYTES[cfg.lora.dtype] * lora_param_count(arch, cfg)
+    filling = 0.0
+    if cfg.quantization.method != "none":
+        filling = 2 * max(a * b for a, b in arch.linears().values()) * DTYPE_BYTES[cfg.model.dtype]
+    unit = max((w["layers"] + adapters) / arch.layers + filling, w["embed_head"])
+    shards = 0.0 if cfg.sharding.cpu_offload else (w["layers"] + w["embed_head"] + adapters) / world_size
+    return shards + w["buffers"] + unit
+
+
+def _offload_parts(parts: dict[str, float], embed_head: float, in_flight: float) -> None:
+    """sharding.cpu_offload (FSDP2's CPUOffloadPolicy, pinned): the shards, the adapters' gradients and the optimizer
+    state live in CPU memory (`cpu/offloaded`, not in the GPU peak); the GPU holds the gathered root and the layers in
+    flight, now at any world size (each is copied in for its forward and backward). Not yet measured on a GPU."""
+    moved = ("weights/layers", "weights/embed_head", "lora/params", "lora/grads", "optimizer/states")
+    parts["cpu/offloaded"] = sum(parts[key] for key in moved)
+    for key in moved:
+        parts[key] = 0.0
+    parts["fsdp/gathered"] = embed_head + in_flight
 
 
 def estimate(
@@ -216,6 +249,8 @@ def estimate(
         per_layer = w["layers"] / arch.layers
         in_flight = cal.fsdp_gathered_layers * per_layer if shard > 1 else 0.0
         parts["fsdp/gathered"] = w["embed_head"] * (2 - 1 / shard) + in_flight
+    if cfg.sharding.strategy == "fsdp" and cfg.sharding.cpu_offload:
+        _offload_parts(parts, w["embed_head"], cal.fsdp_gathered_layers * w["layers"] / arch.layers)
     act = activation_bytes(arch, cfg, cal)
     parts.update({f"activations/{k}": v for k, v in act.items()})
     parts["loss/chunk"] = loss_bytes(arch, cfg, cal, label_tokens_per_row)
@@ -230,7 +265,7 @@ def estimate(
     return MemoryEstimate(
         parts,
         max(forward_peak, backward_peak),
-        _load_peak(arch, cfg, parts),
+        _load_peak(arch, cfg, world_size),
         world_size,
         label_tokens(cfg, label_tokens_per_row),
         label_tokens_per_row,

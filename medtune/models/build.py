@@ -5,9 +5,11 @@
 
 Sources: `gguf` (converted once into `model.cache_dir`, see medtune/models/gguf.py), `hf` (hub id or local
 directory; for a Gemma 3 multimodal checkpoint such as medgemma-4b-it only the text model is loaded), `builtin`
-(an architecture in models/archs). `model.init=random` builds the architecture with random weights; with nf4/int8
-it is built on the meta device and materialised one decoder layer at a time, each layer quantised before the next
-is created, so peak memory is the quantised model plus one bf16 layer (a 70B-wide model never exists in bf16).
+(an architecture in models/archs). `model.init=random` builds the architecture on the meta device and fills it one
+module at a time with weights seeded per module name (models/materialize.py: the same weights however the model is
+split); with nf4/int8 each decoder layer is quantised before the next is created, so peak memory is the quantised
+model plus one bf16 layer (a 70B-wide model never exists in bf16). `build_skeleton` is the meta model alone, which
+FSDP training fills and shards one layer at a time (training/sharded_load.py).
 The base is returned frozen and in its storage dtype: nothing is upcast to fp32 (no prepare_model_for_kbit_training).
 """
 
@@ -28,8 +30,9 @@ from medtune.models.arch_spec import ArchNotFoundError, read_arch_spec
 from medtune.models.byte_tokenizer import build_byte_tokenizer
 from medtune.models.gguf import ensure_converted
 from medtune.models.identity import base_identity
+from medtune.models.materialize import Materializer, SafetensorsReader, split_modules
 from medtune.models.precision import TORCH_DTYPES
-from medtune.models.quantize import bnb_config, quantize_linears_
+from medtune.models.quantize import bnb_config, quantize_linears_, quantize_skeleton_
 
 log = logging.getLogger(__name__)
 
@@ -131,28 +134,58 @@ def base_config(model_cfg: ModelConfig) -> PretrainedConfig:
 
 
 def _build_random(model_cfg: ModelConfig, quant_cfg: QuantizationConfig, device: torch.device) -> nn.Module:
-    """Random weights; quantised layer by layer when quantization is on (never the whole model in bf16)."""
+    """Random weights, seeded per module (models/materialize.py); quantised layer by layer when quantization is on
+    (never the whole model in bf16)."""
     config = base_config(model_cfg)
     kwargs = {"dtype": TORCH_DTYPES[model_cfg.dtype], "attn_implementation": model_cfg.attn_implementation}
-    if quant_cfg.method == "none":
-        with torch.device(device):
-            return AutoModelForCausalLM.from_config(config, **kwargs)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, **kwargs)
-    layers = decoder_layers(model)
-    in_layers = {id(m) for m in layers.modules()}
-    outside = [m for m in model.modules() if id(m) not in in_layers]
-    for module in outside:  # embeddings, final norm, rotary buffers, lm_head: kept unquantised, as transformers does
-        module.to_empty(device=device, recurse=False)
-    model.tie_weights()
-    for module in outside:
-        model._init_weights(module)
-    for layer in layers:
-        layer.to_empty(device=device)
-        layer.apply(model._init_weights)
-        quantize_linears_(layer, quant_cfg, device)
-    setattr(model, "is_loaded_in_4bit" if quant_cfg.method == "nf4" else "is_loaded_in_8bit", True)
+    fill = Materializer(model, device, torch.initial_seed())
+    outside, layers_name = split_modules(model)
+    for name, module in outside:  # embeddings, final norm, rotary buffers, lm_head: kept unquantised
+        fill.module_(name, module)
+    for index, layer in enumerate(decoder_layers(model)):
+        for name, module in layer.named_modules(prefix=f"{layers_name}.{index}"):
+            fill.module_(name, module)
+        if quant_cfg.method != "none":
+            quantize_linears_(layer, quant_cfg, device)
+    _mark_quantized(model, quant_cfg)
     return model
+
+
+def _mark_quantized(model: nn.Module, quant_cfg: QuantizationConfig) -> None:
+    """The flag transformers sets on a quantised model (peft reads it to attach its bitsandbytes adapters)."""
+    if quant_cfg.method != "none":
+        setattr(model, "is_loaded_in_4bit" if quant_cfg.method == "nf4" else "is_loaded_in_8bit", True)
+
+
+def build_skeleton(model_cfg: ModelConfig, quant_cfg: QuantizationConfig) -> tuple[nn.Module, SafetensorsReader | None]:
+    """The base on the meta device (its decoder linears as empty bitsandbytes layers when quantised) and the reader
+    of its local checkpoint (None for model.init=random): training/sharded_load.py fills it one layer at a time."""
+    kwargs = {"dtype": TORCH_DTYPES[model_cfg.dtype], "attn_implementation": model_cfg.attn_implementation}
+    reader, model_cls = None, AutoModelForCausalLM
+    if model_cfg.init == "random":
+        config = base_config(model_cfg)
+    else:
+        folder = model_cfg.path
+        if model_cfg.source == "gguf":
+            folder = str(ensure_converted(model_cfg.name, model_cfg.cache_dir, model_cfg.path))
+        if not Path(folder).expanduser().is_dir():
+            raise ModelLoadError(
+                f"model.path={folder} is not a local directory; sharding.load=per_layer reads the safetensors of a "
+                "local checkpoint: download it (`hf download <id> --local-dir DIR`) and set model.path=DIR, or set "
+                "sharding.load=whole."
+            )
+        config, model_cls, key_mapping = _hf_source(str(Path(folder).expanduser()))
+        config = with_depth(config, model_cfg.num_layers)
+        reader = SafetensorsReader(Path(folder).expanduser(), key_mapping)
+    make = AutoModelForCausalLM.from_config if model_cls is AutoModelForCausalLM else model_cls._from_config
+    with torch.device("meta"):
+        model = make(config, **kwargs)
+    if quant_cfg.method != "none":
+        quantize_skeleton_(decoder_layers(model), quant_cfg)
+    _mark_quantized(model, quant_cfg)
+    return model, reader
 
 
 def load_tokenizer(model_cfg: ModelConfig, config: PretrainedConfig, source: str | None = None):
@@ -200,6 +233,13 @@ def build_tokenizer(model_cfg: ModelConfig):
     return load_tokenizer(model_cfg, base_config(model_cfg), source)
 
 
+def finish_base_(model: nn.Module, model_cfg: ModelConfig, quantization: str) -> None:
+    """What every built base carries: no decoding cache, its config and identity (its input embedding filled)."""
+    model.config.use_cache = False  # training never decodes; the cache would only cost memory
+    model.medtune_model_cfg = model_cfg  # read by adapters.merge_and_save to rebuild the base
+    model.medtune_base_identity = base_identity(model, quantization)  # saved beside every adapter of this base
+
+
 def build_model(
     model_cfg: ModelConfig, quant_cfg: QuantizationConfig, device: torch.device
 ) -> tuple[nn.Module, object]:
@@ -215,9 +255,7 @@ def build_model(
         model = _load_pretrained(source, model_cfg, quant_cfg, device)
     tokenizer = load_tokenizer(model_cfg, model.config, source)
     model.requires_grad_(False)
-    model.config.use_cache = False  # training never decodes; the cache would only cost memory
-    model.medtune_model_cfg = model_cfg  # read by adapters.merge_and_save to rebuild the base
-    model.medtune_base_identity = base_identity(model, quant_cfg.method)  # saved beside every adapter of this base
+    finish_base_(model, model_cfg, quant_cfg.method)
     n_params = sum(p.numel() for p in model.parameters())
     log.info(
         "built %s (%s, init=%s, quantization=%s, %d layers, %.1fM stored params) on %s in %.1f s",

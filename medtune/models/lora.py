@@ -25,6 +25,7 @@ from medtune.files.atomic import follow_umask
 from medtune.models.anatomy import decoder_layers
 from medtune.models.fused_lora import fuse_lora_adds
 from medtune.models.identity import write_identity
+from medtune.models.materialize import kept_rng, seed_adapters_
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,11 @@ def apply_lora(
     model: nn.Module, lora_cfg: LoraConfig, quant_cfg: QuantizationConfig, grad_ckpt: int | Sequence[int],
     reentrant: bool = False,
 ) -> nn.Module:  # fmt: skip
-    """Freeze the base, add LoRA (or DoRA) adapters in fp32, set gradient checkpointing; returns the peft model."""
+    """Freeze the base, add LoRA (or DoRA) adapters in fp32, set gradient checkpointing; returns the peft model.
+
+    The adapters' initial weights are drawn from the seed of the run (`torch.initial_seed()`) and each layer's name,
+    so a model whose layers are filled one at a time (sharding.load=per_layer) gets the same ones; on a meta model
+    they stay meta until models/materialize.py fills their layer."""
     from peft import get_peft_model
 
     model.requires_grad_(False)
@@ -100,11 +105,14 @@ def apply_lora(
     if lora_cfg.enabled:
         # autocast_adapter_dtype keeps the (small) adapter weights in fp32 for stable AdamW updates (lora.dtype);
         # in bf16 they need no casts in the forward, and AdamW then updates bf16 weights.
-        model = get_peft_model(model, peft_config(lora_cfg), autocast_adapter_dtype=lora_cfg.dtype == "float32")
+        config = peft_config(lora_cfg)
+        with kept_rng():  # peft's own draws are replaced below by ones seeded per layer name (split-invariant)
+            model = get_peft_model(model, config, autocast_adapter_dtype=lora_cfg.dtype == "float32")
         if lora_cfg.dtype == "bfloat16":
             for param in model.parameters():
                 if param.requires_grad:
                     param.data = param.data.to(torch.bfloat16)
+        seed_adapters_(model, torch.initial_seed(), config.init_lora_weights)
         if lora_cfg.fused:
             fuse_lora_adds(model, lora_cfg.fused_base)
     chosen = set_gradient_checkpointing(model, grad_ckpt, reentrant)

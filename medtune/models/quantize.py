@@ -32,13 +32,21 @@ def bnb_config(quant_cfg: QuantizationConfig):
     return None
 
 
-def _quantized_linear(linear: nn.Linear, quant_cfg: QuantizationConfig, device: torch.device) -> nn.Module:
+def quantized_linear_classes() -> tuple[type, ...]:
+    """The bitsandbytes layers `quantized_linear` returns (nf4, int8)."""
+    import bitsandbytes as bnb
+
+    return (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
+
+
+def _empty_quantized(linear: nn.Module, quant_cfg: QuantizationConfig) -> nn.Module:
+    """The bitsandbytes layer for `linear`'s shape, built on the meta device (no weight allocated)."""
     import bitsandbytes as bnb
 
     has_bias = linear.bias is not None
-    with torch.device("meta"):  # the new module's own (empty) weight is replaced below; never allocate it
+    with torch.device("meta"):
         if quant_cfg.method == "nf4":
-            new = bnb.nn.Linear4bit(
+            return bnb.nn.Linear4bit(
                 linear.in_features,
                 linear.out_features,
                 bias=has_bias,
@@ -47,8 +55,15 @@ def _quantized_linear(linear: nn.Linear, quant_cfg: QuantizationConfig, device: 
                 quant_type="nf4",
                 quant_storage=TORCH_DTYPES[quant_cfg.quant_storage],
             )
-        else:
-            new = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False)
+        return bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=has_bias, has_fp16_weights=False)
+
+
+def quantized_linear(linear: nn.Linear, quant_cfg: QuantizationConfig, device: torch.device) -> nn.Module:
+    """`linear`'s nf4/int8 bitsandbytes counterpart on `device`, its weight quantised."""
+    import bitsandbytes as bnb
+
+    has_bias = linear.bias is not None
+    new = _empty_quantized(linear, quant_cfg)  # its own (empty) weight is replaced below; never allocated
     weight = linear.weight.data
     if quant_cfg.method == "nf4":
         param = bnb.nn.Params4bit(
@@ -74,4 +89,13 @@ def quantize_linears_(module: nn.Module, quant_cfg: QuantizationConfig, device: 
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear:
-                setattr(parent, name, _quantized_linear(child, quant_cfg, device))
+                setattr(parent, name, quantized_linear(child, quant_cfg, device))
+
+
+def quantize_skeleton_(module: nn.Module, quant_cfg: QuantizationConfig) -> None:
+    """Replace every plain nn.Linear inside a meta `module` by its empty bitsandbytes counterpart (still meta), so
+    peft attaches its quantised-layer adapters; models/materialize.py fills each one when its layer is loaded."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, _empty_quantized(child, quant_cfg))

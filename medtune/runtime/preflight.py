@@ -7,7 +7,8 @@
 around it: keys nobody reads (`+trainer.max_step=5`), source and task names, the data files they need (present and
 not empty), every dataset declared in data.datasets (prepared here, so a bad file, column or row stops the run with
 its file, line and field before any model loads), each source under its own language, the resume target, and
-whether the launch (torchrun or not, a GPU or not) fits `sharding` and `trainer.device`. A training run that would
+whether the launch (torchrun or not, a GPU or not) fits `sharding` and `trainer.device`, and whether a per-layer
+FSDP load has a local checkpoint to read. A training run that would
 fail on any of these after loading a model, or after hours of training (an unknown `eval.tasks` name), stops here
 in about a second with exit code 2.
 """
@@ -32,6 +33,7 @@ def check_run(cfg: TrainConfig, dict_cfg: Any = None) -> None:
     if dict_cfg is not None:
         check_known_keys(dict_cfg)
     check_launch(cfg)
+    check_per_layer_source(cfg)
     check_dataset_files(cfg.data)
     if cfg.stage in ("train", "train_eval"):
         for language, specs in cfg.data_mix.sources.items():
@@ -111,6 +113,19 @@ def check_launch(cfg: TrainConfig, replicas_ok: bool = False, entry: str = "medt
 
         if not torch.cuda.is_available():
             raise ConfigError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=auto or cpu.")
+
+
+def check_per_layer_source(cfg: TrainConfig) -> None:
+    """sharding.load=per_layer reads the safetensors of a local folder: a hub id is refused before anything loads."""
+    model, sharding = cfg.model, cfg.sharding
+    if sharding.strategy != "fsdp" or sharding.load != "per_layer" or model.init != "pretrained":
+        return
+    if model.source == "hf" and not Path(model.path).expanduser().is_dir():
+        raise ConfigError(
+            f"model.path={model.path} is not a local directory, but sharding.load=per_layer reads a local "
+            "checkpoint one layer at a time: download it (`hf download <id> --local-dir DIR`) and set "
+            "model.path=DIR, or set sharding.load=whole (every rank then loads the whole model first)."
+        )
 
 
 def check_dataset_files(data_cfg: Any) -> None:

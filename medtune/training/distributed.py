@@ -42,8 +42,9 @@ def wrap_model(model: torch.nn.Module, sharding: ShardingConfig, info: DistInfo,
     return module
 
 
-def _fully_shard(module: LossModule, sharding: ShardingConfig, info: DistInfo) -> torch.nn.Module:
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+def fsdp_kwargs(sharding: ShardingConfig, info: DistInfo) -> dict[str, Any]:
+    """The keyword arguments of every `fully_shard` call of a run: mesh, mixed precision, resharding, offload."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 
     mesh = tdist.device_mesh.init_device_mesh(info.device.type, (info.world_size,))
     policy = MixedPrecisionPolicy(
@@ -52,6 +53,13 @@ def _fully_shard(module: LossModule, sharding: ShardingConfig, info: DistInfo) -
     kwargs = {"mesh": mesh, "mp_policy": policy, "reshard_after_forward": sharding.reshard_after_forward}
     if sharding.cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
+    return kwargs
+
+
+def _fully_shard(module: LossModule, sharding: ShardingConfig, info: DistInfo) -> torch.nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    kwargs = fsdp_kwargs(sharding, info)
     layers = decoder_layers(module.model)
     for layer in layers:
         fully_shard(layer, **kwargs)

@@ -17,12 +17,9 @@ from typing import Any
 import torch
 
 from medtune.config import TrainConfig
-from medtune.models.anatomy import decoder_layers
-from medtune.models.build import build_model, build_tokenizer
+from medtune.models.build import build_tokenizer
 from medtune.models.lora import (
-    apply_lora,
     merge_and_save,
-    reentrant_checkpointing,
     save_adapter,
     trainable_parameters,
 )
@@ -34,7 +31,7 @@ from medtune.training.errors import TrainingError
 from medtune.training.loss_module import compute_loss, eval_loss
 from medtune.training.offload import ActivationOffloader
 from medtune.training.optim import build_optimizer, build_scheduler
-from medtune.training.speed import apply_speedups
+from medtune.training.sharded_load import build_trainable, loads_per_layer
 from medtune.training.watch import Watch
 
 log = logging.getLogger("medtune.train")
@@ -81,19 +78,16 @@ class TrainRecipe:
         self._maybe_resume()
 
     def setup_model(self) -> None:
-        """Base model (quantised as configured), LoRA adapter, then the loss wrapper and DDP/FSDP."""
+        """Base model (quantised as configured), LoRA adapter, then the loss wrapper and DDP/FSDP (with FSDP: one
+        decoder layer loaded and sharded at a time unless sharding.load=whole, training/sharded_load.py)."""
         cfg = self.cfg
         step_metrics.reset_peak_memory(self.device, release_cache=True)  # a multirun's previous job cached blocks too
-        model, self.tokenizer = build_model(cfg.model, cfg.quantization, self.device)
-        tc = cfg.trainer
-        reentrant = reentrant_checkpointing(tc.grad_ckpt_style, tc.compile, cfg.sharding.strategy)
-        checkpointed = tc.checkpointed_layers(len(decoder_layers(model)))
-        model = apply_lora(model, cfg.lora, cfg.quantization, checkpointed, reentrant)
-        self.summary["trainer/speedups"] = ",".join(apply_speedups(model, cfg.trainer)) or "none"
-        self.summary["trainer/checkpointed_layers"] = len(checkpointed)
-        on_gpu = tc.offload_activations is True and self.device.type == "cuda"
-        self.offloader = ActivationOffloader(model) if on_gpu else None  # the forward's inputs in pinned CPU memory
-        self.model = distributed.wrap_model(model, cfg.sharding, self.dist, cfg.trainer)
+        built = build_trainable(cfg, self.dist)
+        model, self.model, self.tokenizer, self.offloader = built.model, built.wrapped, built.tokenizer, built.offloader
+        self.summary["trainer/speedups"] = ",".join(built.speedups) or "none"
+        self.summary["trainer/checkpointed_layers"] = len(built.checkpointed)
+        if cfg.sharding.strategy == "fsdp":
+            self.summary["sharding/load"] = "per_layer" if loads_per_layer(cfg) else "whole"
         counts = trainable_parameters(model)
         self.summary.update(
             {

@@ -82,6 +82,8 @@ def test_every_group_choice_composes(group: str) -> None:
         (["+eval.task_limits.mmlu_general=100"], "eval.task_limits.mmlu_general"),
         (["eval=medical", "+eval.task_limits.mmlu_general=0"], "eval.task_limits.mmlu_general"),
         (["eval.cluster_by=year"], "eval.cluster_by"),
+        (["sharding=fsdp", "sharding.load=lazy"], "sharding.load"),
+        (["sharding=fsdp", "lora.use_dora=true"], "sharding.load=per_layer"),
     ],
 )
 def test_bad_config_names_the_key(overrides: list[str], key: str) -> None:

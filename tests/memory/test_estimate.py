@@ -186,6 +186,8 @@ def test_calibration_matches_h100_measurements(name: str) -> None:
     est = estimate(compose([*GEMMA_4B, *common, *overrides]), label_tokens_per_row=per_row)
     # the fit is within 3%; issue 10 asks for 15%, 5% keeps the calibration from drifting unnoticed
     assert est.peak_gib == pytest.approx(peak_gib, rel=0.05)
+    if "quantization=none" in overrides:  # measured when from_config allocated the tied head a second time; the
+        load_gib -= 262208 * 2560 * 2 / 1024**3  # build now fills it once (models/materialize.py): 1.25 GiB less
     assert est.load_peak_bytes / 1024**3 == pytest.approx(load_gib, rel=0.05)
 
 
@@ -241,7 +243,7 @@ H200_2GPU = {
 def test_two_rank_fsdp_matches_h200_measurements(name: str) -> None:
     overrides, per_row, peak_gib, load_gib = H200_2GPU[name]
     common = ["model.init=random", "quantization=nf4", "sharding=fsdp", "packing=packed", "packing.max_seq_len=2048"]
-    common += TRANSFORMERS_PATH  # the defaults on 2026-11-29
+    common += [*TRANSFORMERS_PATH, "sharding.load=whole"]  # the defaults on 2026-11-29 (whole-model loading)
     est = estimate(compose([*common, *overrides]), world_size=2, label_tokens_per_row=per_row)
     assert est.peak_gib == pytest.approx(peak_gib, rel=0.03)
     assert est.load_peak_bytes / 1024**3 == pytest.approx(load_gib, rel=0.03)  # the whole model, on every rank
@@ -257,10 +259,27 @@ def test_backward_counts_gradients_and_stored_inputs_at_their_larger_end() -> No
     assert estimate(cfg, label_tokens_per_row=0).peak_bytes == pytest.approx(expected)
 
 
-def test_random_bf16_load_holds_the_untied_head_until_tie_weights() -> None:
-    p = estimate(compose([*GEMMA_4B, "quantization=none"]))
+def test_random_bf16_load_fills_a_tied_head_once() -> None:
+    """The weights and the adapters' build transient; no second vocab x hidden matrix for the tied head."""
+    cfg = compose([*GEMMA_4B, "quantization=none"])
+    p = estimate(cfg)
     weights = p.parts["weights/layers"] + p.parts["weights/embed_head"] + p.parts["weights/buffers"]
-    assert p.load_peak_bytes == weights + 262208 * 2560 * 2
+    assert p.load_peak_bytes == weights + 4 * lora_param_count(load_arch(cfg), cfg)
+
+
+def test_cpu_offload_moves_the_shards_off_the_gpu() -> None:
+    """sharding.cpu_offload: shards, adapter gradients and optimizer state in CPU memory; the GPU keeps the gathered
+    root and two layers in flight; loading per layer then holds one unit on the GPU, not the shards."""
+    base = ["+experiment=paper_llama70b_fsdp", "model.init=random", "trainer.grad_ckpt_every=1"]
+    on, off = (estimate(compose([*base, f"sharding.cpu_offload={v}"]), world_size=2) for v in ("true", "false"))
+    moved = ("weights/layers", "weights/embed_head", "lora/params", "lora/grads", "optimizer/states")
+    assert all(on.parts[k] == 0 for k in moved) and on.parts["cpu/offloaded"] == pytest.approx(
+        sum(off.parts[k] for k in moved)
+    )
+    per_layer = off.parts["weights/layers"] * 2 / 80
+    assert on.parts["fsdp/gathered"] == pytest.approx(off.parts["weights/embed_head"] * 2 + 2 * per_layer)
+    assert on.peak_bytes < off.peak_bytes - off.parts["weights/layers"]
+    assert on.load_peak_bytes == pytest.approx(off.parts["weights/embed_head"] * 2 + off.parts["weights/buffers"])
 
 
 def test_cli_prints_label_tokens(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,6 +15,7 @@ from medtune.runtime.preflight import (
     check_dataset_files,
     check_known_keys,
     check_launch,
+    check_per_layer_source,
     check_resume,
     check_run,
     check_source,
@@ -153,6 +154,15 @@ def test_a_bad_config_exits_2_without_importing_torch(tmp_path: Path) -> None:
         imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "import time:" in line}
         assert "torch" not in imported, override
         assert "Traceback" not in proc.stderr and "invalid config" in proc.stdout + proc.stderr
+
+
+def test_per_layer_loading_needs_a_local_checkpoint(tmp_path: Path) -> None:
+    """sharding.load=per_layer reads safetensors from a folder: a hub id stops here, a folder or random weights pass,
+    and sharding.load=whole keeps from_pretrained's hub download."""
+    with pytest.raises(ConfigError, match=r"model\.path=meta-llama/Llama-3\.3-70B-Instruct is not a local directory"):
+        check_per_layer_source(compose(["model=llama3_3_70b", "sharding=fsdp"]))
+    for ok in (["sharding.load=whole"], ["model.init=random"], [f"model.path={tmp_path}"]):
+        check_per_layer_source(compose(["model=llama3_3_70b", "sharding=fsdp", *ok]))
 
 
 def test_a_good_config_passes(single_process: None) -> None:

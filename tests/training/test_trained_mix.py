@@ -102,13 +102,13 @@ def test_a_short_run_records_what_it_trained_and_warns(
 def test_an_infeasible_budget_stops_before_the_model_is_built(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """data_mix.budget=100000 on the sample: the mix check runs before build_model (patched to fail the test), the
-    error is one line without a traceback, and summary.json records it."""
+    """data_mix.budget=100000 on the sample: the mix check runs before the model is built (build_trainable patched
+    to fail the test), the error is one line without a traceback, and summary.json records it."""
     from medtune.training.run import run
 
     monkeypatch.setenv("MEDTUNE_CACHE_DIR", str(tmp_path / "cache"))
     built: list[object] = []
-    monkeypatch.setattr(recipe_module, "build_model", lambda *args: built.append(args) or pytest.fail("built"))
+    monkeypatch.setattr(recipe_module, "build_trainable", lambda *args: built.append(args) or pytest.fail("built"))
     dict_cfg = _dict_cfg("data_mix.budget=100000", "eval=none", "logger=jsonl")
     run_dir = tmp_path / "run"
     run_dir.mkdir()
