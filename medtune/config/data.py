@@ -227,7 +227,11 @@ class EvalConfig:
     watch_limit: int | None = 64  # None: every question of the set
     watch_limits: dict[str, int] = field(default_factory=dict)  # e.g. +eval.watch_limits.kormed_law=239
     watch_accuracy: bool = False  # also log letter accuracy and its change from base (the same forward)
-    watch_batch_size: int = 16  # questions per forward
+    # All sets' questions share the forwards, longest first: each holds up to watch_batch_tokens prompt tokens
+    # (padding included: rows x the longest) and, when set, at most watch_batch_size questions. 8192 is one micro-batch
+    # of 4 x 2048 tokens; fewer, larger forwards keep a small model on a GPU from being launch-bound.
+    watch_batch_size: int | None = None
+    watch_batch_tokens: int = 8192
 
     def __post_init__(self) -> None:
         check_choice("eval.scoring", self.scoring, ("letter", "cloze"))

@@ -54,7 +54,8 @@ def check_watch_config(eval_cfg: Any, trainer_cfg: Any) -> None:
         if name not in eval_cfg.watch:
             raise ConfigError(f"eval.watch_limits.{name}: {name!r} is not in eval.watch {list(eval_cfg.watch)}.")
         check_positive(f"eval.watch_limits.{name}", n)
-    check_positive("eval.watch_batch_size", eval_cfg.watch_batch_size)
+    check_positive("eval.watch_batch_size", eval_cfg.watch_batch_size, allow_none=True)
+    check_positive("eval.watch_batch_tokens", eval_cfg.watch_batch_tokens)
     guard = trainer_cfg.guard
     check_choice("trainer.keep", trainer_cfg.keep, ("last", "best"))
     asked = [("trainer.guard.protect", p) for p in guard.protect]

@@ -102,7 +102,7 @@ def score_base(
     score_fn: ScoreFn,
     out_dir: Path | None,
     cache: Path | None,
-    batch_size: int,
+    batch_size: int | None,
     ranks: Ranks,
     expected_ids: list[str] | None = None,
 ) -> list[dict]:
@@ -174,7 +174,7 @@ def _verified(data: bytes, entry: Path, expected_ids: list[str] | None) -> tuple
     return rows, None
 
 
-def _write_entry(rows: list[dict], out_dir: Path | None, cache: Path, batch_size: int) -> None:
+def _write_entry(rows: list[dict], out_dir: Path | None, cache: Path, batch_size: int | None) -> None:
     """Store the rows as the entry (unique temporary name, atomic rename), then its entry.json; never fails the
     scoring."""
     scored = _scored_batch(out_dir)

@@ -1,13 +1,15 @@
 """Watch sets: a seeded subset of an eval task's questions, scored in one forward per question during training.
 
     sets = build_watch_sets(["kormed_law", "sample_en"], 64, {}, data_cfg, tokenizer, seed=0)
-    run = score_watch(model, sets, batch_size=16, ranks=ranks)         # {set: [[log p(" A"), log p(" B"), ...]]}
+    run = score_watch(model, sets, None, ranks, max_tokens=8192)       # {set: [[log p(" A"), log p(" B"), ...]]}
     base = base_watch_scores(model, tokenizer, sets, eval_cfg, ranks)   # the same with the adapter off, cached
 
 A question is scored by the log-probability of its gold letter (" C") after the prompt, as the eval stage's
 gold-letter log-likelihood is, through the same scorer (eval/logprobs.py): one forward over the prompt for the last
 hidden state, and only that position is projected onto the vocabulary, which gives every option letter's
-log-probability at once, hence the letter accuracy too. The subset is the one `eval.limit` would draw
+log-probability at once, hence the letter accuracy too. All sets' questions share the forwards: pooled, longest
+first, each forward filled to `eval.watch_batch_tokens` prompt tokens (padding included; `eval.watch_batch_size`
+caps its rows). The subset is the one `eval.limit` would draw
 (`build_task_data`, seeded by eval.seed and the task name). Under torchrun the questions are spread over the ranks
 and gathered by the evaluation's own wrapper (`ranks.spread_scores`; under FSDP in lockstep), and the base scores go
 through the evaluation's base-score cache (`base_cache.score_base`: locked, verified, adapter off).
@@ -35,7 +37,7 @@ from medtune.models.anatomy import final_softcap_of, output_head_of
 
 log = logging.getLogger(__name__)
 Scores = dict[str, list[list[float]]]  # set name -> per question, the log-probability of each option letter
-SCORER_VERSION = "watch-gold-letter-v1"  # part of the base cache key: bump when the computation changes
+SCORER_VERSION = "watch-gold-letter-v2"  # part of the base cache key: bump when the computation changes
 
 
 @dataclass
@@ -96,8 +98,15 @@ def _letter_token(tokenizer: Any, prompt: str, context: list[int], letter: str, 
     return whole[-1]
 
 
-def score_watch(model: Any, sets: Sequence[WatchSet], batch_size: int, ranks: Ranks | None = None) -> Scores:
-    """Every option letter's log-probability for every question, on every rank (questions spread over ranks)."""
+def score_watch(
+    model: Any,
+    sets: Sequence[WatchSet],
+    batch_size: int | None,
+    ranks: Ranks | None = None,
+    max_tokens: int | None = None,
+) -> Scores:
+    """Every option letter's log-probability for every question, on every rank (questions spread over ranks); all
+    sets' questions in shared forwards of at most `batch_size` rows and `max_tokens` padded tokens."""
     ranks = ranks or Ranks()
     # spread_scores' requests: ((options), prompt tokens, no answer tokens): the answer is at the prompt's end
     requests = [(o, p, ()) for s in sets for p, o in zip(s.prompts, s.options, strict=True)]
@@ -108,7 +117,7 @@ def score_watch(model: Any, sets: Sequence[WatchSet], batch_size: int, ranks: Ra
         flat = spread_scores(
             ranks,
             requests,
-            lambda mine: _score_share(model, mine, batch_size, ranks, device),
+            lambda mine: _score_share(model, mine, (batch_size, max_tokens), ranks, device),
             lambda: last_hidden(model, [(0,)], 0, device, lambda: None),  # joins the other ranks' collectives
             device,
         )
@@ -121,14 +130,18 @@ def score_watch(model: Any, sets: Sequence[WatchSet], batch_size: int, ranks: Ra
 
 
 def _score_share(
-    model: Any, requests: list[tuple[list[int], tuple[int, ...], tuple]], batch_size: int, ranks: Ranks, device: Any
+    model: Any,
+    requests: list[tuple[list[int], tuple[int, ...], tuple]],
+    batching: tuple[int | None, int | None],
+    ranks: Ranks,
+    device: Any,
 ) -> list[list[float]]:
     """This rank's questions: the option letters' log-probabilities at each prompt's last position."""
     head, softcap = output_head_of(model), final_softcap_of(model)
     prompts = [req[1] for req in requests]
     out: list[list[float]] = [[] for _ in requests]
     announce = functools.partial(ranks.before_forward, device)
-    for batch, hidden in hidden_batches(model, prompts, batch_size, 0, device, announce):
+    for batch, hidden in hidden_batches(model, prompts, batching[0], 0, device, announce, batching[1]):
         last = torch.stack([hidden[j, len(prompts[i]) - 1] for j, i in enumerate(batch)])
         logprobs = projected_logprobs(last, head, softcap)  # the batch's answer positions in one projection
         for j, i in enumerate(batch):
@@ -141,13 +154,14 @@ def base_watch_scores(
 ) -> Scores:
     """The base model's scores (adapter disabled) through the base-score cache (`base_cache.score_base`, as the
     evaluation's): the entry `<eval.cache_dir>/watch-<key>/` is verified before it is reused, replaced if damaged."""
-    size = eval_cfg.watch_batch_size
+    size, tokens = eval_cfg.watch_batch_size, eval_cfg.watch_batch_tokens
     # bf16 kernels tile by batch shape (see base_cache.base_cache_key); the sets' fingerprints hold ids and tokens
     parts = {"scorer": SCORER_VERSION, "sets": {s.name: s.fingerprint() for s in sets}, "batch_size": size}
+    parts["batch_tokens"] = tokens
     entry = base_entry(model, tokenizer, eval_cfg, ranks, lambda weights: base_key(model, weights, parts), "watch-")
 
     def score_fn(plain: Any, out_dir: Path | None) -> list[dict]:
-        scores = score_watch(plain, sets, size, ranks)
+        scores = score_watch(plain, sets, size, ranks, tokens)
         return [
             {"task": s.name, "id": qid, "letter_lls": lls}
             for s in sets

@@ -12,13 +12,13 @@ group is an eval set by name or `lang:<language>`, the pool of that language's m
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from medtune.config import ConfigError, TrainConfig
 from medtune.config.search import SearchConfig
+from medtune.eval.scoring import read_predictions
 from medtune.eval.tasks import all_tasks
 
 METRICS = ("gold_ll", "acc")
@@ -48,9 +48,9 @@ def check_groups(scfg: SearchConfig, cfg: TrainConfig) -> list[str]:
 
 
 def _rows(path: Path) -> dict[str, dict]:
-    with path.open(encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    return {f"{r['task']}/{r['id']}": r for r in rows}
+    """The eval stage's rows by "task/id", read as every reader of predictions.jsonl does (a torn line: ValueError
+    naming the file and line)."""
+    return {f"{r['task']}/{r['id']}": r for r in read_predictions(path)}
 
 
 def _member(row: dict, group: str) -> bool:

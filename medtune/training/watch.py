@@ -85,7 +85,7 @@ class Watch:
         started = time.perf_counter()
         ec = self.cfg.eval
         with scoring_view(model) as plain:
-            run = score_watch(plain, self.sets, ec.watch_batch_size, self.ranks)
+            run = score_watch(plain, self.sets, ec.watch_batch_size, self.ranks, ec.watch_batch_tokens)
         stats = (ec.confidence, ec.bootstrap_samples, ec.seed)
         metrics = watch_metrics(self.sets, self.base, run, *stats, accuracy=ec.watch_accuracy)
         metrics |= self._guard(step, run)

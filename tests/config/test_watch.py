@@ -19,6 +19,8 @@ NO_WATCH = ["eval.watch=[]", "eval.watch_every=0"]  # the demo watches sample_ko
         ([*NO_WATCH, "trainer.keep=best"], r"trainer\.keep=best acts on the watch, which is off"),
         (["eval.watch=[]"], r"eval\.watch_every > 0 but eval\.watch names no set"),
         (["eval.watch_every=-1"], r"eval\.watch_every=-1 must be >= 0"),
+        (["eval.watch_batch_tokens=0"], r"eval\.watch_batch_tokens=0 must be > 0"),
+        (["eval.watch_batch_size=0"], r"eval\.watch_batch_size=0 must be > 0"),
         (["trainer.guard.protect=[kormed_law]"], r"protect names 'kormed_law', which is neither a watch set"),
         (["trainer.keep=best", "trainer.keep_by=law"], r"keep_by names 'law', which is neither .* nor worst_lang"),
         (["+eval.watch_limits.kormed_law=9"], r"eval\.watch_limits\.kormed_law: 'kormed_law' is not in eval\.watch"),

@@ -13,7 +13,8 @@ from fixtures.eval.lm import byte_tokenizer, fixture_loader, register_fixture_ta
 
 from medtune.config import EvalConfig
 from medtune.eval import watch
-from medtune.eval.ranks import Ranks
+from medtune.eval.logprobs import length_batches
+from medtune.eval.ranks import Ranks, assign_shares
 from medtune.eval.scoring import score
 from medtune.eval.tasks import build_task_data, write_task_files
 from medtune.eval.watch_stats import group_change, watch_groups, watch_metrics
@@ -61,6 +62,78 @@ def test_gold_letter_scores_equal_a_full_forward_and_the_eval_stage(
             assert lls[gold] == pytest.approx(eval_gold[(s.name, qid)], abs=1e-4), qid
 
 
+def _random_sets(sizes: tuple[int, ...] = (5, 8, 3), vocab: int = 512) -> list[watch.WatchSet]:
+    """Sets of random prompts (uneven counts, lengths 4 to 60 tokens: sliding windows and padding both matter)."""
+    gen = torch.Generator().manual_seed(3)
+    out = []
+    for k, n in enumerate(sizes):
+        lengths = torch.randint(4, 61, (n,), generator=gen).tolist()
+        prompts = [tuple(torch.randint(3, vocab, (m,), generator=gen).tolist()) for m in lengths]
+        options = [[10 + k, 11 + k, 12 + k, 13 + k]] * n
+        out.append(watch.WatchSet(f"s{k}", "ko", "medical", [str(i) for i in range(n)], prompts, options, [0] * n))
+    return out
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gemma3"])
+def test_token_budget_batches_score_as_the_fixed_rows_and_a_full_forward(arch: str) -> None:
+    """Pooled, longest-first forwards filled to a token budget give the scores of the earlier 16-question batches
+    and of one full-vocabulary forward per question (float32: within 1e-5 nats), at every budget."""
+    sets, model = _random_sets(), _lora(arch)
+    rows16 = watch.score_watch(model, sets, 16)  # the scorer before token budgets: 16 questions per forward
+    direct = {}
+    for s in sets:
+        with torch.no_grad():
+            logits = [model(input_ids=torch.tensor([p])).logits[0, -1].float() for p in s.prompts]
+        direct[s.name] = [torch.log_softmax(x, -1)[o].tolist() for x, o in zip(logits, s.options, strict=True)]
+    for budget in (1, 100, 257, 10_000):  # one question per forward ... every question in one
+        got = watch.score_watch(model, sets, None, max_tokens=budget)
+        for s in sets:
+            for new, old, full in zip(got[s.name], rows16[s.name], direct[s.name], strict=True):
+                assert new == pytest.approx(old, abs=1e-5) and new == pytest.approx(full, abs=1e-5)
+
+
+def test_all_sets_share_the_forwards() -> None:
+    """The sets' questions are pooled: as many forwards as the pooled prompts' token budget needs, not per set."""
+    sets, forwards = _random_sets(), []
+    ranks = Ranks(on_forward=lambda: forwards.append(1))
+    watch.score_watch(_lora("tiny_gemma3"), sets, None, ranks, max_tokens=10_000)
+    assert len(forwards) == 1
+    forwards.clear()
+    watch.score_watch(_lora("tiny_gemma3"), sets, None, ranks, max_tokens=200)
+    pooled = [len(p) for s in sets for p in s.prompts]
+    per_set = sum(len(length_batches([len(p) for p in s.prompts], None, 200)) for s in sets)
+    assert len(forwards) == len(length_batches(pooled, None, 200)) < per_set
+
+
+class _OneRankOfThree(Ranks):
+    """Rank `rank` of three, in one process: `gather` keeps this rank's scores and fills the others' with None."""
+
+    def __init__(self, rank: int, n_requests: list[int]) -> None:
+        super().__init__(rank, 3)
+        self.sizes, self.mine = n_requests, None
+
+    def gather(self, obj: list) -> list:
+        self.mine = obj
+        return [obj if r == self.rank else [None] * n for r, n in enumerate(self.sizes)]
+
+
+def test_uneven_shares_over_ranks_score_as_one_process() -> None:
+    """16 questions over 3 ranks (uneven shares): each rank's token-budget forwards give the one-process scores."""
+    sets, model = _random_sets(), _lora("tiny_gemma3")
+    one = watch.score_watch(model, sets, 16)
+    flat = [q for s in sets for q in one[s.name]]
+    requests = [(o, p, ()) for s in sets for p, o in zip(s.prompts, s.options, strict=True)]
+    shares = assign_shares(requests, 3)
+    assert len({len(share) for share in shares}) > 1  # uneven
+    for rank in range(3):
+        ranks = _OneRankOfThree(rank, [len(share) for share in shares])
+        got = watch.score_watch(model, sets, None, ranks, max_tokens=120)
+        mine = [q for s in sets for q in got[s.name] if q is not None]
+        assert len(mine) == len(shares[rank]) and ranks.mine == mine
+        for i, lls in zip(shares[rank], mine, strict=True):
+            assert lls == pytest.approx(flat[i], abs=1e-5)
+
+
 def test_subset_sizes_follow_the_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     sets = _sets(monkeypatch, limit=5, limits={"fx_en": 3})
     assert [len(s.ids) for s in sets] == [5, 3]
@@ -90,6 +163,15 @@ def test_base_scores_are_cached_and_keyed_by_the_questions(
     with pytest.raises(AssertionError, match="scored again"):
         watch.base_watch_scores(model, byte_tokenizer(), _sets(monkeypatch, limit=5), cfg, Ranks())
     assert len(list((tmp_path / "cache").glob("watch-*/predictions.jsonl"))) == 1
+
+
+def test_the_base_entry_is_keyed_by_the_batching(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch shapes change bf16 results: another token budget or row cap is another cache entry."""
+    sets, model = _sets(monkeypatch, limit=4), _lora()
+    for size, tokens in ((None, 8192), (None, 64), (2, 64), (None, 8192)):
+        cfg = EvalConfig(cache_dir=str(tmp_path / "cache"), watch_batch_size=size, watch_batch_tokens=tokens)
+        watch.base_watch_scores(model, byte_tokenizer(), sets, cfg, Ranks())
+    assert len(list((tmp_path / "cache").glob("watch-*/predictions.jsonl"))) == 3
 
 
 @pytest.mark.parametrize(
