@@ -133,7 +133,7 @@ def test_guard_acts_on_a_run_that_forgets(
 ) -> None:
     """A drift that lowers every gold letter's probability: stop ends training at the first watched step; mark
     records the second (patience 2) and trains on to the end."""
-    monkeypatch.setattr(TrainRecipe, "optimizer_step", _fake_step(3.0))
+    monkeypatch.setattr(TrainRecipe, "optimizer_step", _fake_step(6.0))
     guard = ["trainer.guard.protect=[lang:ko,sample_en]", "trainer.guard.margin=0.05", f"trainer.guard.action={action}"]
     summary, lines = _run(
         tmp_path, "trainer.max_steps=6", "eval.watch_every=2", *guard, f"trainer.guard.patience={patience}"
