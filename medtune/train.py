@@ -22,6 +22,7 @@ from medtune.eval.sanity import EvalSanityError
 from medtune.files.space import StorageError
 from medtune.runtime import lifecycle, sweep
 from medtune.runtime.preflight import check_run
+from medtune.training.checkpoint.resume import check_target
 
 log = logging.getLogger("medtune.train")
 register_configs()
@@ -39,7 +40,8 @@ def _hydra_main(dict_cfg: DictConfig) -> float | None:
 
 def _train(dict_cfg: DictConfig, run_dir: Path, multirun: bool) -> dict:
     cfg = to_train_config(dict_cfg)
-    check_run(cfg, dict_cfg)  # before torch: names, files, resume target, launch
+    check_run(cfg, dict_cfg)  # before torch: names, files, launch
+    check_target(cfg.trainer.resume)  # the resume target exists (training's rule, torch-free)
     from medtune.training.run import run
 
     return run(cfg, dict_cfg, run_dir, multirun)

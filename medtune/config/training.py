@@ -196,7 +196,7 @@ class TrainerConfig:
     save_every: int = 0  # 0: only the final adapter
     keep_checkpoints: int = 2
     resume: str = "never"  # never | auto | <checkpoint dir>
-    # keys (or prefixes such as data_mix) that may differ from the checkpoint's on resume, recorded (training/resume.py)
+    # keys (or prefixes such as data_mix) that may differ from the checkpoint's: training/checkpoint/resume.py
     resume_allow: list[str] = field(default_factory=list)
     merge_adapter: bool = False  # also save the adapter merged into a bf16 copy of the base
     progress_bar: bool = True

@@ -1,6 +1,6 @@
 """A full disk or an unwritable directory, said in one line: the path, the space, what to do.
 
-    StorageError: raised by checkpoint writes (checkpoint.py) with the space the checkpoint needs and what is free.
+    StorageError: raised by checkpoint writes (training/checkpoint/) with the space a checkpoint needs and what's free.
     explain(err): that line for any error of a failed write (None when `err` is something else).
     RunDirCheck: a Hydra callback (conf/train.yaml) that, before Hydra writes into the run (or sweep) directory,
         stops with exit code 2 and one line when it cannot be written, when its disk is full, or when another live

@@ -6,11 +6,11 @@
 `to_train_config` checks each value and the rules between groups; this module checks the config against the world
 around it: keys nobody reads (`+trainer.max_step=5`), source and task names, the data files they need (present and
 not empty), every dataset declared in data.datasets (prepared here, so a bad file, column or row stops the run with
-its file, line and field before any model loads), each source under its own language, the resume target, and
-whether the launch (torchrun or not, a GPU or not) fits `sharding` and `trainer.device`, and whether a per-layer
-FSDP load has a local checkpoint to read. A training run that would
-fail on any of these after loading a model, or after hours of training (an unknown `eval.tasks` name), stops here
-in about a second with exit code 2.
+its file, line and field before any model loads), each source under its own language, whether the launch (torchrun
+or not, a GPU or not) fits `sharding` and `trainer.device`, and whether a per-layer FSDP load has a local checkpoint
+to read. A training run that would fail on any of these after loading a model, or after hours of training (an
+unknown `eval.tasks` name), stops here in about a second with exit code 2. Whether the resume target exists is
+training's rule (training/checkpoint/resume.py: `check_target`, which medtune.train calls next, still before torch).
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ def check_run(cfg: TrainConfig, dict_cfg: Any = None) -> None:
         check_tasks(cfg)
     if cfg.stage in ("train", "train_eval") and cfg.eval.watch and cfg.eval.watch_every > 0:
         check_watch(cfg)
-    check_resume(cfg.trainer.resume)
 
 
 def check_eval(cfg: TrainConfig, dict_cfg: Any) -> None:
@@ -230,15 +229,3 @@ def check_watch(cfg: TrainConfig) -> None:
                 f"{key}={group} needs a watched medical set in that language; the watch's languages: {langs} "
                 f"(eval.watch={list(cfg.eval.watch)})."
             )
-
-
-def check_resume(resume: str) -> None:
-    """`trainer.resume` is never, auto, or an existing checkpoint or run directory."""
-    if resume in ("never", "auto"):
-        return
-    path = Path(resume).expanduser()
-    if not path.is_dir():
-        raise ConfigError(
-            f"trainer.resume={resume!r} is neither 'never', 'auto' nor an existing checkpoint or run directory; "
-            "use trainer.resume=auto with hydra.run.dir=<the run's directory>, or the path of a checkpoint."
-        )

@@ -5,9 +5,9 @@
 
 A run that resumes in its own directory keeps `config.yaml` as written at its start and writes this invocation's
 config to `config.resume-<n>.yaml`; metrics.jsonl (and metrics.csv) lose the lines logged after the checkpoint's
-step, since those steps run again. Which checkpoint a run resumes from is training's rule (training/resume.py); this
-module is told its step. A sweep job that failed gets a summary.json even when it never started
-(`write_failed_summary`).
+step, since those steps run again. Which checkpoint a run resumes from is training's rule
+(training/checkpoint/resume.py); this module is told its step. A sweep job that failed gets a summary.json even when
+it never started (`write_failed_summary`).
 """
 
 from __future__ import annotations

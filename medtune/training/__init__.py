@@ -1,6 +1,6 @@
 """Training: the recipe and its loop, batches, the chunked loss, the model over several processes (DDP, FSDP2),
-checkpoints, resume, the eval stage and the forgetting watch (`watch.py`). What every command shares (process group,
-watchdog, preflight, the run's record, tracking, sweeps) is in medtune.runtime.
+checkpoints and every resume rule (`checkpoint/`), the eval stage and the forgetting watch (`watch.py`). What every
+command shares (process group, watchdog, preflight, the run's record, tracking, sweeps) is in medtune.runtime.
 
 `python -m medtune.train` (medtune/train.py) runs `medtune.training.run.run`.
 """

@@ -41,7 +41,7 @@ class DataPipeline:
     report: dict[str, Any] = field(default_factory=dict)
     train_specs: list[str] = field(default_factory=list)  # "<language>/<source spec>" of each training example
     pass_counts: Counter = field(default_factory=Counter)  # rows and tokens per spec in one pass (trained_mix)
-    # what the run trains on, for resume's check (medtune/training/resume.py): data.content.<source:split> -> a hash
+    # what the run trains on, for resume's check (training/checkpoint/resume.py): data.content.<source:split> -> a hash
     # of that source's loaded rows, data.selected -> a hash of the mix's training and held-out ids in order
     fingerprint: dict[str, str] = field(default_factory=dict)
     _cached: tuple[int, list[dict[str, torch.Tensor]]] | None = None  # (epoch, all ranks' batches)

@@ -25,8 +25,9 @@ from medtune.models.lora import (
 )
 from medtune.runtime import process_group
 from medtune.runtime.watchdog import Watchdog
-from medtune.training import checkpoint, distributed, fast_paths, resume, step_metrics
+from medtune.training import distributed, fast_paths, step_metrics
 from medtune.training.batches import DataPipeline, build_data, plan_mix
+from medtune.training.checkpoint import layout, resume, store
 from medtune.training.errors import TrainingError
 from medtune.training.loss_module import compute_loss, eval_loss
 from medtune.training.offload import ActivationOffloader
@@ -112,20 +113,17 @@ class TrainRecipe:
 
     def _maybe_resume(self) -> None:
         if self.dist.is_main:
-            checkpoint.remove_partial(self.run_dir / "checkpoints")
+            layout.remove_partial(self.run_dir / "checkpoints")
         process_group.barrier()  # still paused: a rank may wait here while another finishes its data (bounded by the
         self.watchdog.enter("resume")  # process group's timeout); from here on every collective is watched
-        point = self.resume_from  # not looked up again: a checkpoint written since the check was not checked
+        point = self.resume_from  # the plan's checkpoint (checkpoint/resume.py); None: step 0
         if point is None:
             return
-        if not (point / checkpoint.STATE_FILE).is_file():
-            raise TrainingError(
-                f"{point} was checked at the start of this run and is gone now (is another job writing "
-                f"{self.run_dir}, or did its keep_checkpoints remove it?); nothing was loaded. Run again: the "
-                "check picks the newest complete checkpoint."
-            )
-        self.summary.update(resume.compare_data(point, self.data, self.cfg, self.resume_plan, self.checkpoint_record))
-        state = checkpoint.load_checkpoint(point, self.model, self.optimizer, self.scheduler)
+        found = resume.check_before_load(
+            point, self.run_dir, self.data.fingerprint, self.cfg, self.resume_plan, self.checkpoint_record
+        )
+        self.summary.update(found)
+        state = store.load(point, self.model, self.optimizer, self.scheduler)
         self.step = state["step"]
         self.data_position = state["data_position"]
         if self.watch is not None and "watch" in state:
@@ -225,7 +223,7 @@ class TrainRecipe:
     def _check_finite(self, loss: torch.Tensor, grad_norm: float) -> None:
         if torch.isfinite(loss).item() and math.isfinite(grad_norm):
             return
-        found = checkpoint.list_checkpoints(self.run_dir / "checkpoints")
+        found = layout.list_checkpoints(self.run_dir / "checkpoints")
         last_good = str(found[-1]) if found else "none (set trainer.save_every to keep some)"
         raise TrainingError(
             f"non-finite {'loss' if not torch.isfinite(loss).item() else 'gradient norm'} at step {self.step + 1}; "
@@ -256,17 +254,14 @@ class TrainRecipe:
     def save_checkpoint(self) -> None:
         """Write a resumable checkpoint: one file set from rank 0, or every rank's shard under FSDP."""
         self.watchdog.enter("checkpoint", self.step)
-        args = (self.run_dir / "checkpoints", self.step, self.model, self.optimizer, self.scheduler)
         state = {"data_position": self.data_position, **self.checkpoint_record, "data": self.data.fingerprint}
         if self.watch is not None:
             state["watch"] = self.watch.state()
-        rngs = process_group.all_gather_objects(checkpoint.rng_state())  # dropout draws differ by rank
-        if self.cfg.sharding.strategy == "fsdp":
-            checkpoint.save_sharded_checkpoint(*args, state, self.cfg.trainer.keep_checkpoints, rngs)
-            return
-        if self.dist.is_main:
-            checkpoint.save_checkpoint(*args, state, self.cfg.trainer.keep_checkpoints, rngs)
-        process_group.barrier()
+        keep = self.cfg.trainer.keep_checkpoints
+        checkpointer = store.for_run(self.cfg.sharding.strategy, self.dist.is_main)
+        checkpointer.save(
+            self.run_dir / "checkpoints", self.step, self.model, self.optimizer, self.scheduler, state, keep
+        )
 
     def release(self) -> None:
         """Drop what the run holds (model, optimizer, data): memory free for the next run even under a traceback."""

@@ -29,10 +29,11 @@ from medtune.files import space
 from medtune.runtime import lifecycle, run_record
 from medtune.runtime.process_group import DistInfo
 from medtune.runtime.watchdog import RunTerminated, Watchdog
-from medtune.training import fast_paths, resume
+from medtune.training import fast_paths
+from medtune.training.checkpoint import resume
+from medtune.training.checkpoint.resume import ResumePlan
 from medtune.training.eval_stage import run_eval_stage
 from medtune.training.recipe import TrainRecipe
-from medtune.training.resume import ResumePlan
 from medtune.training.trained_mix import log_trained, trained_record
 
 log = logging.getLogger("medtune.train")

@@ -182,7 +182,7 @@ def test_a_colleague_in_the_group_reads_converted_models_adapters_and_checkpoint
 
     from medtune.models.gguf import ensure_converted
     from medtune.models.lora import save_adapter
-    from medtune.training.checkpoint import save_checkpoint
+    from medtune.training.checkpoint.local import LocalCheckpointer
 
     with group_folder() as (shared, gid), umask(0o002):
         gguf = shared / "model.gguf"
@@ -197,7 +197,7 @@ def test_a_colleague_in_the_group_reads_converted_models_adapters_and_checkpoint
         adapter = save_adapter(model, shared / "run" / "adapter")
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
-        ckpt = save_checkpoint(shared / "run" / "checkpoints", 1, model, opt, sched, {}, keep=1)
+        ckpt = LocalCheckpointer().save(shared / "run" / "checkpoints", 1, model, opt, sched, {}, keep=1)
         files = [p for folder in (converted, adapter, ckpt) for p in folder.rglob("*") if p.is_file()]
         names = {p.name for p in files}
         assert {"model.safetensors", "conversion.json", "adapter_model.safetensors", "trainable.pt"} <= names

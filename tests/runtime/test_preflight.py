@@ -16,7 +16,6 @@ from medtune.runtime.preflight import (
     check_known_keys,
     check_launch,
     check_per_layer_source,
-    check_resume,
     check_run,
     check_source,
     check_tasks,
@@ -100,13 +99,6 @@ def test_unknown_task_is_refused_before_training(tmp_path: Path) -> None:
     cfg = compose(["eval=medical", f"data.data_dir={tmp_path}"])  # the tasks' data is not here
     with pytest.raises(ConfigError, match=r"eval\.tasks \(kormedmcqa_doctor\): no raw files"):
         check_run(cfg)
-
-
-def test_resume_target_must_exist(tmp_path: Path) -> None:
-    for ok in ("never", "auto", str(tmp_path)):
-        check_resume(ok)
-    with pytest.raises(ConfigError, match=r"trainer\.resume='sometimes' is neither"):
-        check_resume("sometimes")
 
 
 def test_launch_must_fit_sharding(single_process: None, monkeypatch: pytest.MonkeyPatch) -> None:

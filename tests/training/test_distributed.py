@@ -93,14 +93,16 @@ def test_two_ranks_match_one_process(strategy: str, single, cache: Path, tmp_pat
         torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-6)
 
 
-def test_fsdp_resumes_from_sharded_checkpoint(cache: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("strategy", "written"), [("fsdp", "sharded"), ("ddp", "trainable.pt")])
+def test_two_ranks_resume_from_their_checkpoint(strategy: str, written: str, cache: Path, tmp_path: Path) -> None:
     """With LoRA dropout and unpacked rows of different lengths, each rank's random draws differ: every rank's RNG
-    must come back from the checkpoint (restoring rank 0's everywhere changed rank 1's dropout masks)."""
-    common = ["sharding=fsdp", "lora.dropout=0.1", "packing=none", "trainer.micro_batch_size=3"]
+    must come back from the checkpoint (restoring rank 0's everywhere changed rank 1's dropout masks). FSDP writes
+    every rank's shard (ShardedCheckpointer), DDP one file set from rank 0 (LocalCheckpointer)."""
+    common = [f"sharding={strategy}", "lora.dropout=0.1", "packing=none", "trainer.micro_batch_size=3"]
     straight = _run(tmp_path / "straight", cache, 2, *common, "trainer.max_steps=4")
     resumed_dir = tmp_path / "resumed"
     _run(resumed_dir, cache, 2, *common, "trainer.max_steps=2", "trainer.save_every=2")
-    assert (resumed_dir / "checkpoints" / "step_000002" / "sharded").is_dir()
+    assert (resumed_dir / "checkpoints" / "step_000002" / written).exists()
     resumed = _run(resumed_dir, cache, 2, *common, "trainer.max_steps=4", "trainer.resume=auto")
     assert resumed[3] == pytest.approx(straight[3], rel=1e-6) and resumed[4] == pytest.approx(straight[4], rel=1e-6)
 

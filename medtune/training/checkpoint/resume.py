@@ -1,19 +1,23 @@
-"""A resumed run is the run it claims to be: the checkpoint's config is compared with this one before anything loads.
+"""Every resume rule: which checkpoint a run continues from, and whether it is the run it claims to be.
 
+    check_target(cfg.trainer.resume)              # the command, before torch: the target exists
     plan = plan_resume(cfg, run_dir, world_size)  # None: start at step 0; ResumeMismatch (exit 2) on a mismatch
     record = checkpoint_record(run_identity(cfg, world_size), plan)  # stored in every checkpoint of the run
+    summary |= check_before_load(plan.checkpoint, run_dir, data.fingerprint, cfg, plan, record)  # then load it
 
-Every checkpoint's state.json holds `run_config` (the validated config as dotted keys, plus `sharding.world_size`)
-and `resumes` (the changes accepted at the earlier resumes of its lineage). On resume a key may differ only when
+`trainer.resume`: never; auto (this run directory's newest complete checkpoint); a checkpoint or run directory (its
+newest). It is resolved once, at the start: the run loads that checkpoint, not one written since.
+Every checkpoint's state.json holds `run_config` (the validated config as dotted keys, plus `sharding.world_size`:
+another number of ranks is a change like any other) and `resumes` (the changes accepted at the earlier resumes of its
+lineage). On resume a key may differ only when
 - it is operational (FREE): checkpoint and log cadence, progress bar, logger, the evaluation after training,
   timeouts, cache paths; or
 - it is named, or its group is, in `trainer.resume_allow`, and it is not LOCKED.
 Either way the change is recorded: summary.json `run/resume_changes`, and the next checkpoints carry it on.
 LOCKED keys come back from the checkpoint, so a new value would be written down and never used: refused always.
 `trainer.max_steps` is free only when the steps already trained had the same learning rate under the new value
-(a constant schedule with a fixed warmup); with a decaying schedule the new value would describe another curve than
-the one trained, so it needs `trainer.resume_allow=[trainer.max_steps]` (the rest of the run then follows the new
-curve from the checkpoint's step: the lr jumps there).
+(a constant schedule with a fixed warmup); with a decaying schedule it needs `trainer.resume_allow=[trainer.max_steps]`
+(the rest of the run then follows the new curve from the checkpoint's step: the lr jumps there).
 The data is compared too, once it is loaded (`check_data`): state.json's `data` holds a hash of every training
 source's rows (`data.content.<source:split>`) and of the mix's selected ids (`data.selected`); a source whose rows
 changed is refused in one line naming it unless `trainer.resume_allow` names `data` (or that key), and recorded.
@@ -29,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from medtune.config import ConfigError, OptimConfig, TrainConfig
+from medtune.training.checkpoint.layout import STATE_FILE, list_checkpoints, read_state
+from medtune.training.errors import TrainingError
 from medtune.training.schedule import lr_factor
 
 log = logging.getLogger(__name__)
@@ -106,6 +112,37 @@ class ResumePlan:
         return out
 
 
+def check_target(resume: str) -> None:
+    """`trainer.resume` is never, auto, or an existing checkpoint or run directory (no torch: the command's check)."""
+    if resume in ("never", "auto"):
+        return
+    if not Path(resume).expanduser().is_dir():
+        raise ConfigError(
+            f"trainer.resume={resume!r} is neither 'never', 'auto' nor an existing checkpoint or run directory; "
+            "use trainer.resume=auto with hydra.run.dir=<the run's directory>, or the path of a checkpoint."
+        )
+
+
+def find_resume_point(resume: str, run_dir: Path) -> Path | None:
+    """Resolve trainer.resume: never -> None; auto -> newest in this run; a path -> that checkpoint or its run's
+    newest. A path without a complete checkpoint is a ConfigError."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found = list_checkpoints(run_dir / "checkpoints")
+        return found[-1] if found else None
+    path = Path(resume).expanduser()
+    if (path / STATE_FILE).is_file():
+        return path
+    found = list_checkpoints(path / "checkpoints") or list_checkpoints(path)
+    if not found:
+        raise ConfigError(
+            f"trainer.resume={resume}: no complete checkpoint there (looked for {path}/state.json and "
+            f"{path}/checkpoints/step_*); use trainer.resume=auto with hydra.run.dir=<the run's directory>."
+        )
+    return found[-1]
+
+
 def run_identity(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     """The validated config as dotted keys (the form state.json stores), plus the number of ranks."""
     flat = _flatten(dataclasses.asdict(cfg))
@@ -120,15 +157,10 @@ def checkpoint_record(identity: dict[str, Any], plan: ResumePlan | None) -> dict
 
 def plan_resume(cfg: TrainConfig, run_dir: Path, world_size: int) -> ResumePlan | None:
     """Resolve trainer.resume and check the checkpoint against `cfg`; raises ConfigError before anything loads."""
-    from medtune.training import checkpoint  # torch: the caller (training.run) has it loaded already
-
-    try:
-        point = checkpoint.find_resume_point(cfg.trainer.resume, run_dir)
-    except FileNotFoundError as err:
-        raise ConfigError(str(err)) from err
+    point = find_resume_point(cfg.trainer.resume, run_dir)
     if point is None:
         return None
-    state = json.loads((point / checkpoint.STATE_FILE).read_text())
+    state = read_state(point)
     step = int(state["step"])
     if cfg.trainer.max_steps < step:
         raise ConfigError(
@@ -154,17 +186,26 @@ def plan_resume(cfg: TrainConfig, run_dir: Path, world_size: int) -> ResumePlan 
     return ResumePlan(point, step, changes, list(state.get("resumes", [])))
 
 
-def compare_data(
-    point: Path, data: Any, cfg: TrainConfig, plan: ResumePlan | None, record: dict[str, Any]
+def check_before_load(
+    point: Path,
+    run_dir: Path,
+    fingerprint: dict[str, str],
+    cfg: TrainConfig,
+    plan: ResumePlan | None,
+    record: dict[str, Any],
 ) -> dict[str, Any]:
-    """check_data of `data` (a DataPipeline: its fingerprint) against the checkpoint at `point`, before that loads;
+    """The planned checkpoint is still there, and check_data of the data loaded now (its `fingerprint`) against it;
     an accepted change joins `plan` and `record` (what the next checkpoints store). Returns the summary's run/* keys
     when the data changed, else {}."""
-    from medtune.training import checkpoint
-
-    saved = json.loads((point / checkpoint.STATE_FILE).read_text())
+    if not (point / STATE_FILE).is_file():  # not looked up again: a checkpoint written since was not checked
+        raise TrainingError(
+            f"{point} was checked at the start of this run and is gone now (is another job writing "
+            f"{run_dir}, or did its keep_checkpoints remove it?); nothing was loaded. Run again: the "
+            "check picks the newest complete checkpoint."
+        )
+    saved = read_state(point)
     plan = plan or ResumePlan(point, int(saved["step"]), {}, list(saved.get("resumes", [])))
-    if not check_data(saved.get("data"), data.fingerprint, cfg, plan):
+    if not check_data(saved.get("data"), fingerprint, cfg, plan):
         return {}
     record["resumes"] = plan.lineage()
     return plan.summary()

@@ -1,8 +1,11 @@
-"""Resume continues only the run its checkpoint belongs to: every differing key is named, safe ones are recorded."""
+"""Resume continues only the run its checkpoint belongs to: the target is resolved once, every differing key is named,
+safe ones are recorded, and the checkpoint loaded is the one that was checked."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,8 @@ from conftest import REPO
 from hydra import compose, initialize_config_dir
 
 from medtune.config import ConfigError, register_configs, to_train_config
-from medtune.training import resume
+from medtune.training.checkpoint import resume
+from medtune.training.errors import TrainingError
 
 CONF = REPO / "medtune" / "conf"
 register_configs()
@@ -182,3 +186,44 @@ def test_resume_allow_knows_the_data_names_before_the_data_loads(tmp_path: Path)
     _checkpoint(tmp_path, 2)
     for name in ("data", "data.content", "data.selected"):
         assert resume.plan_resume(_cfg(*BASE, "trainer.resume=auto", f"trainer.resume_allow=[{name}]"), tmp_path, 1)
+
+
+def test_resume_target_must_exist(tmp_path: Path) -> None:
+    for ok in ("never", "auto", str(tmp_path)):
+        resume.check_target(ok)
+    with pytest.raises(ConfigError, match=r"trainer\.resume='sometimes' is neither"):
+        resume.check_target("sometimes")
+
+
+def test_resume_point_resolution(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert resume.find_resume_point("auto", run) is None
+    assert resume.find_resume_point("never", run) is None
+    _checkpoint(run, 3)
+    newest = _checkpoint(run, 7)
+    (run / "checkpoints" / "step_000009.tmp-1").mkdir()  # half-written: never chosen
+    assert resume.find_resume_point("auto", run) == newest
+    assert resume.find_resume_point(str(run), tmp_path / "other") == newest
+    assert resume.find_resume_point(str(run / "checkpoints" / "step_000003"), tmp_path / "other").name == "step_000003"
+    with pytest.raises(ConfigError, match=r"trainer\.resume=.*no complete checkpoint"):
+        resume.find_resume_point(str(tmp_path / "nothing"), run)
+
+
+def test_the_checked_checkpoint_must_still_be_there_and_the_data_change_is_recorded(tmp_path: Path) -> None:
+    point = _checkpoint(tmp_path, 2, data={"data.content.a:train": "1"})
+    cfg = _cfg(*BASE, "trainer.resume=auto", "trainer.resume_allow=[data]")
+    plan = resume.plan_resume(cfg, tmp_path, 1)
+    record = resume.checkpoint_record(resume.run_identity(cfg, 1), plan)
+    assert resume.check_before_load(point, tmp_path, {"data.content.a:train": "1"}, cfg, plan, record) == {}
+    found = resume.check_before_load(point, tmp_path, {"data.content.a:train": "2"}, cfg, plan, record)
+    accepted = [{"step": 2, "changes": {"data.content.a:train": ["1", "2"]}}]
+    assert json.loads(found["run/resume_changes"]) == accepted and record["resumes"] == accepted
+    (point / "state.json").unlink()  # another job's keep_checkpoints removed it after the check
+    with pytest.raises(TrainingError, match=r"was checked at the start of this run and is gone now"):
+        resume.check_before_load(point, tmp_path, {}, cfg, plan, record)
+
+
+def test_the_resume_rules_load_without_torch() -> None:
+    """The command checks the resume target before torch is imported: a wrong path costs a second, not a minute."""
+    code = "import sys, medtune.training.checkpoint.resume; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=REPO)

@@ -1,4 +1,5 @@
-"""Checkpoints round-trip the adapter, optimizer, scheduler and RNG, and a half-written one is never resumed."""
+"""The local checkpoint (one process, DDP) round-trips the adapter, optimizer, scheduler and RNG; a half-written one
+is never resumed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import pytest
 import torch
 
 from medtune.files import space
-from medtune.training import checkpoint
+from medtune.training.checkpoint import layout
+from medtune.training.checkpoint.local import LocalCheckpointer
+from medtune.training.checkpoint.resume import find_resume_point
 
 
 def _toy() -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -35,12 +38,12 @@ def _train_one(model, opt, sched) -> None:
 def test_round_trip_restores_trainable_state_optimizer_scheduler_and_rng(tmp_path: Path) -> None:
     model, opt, sched = _toy()
     _train_one(model, opt, sched)
-    saved = checkpoint.save_checkpoint(tmp_path, 1, model, opt, sched, {"data_position": {"epoch": 0, "batch": 3}}, 2)
+    saved = LocalCheckpointer().save(tmp_path, 1, model, opt, sched, {"data_position": {"epoch": 0, "batch": 3}}, 2)
     assert "0.weight" not in torch.load(saved / "trainable.pt")  # frozen weights stay out
     expected_next = torch.rand(5)
     torch.manual_seed(123)  # move the RNG away; loading must bring it back
     model2, opt2, sched2 = _toy()
-    state = checkpoint.load_checkpoint(saved, model2, opt2, sched2)
+    state = LocalCheckpointer().load(saved, model2, opt2, sched2)
     assert state == {"step": 1, "data_position": {"epoch": 0, "batch": 3}}
     assert torch.equal(model2[1].weight, model[1].weight)
     assert sched2.get_last_lr() == sched.get_last_lr()
@@ -51,32 +54,19 @@ def test_round_trip_restores_trainable_state_optimizer_scheduler_and_rng(tmp_pat
 def test_keeps_only_the_newest_and_skips_partial(tmp_path: Path) -> None:
     model, opt, sched = _toy()
     for step in (1, 2, 3):
-        checkpoint.save_checkpoint(tmp_path, step, model, opt, sched, {"data_position": {}}, keep=2)
+        LocalCheckpointer().save(tmp_path, step, model, opt, sched, {"data_position": {}}, keep=2)
     (tmp_path / "step_000004.tmp-999").mkdir()  # what a kill during a save leaves behind
-    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step_000002", "step_000003"]
-    assert checkpoint.remove_partial(tmp_path) == [tmp_path / "step_000004.tmp-999"]
+    assert [p.name for p in layout.list_checkpoints(tmp_path)] == ["step_000002", "step_000003"]
+    assert layout.remove_partial(tmp_path) == [tmp_path / "step_000004.tmp-999"]
     assert not (tmp_path / "step_000004.tmp-999").exists()
-
-
-def test_resume_point_resolution(tmp_path: Path) -> None:
-    model, opt, sched = _toy()
-    run = tmp_path / "run"
-    assert checkpoint.find_resume_point("auto", run) is None
-    assert checkpoint.find_resume_point("never", run) is None
-    saved = checkpoint.save_checkpoint(run / "checkpoints", 7, model, opt, sched, {"data_position": {}}, keep=1)
-    assert checkpoint.find_resume_point("auto", run) == saved
-    assert checkpoint.find_resume_point(str(run), tmp_path / "other") == saved
-    assert checkpoint.find_resume_point(str(saved), tmp_path / "other") == saved
-    with pytest.raises(FileNotFoundError, match=r"trainer\.resume"):
-        checkpoint.find_resume_point(str(tmp_path / "nothing"), run)
 
 
 def test_loading_into_a_different_adapter_names_the_problem(tmp_path: Path) -> None:
     model, opt, sched = _toy()
-    saved = checkpoint.save_checkpoint(tmp_path, 1, model, opt, sched, {"data_position": {}}, keep=1)
+    saved = LocalCheckpointer().save(tmp_path, 1, model, opt, sched, {"data_position": {}}, keep=1)
     other = torch.nn.Sequential(torch.nn.Linear(4, 4))
     with pytest.raises(KeyError, match="lora config"):
-        checkpoint.load_checkpoint(saved, other, opt, sched)
+        LocalCheckpointer().load(saved, other, opt, sched)
 
 
 def _fail_on_save(monkeypatch: pytest.MonkeyPatch, nth: int, error: Callable[[str], None]) -> None:
@@ -98,22 +88,22 @@ def test_disk_full_removes_the_partial_checkpoint_and_says_path_and_space(
     model, opt, sched = _toy()
     _train_one(model, opt, sched)
     root = tmp_path / "run" / "checkpoints"
-    kept = checkpoint.save_checkpoint(root, 1, model, opt, sched, {"data_position": {}}, keep=2)
+    kept = LocalCheckpointer().save(root, 1, model, opt, sched, {"data_position": {}}, keep=2)
 
     def enospc(path: str) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
     _fail_on_save(monkeypatch, 2, enospc)  # the optimizer file of step 2
     with pytest.raises(space.StorageError) as info:
-        checkpoint.save_checkpoint(root, 2, model, opt, sched, {"data_position": {}}, keep=2)
+        LocalCheckpointer().save(root, 2, model, opt, sched, {"data_position": {}}, keep=2)
     msg = str(info.value)
     assert "\n" not in msg
     assert f"could not write checkpoint step_000002 to {root} (No space left on device [errno 28])" in msg
     assert re.search(r"it needs about [\d.]+ (B|KiB), [\d.]+ (KiB|MiB|GiB) free on that disk", msg), msg
     assert f"trainer.resume=auto hydra.run.dir={tmp_path / 'run'}" in msg
     assert sorted(p.name for p in root.iterdir()) == ["step_000001"]  # the partial directory is gone
-    assert checkpoint.list_checkpoints(root) == [kept]
-    assert checkpoint.find_resume_point("auto", tmp_path / "run") == kept
+    assert layout.list_checkpoints(root) == [kept]
+    assert find_resume_point("auto", tmp_path / "run") == kept
 
 
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
@@ -123,7 +113,7 @@ def test_zip_writer_error_of_a_full_device_is_one_line(tmp_path: Path, monkeypat
     real_save = torch.save
     monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: real_save(obj, "/dev/full", *a, **k))
     with pytest.raises(space.StorageError, match=r"could not write checkpoint step_000003 .*\(RuntimeError: "):
-        checkpoint.save_checkpoint(tmp_path, 3, model, opt, sched, {"data_position": {}}, keep=2)
+        LocalCheckpointer().save(tmp_path, 3, model, opt, sched, {"data_position": {}}, keep=2)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -139,7 +129,7 @@ def test_a_partial_file_of_a_full_disk_is_closed_before_it_is_deleted(tmp_path: 
         fill(str(disk / "filler"), leave_bytes=128 * 1024)
         room = space.free_bytes(disk)
         with pytest.raises(space.StorageError) as info:
-            checkpoint.save_checkpoint(disk / "checkpoints", 1, model, opt, sched, {}, keep=1)
+            LocalCheckpointer().save(disk / "checkpoints", 1, model, opt, sched, {}, keep=1)
         assert list((disk / "checkpoints").iterdir()) == []
         assert space.free_bytes(disk) >= room  # the partial's blocks came back
         held = []
