@@ -24,7 +24,7 @@ _INDEX_CACHE: dict[tuple, tuple[DupIndex, list[str]]] = {}
 
 def eval_split_specs(data_cfg: DataConfig) -> list[str]:
     """The "<source>:<split>" specs that only ever evaluate: data.eval_splits and each declared dataset's eval_split."""
-    datasets = [f"{name}:{ds.eval_split}" for name, ds in (getattr(data_cfg, "datasets", None) or {}).items()]
+    datasets = [f"{name}:{ds.eval_split}" for name, ds in (data_cfg.datasets if data_cfg is not None else {}).items()]
     return list(data_cfg.eval_splits) + [spec for spec in datasets if spec not in data_cfg.eval_splits]
 
 

@@ -52,10 +52,10 @@ TEMPLATES = ("plain", "chat")
 _NEUTRAL_SAID: set[str] = set()  # languages already logged as using the neutral template
 
 
-def prompt_words(data_cfg: Any = None) -> dict[str, dict[str, str]]:
+def prompt_words(data_cfg: DataConfig | None = None) -> dict[str, dict[str, str]]:
     """The words of every language: the built-in ones with data.prompt_words laid over them."""
     table = {lang: dict(words) for lang, words in WORDS.items()}
-    for lang, words in (getattr(data_cfg, "prompt_words", None) or {}).items():
+    for lang, words in ((data_cfg.prompt_words if data_cfg is not None else None) or {}).items():
         base = table.get(lang) or {**WORDS[NEUTRAL], "open_answer": words.get("answer", WORDS[NEUTRAL]["answer"])}
         table[lang] = {**base, **words}
     return table

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from medtune.config import DataConfig
 from medtune.data import load_records
 from medtune.data.prompts import prompt_words, render_mcq_prompt
 from medtune.data.schema import LETTERS, mcq
@@ -65,17 +66,17 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def declared_tasks(data_cfg: Any) -> dict[str, TaskSpec]:
+def declared_tasks(data_cfg: DataConfig) -> dict[str, TaskSpec]:
     """The multiple-choice datasets declared in data.datasets, as tasks (few-shot from train when declared)."""
     out = {}
-    for name, ds in (getattr(data_cfg, "datasets", None) or {}).items():
+    for name, ds in (data_cfg.datasets if data_cfg is not None else {}).items():
         if ds.format == "mcq":
             fewshot = None if ds.eval_split == "train" else f"{name}:train"
             out[name] = TaskSpec(ds.language, name, ds.eval_split, fewshot=fewshot, domain=ds.domain)
     return out
 
 
-def all_tasks(data_cfg: Any) -> dict[str, TaskSpec]:
+def all_tasks(data_cfg: DataConfig) -> dict[str, TaskSpec]:
     """Every task a run can name: the built-in TASKS and the declared multiple-choice datasets."""
     return TASKS | declared_tasks(data_cfg)
 
@@ -133,7 +134,7 @@ def _default_loader() -> Callable[[str, str, Any], list[Any]]:
 
 def build_task_data(
     names: Sequence[str],
-    data_cfg: Any,
+    data_cfg: DataConfig,
     limit: int | None = None,
     num_fewshot: int = 0,
     seed: int = 0,

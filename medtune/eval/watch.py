@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from medtune.config import EvalConfig
+from medtune.config import DataConfig, EvalConfig
 from medtune.eval.base_cache import base_entry, base_key, score_base
 from medtune.eval.logprobs import hidden_batches, last_hidden, projected_logprobs
 from medtune.eval.ranks import Ranks, spread_scores
@@ -62,7 +62,7 @@ def build_watch_sets(
     names: Sequence[str],
     limit: int | None,
     limits: Mapping[str, int],
-    data_cfg: Any,
+    data_cfg: DataConfig,
     tokenizer: Any,
     seed: int = 0,
     max_length: int = 2048,

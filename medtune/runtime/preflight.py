@@ -22,7 +22,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from medtune.config import WORST_LANG, ConfigError, TrainConfig
+from medtune.config import WORST_LANG, ConfigError, DataConfig, TrainConfig
 from medtune.runtime.launch import env_world, launched_by_torchrun
 
 log = logging.getLogger("medtune.runtime.preflight")
@@ -127,9 +127,9 @@ def check_per_layer_source(cfg: TrainConfig) -> None:
         )
 
 
-def check_dataset_files(data_cfg: Any) -> None:
+def check_dataset_files(data_cfg: DataConfig) -> None:
     """Prepare every dataset of data.datasets (cached after the first run): a bad one stops here."""
-    if not getattr(data_cfg, "datasets", None):
+    if not data_cfg.datasets:
         return
     from medtune.data.prepare import prepare_source
     from medtune.data.sources.registry import dataset_sources
@@ -145,7 +145,9 @@ def check_dataset_files(data_cfg: Any) -> None:
             log.warning("data.datasets.%s: %d bad rows skipped (data.on_bad_row=skip)", name, len(manifest["skipped"]))
 
 
-def check_source(spec: str, data_cfg: Any, where: str, training: bool = False, language: str | None = None) -> None:
+def check_source(
+    spec: str, data_cfg: DataConfig, where: str, training: bool = False, language: str | None = None
+) -> None:
     """`<source>:<split>` names a known source or view and split, and its raw files are here (warns when empty);
     with `language`, the source's records are in that language."""
     from medtune.data import assert_trainable

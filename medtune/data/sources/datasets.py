@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medtune.config import DatasetConfig
+from medtune.config import DataConfig, DatasetConfig
 from medtune.config.checks import resolve_dir
 from medtune.data.schema import Record, RowError, RowSink, text_field
 from medtune.data.sources.dataset_rows import BUILDERS
@@ -55,29 +55,29 @@ class DatasetSource:
         """The language of its rows (the declaration's `language`)."""
         return self.cfg.language
 
-    def is_hub(self, data_cfg: Any) -> bool:
+    def is_hub(self, data_cfg: DataConfig) -> bool:
         """True when `path` is read from the hub: data.hub=true and nothing on disk matches it."""
         return self._at(data_cfg).is_hub()
 
-    def splits(self, data_cfg: Any) -> None:
+    def splits(self, data_cfg: DataConfig) -> None:
         """None: the data decides the splits (a split column, a holdout, a saved or hub dataset's own splits)."""
         return None
 
-    def files(self, data_cfg: Any) -> list[Path]:
+    def files(self, data_cfg: DataConfig) -> list[Path]:
         """Every local file the dataset reads ([] from the hub); DatasetError when a path matches nothing."""
         return self._at(data_cfg).files()
 
-    def identity(self, data_cfg: Any) -> str:
+    def identity(self, data_cfg: DataConfig) -> str:
         """What decides its rows besides the files: the declaration, and the hub id when read from the hub."""
         text = json.dumps(dataclasses.asdict(self.cfg), sort_keys=True)
         return text + (f"hub:{self.name}:{self.cfg.path}" if self.is_hub(data_cfg) else "")
 
-    def read(self, data_cfg: Any, sink: RowSink) -> dict[str, list[Record]]:
+    def read(self, data_cfg: DataConfig, sink: RowSink) -> dict[str, list[Record]]:
         """Every split's Records: split by column and holdout, ids checked, rows built (bad ones to the sink)."""
         return self._at(data_cfg).read_all(sink)
 
-    def _at(self, data_cfg: Any) -> _Located:
-        return _Located(self.name, self.cfg, resolve_dir(data_cfg.data_dir), bool(getattr(data_cfg, "hub", False)))
+    def _at(self, data_cfg: DataConfig) -> _Located:
+        return _Located(self.name, self.cfg, resolve_dir(data_cfg.data_dir), data_cfg.hub)
 
 
 @dataclass(frozen=True)

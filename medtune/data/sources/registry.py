@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from medtune.config import ConfigError
+from medtune.config import ConfigError, DataConfig
 from medtune.config.checks import resolve_dir
 from medtune.data.schema import Record, RowError, RowSink, letter_index, mcq, text_field
 from medtune.data.sources import english as en
@@ -39,19 +39,19 @@ class Source(Protocol):
     def language(self) -> str:
         """The language of its rows."""
 
-    def is_hub(self, data_cfg: Any) -> bool:
+    def is_hub(self, data_cfg: DataConfig) -> bool:
         """True when it is read from the Hugging Face hub under this data config."""
 
-    def splits(self, data_cfg: Any) -> tuple[str, ...] | None:
+    def splits(self, data_cfg: DataConfig) -> tuple[str, ...] | None:
         """Its splits, or None when its data decides them (known once it is prepared)."""
 
-    def files(self, data_cfg: Any) -> list[Path]:
+    def files(self, data_cfg: DataConfig) -> list[Path]:
         """The local files it reads ([] from the hub); an error names the path and the fix when there are none."""
 
-    def identity(self, data_cfg: Any) -> str:
+    def identity(self, data_cfg: DataConfig) -> str:
         """What decides its rows besides its files' contents (hashed into the prepared copy's key)."""
 
-    def read(self, data_cfg: Any, sink: RowSink) -> dict[str, list[Record]]:
+    def read(self, data_cfg: DataConfig, sink: RowSink) -> dict[str, list[Record]]:
         """{split: records} of every split; bad rows go to the sink."""
 
 
@@ -67,15 +67,15 @@ class BuiltinSource:
     in_package: bool = False  # ships inside the package (no data_dir needed)
     split_hint: str = ""
 
-    def is_hub(self, data_cfg: Any) -> bool:
+    def is_hub(self, data_cfg: DataConfig) -> bool:
         """True when data.hub=true and the source has a hub copy."""
-        return bool(getattr(data_cfg, "hub", False)) and hub_reader(self.name) is not None
+        return data_cfg.hub and hub_reader(self.name) is not None
 
-    def splits(self, data_cfg: Any) -> tuple[str, ...]:
+    def splits(self, data_cfg: DataConfig) -> tuple[str, ...]:
         """Its splits (the hub copy may have more)."""
         return HUB_SPLITS.get(self.name, self.local_splits) if self.is_hub(data_cfg) else self.local_splits
 
-    def files(self, data_cfg: Any) -> list[Path]:
+    def files(self, data_cfg: DataConfig) -> list[Path]:
         """The raw files it reads ([] from the hub); FileNotFoundError names the folder when there are none."""
         if self.is_hub(data_cfg):
             return []
@@ -90,11 +90,11 @@ class BuiltinSource:
             )
         return files
 
-    def identity(self, data_cfg: Any) -> str:
+    def identity(self, data_cfg: DataConfig) -> str:
         """Its adapter decides its rows; from the hub, the hub copy does."""
         return f"hub:{self.name}:" if self.is_hub(data_cfg) else ""
 
-    def read(self, data_cfg: Any, sink: RowSink) -> dict[str, list[Record]]:
+    def read(self, data_cfg: DataConfig, sink: RowSink) -> dict[str, list[Record]]:
         """Run the adapter (or the hub's) over every split."""
         reader = hub_reader(self.name) if self.is_hub(data_cfg) else self.reader
         data_dir = resolve_dir(data_cfg.data_dir)
@@ -194,22 +194,22 @@ VIEW_SUBJECTS: dict[str, tuple[str, tuple[str, ...] | None]] = {
 }
 
 
-def dataset_sources(data_cfg: Any) -> dict[str, Source]:
+def dataset_sources(data_cfg: DataConfig) -> dict[str, Source]:
     """The datasets of data.datasets as sources; a name taken by a built-in source or view is refused."""
     out: dict[str, Source] = {}
-    for name, ds in (getattr(data_cfg, "datasets", None) or {}).items():
+    for name, ds in (data_cfg.datasets if data_cfg is not None else {}).items():
         if name in SOURCES or name in VIEW_SUBJECTS or re.fullmatch(r"mmlu_([a-z_]+)", name):
             raise ConfigError(f"data.datasets.{name}: {name!r} is the name of a built-in source or view; rename it.")
         out[name] = DatasetSource(name, ds)
     return out
 
 
-def all_sources(data_cfg: Any) -> dict[str, Source]:
+def all_sources(data_cfg: DataConfig) -> dict[str, Source]:
     """Built-in sources, then the datasets of `data_cfg` (data.datasets; None: built-in only)."""
     return SOURCES | (dataset_sources(data_cfg) if data_cfg is not None else {})
 
 
-def resolve(name: str, data_cfg: Any = None) -> tuple[Source, Callable[[Record], bool] | None]:
+def resolve(name: str, data_cfg: DataConfig | None = None) -> tuple[Source, Callable[[Record], bool] | None]:
     """A source, view or data.datasets name -> (prepared source, record filter or None)."""
     if name in SOURCES:
         return SOURCES[name], None
