@@ -12,7 +12,9 @@
     bench           anything below it (runtime for the process group, training to time its step)
     export          config, files, data, models, eval (a top layer: merges, writes, checks; nothing imports it)
     search          config, files, data, eval (a top layer: runs medtune.train as subprocesses, reads their files)
-    commands        medtune/train.py, medtune/evaluate.py, */__main__.py: anything; nobody imports them
+    commands        medtune/train.py, medtune/evaluate.py (the two Hydra runs), and `python -m medtune.<pkg>`, whose
+                    <pkg>/__main__.py only calls <pkg>/cli.py's main (the arguments, in its package's layer);
+                    nobody imports a command, and only its own __main__ imports a cli module
 
 Also: no import circle between modules, no private name imported from another module, and modules and functions
 short enough to read (the sizes ../shared/STYLE.md asks for, with a little slack).
@@ -110,6 +112,9 @@ def test_imports_follow_the_layers() -> None:
             if _is_command(target) and not (name.endswith(".__main__") and _layer(target) == layer):
                 broken.append(f"{where}: a command module")
                 continue
+            if target.endswith(".cli") and name != target.removesuffix(".cli") + ".__main__":
+                broken.append(f"{where}: a command's arguments (only its __main__ imports it)")
+                continue
             if layer is None or _is_command(name):
                 continue  # commands and medtune/__init__ may import any layer
             other = _layer(target)
@@ -203,3 +208,19 @@ def test_the_rules_catch_a_violation(tmp_path: Path) -> None:
     finally:
         MODULES.pop("medtune.data._layout_probe", None)
         path.unlink()
+
+
+def test_every_package_command_has_one_form() -> None:
+    """`python -m medtune.<pkg>`: <pkg>/__main__.py imports main from <pkg>/cli.py and exits with what it returns."""
+    odd = []
+    for main in sorted(PACKAGE.glob("*/__main__.py")):
+        pkg = main.parent.name
+        tree = ast.parse(main.read_text())
+        imports = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom | ast.Import)]
+        wanted = [(f"medtune.{pkg}.cli", ["main"])]
+        found = [(getattr(node, "module", None), [a.name for a in node.names]) for node in imports]
+        if found != wanted or "raise SystemExit(main())" not in main.read_text():
+            odd.append(f"{main.relative_to(REPO)}: imports {found}")
+        if not (main.parent / "cli.py").is_file():
+            odd.append(f"{main.relative_to(REPO)}: no cli.py beside it")
+    assert not odd, "\n".join(odd)

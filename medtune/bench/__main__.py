@@ -1,13 +1,6 @@
-"""`python -m medtune.bench [--config PLAN] [--config-dir DIR] [--peers ...] [overrides]`: the efficiency benchmark."""
+"""`python -m medtune.bench`: the speed benchmark; the arguments and the call are in medtune/bench/cli.py."""
 
-import sys
-
-from medtune.bench.run import main
-from medtune.config import ConfigError
+from medtune.bench.cli import main
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as err:  # a config folder or choice that is not there, a bad value: one line, exit 2
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    raise SystemExit(main())

@@ -30,12 +30,10 @@ from typing import Any
 
 import torch
 
-from medtune.bench.lengths import LENGTHS_JSON, REPO, sample_lengths, write_length_histogram
-from medtune.bench.peers import PEERS
+from medtune.bench.lengths import REPO, sample_lengths, write_length_histogram
 from medtune.bench.peers.launch import peer_inputs, run_peers
 from medtune.bench.plan import compose_config, isolate, load_plan, measure_in_own_process, run_order
 from medtune.bench.results import add_ratios, environment, format_table, write_results
-from medtune.config import OPTION_HELP, use_config_dir
 from medtune.data.packing import build_batches
 from medtune.files.space import GIB
 from medtune.memory.estimate import estimate
@@ -50,7 +48,7 @@ from medtune.training import step_metrics as metrics
 from medtune.training.batches import DataPipeline
 from medtune.training.recipe import TrainRecipe
 
-__all__ = ["add_ratios", "format_table", "main", "run_bench", "synthetic_examples", "write_length_histogram"]
+__all__ = ["CONFIGS_YAML", "add_ratios", "format_table", "run_bench", "synthetic_examples", "write_length_histogram"]
 log = logging.getLogger("medtune.bench")
 CONFIGS_YAML = REPO / "experiments" / "efficiency" / "configs.yaml"
 
@@ -299,32 +297,3 @@ def _peer_rows(plan: dict, args: argparse.Namespace, extra: list[str], hist: dic
     envs = dict(item.split("=", 1) for item in args.peer_env)
     results = run_peers([p.strip() for p in args.peers.split(",") if p.strip()], inputs, cfg, args, envs)
     return [r | {"mirrors": name} for r in results]
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: options first, then Hydra overrides applied to every configuration."""
-    parser = argparse.ArgumentParser(prog="python -m medtune.bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=str(CONFIGS_YAML), help="YAML plan of configurations")
-    parser.add_argument("--config-dir", help=OPTION_HELP)
-    parser.add_argument("--lengths", default=str(LENGTHS_JSON), help="length histogram (medtune/bench/lengths.py)")
-    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per configuration")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, kernels, compile)")
-    parser.add_argument("--out", default=str(REPO / "experiments" / "results" / "efficiency"))
-    parser.add_argument("--profile", action="store_true", help="profile the fastest configuration")
-    parser.add_argument("--peers", default="", help=f"also run peers on the same samples: {','.join(PEERS)}")
-    parser.add_argument("--peer-config", default=None, help="the configuration the peers mirror (default: baseline)")
-    parser.add_argument("--peer-env", action="append", default=[], metavar="PEER=SITE_DIR",
-                        help="run a peer with its own site-packages (e.g. unsloth=/opt/unsloth-site)")  # fmt: skip
-    parser.add_argument("--peer-timeout-s", type=float, default=1800,
-                        help="a peer's whole run, or an isolated configuration's, compile included")  # fmt: skip
-    parser.add_argument("--isolate", choices=["auto", "always", "never"], default="auto",
-                        help="one process per configuration (auto: if some patch kernels, 1 GPU)")  # fmt: skip
-    args, extra = parser.parse_known_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        parser.error("--steps must be >= 1 and --warmup >= 0")
-    unknown = [p for p in args.peers.split(",") if p.strip() and p.strip() not in PEERS]
-    if unknown:
-        parser.error(f"--peers: unknown {unknown}; known: {', '.join(PEERS)}")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    use_config_dir(args.config_dir)  # exported: a configuration measured in its own process reads the same folder
-    run_bench(args, extra)

@@ -11,13 +11,13 @@ from medtune.config.data import (
     PROMPT_WORD_KEYS,
     DataConfig,
     DataMixConfig,
-    EvalConfig,
-    LoggerConfig,
     parse_ratio,
 )
 from medtune.config.datasets import DatasetConfig, HoldoutConfig
+from medtune.config.eval import EvalConfig
 from medtune.config.languages import language_name, normalize_language
 from medtune.config.location import CONF, OPTION_HELP, hydra_argv, take_config_dir, use_config_dir
+from medtune.config.logger import LoggerConfig
 from medtune.config.run_config import MIGRATIONS, Migration, load_run_config, run_config_path
 from medtune.config.training import (
     LoraConfig,

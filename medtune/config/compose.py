@@ -16,8 +16,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from medtune.config.checks import ConfigError
-from medtune.config.data import DataMixConfig, EvalConfig, LoggerConfig
+from medtune.config.data import DataMixConfig
+from medtune.config.eval import EvalConfig
 from medtune.config.location import CONF, check_choices, searchpath_overrides, user_config_dir
+from medtune.config.logger import LoggerConfig
 from medtune.config.training import (
     ModelConfig,
     PackingConfig,

@@ -23,12 +23,9 @@ from medtune.config.checks import (
     check_positive,
     checkpointed_layers,
 )
-from medtune.config.data import (
-    DataConfig,
-    DataMixConfig,
-    EvalConfig,
-    LoggerConfig,
-)
+from medtune.config.data import DataConfig, DataMixConfig
+from medtune.config.eval import EvalConfig
+from medtune.config.logger import LoggerConfig
 from medtune.config.sharding import ShardingConfig
 from medtune.config.watch import WORST_LANG, GuardConfig, check_watch_config
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from medtune.config import ConfigError, TrainConfig, load_run_config, run_config_path
-from medtune.report.levels import forgetting_from_predictions, restate, stored_forgetting
+from medtune.report.confidence import forgetting_from_predictions, restate, stored_forgetting
 from medtune.report.power import paired_power
 
 log = logging.getLogger("medtune.report")
@@ -119,7 +119,7 @@ def mix_languages(df: pd.DataFrame) -> list[str]:
 
 def load_run(run_dir: Path, sweep_dir: Path, confidence: float | None = None) -> dict[str, Any]:
     """One flat row: where, status, mix, seed, model... and every summary.json key as it was written, or, with
-    `confidence`, with every interval and significance flag at that level (`report_levels.restate`)."""
+    `confidence`, with every interval and significance flag at that level (`report/confidence.py`: `restate`)."""
     run_dir = Path(run_dir)
     summary_path = run_dir / "summary.json"
     if summary_path.is_file():

@@ -16,8 +16,8 @@ import pandas as pd
 from medtune.eval.forgetting import verdict
 from medtune.eval.stats import format_alpha, format_level
 from medtune.report import plots
+from medtune.report.confidence import RECOMPUTED
 from medtune.report.contrast import contrast_section, contrast_table
-from medtune.report.levels import RECOMPUTED
 from medtune.report.power import PAIRED_HEADER, paired_cells, paired_note
 from medtune.report.sweep import (
     across_seeds,

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from medtune.bench.cli import main
 from medtune.bench.lengths import LENGTHS_JSON, length_histogram, sample_lengths
 from medtune.bench.plan import compose_config, isolate, run_order
-from medtune.bench.run import add_ratios, format_table, main, synthetic_examples
+from medtune.bench.run import add_ratios, format_table, synthetic_examples
 
 PAIRS = [(40, 10), (12, 3), (90, 30), (25, 25), (7, 2)] * 4
 

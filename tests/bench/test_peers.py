@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medtune.bench.run import main
+from medtune.bench.cli import main
 
 TINY = ["model=tiny_llama", "model.dtype=float32", "trainer.autocast_dtype=null", "packing.max_seq_len=256"]
 TINY += ["quantization=none"]

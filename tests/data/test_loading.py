@@ -12,7 +12,7 @@ from conftest import FIXTURES as TEST_FIXTURES
 
 from medtune.config import DataConfig
 from medtune.data import Record, assert_trainable, load_records, prepare
-from medtune.data.__main__ import main as cli_main
+from medtune.data.cli import main as cli_main
 from medtune.data.prepare import prepared_dir
 from medtune.data.sources.registry import SOURCES
 

@@ -16,7 +16,7 @@ from fixtures import cache_writers
 from fixtures.race import race
 
 from medtune.config import DataConfig
-from medtune.data.__main__ import cached_leakage
+from medtune.data.cli import cached_leakage
 from medtune.data.prepare import (
     ADAPTER_VERSION,
     prepare,
@@ -184,7 +184,7 @@ def test_prepare_takes_run_keys_with_an_experiment_and_names_an_unknown_key(tmp_
     import pytest
 
     from medtune.config import ConfigError
-    from medtune.data.__main__ import build_config
+    from medtune.data.cli import build_config
 
     def args(*overrides: str) -> argparse.Namespace:
         return argparse.Namespace(overrides=list(overrides), data_dir=str(tmp_path), cache_dir=None, hub=None)

@@ -13,7 +13,7 @@ import yaml
 from conftest import REPO
 from fixtures.export_run import make_run
 
-from medtune.export.__main__ import main as export_main
+from medtune.export.cli import main as export_main
 
 
 def _evaluate(tmp_path: Path, adapter: Path, *overrides: str) -> subprocess.CompletedProcess:

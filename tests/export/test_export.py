@@ -13,8 +13,8 @@ import torch
 from fixtures.export_run import make_run, real_270m_run
 
 from medtune.export import check, gguf_writer
-from medtune.export.__main__ import main
 from medtune.export.check import TOLERANCES, compare, reference
+from medtune.export.cli import main
 from medtune.export.gguf_loader import load_gguf
 from medtune.export.merge import merge_adapter
 from medtune.export.source import resolve_source

@@ -14,7 +14,7 @@ from fixtures.export_run import make_run, real_270m_run
 from medtune.config import DataConfig
 from medtune.eval.tasks import build_task_data, write_task_files
 from medtune.export import check, gate, gguf_writer
-from medtune.export.__main__ import main
+from medtune.export.cli import main
 
 VI_ROWS = [
     {"id": f"v{i}", "q": f"Bệnh nhân số {i} bị tăng kali máu; thuốc nào?", "o": ["Canxi", "Kali", "Natri"], "a": "A"}

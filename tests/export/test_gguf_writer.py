@@ -14,8 +14,8 @@ from fixtures.export_run import make_run
 from transformers import PreTrainedTokenizerFast
 
 from medtune.export import check
-from medtune.export.__main__ import main
 from medtune.export.check import TOLERANCES, compare, reference
+from medtune.export.cli import main
 from medtune.export.gguf_loader import load_gguf
 from medtune.export.gguf_tokenizer import tokenizer_fields
 from medtune.export.gguf_writer import (

@@ -11,7 +11,7 @@ import yaml
 from fixtures.export_run import make_run
 
 from medtune.export import check, exporter
-from medtune.export.__main__ import main
+from medtune.export.cli import main
 from medtune.export.source import resolve_source
 
 

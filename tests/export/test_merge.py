@@ -13,7 +13,7 @@ from fixtures.export_run import make_run
 from medtune.config import QuantizationConfig
 from medtune.eval.adapter_check import load_adapter, probe_logits
 from medtune.export import check
-from medtune.export.__main__ import main
+from medtune.export.cli import main
 from medtune.export.merge import merge_adapter
 from medtune.export.source import resolve_source
 from medtune.models.build import build_model

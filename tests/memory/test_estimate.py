@@ -10,7 +10,7 @@ import torch
 from conftest import tiny_model
 
 from medtune.config import compose
-from medtune.memory.__main__ import main
+from medtune.memory.cli import main
 from medtune.memory.estimate import (
     Calibration,
     estimate,

@@ -118,7 +118,7 @@ def test_default_budget_leaves_a_margin() -> None:
 def test_a_budget_no_plan_fits_is_one_line_exit_2(rows: str, capsys: pytest.CaptureFixture[str]) -> None:
     """python -m medtune.memory with a budget even the smallest plan exceeds: one line naming the predicted peak and
     the settings that would lower it, exit 2 (bad input), no traceback and no breakdown that pretends it fits."""
-    from medtune.memory.__main__ import main
+    from medtune.memory.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
         main([f"trainer.micro_batch_size={rows}", "trainer.offload_activations=false", "trainer.memory_budget_gib=0.5"])

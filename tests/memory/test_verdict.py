@@ -8,7 +8,7 @@ import pytest
 
 from medtune.config import compose
 from medtune.files.space import GIB
-from medtune.memory.__main__ import main
+from medtune.memory.cli import main
 from medtune.memory.estimate import estimate
 from medtune.memory.plan import default_budget_gib
 from medtune.memory.verdict import fit_verdict

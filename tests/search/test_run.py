@@ -11,7 +11,7 @@ import pytest
 
 from medtune.config import ConfigError
 from medtune.config.search import compose_search
-from medtune.search.__main__ import main
+from medtune.search.cli import main
 from medtune.search.plan import Job
 from medtune.search.run import search
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_RUN
 
-from medtune.search.__main__ import main
+from medtune.search.cli import main
 
 SEARCH = ["search=ratio_ja", "search.train=[]", "search.vary=ko", "search.shares=[0.2,0.6]", "search.seeds=[0]",
           "search.steps=2", "search.target=[sample_ko]", "search.protect=[lang:en]",

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TINY_RUN
 
-from medtune.data.__main__ import main as data_main
+from medtune.data.cli import main as data_main
 from medtune.report.cli import main as report_main
 from medtune.report.write import build, figures
 

@@ -17,7 +17,7 @@ from conftest import REPO
 
 from medtune.config import ConfigError, DataConfig, compose
 from medtune.data import BadRowError, load_records, prepare
-from medtune.data.__main__ import main as data_main
+from medtune.data.cli import main as data_main
 from medtune.data.loading import skipped_rows
 from medtune.data.sources.registry import resolve
 from medtune.data.sources.tables import DatasetError

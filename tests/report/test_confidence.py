@@ -16,7 +16,7 @@ from medtune.eval.forgetting import forgetting, forgetting_metrics
 from medtune.eval.scoring import read_predictions
 from medtune.eval.summary import summarise
 from medtune.report.cli import main
-from medtune.report.levels import RECOMPUTED, stored_level
+from medtune.report.confidence import RECOMPUTED, stored_level
 from medtune.report.sweep import forgetting_table, load_sweep
 from medtune.report.write import build, figures
 
