@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from medtune.runtime import process_group
 from medtune.training.checkpoint import common
-from medtune.training.checkpoint.layout import read_state, step_dir
+from medtune.training.checkpoint.base import Checkpointer, Pending
+from medtune.training.checkpoint.layout import read_state
 
 TRAINABLE_FILE = "trainable.pt"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -28,40 +28,14 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-class LocalCheckpointer:
+class LocalCheckpointer(Checkpointer):
     """Whole-tensor files from rank 0; every rank calls save (the RNG states are gathered) and load."""
 
-    def __init__(self, is_main: bool = True) -> None:
-        self.is_main = is_main
-
-    def save(
-        self,
-        ckpt_root: Path,
-        step: int,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        loop_state: dict[str, Any],
-        keep: int,
-    ) -> Path:
-        """Write step `step` atomically under ckpt_root (rank 0) and keep the newest `keep`; every rank waits."""
-        rng_states = process_group.all_gather_objects(common.rng_state())  # rank order
-        final = step_dir(ckpt_root, step)
-        if self.is_main:
-            self._write(final, model, optimizer, scheduler, loop_state | {"step": step}, keep, rng_states)
-        process_group.barrier()
-        return final
-
-    @staticmethod
-    def _write(
-        final: Path,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        state: dict[str, Any],
-        keep: int,
-        rng_states: list[dict[str, Any]],
-    ) -> None:
+    def write(self, pending: Pending, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        """Rank 0 writes every file: every rank holds the same weights."""
+        if not self.is_main:
+            return
+        final = pending.final
         tmp = final.parent / f"{final.name}.tmp-{os.getpid()}"
         try:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -69,7 +43,7 @@ class LocalCheckpointer:
             common.save_torch(trainable_state(model), tmp / TRAINABLE_FILE)
             common.save_torch(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
             common.save_torch(scheduler.state_dict(), tmp / common.SCHEDULER_FILE)
-            common.commit(tmp, final, state, keep, rng_states)
+            common.commit(tmp, final, pending.state, pending.keep, pending.rng_states)
         except (OSError, RuntimeError) as err:  # torch's zip writer reports a full disk as RuntimeError
             raise common.write_failed(tmp, final, err, model, optimizer) from err
 

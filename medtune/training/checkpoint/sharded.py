@@ -14,32 +14,20 @@ import torch
 
 from medtune.runtime import process_group
 from medtune.training.checkpoint import common
-from medtune.training.checkpoint.layout import SHARDED_DIR, read_state, step_dir
+from medtune.training.checkpoint.base import Checkpointer, Pending
+from medtune.training.checkpoint.layout import SHARDED_DIR, read_state
 
 
-class ShardedCheckpointer:
+class ShardedCheckpointer(Checkpointer):
     """torch.distributed.checkpoint for the weights and optimizer; every rank calls save and load."""
 
-    def __init__(self, is_main: bool = True) -> None:
-        self.is_main = is_main
-
-    def save(
-        self,
-        ckpt_root: Path,
-        step: int,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        loop_state: dict[str, Any],
-        keep: int,
-    ) -> Path:
+    def write(self, pending: Pending, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
         """Every rank writes its shard into one directory that rank 0 commits; keep the newest `keep`."""
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.api import CheckpointException
 
-        rng_states = process_group.all_gather_objects(common.rng_state())  # rank order
-        final = step_dir(ckpt_root, step)
-        tmp = ckpt_root / f"{final.name}.tmp-shared"
+        final = pending.final
+        tmp = final.parent / f"{final.name}.tmp-shared"
         try:
             if self.is_main:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -48,12 +36,10 @@ class ShardedCheckpointer:
             dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(tmp / SHARDED_DIR))
             if self.is_main:
                 common.save_torch(scheduler.state_dict(), tmp / common.SCHEDULER_FILE)
-                state = loop_state | {"step": step, "sharded": True}
-                common.commit(tmp, final, state, keep, rng_states)
+                state = pending.state | {"sharded": True}
+                common.commit(tmp, final, state, pending.keep, pending.rng_states)
         except (OSError, RuntimeError, CheckpointException) as err:  # dcp raises CheckpointException on every rank
             raise common.write_failed(tmp, final, err, model, optimizer, remove=self.is_main) from err
-        process_group.barrier()
-        return final
 
     def load(
         self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any

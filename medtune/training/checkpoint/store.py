@@ -1,4 +1,4 @@
-"""One save/load interface over the two ways a run checkpoints; the recipe asks for its implementation here.
+"""The two ways a run checkpoints, behind one interface (base.py); the recipe asks for its implementation here.
 
     store = for_run(cfg.sharding.strategy, dist.is_main)  # FSDP: ShardedCheckpointer, else LocalCheckpointer
     store.save(ckpt_root, step, model, optimizer, scheduler, loop_state, keep)  # every rank calls it
@@ -11,36 +11,14 @@ sharding.strategy is refused before anything loads: checkpoint/resume.py).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 
+from medtune.training.checkpoint.base import Checkpointer
 from medtune.training.checkpoint.layout import is_sharded
 from medtune.training.checkpoint.local import LocalCheckpointer
 from medtune.training.checkpoint.sharded import ShardedCheckpointer
-
-
-class Checkpointer(Protocol):
-    """Writes and reads a resumable checkpoint: trainable weights, optimizer, scheduler, RNG and the loop state."""
-
-    def save(
-        self,
-        ckpt_root: Path,
-        step: int,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scheduler: Any,
-        loop_state: dict[str, Any],
-        keep: int,
-    ) -> Path:
-        """Write step `step` atomically under ckpt_root, keep the newest `keep`; returns the checkpoint."""
-        ...
-
-    def load(
-        self, path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-    ) -> dict[str, Any]:
-        """Restore the checkpoint at `path` into model, optimizer, scheduler and the RNGs; returns the loop state."""
-        ...
 
 
 def for_run(strategy: str, is_main: bool) -> Checkpointer:
