@@ -10,7 +10,6 @@ No torch here: `python -m medtune.train` validates the config before torch is im
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from omegaconf import MISSING
 
@@ -173,13 +172,13 @@ class TrainerConfig:
     """The loop: steps, batch, accumulation, precision, checkpointing and logging cadence."""
 
     max_steps: int = 100
-    micro_batch_size: Any = 1  # rows per micro-batch, or auto: the most that fit the budget (memory/plan.py)
+    micro_batch_size: int | str = 1  # rows per micro-batch, or auto: the most that fit the budget (memory/plan.py)
     memory_budget_gib: float | None = None  # per GPU for memory/plan.py; null: a GPU's free memory less a margin
     grad_accum_steps: int = 1
     max_grad_norm: float | None = 1.0
     # recomputed layers: auto: none if the step fits the budget, else the fewest that fit (memory/plan.py); 0: none;
     # 1: all; k: every k-th. grad_ckpt_layers=n (auto sets it): n layers spread evenly, taking precedence
-    grad_ckpt_every: Any = "auto"
+    grad_ckpt_every: int | str = "auto"
     grad_ckpt_layers: int | None = None
     # auto: reentrant with sharding=none and no compile (no graph in the first forward), else non_reentrant
     grad_ckpt_style: str = "auto"  # auto | reentrant | non_reentrant
@@ -205,7 +204,7 @@ class TrainerConfig:
     kernels: str = "auto"  # auto | none | liger (the run logs what it took and why not)
     # auto: torch's fused op on CUDA | kernels: trainer.kernels' own (transformers' or Liger's) | torch
     rms_norm: str = "auto"
-    offload_activations: Any = "auto"  # auto: when checkpointing every layer does not fit the budget
+    offload_activations: bool | str = "auto"  # auto: when checkpointing every layer does not fit the budget
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "grad_accum_steps", "log_every", "loss_chunk_size"):

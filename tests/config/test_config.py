@@ -125,3 +125,36 @@ def test_cli_help_lists_groups_and_cfg_job_prints_the_experiment() -> None:
         [*run, "+experiment=mix_10_3", "--cfg", "job"], capture_output=True, text=True, timeout=60, cwd=REPO
     )
     assert printed.returncode == 0 and "ratio: '10:3'" in printed.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "value"),
+    [
+        ("trainer.micro_batch_size=auto", "auto"),
+        ("trainer.micro_batch_size=4", 4),
+        ("trainer.grad_ckpt_every=2", 2),
+        ("trainer.offload_activations=true", True),
+        ("trainer.offload_activations=auto", "auto"),
+    ],
+)
+def test_whole_or_auto_keys_are_typed(override: str, value: object) -> None:
+    """micro_batch_size, grad_ckpt_every (int or auto) and offload_activations (bool or auto) keep their type."""
+    from medtune.config.compose import compose as medtune_compose
+
+    key, _ = override.split("=")
+    got = medtune_compose([override])
+    for part in key.split("."):
+        got = getattr(got, part)
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize(
+    "override", ["trainer.micro_batch_size=2.5", "trainer.grad_ckpt_every=true", "trainer.offload_activations=1"]
+)
+def test_a_value_of_the_wrong_type_names_its_key(override: str) -> None:
+    """The schema's union types refuse a float rows count, a bool checkpoint cadence, an int offload switch."""
+    from medtune.config.compose import compose as medtune_compose
+
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        medtune_compose([override])
