@@ -147,19 +147,8 @@ def mcq(
     answer_index: int, context: str = "",
 ) -> Record:  # fmt: skip
     """Build an MCQ Record (answer_text = the correct choice)."""
-    return Record(
-        id=f"{source}:{split}:{native_id}",
-        source=source,
-        language=language,
-        subject=subject,
-        split=split,
-        kind="mcq",
-        question=question,
-        choices=tuple(choices),
-        answer_index=answer_index,
-        answer_text=choices[answer_index],
-        context=context,
-    )
+    qa = open_qa(source, split, native_id, language, subject, question, choices[answer_index])
+    return replace(qa, kind="mcq", choices=tuple(choices), answer_index=answer_index, context=context)
 
 
 def open_qa(source: str, split: str, native_id: str, language: str, subject: str, question: str, answer: str) -> Record:

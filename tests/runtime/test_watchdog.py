@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -24,6 +26,18 @@ class _Recorder:
     def exit(self, code: int) -> None:
         self.codes.append(code)
         self.done.set()
+
+
+@contextlib.contextmanager
+def _loop_in_step(rec: _Recorder, step: int) -> Iterator[Watchdog]:
+    """A one-process watchdog (signals wait for the loop) inside the training loop at `step`, stopped after."""
+    watch = Watchdog(60, rec.on_failure, exit=rec.exit).start(timer=False, graceful=True)
+    try:
+        watch.enter("train", step=step)
+        watch.polling = True
+        yield watch
+    finally:
+        watch.stop()
 
 
 def test_stall_fires_with_phase_and_step() -> None:
@@ -87,18 +101,13 @@ def test_timeout_must_be_positive(bad: float) -> None:
 def test_one_process_stops_its_loop_at_the_step_end_on_sigterm() -> None:
     """Issue 32.7: in one process the signal waits for the loop (which checkpoints and records), it does not kill."""
     rec = _Recorder()
-    watch = Watchdog(60, rec.on_failure, exit=rec.exit).start(timer=False, graceful=True)
-    try:
-        watch.enter("train", step=3)
-        watch.polling = True
+    with _loop_in_step(rec, 3) as watch:
         os.kill(os.getpid(), signal.SIGTERM)
         deadline = time.monotonic() + 10
         while watch.stop_signal is None and time.monotonic() < deadline:
             time.sleep(0.01)
         assert watch.stop_signal == signal.SIGTERM
         stopped = watch.terminated(3, saved=True)
-    finally:
-        watch.stop()
     assert rec.failures == [] and rec.codes == []  # the loop ended in time: nothing forced
     assert stopped.exit_code == 143 and "checkpoint step_000003 saved" in str(stopped)
 
@@ -111,17 +120,12 @@ def test_a_loop_that_does_not_stop_in_time_or_a_second_signal_ends_it_at_once(
 
     monkeypatch.setattr(watchdog, "STOP_GRACE_S", 60.0 if second_signal else 0.3)
     rec = _Recorder()
-    watch = Watchdog(60, rec.on_failure, exit=rec.exit).start(timer=False, graceful=True)
-    try:
-        watch.enter("train", step=5)
-        watch.polling = True
+    with _loop_in_step(rec, 5) as watch:
         os.kill(os.getpid(), signal.SIGINT)
         if second_signal:
             time.sleep(0.3)
             os.kill(os.getpid(), signal.SIGINT)
         assert rec.done.wait(10), "the run was not ended"
-    finally:
-        watch.stop()
     ((message, phase, step),) = rec.failures
     assert (phase, step) == ("train", 5)
     assert "terminated by SIGINT in phase train at step 5" in message and watch.signalled == signal.SIGINT
