@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import torch
 
-from medtune.config import TrainConfig
+from medtune.config import OptimConfig
 from medtune.training.errors import TrainingError
 from medtune.training.schedule import lr_factor
 
 
-def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(oc: OptimConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     """The optimizer named by optim._target_ over the trainable parameters."""
     from hydra.utils import get_class
 
-    oc = cfg.optim
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("no trainable parameters: is lora.enabled=true and are lora.target_modules in the model?")
@@ -24,7 +23,9 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
     return cls(params, lr=oc.lr, weight_decay=oc.weight_decay, betas=tuple(oc.betas), eps=oc.eps)
 
 
-def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup, then cosine or linear decay to min_lr_ratio * lr (or constant): see training/schedule.py."""
-    optim, total = cfg.optim, cfg.trainer.max_steps
+def build_scheduler(
+    optim: OptimConfig, total: int, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then cosine or linear decay to min_lr_ratio * lr (or constant) over `total` steps
+    (trainer.max_steps): see training/schedule.py."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(optim, total, step))

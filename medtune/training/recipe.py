@@ -105,8 +105,8 @@ class TrainRecipe:
 
     def setup_optimizer(self) -> None:
         """Optimizer over the trainable parameters, schedule, and the FLOP model for MFU."""
-        self.optimizer = build_optimizer(self.cfg, self.model)
-        self.scheduler = build_scheduler(self.cfg, self.optimizer)
+        self.optimizer = build_optimizer(self.cfg.optim, self.model)
+        self.scheduler = build_scheduler(self.cfg.optim, self.cfg.trainer.max_steps, self.optimizer)
         layers = self.summary["trainer/checkpointed_layers"]
         self.flops = step_metrics.flop_model(distributed.unwrap(self.model), layers)
         self.peak_tflops = step_metrics.device_peak_tflops(self.device)

@@ -46,7 +46,7 @@ def test_non_finite_loss_stops_with_the_step_and_last_checkpoint(tmp_path: Path)
 def test_schedule_warms_up_then_decays_to_the_floor(schedule: str) -> None:
     cfg = _cfg("trainer.max_steps=100", "optim.warmup_steps=10", f"optim.schedule={schedule}", "optim.lr=1.0")
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = build_scheduler(cfg, opt)
+    sched = build_scheduler(cfg.optim, cfg.trainer.max_steps, opt)
     lrs = []
     for _ in range(100):
         lrs.append(sched.get_last_lr()[0])
