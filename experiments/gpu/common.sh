@@ -32,13 +32,14 @@ timed() {  # NAME LIMIT_S COMMAND...: its log in $RUNS/NAME.log, its exit status
   echo "$name rc=$? wall_s=$((SECONDS - t0)) ended=$(date -u +%T)" >> "$RUNS/rc.txt"
 }
 
-start_driver() {  # SCRIPT: `bash SCRIPT runs` in the background, outliving this call (log: ROOT/driver.log)
-  setsid nohup bash "$1" runs > "${ROOT:-/root}/driver.log" 2>&1 < /dev/null &
+start_driver() {  # SCRIPT [VERB]: `bash SCRIPT VERB` (default runs) in the background, outliving this call (log:
+  # ROOT/driver.log, ROOT/driver_VERB.log for another verb)
+  setsid nohup bash "$1" "${2:-runs}" > "${ROOT:-/root}/driver${2:+_$2}.log" 2>&1 < /dev/null &
 }
 
 wait_done() {  # DIR SECONDS: until DIR/ALL_DONE exists or SECONDS pass
   local end=$((SECONDS + $2))
-  while [[ ! -f $1/ALL_DONE ]] && (( SECONDS < end )); do sleep 15; done
+  while [[ ! -f $1/ALL_DONE ]] && (( SECONDS < end )); do sleep "${WAIT_POLL_S:-15}"; done
 }
 
 wait_footer() {  # DIR NAME: whether the driver is done, then tar_runs DIR NAME quietly (each wait brings it back)
