@@ -103,9 +103,9 @@ stop_driver() {  # the background driver and every medtune process it started (`
   pkill -f "bash .*experiments/gpu/.*\.sh runs$"; pkill -f "python3 -m medtune\."; pkill -f "_peer\.py|bench\.peers"
 }
 
-# SRC, RUNS: where a runbook copies the work tree and writes its runs. A previous call's ALL_DONE on the same machine
-# would end `wait` at once: gone before the driver starts.
-copy_source() { rm -rf "$SRC" "$RUNS/ALL_DONE" && mkdir -p "$SRC" "$RUNS" && cp -r . "$SRC" && cd "$SRC"; }
+# [PATH...]: the work tree (or only PATHs of it) into SRC, then into SRC; RUNS made. A previous call's ALL_DONE on the
+# same machine would end `wait` at once: gone before the driver starts.
+copy_source() { rm -rf "$SRC" "$RUNS/ALL_DONE" && mkdir -p "$SRC" "$RUNS" && cp -r "${@:-.}" "$SRC" && cd "$SRC"; }
 
 begin_runs() {  # in the driver: into the copied source; the start time and the host CPU (a 4-row step is bound by it)
   cd "$SRC" && date -u +%FT%TZ > "$RUNS/started"

@@ -18,7 +18,7 @@
 #   bash experiments/gpu/real_270m.sh setup && bash experiments/gpu/real_270m.sh search && \
 #     bash experiments/gpu/real_270m.sh lora && bash experiments/gpu/real_270m.sh wait 330
 #                                                           # carry [".stage/SHA256", ".gpuB", ".gpudata.tgz"]
-#   bash experiments/gpu/real_270m.sh wait 560              # until both are done; $OUT/real_270m.tar.gz each time
+#   bash experiments/gpu/real_270m.sh wait 560              # until "all done"; $OUT/real_270m.tar.gz each time
 # Dry run on this machine's CPU (tiny models, the built-in sample, 1-2 steps; nothing staged or installed):
 #   export R270_DRY=1 R270_ROOT=/tmp/r270 OUT=/tmp/r270_out
 #   bash experiments/gpu/real_270m.sh setup && bash experiments/gpu/real_270m.sh search && \
@@ -45,6 +45,7 @@ else
   LORA=(--steps 220 --device cuda --evaluate -- +experiment=lora_decide_270m "model.path=$GGUF" logger=jsonl
         eval.sanity=warn)
 fi
+TREE=(medtune experiments pyproject.toml)  # what the drivers run from (not the carried wheels and data)
 SOURCES=(kormedmcqa kormed_law genmedgpt_ko medqa_4opt medmcqa pubmedqa mmlu chatdoctor_en medquad)
 DATA_DIRS=(README.md kormedmcqa genmedgpt5k_ko medmcqa medqa medquad chatdoctor5k_en mmlu pubmedqa)
 # medtune's wheels (as .gpuB of session 12) when .gpuB is missing here
@@ -73,9 +74,9 @@ bundle() {  # here: .stage/ (GGUF + bitsandbytes + gguf in 54 MiB parts), .gpuB/
 
 setup() {  # unpack and install, the data, a copy of the tree; the GGUF converted beside the data preparation
   rm -rf "$RUNS"
-  if (( DRY )); then mkdir -p "$MEDTUNE_DATA_DIR" && copy_source; return; fi
+  if (( DRY )); then mkdir -p "$MEDTUNE_DATA_DIR" && copy_source "${TREE[@]}"; return; fi
   unpack_bundle && pip_target "$ROOT/site" .gpuB/*.whl "$B"/wheels/*.whl || return 1
-  mkdir -p "$MEDTUNE_DATA_DIR" && tar -xzf .gpudata.tgz -C "$MEDTUNE_DATA_DIR" && copy_source || return 1
+  mkdir -p "$MEDTUNE_DATA_DIR" && tar -xzf .gpudata.tgz -C "$MEDTUNE_DATA_DIR" && copy_source "${TREE[@]}" || return 1
   versions torch transformers peft bitsandbytes lm_eval hydra gguf
   timed prepare 600 python3 -m medtune.data prepare --sources "${SOURCES[@]}" &
   timed convert 600 python3 -m medtune.models convert --gguf "$GGUF"  # ~134 s on the H100 of 2026-11-25
@@ -83,16 +84,21 @@ setup() {  # unpack and install, the data, a copy of the tree; the GGUF converte
 }
 
 run_search() {  # the driver: proxy runs and search.md, then the confirming run (finished runs are skipped)
-  cd "$SRC" && mkdir -p "$RUNS/search" && date -u +%FT%TZ > "$RUNS/search/started"
+  cd "$SRC" || return 1
   timed search 1500 python3 -m medtune.search "${SEARCH[@]}" "${TRAIN[@]}"
   timed search_confirm 900 python3 -m medtune.search "${SEARCH[@]}" search.confirm=true "${TRAIN[@]}"
   touch "$RUNS/search/ALL_DONE"
 }
 
 run_lora() {  # the driver: the four variants side by side, their table
-  cd "$SRC" && mkdir -p "$RUNS/lora" && date -u +%FT%TZ > "$RUNS/lora/started"
+  cd "$SRC" || return 1
   timed lora 1500 python3 experiments/lora_defaults/decide.py --out "$RUNS/lora" "${LORA[@]}"
   touch "$RUNS/lora/ALL_DONE"
+}
+
+start() {  # search | lora: its driver, from the copy in SRC; `started` first, so that a `wait` right after waits for it
+  rm -rf "${RUNS:?}/$1" && mkdir -p "$RUNS/$1" && date -u +%FT%TZ > "$RUNS/$1/started" || return 1
+  start_driver "$SRC/experiments/gpu/real_270m.sh" "run_$1"
 }
 
 wait_both() {  # SECONDS: until each started driver is done or SECONDS pass; progress; the tar into $OUT
@@ -105,7 +111,9 @@ wait_both() {  # SECONDS: until each started driver is done or SECONDS pass; pro
   grep -ah "search: \|Recommended\|No safe share" "$RUNS"/search*.log 2>/dev/null | cut -c1-300 | tail -4
   for f in "$RUNS"/lora/*.log; do [[ -f $f ]] && echo "-- lora $(basename "$f"): $(tail -n 1 "$f" | cut -c1-200)"; done
   [[ -f $RUNS/lora/results.md ]] && cat "$RUNS/lora/results.md"
-  [[ -f $RUNS/search/ALL_DONE && -f $RUNS/lora/ALL_DONE ]] && echo "both done" || echo "still running"
+  local running=no
+  for d in search lora; do [[ -f $RUNS/$d/started && ! -f $RUNS/$d/ALL_DONE ]] && running=yes; done
+  [[ $running == yes ]] && echo "still running" || echo "all done"
   tar_runs runs real_270m > /dev/null
 }
 
@@ -113,8 +121,7 @@ case "${1:-}" in
   bundle) bundle ;;
   stage) stage_part "$2" ;;
   setup) setup ;;
-  search) start_driver "$SRC/experiments/gpu/real_270m.sh" run_search ;;
-  lora) start_driver "$SRC/experiments/gpu/real_270m.sh" run_lora ;;
+  search | lora) start "$1" ;;
   run_search) run_search ;;
   run_lora) run_lora ;;
   wait) wait_both "${2:-560}" ;;
