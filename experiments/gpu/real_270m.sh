@@ -109,7 +109,7 @@ wait_both() {  # SECONDS: until each started driver is done or SECONDS pass; pro
   echo "== $(date -u +%T)"; cat "$RUNS/rc.txt" 2>/dev/null
   echo "-- search: $(ls "$RUNS"/search/ratio_ko_270m/runs/*/summary.json 2>/dev/null | wc -l) proxy runs with a summary"
   grep -ah "search: \|Recommended\|No safe share" "$RUNS"/search*.log 2>/dev/null | cut -c1-300 | tail -4
-  for f in "$RUNS"/lora/*.log; do [[ -f $f ]] && echo "-- lora $(basename "$f"): $(tail -n 1 "$f" | cut -c1-200)"; done
+  for f in "$RUNS"/lora/*.log; do [[ -f $f ]] && echo "-- lora $(basename "$f"): $(grep -av '^\s*$' "$f" | tail -n 1 | cut -c1-200)"; done
   [[ -f $RUNS/lora/results.md ]] && cat "$RUNS/lora/results.md"
   local running=no
   for d in search lora; do [[ -f $RUNS/$d/started && ! -f $RUNS/$d/ALL_DONE ]] && running=yes; done
