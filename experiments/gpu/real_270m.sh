@@ -26,7 +26,7 @@
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-DRY=${R270_DRY:-0}
+DRY=${R270_DRY:-0} DATA_HERE=${MEDTUNE_DATA_DIR:-../shared/data}  # `bundle`'s data, before runs_env sets the device's
 runs_env "${R270_ROOT:-/root}"
 B=$ROOT/tmp/r270 GGUF=$ROOT/tmp/r270/gemma-3-270m-q4_k_m.gguf
 SEARCH=(search=ratio_ko_270m "search.dir=$RUNS/search/ratio_ko_270m")
@@ -68,7 +68,7 @@ bundle() {  # here: .stage/ (GGUF + bitsandbytes + gguf in 54 MiB parts), .gpuB/
     "$shared/tools/device-wheels.sh" "${WHEELS[@]}" > /dev/null && mkdir .gpuB || return 1
     for w in "${WHEELS[@]}"; do n=${w%%==*}; mv .whl/"${n//-/_}-${w#*==}"-*.whl .gpuB/ || return 1; done
   fi
-  tar -czf .gpudata.tgz -C "${MEDTUNE_DATA_DIR:-$shared/data}" "${DATA_DIRS[@]}" || return 1
+  tar -czf .gpudata.tgz -C "$DATA_HERE" "${DATA_DIRS[@]}" || return 1
   "$shared/tools/device-stage.sh" /tmp/r270 --part-mib 54 && du -sh .gpuB .gpudata.tgz .stage/p*
 }
 
