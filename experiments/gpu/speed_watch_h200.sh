@@ -16,17 +16,8 @@
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-SRC=/root/src RUNS=/root/runs B=/root/tmp/b6
-GGUF=$B/gemma-3-270m-q4_k_m.gguf
-export PYTHONPATH=/root/site:$SRC PYTHONUNBUFFERED=1 MEDTUNE_CACHE_DIR=/root/cache MEDTUNE_RUNS_DIR=$RUNS
-export MEDTUNE_DATA_DIR=/root/data HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=4
-
-timed() {  # name limit_s command...: its log in $RUNS/<name>.log, its exit status and wall time in rc.txt
-  local name=$1 limit=$2; shift 2; local t0=$SECONDS
-  timeout "$limit" "$@" > "$RUNS/$name.log" 2>&1
-  echo "$name rc=$? wall_s=$((SECONDS - t0)) ended=$(date -u +%T)" >> "$RUNS/rc.txt"
-}
+runs_env /root
+B=/root/tmp/b6 GGUF=/root/tmp/b6/gemma-3-270m-q4_k_m.gguf
 
 runs() {
   cd "$SRC" && date -u +%FT%TZ > "$RUNS/started"
@@ -55,44 +46,20 @@ runs() {
   touch "$RUNS/ALL_DONE"
 }
 
-collect() {
-  cd /root && find runs -name "*.log" -size -20M -exec gzip -kf {} \;
-  cp /root/versions.txt runs/ 2>/dev/null
-  tar --exclude='*.safetensors' --exclude='*/checkpoints/*' --exclude='*.log' --exclude='*/hf_cache/*' \
-    --exclude='*/peers/model-*' --exclude='samples.jsonl' --exclude='*/tasks/*' -czf "$OUT/speed_watch.tar.gz" runs
-  ls -la "$OUT"
-}
+collect() { tar_runs runs speed_watch; }
 
 case "${1:-}" in
   stage) stage_part "$2" ;;
   setup)  # carry [".stage/SHA256"] too: the parts are checked against it
-    set -e
-    unpack_bundle
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /root/site \
-      $B/wheels/*.whl
-    mkdir -p /root/data /root/tok && tar -xJf $B/data.tar.xz -C /root/data && tar -xJf $B/tok.tar.xz -C /root/tok
-    rm -rf "$SRC" "$RUNS" && mkdir -p "$SRC" "$RUNS" && cp -r medtune experiments tests pyproject.toml "$SRC/"
-    cd "$SRC"
-    { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-      python3 -c "import torch, transformers, peft, bitsandbytes, lm_eval, trl, liger_kernel, triton, hydra; \
-print('torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, \
-'| bitsandbytes', bitsandbytes.__version__, '| lm_eval', lm_eval.__version__, '| trl', trl.__version__, \
-'| liger', liger_kernel.__version__ if hasattr(liger_kernel, '__version__') else '0.8.5', '| triton', \
-triton.__version__, '| hydra', hydra.__version__)"; } | tee /root/versions.txt
-    set +e  # the driver outlives this call: it runs from the copy in $SRC
-    start_driver "$SRC/experiments/gpu/speed_watch_h200.sh"
-    sleep 30
-    bash "$0" wait "${2:-400}" ;;
+    setup_and_start "$B" experiments/gpu/speed_watch_h200.sh "${2:-400}" \
+      torch transformers peft bitsandbytes lm_eval trl liger_kernel triton hydra ;;
   runs) runs ;;
   wait)
-    wait_done "$RUNS" "${2:-560}"
-    echo "== $(date -u +%T) started $(cat "$RUNS/started" 2>/dev/null)"; cat "$RUNS/rc.txt" 2>/dev/null
-    tail -3 /root/driver.log
+    wait_header "${2:-560}"
     for f in "$RUNS"/*.log; do echo "-- $f"; grep -a "passed\|failed\|INFO medtune.bench: \|watch/\|step \|Error" "$f" \
       | cut -c1-400 | tail -4; done
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
-    [[ -f $RUNS/ALL_DONE ]] && echo "all done" || echo "still running"
-    collect > /dev/null ;;
+    wait_footer runs speed_watch ;;
   collect) collect ;;
   *) echo "usage: $0 stage N | setup | wait [s] | collect" >&2; exit 2 ;;
 esac

@@ -21,18 +21,9 @@
 set -uo pipefail
 . "$(dirname "$0")/common.sh"
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-SRC=/root/src RUNS=/root/runs B=/root/tmp/b6
-GGUF=$B/gemma-3-270m-q4_k_m.gguf
-export PYTHONPATH=/root/site:$SRC PYTHONUNBUFFERED=1 MEDTUNE_CACHE_DIR=/root/cache MEDTUNE_RUNS_DIR=$RUNS
-export MEDTUNE_DATA_DIR=/root/data HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True OMP_NUM_THREADS=4 WANDB_MODE=disabled
+runs_env /root
+B=/root/tmp/b6 GGUF=/root/tmp/b6/gemma-3-270m-q4_k_m.gguf
 REPEATS=${WO_REPEATS:-3}
-
-timed() {  # name limit_s command...: its log in $RUNS/<name>.log, its exit status and wall time in rc.txt
-  local name=$1 limit=$2; shift 2; local t0=$SECONDS
-  timeout "$limit" "$@" > "$RUNS/$name.log" 2>&1
-  echo "$name rc=$? wall_s=$((SECONDS - t0)) ended=$(date -u +%T)" >> "$RUNS/rc.txt"
-}
 
 train() {  # name overrides...: one mix_watch 1:1 training run, alone on the GPU, into $RUNS/<name>
   local name=$1; shift
@@ -83,40 +74,20 @@ print("\n".join(lines))
 PY
 }
 
-collect() {
-  cd /root && find runs -name "*.log" -size -20M -exec gzip -kf {} \;
-  cp /root/versions.txt runs/ 2>/dev/null
-  tar --exclude='*.safetensors' --exclude='*/checkpoints/*' --exclude='*.log' --exclude='*/hf_cache/*' \
-    --exclude='samples.jsonl' --exclude='*/tasks/*' -czf "$OUT/watch_overhead.tar.gz" runs
-  ls -la "$OUT"
-}
+collect() { tar_runs runs watch_overhead; }
 
 case "${1:-}" in
   stage) stage_part "$2" ;;
   setup)  # carry [".stage/SHA256"] too: the parts are checked against it
-    set -e
-    unpack_bundle
-    pip_target /root/site $B/wheels/*.whl
-    mkdir -p /root/data /root/tok && tar -xJf $B/data.tar.xz -C /root/data && tar -xJf $B/tok.tar.xz -C /root/tok
-    rm -rf "$RUNS" && copy_source
-    { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-      python3 -c "import torch, transformers, peft, bitsandbytes, hydra; print('torch', torch.__version__, \
-'| transformers', transformers.__version__, '| peft', peft.__version__, '| bitsandbytes', bitsandbytes.__version__, \
-'| hydra', hydra.__version__)"; } | tee /root/versions.txt
-    set +e  # the driver outlives this call: it runs from the copy in $SRC
-    start_driver "$SRC/experiments/gpu/watch_overhead.sh"
-    sleep 30
-    bash "$0" wait "${2:-400}" ;;
+    setup_and_start "$B" experiments/gpu/watch_overhead.sh "${2:-400}" \
+      torch transformers peft bitsandbytes hydra ;;
   runs) runs ;;
   wait)
-    wait_done "$RUNS" "${2:-560}"
-    echo "== $(date -u +%T) started $(cat "$RUNS/started" 2>/dev/null)"; cat "$RUNS/rc.txt" 2>/dev/null
-    tail -3 /root/driver.log
+    wait_header "${2:-560}"
     for f in "$RUNS"/control_*.log "$RUNS"/watch*.log; do [[ -f $f ]] || continue; echo "-- $f"
       grep -a "watch/\|loop_s\|Error" "$f" | cut -c1-300 | tail -3; done
     [[ -f $RUNS/overhead.md ]] && cat "$RUNS/overhead.md"
-    [[ -f $RUNS/ALL_DONE ]] && echo "all done" || echo "still running"
-    collect > /dev/null ;;
+    wait_footer runs watch_overhead ;;
   summarize) summarize ;;
   collect) collect ;;
   *) echo "usage: $0 stage N | setup | wait [s] | summarize | collect" >&2; exit 2 ;;

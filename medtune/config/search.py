@@ -42,6 +42,9 @@ class SearchConfig:
     confirm: bool = False  # train once at the recommended shares with full steps; predicted vs measured
     dir: str | None = None  # the search's folder; None: $MEDTUNE_RUNS_DIR (or runs)/search/<the search's name>
     job_timeout_s: float | None = None  # a proxy run still running after this is stopped and recorded as failed
+    # proxy runs at a time, each its own process: one GPU holds several runs of a small model, whose steps are
+    # bound by the host (launches, Python), not by the GPU; their base model is scored once (the cache's lock)
+    parallel: int = 1
     seed: int = 0  # of the bootstrap
 
     def __post_init__(self) -> None:
@@ -50,6 +53,7 @@ class SearchConfig:
         check_positive("search.steps", self.steps)
         check_positive("search.bootstrap_samples", self.bootstrap_samples)
         check_positive("search.job_timeout_s", self.job_timeout_s, allow_none=True)
+        check_positive("search.parallel", self.parallel)
         if self.grid_points < 2:
             raise ConfigError(f"search.grid_points={self.grid_points} must be >= 2.")
         bad = [s for s in self.shares if not (isinstance(s, int | float) and math.isfinite(s) and 0 < s < 1)]

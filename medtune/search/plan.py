@@ -1,13 +1,14 @@
 """The proxy runs of a search: one job per share x seed, each `python -m medtune.train` in its own run directory.
 
     jobs = plan_jobs(search_cfg, train_cfg, overrides, search_dir)      # Job(name, share, seed, run_dir, argv)
-    ran = run_jobs(jobs, search_dir / "logs", timeout_s)                # those that ran now; finished ones skipped
+    ran = run_jobs(jobs, search_dir / "logs", timeout_s, parallel=2)    # those that ran now; finished ones skipped
 
 A job is finished when its summary.json says `run/status: ok`; anything else (no summary, a failed one, a run
 stopped mid-way) runs again, in the same directory, so a killed search continues where it stopped. A job that fails
-is recorded (its log under logs/, its summary.json) and the search goes on. `plan.json` holds what every run of the
-search shares (the training overrides, the varied language, the steps): a second invocation with other values would
-mix unlike runs, so it is refused; more shares or seeds only add runs.
+is recorded (its log under logs/, its summary.json) and the search goes on; `parallel` jobs run at a time, each in
+its own process. `plan.json` holds what every run of the search shares (the training overrides, the varied
+language, the steps): a second invocation with other values would mix unlike runs, so it is refused; more shares or
+seeds only add runs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,17 +141,24 @@ def subprocess_runner(job: Job, log_path: Path, timeout_s: float | None) -> int:
             return 124
 
 
-def run_jobs(jobs: list[Job], log_dir: Path, timeout_s: float | None, runner: Runner = subprocess_runner) -> list[str]:
-    """Run every job not finished yet, one after another; the names of those run now. Failures are logged."""
+def run_jobs(
+    jobs: list[Job], log_dir: Path, timeout_s: float | None, runner: Runner = subprocess_runner, parallel: int = 1
+) -> list[str]:
+    """Run every job not finished yet, `parallel` at a time; the names of those run now. Failures are logged."""
     log_dir.mkdir(parents=True, exist_ok=True)
     todo = [job for job in jobs if not finished(job.run_dir)]
     if len(todo) < len(jobs):
         log.info("search: %d of %d runs finished before, skipped", len(jobs) - len(todo), len(jobs))
-    for i, job in enumerate(todo, 1):
+
+    def one(i: int, job: Job) -> None:
         log.info("search: run %d of %d: %s", i, len(todo), job.name)
         status = runner(job, log_dir / f"{job.name}.log", timeout_s)
         if status != 0 or not finished(job.run_dir):
             summary = read_summary(job.run_dir) or {}
             why = summary.get("run/error") or f"exit status {status}"
             log.error("search: run %s failed (%s); see %s", job.name, why, log_dir / f"{job.name}.log")
+
+    with ThreadPoolExecutor(max_workers=max(1, min(parallel, len(todo) or 1))) as pool:
+        for done in [pool.submit(one, i, job) for i, job in enumerate(todo, 1)]:
+            done.result()  # a runner's own exception (not a failed run) stops the search
     return [job.name for job in todo]

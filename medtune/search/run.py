@@ -82,7 +82,7 @@ def search(scfg: SearchConfig, overrides: list[str], name: str, runner: Runner =
     out = search_dir_of(scfg, name)
     check_plan(out, scfg, overrides)
     jobs = plan_jobs(scfg, cfg, overrides, out)
-    ran = run_jobs(jobs, out / "logs", scfg.job_timeout_s, runner)
+    ran = run_jobs(jobs, out / "logs", scfg.job_timeout_s, runner, scfg.parallel)
     result = analyse(scfg, cfg, overrides, jobs, ran, groups, out)
     if scfg.confirm:
         result.confirmed = confirm(scfg, cfg, overrides, result, groups, out, runner)

@@ -183,3 +183,25 @@ def test_the_gpu_watch_experiment_passes_the_preflight(single_process: None, dat
     """mix_watch (issue 22 on the GPU) with the real data: every source, eval task and watch set is there."""
     overrides = ["+experiment=mix_watch", f"data_mix.ratio='{ratio}'", "seed=0", f"data.data_dir={data_dir}"]
     check_run(compose(overrides), _dict_cfg(overrides))
+
+
+def test_the_gpu_search_passes_the_preflight_for_its_runs(single_process: None, data_dir: Path, tmp_path: Path) -> None:
+    """search=ratio_ko_270m (issue 34 on the GPU, experiments/gpu/real_270m.sh) with the real data: the proxy runs'
+    and the confirming run's medtune.train overrides compose, and every source and eval set they name is there."""
+    from medtune.config.search import compose_search
+    from medtune.search.plan import confirm_job, plan_jobs
+    from medtune.search.scores import check_groups
+
+    scfg = compose_search(["+search=ratio_ko_270m"])
+    overrides = [*scfg.train, f"data.data_dir={data_dir}"]
+    cfg = compose(overrides)
+    assert check_groups(scfg, cfg) == ["lang:en", "kormed_law", "lang:ko"]
+    assert (scfg.vary, len(scfg.shares), len(scfg.seeds), scfg.parallel) == ("en", 5, 2, 5)  # issue 34: >= 5 x 2
+    jobs = plan_jobs(scfg, cfg, overrides, tmp_path)
+    confirm = confirm_job(scfg, cfg, overrides, tmp_path, scfg.shares[-1])
+    for job, steps in ((jobs[0], 50), (jobs[-1], 50), (confirm, 110)):  # proxies 50 steps, the confirmation 110
+        argv = [a for a in job.argv if not a.startswith("hydra.")]  # the run directory: the search's to choose
+        run_cfg = compose(argv)
+        check_run(run_cfg, _dict_cfg(argv))
+        assert run_cfg.data_mix.ratio == f"en:ko={job.share:g}:{1 - job.share:g}" and run_cfg.eval.limit == 200
+        assert run_cfg.trainer.max_steps == steps

@@ -4,6 +4,7 @@ resume, failed jobs, "no safe share", the confirming run, the command line's err
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,21 @@ def test_a_second_call_runs_only_what_did_not_finish(tmp_path: Path) -> None:
     third = planted()
     search(_cfg(tmp_path), [], "ratio_ja", third)
     assert third.calls == []
+
+
+def test_parallel_runs_that_many_jobs_at_once(tmp_path: Path) -> None:
+    """search.parallel=3: three proxy runs wait on one barrier, which only three at once can pass; then the rest."""
+    barrier, inner = threading.Barrier(3, timeout=20), planted()
+
+    def runner(job: Job, log_path: Path, timeout_s: float | None) -> int:
+        if job.share == 0.1 or job.name == "ja0.300_seed0":
+            barrier.wait()  # BrokenBarrierError (the search stops) unless all three are running together
+        return inner(job, log_path, timeout_s)
+
+    result = search(_cfg(tmp_path, "search.parallel=3"), [], "ratio_ja", runner)
+    assert result.n_ok == 10 and sorted(result.ran) == sorted(inner.calls)
+    with pytest.raises(ConfigError, match=r"search\.parallel=0 must be > 0"):
+        _cfg(tmp_path, "search.parallel=0")
 
 
 def test_other_steps_in_the_same_folder_are_refused(tmp_path: Path) -> None:
