@@ -5,10 +5,11 @@ what training and `python -m medtune.evaluate` share.
     shard_per_layer(model, root, reader, ...)    # a meta model: each layer filled then sharded, root modules last
     with measured_scoring(root, dist.device, "eval") as (plain, memory): ...   # lm-eval on every rank
 
-`root` is the module whose forward a run calls: training's LossModule (around the peft model), or the (peft) model
-itself for the evaluation command. A wrapper root tells the scoring view what it wraps and how to run its first
-forward through two members, so this layer needs no knowledge of training: `scored_lm` (the causal LM inside) and
-`probe_()` (a forward that computes nothing). Any other root is the causal LM itself, probed with two token ids.
+`root` is a wrapper around the (peft) causal LM whose own unit holds the embeddings, final norm and head: training's
+LossModule, or ScoringRoot for the evaluation command. Scoring calls the LM inside, never the root (a forward through
+an FSDP root would reshard its parameters after it, under the scorer's direct calls to the decoder and head). A root
+tells the scoring view what it wraps and how to run its first forward through two members, so this layer needs no
+knowledge of training: `scored_lm` (the causal LM inside) and `probe_()` (a forward that computes nothing).
 """
 
 from __future__ import annotations
@@ -102,6 +103,26 @@ def shard_per_layer(
     )
 
 
+class ScoringRoot(nn.Module):
+    """The FSDP root of a model that is only scored (`python -m medtune.evaluate`): it holds the (peft) causal LM."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    @property
+    def scored_lm(self) -> nn.Module:
+        """The (peft) causal LM inside: what scoring_view yields."""
+        return self.lm
+
+    def forward(self, **inputs: Any) -> Any:
+        return self.lm(**inputs)
+
+    def probe_(self) -> None:
+        """One forward of two token ids, for FSDP's first-forward setup."""
+        self(input_ids=torch.zeros((1, 2), dtype=torch.long, device=next(self.lm.parameters()).device))
+
+
 def is_fsdp(module: nn.Module) -> bool:
     """True when `module` is an FSDP2 root: its forwards are collectives that every rank must join."""
     from torch.distributed.fsdp import FSDPModule
@@ -150,10 +171,7 @@ def _gathered_root(module: nn.Module) -> Iterator[nn.Module]:
         yield inner
         return
     with torch.no_grad():  # it only runs the root's first-forward setup
-        if hasattr(module, "probe_"):
-            module.probe_()
-        else:
-            module(input_ids=torch.zeros((1, 2), dtype=torch.long, device=next(inner.parameters()).device))
+        module.probe_()
     module.unshard()
     try:
         yield inner
