@@ -44,34 +44,30 @@ def _hydra_main(dict_cfg: DictConfig) -> None:
 
 
 def _evaluate(cfg: TrainConfig, dict_cfg: DictConfig, run_dir: Path) -> Path | None:
-    """Build the model (and adapter) on every rank, shard it under sharding=fsdp, evaluate; rank 0's eval dir.
+    """Build the model (and adapter), sharded under sharding=fsdp (one decoder layer at a time with the default
+    sharding.load=per_layer: runtime/eval_model.py), evaluate; rank 0's eval dir.
 
     Under torchrun each rank scores a share of the questions: with sharding=fsdp through one sharded model, with
     sharding=none or ddp through a whole copy per rank. A stalled rank stops all of them (sharding.timeout_min).
     """
     import torch
 
-    from medtune.eval.adapter_check import load_adapter
     from medtune.eval.evaluation import evaluate
     from medtune.eval.ranks import Ranks
-    from medtune.models.build import build_model
+    from medtune.runtime.eval_model import build_eval_model
     from medtune.runtime.run_record import write_config
-    from medtune.training import distributed
+    from medtune.runtime.shards import is_fsdp, measured_scoring
 
     with lifecycle.session(cfg.sharding, cfg.trainer.device, replicas_ok=True) as (dist, watchdog):
         write_config(run_dir, dict_cfg, dist)
         torch.manual_seed(cfg.seed)  # a random-init model (model.init=random) is then the same base as in training
-        model, tokenizer = build_model(cfg.model, cfg.quantization, dist.device)
-        if cfg.eval.adapter:
-            model = load_adapter(model, cfg.eval.adapter, cfg.eval.base_mismatch_ok)
-        if cfg.sharding.strategy == "fsdp":
-            model = distributed.wrap_model(model, cfg.sharding, dist, cfg.trainer)
+        model, tokenizer = build_eval_model(cfg, dist)
         if dist.world_size > 1:
             watchdog.start()
         watchdog.enter("eval")
-        ranks = Ranks.current(lockstep=distributed.is_fsdp(model), on_forward=watchdog.tick)
+        ranks = Ranks.current(lockstep=is_fsdp(model), on_forward=watchdog.tick)
         # the scorer's logits set this peak (eval.scorer, eval.batch_size); the model's own memory is in it
-        with distributed.measured_scoring(model, dist.device, "eval") as (plain, memory):
+        with measured_scoring(model, dist.device, "eval") as (plain, memory):
             label = "adapter" if cfg.eval.adapter else "base"
             evaluate(plain, tokenizer, cfg.eval, cfg.data, run_dir, label=label, ranks=ranks)
         log.info("eval peak memory: %s", {k: round(v, 2) for k, v in memory.items()})

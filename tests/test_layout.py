@@ -14,7 +14,9 @@
     search          config, files, data, eval (a top layer: runs medtune.train as subprocesses, reads their files)
     commands        medtune/train.py, medtune/evaluate.py (the two Hydra runs), and `python -m medtune.<pkg>`, whose
                     <pkg>/__main__.py only calls <pkg>/cli.py's main (the arguments, in its package's layer);
-                    nobody imports a command, and only its own __main__ imports a cli module
+                    nobody imports a command, and only its own __main__ imports a cli module; medtune/evaluate.py
+                    imports nothing of training (it scores through runtime: shards, eval_model), so only the
+                    training command and bench/ reach into training from outside it
 
 Also: no import circle between modules, no private name imported from another module, and modules and functions
 short enough to read (the sizes ../shared/STYLE.md asks for, with a little slack).
@@ -46,6 +48,7 @@ ALLOWED = {
 MEMORY_MODELS = {"medtune.models.arch_spec"}  # the only piece of models the torch-free estimator may read
 TORCH_FREE = ("config", "files", "memory")
 COMMANDS = {"medtune.train", "medtune.evaluate"}
+NOT_TRAINING = {"medtune.evaluate"}  # commands that must not import training (the evaluation runs over runtime/)
 MAX_MODULE_LINES = 330
 MAX_FUNCTION_LINES = 60
 
@@ -115,8 +118,11 @@ def test_imports_follow_the_layers() -> None:
             if target.endswith(".cli") and name != target.removesuffix(".cli") + ".__main__":
                 broken.append(f"{where}: a command's arguments (only its __main__ imports it)")
                 continue
+            if name in NOT_TRAINING and _layer(target) == "training":
+                broken.append(f"{where}: the {name} command imports nothing of training (use runtime/)")
+                continue
             if layer is None or _is_command(name):
-                continue  # commands and medtune/__init__ may import any layer
+                continue  # other commands and medtune/__init__ may import any layer
             other = _layer(target)
             if other == layer:
                 continue
@@ -208,6 +214,27 @@ def test_the_rules_catch_a_violation(tmp_path: Path) -> None:
     finally:
         MODULES.pop("medtune.data._layout_probe", None)
         path.unlink()
+
+
+def test_the_evaluate_rule_catches_a_training_import() -> None:
+    """`medtune.evaluate` importing training (as it once did, for the FSDP wrapper) is reported."""
+    path = PACKAGE / "evaluate.py"
+    probe = path.with_name("_evaluate_probe.py")
+    probe.write_text(path.read_text(encoding="utf-8") + "\nfrom medtune.training import distributed\n")
+    saved = MODULES["medtune.evaluate"]
+    try:
+        MODULES["medtune.evaluate"] = probe
+        try:
+            test_imports_follow_the_layers()
+        except AssertionError as err:
+            line = path.read_text(encoding="utf-8").count("\n") + 2  # the appended import
+            wanted = f"_evaluate_probe.py:{line} imports medtune.training.distributed: the medtune.evaluate command"
+            assert wanted in str(err), str(err)
+        else:
+            raise AssertionError("an import from medtune.evaluate to training/ was not reported")
+    finally:
+        MODULES["medtune.evaluate"] = saved
+        probe.unlink()
 
 
 def test_every_package_command_has_one_form() -> None:

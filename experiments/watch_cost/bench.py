@@ -37,7 +37,8 @@ from hydra import compose, initialize_config_dir
 from medtune.config import register_configs, to_train_config
 from medtune.eval.logprobs import length_batches
 from medtune.eval.watch import score_watch
-from medtune.training.distributed import DistInfo, scoring_view
+from medtune.runtime.process_group import DistInfo
+from medtune.runtime.shards import scoring_view
 from medtune.training.recipe import TrainRecipe
 from medtune.training.run import seed_everything
 

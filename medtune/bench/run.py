@@ -40,11 +40,10 @@ from medtune.memory.estimate import estimate
 from medtune.models.anatomy import peft_base_of
 from medtune.models.build import arch_config, load_tokenizer
 from medtune.models.document_masks import enable_document_masking
-from medtune.runtime import process_group
+from medtune.runtime import peak_memory, process_group, shards
 from medtune.runtime.launch import env_world
 from medtune.runtime.tracking import NullTracker
-from medtune.training import distributed, fast_paths
-from medtune.training import step_metrics as metrics
+from medtune.training import fast_paths
 from medtune.training.batches import DataPipeline
 from medtune.training.recipe import TrainRecipe
 
@@ -125,18 +124,18 @@ def measure(cfg: Any, hist: dict, args: argparse.Namespace, out_dir: Path, profi
     recipe = TrainRecipe(cfg, out_dir, NullTracker(), dist)
     loaded_at = time.perf_counter()  # the model's build: the peers' clocks start at their model load too
     try:
-        metrics.reset_peak_memory(dist.device)
+        peak_memory.reset_peak_memory(dist.device)
         recipe.setup_model()
         load_alloc, load_reserved = _peak_gib(dist.device)
         step = _prepare_steps(recipe, cfg, hist, args)
-        attention = peft_base_of(distributed.unwrap(recipe.model)).config._attn_implementation
+        attention = peft_base_of(shards.unwrap(recipe.model)).config._attn_implementation
         labels = _timed_label_tokens_per_row(recipe, cfg, args)
         ends, first_wall = [], None
         for _ in range(args.warmup):
             step()
             ends.append(time.perf_counter())  # optimizer_step synchronises the device before it returns
             first_wall = first_wall or time.time()
-        metrics.reset_peak_memory(dist.device)
+        peak_memory.reset_peak_memory(dist.device)
         timed = []
         for _ in range(args.steps):
             timed.append(step())
@@ -169,7 +168,7 @@ def measure(cfg: Any, hist: dict, args: argparse.Namespace, out_dir: Path, profi
 def _prepare_steps(recipe: Any, cfg: Any, hist: dict, args: argparse.Namespace) -> Callable[[], dict[str, float]]:
     """Give the recipe synthetic data and its optimizer; returns a function that runs one optimizer step."""
 
-    base = distributed.unwrap(recipe.model)
+    base = shards.unwrap(recipe.model)
     tc, max_len, dist = cfg.trainer, cfg.packing.max_seq_len, recipe.dist
     enable_document_masking(base, cfg.packing)
     rows = (args.warmup + args.steps + 2) * tc.grad_accum_steps * tc.micro_batch_size * dist.world_size

@@ -12,7 +12,7 @@ import hashlib
 import logging
 from typing import Any
 
-from medtune.models.identity import identity_mismatch, read_identity
+from medtune.models.identity import architecture_of, identity_mismatch, read_identity
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,7 @@ def load_adapter(model: Any, path: str, base_mismatch_ok: bool = False, override
 
     from peft import PeftModel
 
-    if not (Path(path) / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"eval.adapter={path}: no adapter_config.json there; point it at a saved adapter dir.")
+    require_adapter_config(path)
     check_base(model, Path(path), base_mismatch_ok, override)
     from safetensors import SafetensorError
 
@@ -128,19 +127,43 @@ def load_adapter(model: Any, path: str, base_mismatch_ok: bool = False, override
         ) from err
 
 
+def require_adapter_config(path: str) -> None:
+    """FileNotFoundError naming eval.adapter when `path` holds no adapter_config.json (no saved adapter there)."""
+    from pathlib import Path
+
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"eval.adapter={path}: no adapter_config.json there; point it at a saved adapter dir.")
+
+
 def check_base(model: Any, adapter_dir: Any, mismatch_ok: bool, override: str = OVERRIDE) -> None:
     """BaseMismatchError when the adapter's recorded base (base_identity.json) is not `model` (a build_model base)."""
-    try:
-        recorded = read_identity(adapter_dir)
-    except ValueError as err:
-        raise BaseMismatchError(str(err)) from err
+    recorded = _recorded(adapter_dir)
     current = getattr(model, "medtune_base_identity", None)
     if recorded is None or current is None:
         log.warning(
             "%s records no base identity (saved before medtune recorded it): its base is not checked", adapter_dir
         )
         return
-    problem = identity_mismatch(recorded, current)
+    _judge(identity_mismatch(recorded, current), adapter_dir, mismatch_ok, override)
+
+
+def check_base_architecture(config: Any, adapter_dir: Any, mismatch_ok: bool, override: str = OVERRIDE) -> None:
+    """check_base's architecture part, for a base whose weights are not filled yet (a meta model's `config`); the
+    weights are checked by check_base once they are (which also warns under `mismatch_ok`: nothing to do here)."""
+    recorded = None if mismatch_ok else _recorded(adapter_dir)
+    if recorded is not None:
+        current = {**recorded, "architecture": architecture_of(config)}  # weights and quantization: as recorded
+        _judge(identity_mismatch(recorded, current), adapter_dir, mismatch_ok, override)
+
+
+def _recorded(adapter_dir: Any) -> dict[str, Any] | None:
+    try:
+        return read_identity(adapter_dir)
+    except ValueError as err:
+        raise BaseMismatchError(str(err)) from err
+
+
+def _judge(problem: str | None, adapter_dir: Any, mismatch_ok: bool, override: str) -> None:
     if problem is None:
         return
     if mismatch_ok:

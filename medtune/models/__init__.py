@@ -4,5 +4,6 @@
     python -m medtune.models convert                       # the Gemma 3 270M GGUF -> a transformers folder, once
 
 Modules: build, quantize, lora, document_masks (per-document attention), anatomy (decoder layers, head, unwrapping),
-precision (dtype names), arch_spec and archs/ (architectures readable without torch), gguf, byte_tokenizer.
+precision (dtype names), arch_spec and archs/ (architectures readable without torch), gguf, byte_tokenizer,
+regional_compile (compiled decoder layers and their eager forwards for scoring).
 """

@@ -47,10 +47,14 @@ def sample_index(numel: int, count: int = SAMPLE_VALUES) -> torch.Tensor:
     return torch.arange(count, dtype=torch.int64) * (numel - 1) // max(count - 1, 1)
 
 
+def architecture_of(config: Any) -> dict[str, Any]:
+    """The architecture part of an identity: the config sizes that shape every tensor (ARCH_KEYS)."""
+    return {key: getattr(config, key, None) for key in ARCH_KEYS}
+
+
 def base_identity(model: nn.Module, quantization: str) -> dict[str, Any]:
     """Architecture, quantization and weights fingerprint of a base model (see the module docstring)."""
-    config = model.config
-    architecture = {key: getattr(config, key, None) for key in ARCH_KEYS}
+    architecture = architecture_of(model.config)
     weight = model.get_input_embeddings().weight.detach()
     flat = weight.reshape(-1)
     sample = (

@@ -52,6 +52,7 @@ def check_eval(cfg: TrainConfig, dict_cfg: Any) -> None:
 
     check_known_keys(dict_cfg)
     check_launch(cfg, replicas_ok=True, entry="medtune.evaluate")
+    check_per_layer_source(cfg)  # sharding=fsdp loads per layer here too (runtime/eval_model.py)
     check_dataset_files(cfg.data)  # a bad declared file stops here with its line and field, as in medtune.train
     check_tasks(cfg)
     if cfg.eval.adapter and not (resolve_dir(cfg.eval.adapter) / "adapter_config.json").is_file():

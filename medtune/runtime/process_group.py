@@ -5,8 +5,8 @@
     cleanup()                                              # leave the group
 
 Rank 0 picks the run directory and shares it (`launch.shared_run_stamp`), only rank 0 logs and writes files, and
-metrics that are sums (tokens, losses) are all-reduced. How a model is spread over the ranks (DDP, FSDP2) is
-training's (training/distributed.py).
+metrics that are sums (tokens, losses) are all-reduced. How a model is sharded over the ranks (FSDP2) is in
+runtime/shards.py; training's loss module under DDP or FSDP2 in training/distributed.py.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from medtune.data.mix import MixResult, build_mix
 from medtune.data.mix_report import format_mix_report
 from medtune.data.packing import build_batches, packing_stats
 from medtune.models.document_masks import enable_document_masking
-from medtune.training.distributed import unwrap
+from medtune.runtime.shards import unwrap
 from medtune.training.trained_mix import batch_counts
 
 log = logging.getLogger("medtune.data")

@@ -16,7 +16,7 @@ import torch
 from medtune.config import TrainConfig
 from medtune.eval.evaluation import evaluate
 from medtune.eval.ranks import Ranks
-from medtune.training.distributed import is_fsdp, measured_scoring
+from medtune.runtime.shards import is_fsdp, measured_scoring
 
 log = logging.getLogger("medtune.evaluate")
 TABLE_COLUMNS = ["acc", "acc_ci_low", "acc_ci_high", "n", "gold_ll_letter", "gold_ll_text", "delta_pp", "p_mcnemar"]

@@ -27,6 +27,18 @@ class LossModule(torch.nn.Module):
         self.chunk_size = chunk_size
         self.kernel = kernel  # trainer.loss_kernel
 
+    @property
+    def scored_lm(self) -> torch.nn.Module:
+        """The (peft) causal LM inside: what runtime/shards.py scores (scoring_view) and unwraps."""
+        return self.model
+
+    def probe_(self) -> None:
+        """A forward that counts nothing (no label: loss 0), for FSDP's first-forward setup (runtime/shards.py)."""
+        device = next(self.model.parameters()).device
+        one = torch.zeros((1, 2), dtype=torch.long, device=device)
+        position_ids = torch.arange(2, device=device)[None]
+        self(input_ids=one, position_ids=position_ids, document_ids=one, shift_labels=torch.full_like(one, -100))
+
     def forward(
         self,
         input_ids: torch.Tensor,

@@ -23,7 +23,7 @@ from medtune.models.lora import (
     save_adapter,
     trainable_parameters,
 )
-from medtune.runtime import process_group
+from medtune.runtime import peak_memory, process_group, shards
 from medtune.runtime.watchdog import Watchdog
 from medtune.training import distributed, fast_paths, step_metrics
 from medtune.training.batches import DataPipeline, build_data, plan_mix
@@ -82,7 +82,7 @@ class TrainRecipe:
         """Base model (quantised as configured), LoRA adapter, then the loss wrapper and DDP/FSDP (with FSDP: one
         decoder layer loaded and sharded at a time unless sharding.load=whole, training/sharded_load.py)."""
         cfg = self.cfg
-        step_metrics.reset_peak_memory(self.device, release_cache=True)  # a multirun's previous job cached blocks too
+        peak_memory.reset_peak_memory(self.device, release_cache=True)  # a multirun's previous job cached blocks too
         built = build_trainable(cfg, self.dist)
         model, self.model, self.tokenizer, self.offloader = built.model, built.wrapped, built.tokenizer, built.offloader
         self.summary["trainer/speedups"] = ",".join(built.speedups) or "none"
@@ -97,7 +97,7 @@ class TrainRecipe:
                 "model/trainable_pct": counts["percent"],
             }
         )
-        self.summary.update(distributed.per_rank_memory(step_metrics.memory_metrics(self.device, "load"), self.device))
+        self.summary.update(peak_memory.per_rank_memory(peak_memory.memory_metrics(self.device, "load"), self.device))
 
     def log_fast_paths(self) -> str:
         """Log and record (summary.json run/fast_paths) the fast paths this run takes, read from the built model."""
@@ -108,7 +108,7 @@ class TrainRecipe:
         self.optimizer = build_optimizer(self.cfg.optim, self.model)
         self.scheduler = build_scheduler(self.cfg.optim, self.cfg.trainer.max_steps, self.optimizer)
         layers = self.summary["trainer/checkpointed_layers"]
-        self.flops = step_metrics.flop_model(distributed.unwrap(self.model), layers)
+        self.flops = step_metrics.flop_model(shards.unwrap(self.model), layers)
         self.peak_tflops = step_metrics.device_peak_tflops(self.device)
 
     def _maybe_resume(self) -> None:
@@ -136,7 +136,7 @@ class TrainRecipe:
         tc = self.cfg.trainer
         started = time.perf_counter()
         self.model.train()
-        step_metrics.reset_peak_memory(self.device)
+        peak_memory.reset_peak_memory(self.device)
         micro_batches = self.data.train_stream(self.data_position)
         last: dict[str, float] = {}
         if self.watch is not None:
@@ -154,7 +154,7 @@ class TrainRecipe:
             bar.update(1)
             bar.set_postfix(loss=f"{measured['train/loss']:.4f}")
             if self.step % tc.log_every == 0 or self.step == tc.max_steps:
-                memory = distributed.per_rank_memory(step_metrics.memory_metrics(self.device, "train"), self.device)
+                memory = peak_memory.per_rank_memory(peak_memory.memory_metrics(self.device, "train"), self.device)
                 last = {**measured, **memory, "train/epoch": self.data.epochs(0, self.data_position)}
                 self.tracker.log(last, step=self.step)
             if tc.eval_every and self.step % tc.eval_every == 0:  # inside the train phase: its peak stays whole
@@ -239,7 +239,7 @@ class TrainRecipe:
         if self.cfg.trainer.eval_batches == 0:
             return {}
         if measure_memory:
-            step_metrics.reset_peak_memory(self.device)
+            peak_memory.reset_peak_memory(self.device)
         self.watchdog.enter("held-out loss", self.step)
         self.model.eval()
         total, n = eval_loss(self.model, self.data.heldout_batches(), self.device, self.cfg.trainer, self.watchdog.tick)
@@ -249,7 +249,7 @@ class TrainRecipe:
         out = {"eval/loss": float(total / n) if n else float("nan"), "eval/loss_tokens": float(n)}
         if not measure_memory:
             return out
-        return {**out, **distributed.per_rank_memory(step_metrics.memory_metrics(self.device, "eval"), self.device)}
+        return {**out, **peak_memory.per_rank_memory(peak_memory.memory_metrics(self.device, "eval"), self.device)}
 
     def save_checkpoint(self) -> None:
         """Write a resumable checkpoint: one file set from rank 0, or every rank's shard under FSDP."""
@@ -277,9 +277,9 @@ class TrainRecipe:
         self.watchdog.enter("save adapter", self.step)
         state = distributed.full_state_dict(self.model)
         if self.dist.is_main:
-            save_adapter(distributed.unwrap(self.model), path, state)
+            save_adapter(shards.unwrap(self.model), path, state)
             if self.cfg.trainer.merge_adapter:
-                merge_and_save(distributed.unwrap(self.model), self.run_dir / "merged")
+                merge_and_save(shards.unwrap(self.model), self.run_dir / "merged")
         process_group.barrier()
         return path
 

@@ -9,26 +9,24 @@ its linears, fills its adapters and hands it to `fully_shard`, which keeps only 
 layer is filled. The embeddings, final norm and head (the root unit, gathered in every forward anyway) come last.
 A rank so holds its shard plus one layer (or the root's modules) while loading, not the whole model: the weights
 equal the whole path's bit for bit, since both fill through models/materialize.py
-(tests/training/test_sharded_load.py). sharding.load=whole builds the whole model on every rank, then shards it.
+(tests/training/test_sharded_load.py). The filling is runtime/shards.py's, which `python -m medtune.evaluate` uses
+too. sharding.load=whole builds the whole model on every rank, then shards it.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from medtune.config import TrainConfig
 from medtune.models.anatomy import causal_lm_of, decoder_layers
-from medtune.models.build import build_model, build_skeleton, finish_base_, load_tokenizer
+from medtune.models.build import build_model, build_skeleton, load_tokenizer
 from medtune.models.lora import apply_lora, peft_config, reentrant_checkpointing
-from medtune.models.materialize import Materializer, fill_layer_, split_modules
-from medtune.models.precision import TORCH_DTYPES
 from medtune.runtime.process_group import DistInfo
+from medtune.runtime.shards import shard_per_layer
 from medtune.training import distributed
 from medtune.training.loss_module import LossModule
 from medtune.training.offload import ActivationOffloader
@@ -76,34 +74,13 @@ def build_trainable(cfg: TrainConfig, dist: DistInfo) -> Trainable:
 
 
 def build_per_layer(cfg: TrainConfig, dist: DistInfo, reentrant: bool) -> Trainable:
-    """The meta model with its adapters, filled and `fully_shard`-ed one decoder layer at a time, root last."""
-    from torch.distributed.fsdp import fully_shard
-
-    start_s = time.perf_counter()
+    """The meta model with its adapters, filled and `fully_shard`-ed one decoder layer at a time, root last
+    (runtime/shards.py shard_per_layer; the root is the LossModule)."""
     skeleton, reader = build_skeleton(cfg.model, cfg.quantization)
     checkpointed = cfg.trainer.checkpointed_layers(len(decoder_layers(skeleton)))
     model = apply_lora(skeleton.eval(), cfg.lora, cfg.quantization, checkpointed, reentrant)
     wrapped = LossModule(model, cfg.trainer.loss_chunk_size, cfg.trainer.loss_kernel)
-    kwargs = distributed.fsdp_kwargs(cfg.sharding, dist)
-    lm = causal_lm_of(model)
-    fill = Materializer(lm, dist.device, torch.initial_seed(), reader)
-    outside, layers_name = split_modules(lm)
     lora_init = peft_config(cfg.lora).init_lora_weights if cfg.lora.enabled else None
-    layers = decoder_layers(lm)
-    for index, layer in enumerate(layers):
-        fill_layer_(fill, layer, f"{layers_name}.{index}", cfg.quantization, TORCH_DTYPES[cfg.model.dtype], lora_init)
-        fully_shard(layer, **kwargs)
-    for name, module in outside:
-        fill.module_(name, module)
-    finish_base_(lm, cfg.model, cfg.quantization.method)
-    fully_shard(wrapped, **kwargs)
+    shard_per_layer(model, wrapped, reader, cfg.model, cfg.quantization, cfg.sharding, dist, lora_init)
     source = str(reader.folder) if reader is not None else None
-    log.info(
-        "sharding.load=per_layer: %d decoder layers filled (%s) and sharded one at a time over %d ranks, root last, "
-        "in %.1f s",
-        len(layers),
-        source or f"random, seed {fill.seed}",
-        dist.world_size,
-        time.perf_counter() - start_s,
-    )
-    return Trainable(model, wrapped, load_tokenizer(cfg.model, lm.config, source), checkpointed)
+    return Trainable(model, wrapped, load_tokenizer(cfg.model, causal_lm_of(model).config, source), checkpointed)

@@ -4,7 +4,8 @@ Definitions (used in every log line and table):
 - useful tokens: real (non-pad) input tokens; label tokens: those that carry a loss.
 - padded tokens/s counts every position of every row, pad included; useful tokens/s counts only real tokens.
 - peak allocated / reserved GiB: torch.cuda.max_memory_allocated / max_memory_reserved on this rank since the
-  phase began (phases: load, train, eval = held-out loss, lm_eval = the benchmark stage); CPU RSS from psutil.
+  phase began (phases: load, train, eval = held-out loss, lm_eval = the benchmark stage); CPU RSS from psutil
+  (measured by runtime/peak_memory.py).
 - MFU: achieved training FLOP/s over the device's dense bf16 peak. FLOPs per token are
   2 * N_matmul * (1 forward + 1 input-gradient backward + f_ckpt recomputed forward) + 2 * N_lora * 3
   + attention 2 * 2 * n_layers * d_attn * ctx * (2 + f_ckpt) for a context of ctx tokens (score and value
@@ -19,14 +20,11 @@ Definitions (used in every log line and table):
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
-import psutil
 import torch
 
-from medtune.files.space import GIB
 from medtune.models.anatomy import head_dim_of
 
 # Dense bf16 tensor-core peaks in TFLOP/s (vendor datasheets, no sparsity).
@@ -53,32 +51,6 @@ def device_peak_tflops(device: torch.device) -> float | None:
         if key in name:
             return tflops
     return None
-
-
-def reset_peak_memory(device: torch.device, release_cache: bool = False) -> None:
-    """Start a new memory phase: peaks are measured from here.
-
-    release_cache=True first returns the cached blocks of earlier phases (or of the previous job of a multirun,
-    same process), so the phase's peak reserved is its own; used at a job's start and before lm-eval, never inside
-    the training loop (re-reserving every step would cost time).
-    """
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        if release_cache:
-            import gc
-
-            gc.collect()
-            torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def memory_metrics(device: torch.device, phase: str) -> dict[str, float]:
-    """Peak allocated/reserved GiB of this rank in `phase`, and the process RSS."""
-    out = {f"sys/{phase}/cpu_rss_gib": psutil.Process(os.getpid()).memory_info().rss / GIB}
-    if device.type == "cuda":
-        out[f"sys/{phase}/peak_alloc_gib"] = torch.cuda.max_memory_allocated(device) / GIB
-        out[f"sys/{phase}/peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GIB
-    return out
 
 
 @dataclass

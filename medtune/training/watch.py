@@ -30,7 +30,7 @@ from medtune.eval.ranks import Ranks
 from medtune.eval.stats import format_level
 from medtune.eval.watch import Scores, WatchSet, base_watch_scores, build_watch_sets, score_watch
 from medtune.eval.watch_stats import criterion, group_change, group_key, watch_metrics
-from medtune.training.distributed import is_fsdp, scoring_view
+from medtune.runtime.shards import is_fsdp, scoring_view
 
 log = logging.getLogger("medtune.train")
 

@@ -25,7 +25,7 @@ from medtune.report.sweep import (
     mix_languages,
     mix_of,
 )
-from medtune.training.step_metrics import memory_metrics
+from medtune.runtime.peak_memory import memory_metrics
 
 FIXTURE = REPO / "tests" / "fixtures" / "sweep"
 PNGS = ("accuracy_vs_share", "gold_ll_letter_vs_share", "gold_ll_text_vs_share", "forgetting", "efficiency")

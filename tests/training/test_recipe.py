@@ -61,7 +61,7 @@ def test_held_out_loss_inside_training_keeps_the_train_memory_phase(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """eval_every during training must not restart the train phase's peak (nor empty the allocator each time)."""
-    from medtune.training import step_metrics as metrics
+    from medtune.runtime import peak_memory as metrics
 
     monkeypatch.setenv("MEDTUNE_CACHE_DIR", str(tmp_path / "cache"))
     resets: list[bool] = []

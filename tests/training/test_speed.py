@@ -10,10 +10,11 @@ import torch
 from medtune.config import compose
 from medtune.models.anatomy import decoder_layers
 from medtune.models.kernels import KernelsUnavailableError, apply_fused_kernels
+from medtune.models.regional_compile import eager_layers
 from medtune.runtime import process_group
 from medtune.runtime.tracking import NullTracker
 from medtune.training.recipe import TrainRecipe
-from medtune.training.speed import apply_speedups, eager_layers
+from medtune.training.speed import apply_speedups
 
 COMMON = ["model=tiny_llama", "trainer.device=cpu", "packing.max_seq_len=256", "trainer.micro_batch_size=2"]
 COMMON += ["lora.dropout=0", "optim.schedule=constant", "optim.warmup_ratio=0", "eval=none", "logger=none"]

@@ -21,8 +21,8 @@ from medtune.eval.ranks import Ranks
 from medtune.eval.watch import WatchSet
 from medtune.models.anatomy import causal_lm_of, decoder_layers
 from medtune.runtime.process_group import DistInfo
+from medtune.runtime.shards import scoring_view, unwrap
 from medtune.training import watch as watch_module
-from medtune.training.distributed import scoring_view, unwrap
 from medtune.training.recipe import TrainRecipe
 from medtune.training.run import run
 from medtune.training.speed import apply_speedups
