@@ -50,6 +50,7 @@ __all__ = [
     "estimate",
     "layer_activation_bytes",
     "load_arch",
+    "load_units",
     "lora_param_count",
     "loss_bytes",
     "quantized_bytes",
@@ -141,6 +142,7 @@ class MemoryEstimate:
     parts: dict[str, float] = field(default_factory=dict)
     peak_bytes: float = 0.0
     load_peak_bytes: float = 0.0
+    heldout_peak_bytes: float = 0.0  # the held-out loss after training (`_heldout_forward`)
     world_size: int = 1
     label_tokens: float = 0.0  # label tokens per micro-batch the loss term was computed for
     label_tokens_per_row: float | None = None  # as given; None = worst case (every token carries a label)
@@ -156,6 +158,7 @@ class MemoryEstimate:
         source = "worst case: every token" if given is None else f"label_tokens_per_row={given:g}"
         rows.append(f"  {'loss label tokens':<22} {self.label_tokens:9.0f} per micro-batch ({source})")
         rows.append(f"  {'load peak':<22} {self.load_peak_bytes / GIB:9.3f} GiB")
+        rows.append(f"  {'held-out loss peak':<22} {self.heldout_peak_bytes / GIB:9.3f} GiB")
         rows.append(f"  {'train peak (per rank)':<22} {self.peak_gib:9.3f} GiB  (world size {self.world_size})")
         return "\n".join(rows)
 
@@ -190,12 +193,30 @@ def _per_layer_load_peak(arch: Arch, cfg: TrainConfig, world_size: int) -> float
     """
     w = weight_bytes(arch, cfg)
     adapters = DTYPE_BYTES[cfg.lora.dtype] * lora_param_count(arch, cfg)
+    shards = 0.0 if cfg.sharding.cpu_offload else (w["layers"] + w["embed_head"] + adapters) / world_size
+    return shards + w["buffers"] + max(load_units(arch, cfg))
+
+
+def load_units(arch: Arch, cfg: TrainConfig) -> tuple[float, float]:
+    """(one decoder layer while it is filled: its weights, adapters and two linears in model.dtype; the root unit:
+    embeddings, final norm and head) in bytes: per-layer loading holds one of them on top of the shards."""
+    w = weight_bytes(arch, cfg)
+    adapters = DTYPE_BYTES[cfg.lora.dtype] * lora_param_count(arch, cfg)
     filling = 0.0
     if cfg.quantization.method != "none":
         filling = 2 * max(a * b for a, b in arch.linears().values()) * DTYPE_BYTES[cfg.model.dtype]
-    unit = max((w["layers"] + adapters) / arch.layers + filling, w["embed_head"])
-    shards = 0.0 if cfg.sharding.cpu_offload else (w["layers"] + w["embed_head"] + adapters) / world_size
-    return shards + w["buffers"] + unit
+    return (w["layers"] + adapters) / arch.layers + filling, float(w["embed_head"])
+
+
+def _heldout_forward(arch: Arch, cfg: TrainConfig, cal: Calibration, loss: float) -> float:
+    """What the held-out loss (a no-grad forward of one micro-batch, after training) adds to the static bytes: the
+    residual stream in and out of the layer running, that layer's activations (`layer_activation_bytes`: what it
+    would keep for backward, an upper bound of a no-grad layer's transients) and the chunked loss. The gradients are
+    gone (zero_grad sets them to None); the optimizer state stays until the eval stage. Composed from the parts
+    that the training measurements calibrated; the held-out phase itself is not yet measured on a GPU."""
+    tokens = cfg.trainer.micro_batch_size * cfg.packing.max_seq_len
+    residual = 2 * DTYPE_BYTES[cfg.model.dtype] * arch.hidden * tokens
+    return residual + layer_activation_bytes(arch, cfg, tokens, cal) + loss
 
 
 def _offload_parts(parts: dict[str, float], embed_head: float, in_flight: float) -> None:
@@ -226,7 +247,7 @@ def estimate(
     w = weight_bytes(arch, cfg)
     n_lora = lora_param_count(arch, cfg)
     lora_b = DTYPE_BYTES[cfg.lora.dtype]  # the adapters, their gradients and AdamW's states share one dtype
-    fp32_adapters = cfg.lora.dtype == "float32"
+    autocast_cache = cfg.lora.dtype == "float32" and cfg.trainer.autocast_dtype in ("bfloat16", "float16")
     parts: dict[str, float] = {
         "weights/layers": w["layers"] / shard,
         "weights/embed_head": w["embed_head"] / shard,
@@ -235,9 +256,7 @@ def estimate(
         "lora/grads": lora_b * n_lora / shard,
         "optimizer/states": lora_b * _optimizer_states(cfg) * n_lora / shard,
         # autocast caches a low-precision copy of every fp32 leaf weight it casts until the forward ends
-        "lora/autocast_cache": (
-            2 * n_lora if fp32_adapters and cfg.trainer.autocast_dtype in ("bfloat16", "float16") else 0.0
-        ),
+        "lora/autocast_cache": 2 * n_lora if autocast_cache else 0.0,
     }
     if cfg.sharding.strategy == "fsdp":
         # FSDP2 gathers the root unit (embeddings, head) into buffers of its own and keeps them for the loss; with
@@ -266,6 +285,7 @@ def estimate(
         parts,
         max(forward_peak, backward_peak),
         _load_peak(arch, cfg, world_size),
+        static + _heldout_forward(arch, cfg, cal, parts["loss/chunk"]),
         world_size,
         label_tokens(cfg, label_tokens_per_row),
         label_tokens_per_row,
