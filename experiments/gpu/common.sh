@@ -12,8 +12,8 @@ unpack_bundle() {  # join the staged parts, check them against .stage/SHA256 whe
   tar -xf /root/bundle.tar -C /root/ && rm -rf /root/bundle.tar /root/stage
 }
 
-start_driver() {  # SCRIPT: `bash SCRIPT runs` in the background, outliving this call (log: /root/driver.log)
-  setsid nohup bash "$1" runs > /root/driver.log 2>&1 < /dev/null &
+start_driver() {  # SCRIPT [LOG]: `bash SCRIPT runs` in the background, outliving this call (log: /root/driver.log)
+  setsid nohup bash "$1" runs > "${2:-/root/driver.log}" 2>&1 < /dev/null &
 }
 
 wait_done() {  # DIR SECONDS: until DIR/ALL_DONE exists or SECONDS pass
