@@ -101,6 +101,7 @@ case "${1:-}" in
 transformers.__version__, '| peft', peft.__version__, '| lm_eval', lm_eval.__version__)" 2>&1 | tail -1 \
       | tee -a "$RUNS/versions.txt"
     start_driver "$SRC/experiments/gpu/llama70b_offload.sh" "$RUNS/driver.log"
+    echo $! > "$RUNS/driver.sid"  # setsid: the driver leads its own session (`pkill -s SID` ends it and its runs)
     [[ $DRY == 1 ]] && exit 0
     wait_done "$RUNS" "${START_WAIT_S:-450}"; collect ;;
   runs) runs ;;
