@@ -8,10 +8,12 @@
 # estimator, the error, useful tokens/s, and the load peak above the loaded state against one decoder layer.
 #
 # Which set: `python -m medtune.memory` with these overrides (grad_ckpt_every=1, no activation offload, 1 x 2048)
-# predicts (GiB, resident / offloaded) train 46.3 / 8.0, load 41.5 / 3.9, held-out 44.1 / 5.8: both fit 80 GB, so
+# predicts (GiB, resident / offloaded) train 46.3 / 9.0, load 41.5 / 4.9, held-out 44.1 / 6.8: both fit 80 GB, so
 # both run, offload first (the issue's run; never yet run on a GPU). lm-eval's phase has no prediction (its rows come
 # from the questions). Per-layer loading holds one unit above the loaded state: a decoder layer (1.30 GiB with its
 # two linears filled in bf16) or, last, the root (embeddings + head, 3.91 GiB): the root is the predicted peak.
+# Offloaded, the loaded state on the GPU is the layers' nf4 quantisation state (1.01 GiB: no parameter, so FSDP2
+# leaves it there): the offload run's train and load peaks test that term too.
 #
 # Device time (30 min per session, 600 s per call). Measured before: the 80-layer FSDP job, loaded whole, took 52 s
 # for 10 steps of 2.47 s (run/wall_s, experiments/results/llama70b_1gpu, H100); the 2-rank job with a held-out pass

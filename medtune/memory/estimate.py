@@ -36,6 +36,7 @@ from medtune.memory.parts import (
     label_tokens,
     layer_activation_bytes,
     loss_bytes,
+    quant_state_bytes,
     quantized_bytes,
     weight_bytes,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "load_units",
     "lora_param_count",
     "loss_bytes",
+    "quant_state_bytes",
     "quantized_bytes",
     "weight_bytes",
 ]
@@ -188,12 +190,15 @@ def _per_layer_load_peak(arch: Arch, cfg: TrainConfig, world_size: int) -> float
     alive at once), its adapters added, and `fully_shard` keeps 1/N of it; the root's modules (embeddings, final
     norm, head) are filled whole last, before the root is sharded. So: all shards + buffers + the larger of one
     layer (with two linears in model.dtype) and the whole root. With sharding.cpu_offload the shards go to pinned
-    CPU memory as each unit is sharded, and only the unit stays on the GPU. Measured on a CPU for tiny models
-    (tests/training/test_sharded_load.py: shard + unit within a few KiB); not yet measured on a GPU.
+    CPU memory as each unit is sharded, and only the unit and the layers' quantisation state (`quant_state_bytes`)
+    stay on the GPU. Measured on a CPU for tiny models (tests/training/test_sharded_load.py: shard + unit within a
+    few KiB); not yet measured on a GPU.
     """
     w = weight_bytes(arch, cfg)
     adapters = DTYPE_BYTES[cfg.lora.dtype] * lora_param_count(arch, cfg)
-    shards = 0.0 if cfg.sharding.cpu_offload else (w["layers"] + w["embed_head"] + adapters) / world_size
+    shards = (w["layers"] + w["embed_head"] + adapters) / world_size
+    if cfg.sharding.cpu_offload:
+        shards = quant_state_bytes(arch, cfg)
     return shards + w["buffers"] + max(load_units(arch, cfg))
 
 
@@ -219,14 +224,18 @@ def _heldout_forward(arch: Arch, cfg: TrainConfig, cal: Calibration, loss: float
     return residual + layer_activation_bytes(arch, cfg, tokens, cal) + loss
 
 
-def _offload_parts(parts: dict[str, float], embed_head: float, in_flight: float) -> None:
+def _offload_parts(parts: dict[str, float], arch: Arch, cfg: TrainConfig, cal: Calibration, shard: int) -> None:
     """sharding.cpu_offload (FSDP2's CPUOffloadPolicy, pinned): the shards, the adapters' gradients and the optimizer
     state live in CPU memory (`cpu/offloaded`, not in the GPU peak); the GPU holds the gathered root and the layers in
-    flight, now at any world size (each is copied in for its forward and backward). Not yet measured on a GPU."""
+    flight, now at any world size (each is copied in for its forward and backward), and the layers' quantisation
+    state, which is no parameter (`quant_state_bytes`). Not yet measured on a GPU."""
+    w, state = weight_bytes(arch, cfg), quant_state_bytes(arch, cfg)
+    embed_head, in_flight = w["embed_head"], cal.fsdp_gathered_layers * w["layers"] / arch.layers
     moved = ("weights/layers", "weights/embed_head", "lora/params", "lora/grads", "optimizer/states")
-    parts["cpu/offloaded"] = sum(parts[key] for key in moved)
+    parts["cpu/offloaded"] = sum(parts[key] for key in moved) - state / shard
     for key in moved:
         parts[key] = 0.0
+    parts["weights/layers"] = state
     parts["fsdp/gathered"] = embed_head + in_flight
 
 
@@ -269,7 +278,7 @@ def estimate(
         in_flight = cal.fsdp_gathered_layers * per_layer if shard > 1 else 0.0
         parts["fsdp/gathered"] = w["embed_head"] * (2 - 1 / shard) + in_flight
     if cfg.sharding.strategy == "fsdp" and cfg.sharding.cpu_offload:
-        _offload_parts(parts, w["embed_head"], cal.fsdp_gathered_layers * w["layers"] / arch.layers)
+        _offload_parts(parts, arch, cfg, cal, shard)
     act = activation_bytes(arch, cfg, cal)
     parts.update({f"activations/{k}": v for k, v in act.items()})
     parts["loss/chunk"] = loss_bytes(arch, cfg, cal, label_tokens_per_row)

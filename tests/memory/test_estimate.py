@@ -17,6 +17,7 @@ from medtune.memory.estimate import (
     layer_activation_bytes,
     load_arch,
     lora_param_count,
+    quant_state_bytes,
     quantized_bytes,
     weight_bytes,
 )
@@ -281,14 +282,31 @@ def test_cpu_offload_moves_the_shards_off_the_gpu() -> None:
     root and two layers in flight; loading per layer then holds one unit on the GPU, not the shards."""
     base = ["+experiment=paper_llama70b_fsdp", "model.init=random", "trainer.grad_ckpt_every=1"]
     on, off = (estimate(compose([*base, f"sharding.cpu_offload={v}"]), world_size=2) for v in ("true", "false"))
-    moved = ("weights/layers", "weights/embed_head", "lora/params", "lora/grads", "optimizer/states")
-    assert all(on.parts[k] == 0 for k in moved) and on.parts["cpu/offloaded"] == pytest.approx(
-        sum(off.parts[k] for k in moved)
-    )
+    moved = ("weights/embed_head", "lora/params", "lora/grads", "optimizer/states")
+    state = quant_state_bytes(load_arch(compose(base)), compose(base))  # on the GPU: no parameter, not offloaded
+    assert all(on.parts[k] == 0 for k in moved) and on.parts["weights/layers"] == state
+    assert on.parts["cpu/offloaded"] == pytest.approx(sum(off.parts[k] for k in [*moved, "weights/layers"]) - state / 2)
     per_layer = off.parts["weights/layers"] * 2 / 80
     assert on.parts["fsdp/gathered"] == pytest.approx(off.parts["weights/embed_head"] * 2 + 2 * per_layer)
-    assert on.peak_bytes < off.peak_bytes - off.parts["weights/layers"]
-    assert on.load_peak_bytes == pytest.approx(off.parts["weights/embed_head"] * 2 + off.parts["weights/buffers"])
+    assert on.peak_bytes < off.peak_bytes - off.parts["weights/layers"] + state
+    root = off.parts["weights/embed_head"] * 2
+    assert on.load_peak_bytes == pytest.approx(state + root + off.parts["weights/buffers"])
+
+
+def test_quant_state_is_the_quantised_bytes_less_the_packed_codes() -> None:
+    """nf4 with double quantisation: per 64 weights one uint8 absmax, per 256 blocks an fp32 absmax, plus the code
+    tables (64 + 1028 B) per weight; LLaMA 3.3 70B: 1.01 GiB over its 80 layers; none without quantisation."""
+    cfg = compose(["model=llama3_3_70b", "quantization=nf4"])
+    arch = load_arch(cfg)
+    per_layer = 0
+    for n_in, n_out in arch.linears().values():
+        blocks = n_in * n_out // 64
+        per_layer += blocks + 4 * -(-blocks // 256) + 64 + 1028
+    assert quant_state_bytes(arch, cfg) == 80 * per_layer
+    assert quant_state_bytes(arch, cfg) / 1024**3 == pytest.approx(1.012, abs=0.001)
+    single = compose(["model=llama3_3_70b", "quantization=nf4", "quantization.double_quant=false"])
+    assert quant_state_bytes(arch, single) == 80 * sum(4 * (i * o // 64) + 64 for i, o in arch.linears().values())
+    assert quant_state_bytes(arch, compose(["model=llama3_3_70b", "quantization=none"])) == 0
 
 
 def test_heldout_peak_is_the_static_bytes_and_one_no_grad_layer() -> None:
@@ -306,7 +324,8 @@ def test_heldout_peak_is_the_static_bytes_and_one_no_grad_layer() -> None:
     assert off.heldout_peak_bytes < off.peak_bytes  # no stored activations, no gradients
     moved = p["weights/layers"] + p["weights/embed_head"] + p["lora/params"] + p["optimizer/states"]
     gathered = on.parts["fsdp/gathered"] - p["fsdp/gathered"]  # with offload: the layers in flight, at one rank too
-    assert on.heldout_peak_bytes == pytest.approx(off.heldout_peak_bytes - moved + gathered)
+    kept = quant_state_bytes(arch, cfg)  # the quantisation state stays on the GPU
+    assert on.heldout_peak_bytes == pytest.approx(off.heldout_peak_bytes - moved + gathered + kept)
 
 
 def test_cli_json_has_every_phase_and_the_load_units(capsys: pytest.CaptureFixture[str]) -> None:
@@ -321,7 +340,8 @@ def test_cli_json_has_every_phase_and_the_load_units(capsys: pytest.CaptureFixtu
     adapters = {"float32": 4, "bfloat16": 2}[cfg.lora.dtype] * n_lora
     layer = (w["layers"] + adapters) / arch.layers + 2 * arch.hidden * arch.intermediate * 2  # two bf16 linears
     assert out["load_layer_gib"] == pytest.approx(layer / gib) and out["load_root_gib"] == w["embed_head"] / gib
-    assert out["load_peak_gib"] == pytest.approx(max(layer, w["embed_head"]) / gib + w["buffers"] / gib)
+    state = quant_state_bytes(arch, cfg)  # every layer's, on the GPU by the end of loading
+    assert out["load_peak_gib"] == pytest.approx((state + max(layer, w["embed_head"]) + w["buffers"]) / gib)
     assert 0 < out["heldout_peak_gib"] < out["peak_gib"]
 
 
