@@ -16,9 +16,12 @@ start_driver() {  # SCRIPT [LOG]: `bash SCRIPT runs` in the background, outlivin
   setsid nohup bash "$1" runs > "${2:-/root/driver.log}" 2>&1 < /dev/null &
 }
 
-wait_done() {  # DIR SECONDS: until DIR/ALL_DONE exists or SECONDS pass
+wait_done() {  # DIR SECONDS [PID]: until DIR/ALL_DONE exists, SECONDS pass or (given) process PID is gone
   local end=$((SECONDS + $2))
-  while [[ ! -f $1/ALL_DONE ]] && (( SECONDS < end )); do sleep 15; done
+  while [[ ! -f $1/ALL_DONE ]] && (( SECONDS < end )); do
+    [[ -n ${3:-} ]] && ! kill -0 "$3" 2>/dev/null && break
+    sleep 15
+  done
 }
 
 one_config_plan() {  # NAME OUT: experiments/efficiency/speed_h200.yaml's common overrides and configuration NAME alone

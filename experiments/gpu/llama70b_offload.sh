@@ -40,11 +40,11 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 DRY=${DRY:-0} STEPS=${STEPS:-6} HELDOUT=${HELDOUT:-4} QUESTIONS=${QUESTIONS:-8}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=disabled TOKENIZERS_PARALLELISM=false
-PHASES=(packing=packed packing.split_long=true trainer.micro_batch_size=1 trainer.grad_ckpt_every=1 trainer.offload_activations=false
-        trainer.max_steps="$STEPS" trainer.log_every=1 trainer.progress_bar=false "trainer.eval_batches=$HELDOUT"
-        logger=jsonl data_mix=demo data_mix.upsample=true data_mix.max_repeat=64 stage=train_eval eval=demo
-        "eval.tasks=[sample_en]" "eval.limit=$QUESTIONS" eval.compare_base=false eval.watch_every=0 eval.sanity=off
-        eval.cache_base=false)
+PHASES=(packing=packed packing.split_long=true trainer.micro_batch_size=1 trainer.grad_ckpt_every=1
+        trainer.offload_activations=false trainer.max_steps="$STEPS" trainer.log_every=1 trainer.progress_bar=false
+        "trainer.eval_batches=$HELDOUT" logger=jsonl data_mix=demo data_mix.upsample=true data_mix.max_repeat=64
+        stage=train_eval eval=demo "eval.tasks=[sample_en]" "eval.limit=$QUESTIONS" eval.compare_base=false
+        eval.watch_every=0 eval.sanity=off eval.cache_base=false)
 if [[ $DRY == 1 ]]; then  # this machine: the work tree itself, runs under $OUT
   SRC=$(cd "$HERE/../.." && pwd) RUNS=$OUT/runs
   export PYTHONPATH=$SRC MEDTUNE_CACHE_DIR=$OUT/cache OMP_NUM_THREADS=1
@@ -93,22 +93,24 @@ case "${1:-}" in
   start)
     if [[ $DRY != 1 ]]; then
       for d in "${@:2}"; do pip_target /root/site "$d"/*.whl || exit 1; done
-      copy_source || exit 1
+      rm -rf "$RUNS" && copy_source || exit 1
       { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; free -g | sed -n 2p; } \
         | tee "$RUNS/versions.txt"
     else
       rm -rf "$RUNS" && mkdir -p "$RUNS"
     fi
-    python3 -c "import torch, transformers, peft, lm_eval; print('torch', torch.__version__, '| transformers', \
-transformers.__version__, '| peft', peft.__version__, '| lm_eval', lm_eval.__version__)" 2>&1 | tail -1 \
-      | tee -a "$RUNS/versions.txt"
+    python3 -c "import torch, transformers, peft, bitsandbytes, lm_eval; print('torch', torch.__version__, \
+'| transformers', transformers.__version__, '| peft', peft.__version__, '| bitsandbytes', bitsandbytes.__version__, \
+'| lm_eval', lm_eval.__version__)" 2>&1 | tail -1 | tee -a "$RUNS/versions.txt"
     start_driver "$SRC/experiments/gpu/llama70b_offload.sh" "$RUNS/driver.log"
     echo $! > "$RUNS/driver.sid"  # setsid: the driver leads its own session (`pkill -s SID` ends it and its runs)
     [[ $DRY == 1 ]] && exit 0
-    wait_done "$RUNS" "${START_WAIT_S:-450}"; collect ;;
+    wait_done "$RUNS" "${START_WAIT_S:-450}" "$(cat "$RUNS/driver.sid")"; collect ;;
   runs) runs ;;
   overrides) read -ra args <<< "$(overrides "${2:-offload}")"; printf '%s\n' "${args[@]}" ;;  # the tests compose these
-  wait) wait_done "$RUNS" "${2:-540}"; collect ;;
+  wait)  # a machine given back between calls has no runs: say so at once instead of waiting
+    [[ -f $RUNS/driver.sid ]] || { echo "no $RUNS here (the machine was given back?): start again" >&2; exit 1; }
+    wait_done "$RUNS" "${2:-540}" "$(cat "$RUNS/driver.sid")"; collect ;;
   stop) stop_driver; pkill -f "torchrun --standalone --nproc-per-node 1 -m medtune\.train" ;;
   *) echo "usage: $0 start [WHEEL_DIR...] | wait [SECONDS] | stop | overrides VARIANT   (DRY=1: tiny_llama here)" >&2
      exit 2 ;;

@@ -94,6 +94,13 @@ def test_the_dry_mode_runs_every_phase_and_collects_the_table(tmp_path: Path) ->
     assert (tmp_path / "resident.log.gz").is_file() and (tmp_path / "resident.predict.json").is_file()
 
 
+def test_wait_on_a_machine_without_runs_says_so_at_once(tmp_path: Path) -> None:
+    """A machine given back between calls has no runs: `wait` exits 1 at once instead of sleeping out its call."""
+    env = {**os.environ, "DRY": "1", "OUT": str(tmp_path)}
+    proc = subprocess.run(["bash", str(RUNBOOK), "wait", "500"], capture_output=True, text=True, timeout=30, env=env)
+    assert proc.returncode == 1 and "start again" in proc.stderr
+
+
 def test_the_table_marks_missing_runs_and_predictions(tmp_path: Path) -> None:
     """A run that left no summary and an estimate that failed: the table says so instead of failing."""
     (tmp_path / "offload.predict.json").write_text("error: not JSON\n")
