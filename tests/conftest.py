@@ -29,6 +29,21 @@ TINY_RUN = [
     "optim.warmup_ratio=0",
 ]
 
+
+def dict_config(overrides: list[str]):
+    """conf/train.yaml composed with `overrides` as Hydra's DictConfig (what check_known_keys reads)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from medtune.config import CONF, register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides)
+
+
 # the model section of a run's config.yaml for tests that write one (read back through the schema: load_run_config)
 TINY_MODEL = {"name": "tiny_llama", "source": "builtin", "arch": "tiny_llama", "init": "random", "dtype": "float32"}
 

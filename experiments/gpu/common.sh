@@ -33,13 +33,16 @@ timed() {  # NAME LIMIT_S COMMAND...: its log in $RUNS/NAME.log, its exit status
 }
 
 start_driver() {  # SCRIPT [VERB]: `bash SCRIPT VERB` (default runs) in the background, outliving this call (log:
-  # ROOT/driver.log, ROOT/driver_VERB.log for another verb)
-  setsid nohup bash "$1" "${2:-runs}" > "${ROOT:-/root}/driver${2:+_$2}.log" 2>&1 < /dev/null &
+  # $DRIVER_LOG if set, else ROOT/driver.log, ROOT/driver_VERB.log for another verb)
+  setsid nohup bash "$1" "${2:-runs}" > "${DRIVER_LOG:-${ROOT:-/root}/driver${2:+_$2}.log}" 2>&1 < /dev/null &
 }
 
-wait_done() {  # DIR SECONDS: until DIR/ALL_DONE exists or SECONDS pass
+wait_done() {  # DIR SECONDS [PID]: until DIR/ALL_DONE exists, SECONDS pass or (given) process PID is gone
   local end=$((SECONDS + $2))
-  while [[ ! -f $1/ALL_DONE ]] && (( SECONDS < end )); do sleep "${WAIT_POLL_S:-15}"; done
+  while [[ ! -f $1/ALL_DONE ]] && (( SECONDS < end )); do
+    [[ -n ${3:-} ]] && ! kill -0 "$3" 2>/dev/null && break  # the driver (PID) is gone
+    sleep "${WAIT_POLL_S:-15}"
+  done
 }
 
 wait_footer() {  # DIR NAME: whether the driver is done, then tar_runs DIR NAME quietly (each wait brings it back)

@@ -23,10 +23,11 @@ import logging
 import os
 import sys
 from dataclasses import asdict
+from typing import Any
 
 from medtune.config import ConfigError, compose, take_config_dir
 from medtune.files.space import GIB
-from medtune.memory.estimate import Calibration, estimate, load_arch
+from medtune.memory.estimate import Calibration, estimate, load_arch, load_units
 from medtune.memory.plan import plan_memory
 from medtune.memory.verdict import fit_verdict
 
@@ -71,6 +72,24 @@ def _parse(args: list[str]) -> tuple[int, float | None, float | None, list[str]]
     return world_size, gpu_memory_gib, label_tokens_per_row, overrides
 
 
+def _as_json(cfg: Any, est: Any, world_size: int, label_tokens_per_row: float | None, verdict: Any) -> dict:
+    """--json's object: the parts, each phase's peak, the units per-layer loading holds, the inputs and verdict."""
+    layer_b, root_b = load_units(load_arch(cfg), cfg)
+    return {
+        "parts": est.parts,
+        "peak_gib": est.peak_gib,
+        "load_peak_gib": est.load_peak_bytes / GIB,
+        "load_layer_gib": layer_b / GIB,
+        "load_root_gib": root_b / GIB,
+        "heldout_peak_gib": est.heldout_peak_bytes / GIB,
+        "world_size": world_size,
+        "label_tokens_per_row": label_tokens_per_row,
+        "label_tokens_per_micro_batch": est.label_tokens,
+        "calibration": asdict(Calibration()),
+        "verdict": None if verdict is None else verdict.as_dict(),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     """CLI: print the per-rank breakdown of a composed config (`world_size=N`, `label_tokens_per_row=N`, `--json`)."""
     from hydra.errors import HydraException
@@ -106,21 +125,7 @@ def main(argv: list[str] | None = None) -> None:
               + f"memory plan: {planned['plan/reason']}", file=sys.stderr)  # fmt: skip
     est = estimate(cfg, world_size, label_tokens_per_row=label_tokens_per_row)
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "parts": est.parts,
-                    "peak_gib": est.peak_gib,
-                    "load_peak_gib": est.load_peak_bytes / GIB,
-                    "world_size": world_size,
-                    "label_tokens_per_row": label_tokens_per_row,
-                    "label_tokens_per_micro_batch": est.label_tokens,
-                    "calibration": asdict(Calibration()),
-                    "verdict": None if verdict is None else verdict.as_dict(),
-                },
-                indent=2,
-            )
-        )
+        print(json.dumps(_as_json(cfg, est, world_size, label_tokens_per_row, verdict), indent=2))
         return
     q, p = cfg.quantization.method, cfg.packing
     est_layers = load_arch(cfg).layers

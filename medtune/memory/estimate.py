@@ -36,6 +36,7 @@ from medtune.memory.parts import (
     label_tokens,
     layer_activation_bytes,
     loss_bytes,
+    quant_state_bytes,
     quantized_bytes,
     weight_bytes,
 )
@@ -50,8 +51,10 @@ __all__ = [
     "estimate",
     "layer_activation_bytes",
     "load_arch",
+    "load_units",
     "lora_param_count",
     "loss_bytes",
+    "quant_state_bytes",
     "quantized_bytes",
     "weight_bytes",
 ]
@@ -141,6 +144,7 @@ class MemoryEstimate:
     parts: dict[str, float] = field(default_factory=dict)
     peak_bytes: float = 0.0
     load_peak_bytes: float = 0.0
+    heldout_peak_bytes: float = 0.0  # the held-out loss after training (`_heldout_forward`)
     world_size: int = 1
     label_tokens: float = 0.0  # label tokens per micro-batch the loss term was computed for
     label_tokens_per_row: float | None = None  # as given; None = worst case (every token carries a label)
@@ -156,6 +160,7 @@ class MemoryEstimate:
         source = "worst case: every token" if given is None else f"label_tokens_per_row={given:g}"
         rows.append(f"  {'loss label tokens':<22} {self.label_tokens:9.0f} per micro-batch ({source})")
         rows.append(f"  {'load peak':<22} {self.load_peak_bytes / GIB:9.3f} GiB")
+        rows.append(f"  {'held-out loss peak':<22} {self.heldout_peak_bytes / GIB:9.3f} GiB")
         rows.append(f"  {'train peak (per rank)':<22} {self.peak_gib:9.3f} GiB  (world size {self.world_size})")
         return "\n".join(rows)
 
@@ -185,27 +190,52 @@ def _per_layer_load_peak(arch: Arch, cfg: TrainConfig, world_size: int) -> float
     alive at once), its adapters added, and `fully_shard` keeps 1/N of it; the root's modules (embeddings, final
     norm, head) are filled whole last, before the root is sharded. So: all shards + buffers + the larger of one
     layer (with two linears in model.dtype) and the whole root. With sharding.cpu_offload the shards go to pinned
-    CPU memory as each unit is sharded, and only the unit stays on the GPU. Measured on a CPU for tiny models
-    (tests/training/test_sharded_load.py: shard + unit within a few KiB); not yet measured on a GPU.
+    CPU memory as each unit is sharded, and only the unit and the layers' quantisation state (`quant_state_bytes`)
+    stay on the GPU. Measured on a CPU for tiny models (tests/training/test_sharded_load.py: shard + unit within a
+    few KiB); not yet measured on a GPU.
     """
+    w = weight_bytes(arch, cfg)
+    adapters = DTYPE_BYTES[cfg.lora.dtype] * lora_param_count(arch, cfg)
+    shards = (w["layers"] + w["embed_head"] + adapters) / world_size
+    if cfg.sharding.cpu_offload:
+        shards = quant_state_bytes(arch, cfg)
+    return shards + w["buffers"] + max(load_units(arch, cfg))
+
+
+def load_units(arch: Arch, cfg: TrainConfig) -> tuple[float, float]:
+    """(one decoder layer while it is filled: its weights, adapters and two linears in model.dtype; the root unit:
+    embeddings, final norm and head) in bytes: per-layer loading holds one of them on top of the shards."""
     w = weight_bytes(arch, cfg)
     adapters = DTYPE_BYTES[cfg.lora.dtype] * lora_param_count(arch, cfg)
     filling = 0.0
     if cfg.quantization.method != "none":
         filling = 2 * max(a * b for a, b in arch.linears().values()) * DTYPE_BYTES[cfg.model.dtype]
-    unit = max((w["layers"] + adapters) / arch.layers + filling, w["embed_head"])
-    shards = 0.0 if cfg.sharding.cpu_offload else (w["layers"] + w["embed_head"] + adapters) / world_size
-    return shards + w["buffers"] + unit
+    return (w["layers"] + adapters) / arch.layers + filling, float(w["embed_head"])
 
 
-def _offload_parts(parts: dict[str, float], embed_head: float, in_flight: float) -> None:
+def _heldout_forward(arch: Arch, cfg: TrainConfig, cal: Calibration, loss: float) -> float:
+    """What the held-out loss (a no-grad forward of one micro-batch, after training) adds to the static bytes: the
+    residual stream in and out of the layer running, that layer's activations (`layer_activation_bytes`: what it
+    would keep for backward, an upper bound of a no-grad layer's transients) and the chunked loss. The gradients are
+    gone (zero_grad sets them to None); the optimizer state stays until the eval stage. Composed from the parts
+    that the training measurements calibrated; the held-out phase itself is not yet measured on a GPU."""
+    tokens = cfg.trainer.micro_batch_size * cfg.packing.max_seq_len
+    residual = 2 * DTYPE_BYTES[cfg.model.dtype] * arch.hidden * tokens
+    return residual + layer_activation_bytes(arch, cfg, tokens, cal) + loss
+
+
+def _offload_parts(parts: dict[str, float], arch: Arch, cfg: TrainConfig, cal: Calibration, shard: int) -> None:
     """sharding.cpu_offload (FSDP2's CPUOffloadPolicy, pinned): the shards, the adapters' gradients and the optimizer
     state live in CPU memory (`cpu/offloaded`, not in the GPU peak); the GPU holds the gathered root and the layers in
-    flight, now at any world size (each is copied in for its forward and backward). Not yet measured on a GPU."""
+    flight, now at any world size (each is copied in for its forward and backward), and the layers' quantisation
+    state, which is no parameter (`quant_state_bytes`). Not yet measured on a GPU."""
+    w, state = weight_bytes(arch, cfg), quant_state_bytes(arch, cfg)
+    embed_head, in_flight = w["embed_head"], cal.fsdp_gathered_layers * w["layers"] / arch.layers
     moved = ("weights/layers", "weights/embed_head", "lora/params", "lora/grads", "optimizer/states")
-    parts["cpu/offloaded"] = sum(parts[key] for key in moved)
+    parts["cpu/offloaded"] = sum(parts[key] for key in moved) - state / shard
     for key in moved:
         parts[key] = 0.0
+    parts["weights/layers"] = state
     parts["fsdp/gathered"] = embed_head + in_flight
 
 
@@ -226,7 +256,7 @@ def estimate(
     w = weight_bytes(arch, cfg)
     n_lora = lora_param_count(arch, cfg)
     lora_b = DTYPE_BYTES[cfg.lora.dtype]  # the adapters, their gradients and AdamW's states share one dtype
-    fp32_adapters = cfg.lora.dtype == "float32"
+    autocast_cache = cfg.lora.dtype == "float32" and cfg.trainer.autocast_dtype in ("bfloat16", "float16")
     parts: dict[str, float] = {
         "weights/layers": w["layers"] / shard,
         "weights/embed_head": w["embed_head"] / shard,
@@ -235,9 +265,7 @@ def estimate(
         "lora/grads": lora_b * n_lora / shard,
         "optimizer/states": lora_b * _optimizer_states(cfg) * n_lora / shard,
         # autocast caches a low-precision copy of every fp32 leaf weight it casts until the forward ends
-        "lora/autocast_cache": (
-            2 * n_lora if fp32_adapters and cfg.trainer.autocast_dtype in ("bfloat16", "float16") else 0.0
-        ),
+        "lora/autocast_cache": 2 * n_lora if autocast_cache else 0.0,
     }
     if cfg.sharding.strategy == "fsdp":
         # FSDP2 gathers the root unit (embeddings, head) into buffers of its own and keeps them for the loss; with
@@ -250,7 +278,7 @@ def estimate(
         in_flight = cal.fsdp_gathered_layers * per_layer if shard > 1 else 0.0
         parts["fsdp/gathered"] = w["embed_head"] * (2 - 1 / shard) + in_flight
     if cfg.sharding.strategy == "fsdp" and cfg.sharding.cpu_offload:
-        _offload_parts(parts, w["embed_head"], cal.fsdp_gathered_layers * w["layers"] / arch.layers)
+        _offload_parts(parts, arch, cfg, cal, shard)
     act = activation_bytes(arch, cfg, cal)
     parts.update({f"activations/{k}": v for k, v in act.items()})
     parts["loss/chunk"] = loss_bytes(arch, cfg, cal, label_tokens_per_row)
@@ -266,6 +294,7 @@ def estimate(
         parts,
         max(forward_peak, backward_peak),
         _load_peak(arch, cfg, world_size),
+        static + _heldout_forward(arch, cfg, cal, parts["loss/chunk"]),
         world_size,
         label_tokens(cfg, label_tokens_per_row),
         label_tokens_per_row,

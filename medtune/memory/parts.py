@@ -163,6 +163,25 @@ def weight_bytes(arch: Arch, cfg: TrainConfig) -> dict[str, int]:
     return {"layers": layers, "embed_head": embed * dtype_b, "buffers": buffers}
 
 
+def quant_state_bytes(arch: Arch, cfg: TrainConfig) -> int:
+    """Bytes of the decoder layers' quantisation state (nf4: the absmax blocks, double-quant statistics and code
+    tables; int8: the row scales): `quantized_bytes` less the packed codes. bitsandbytes keeps it on the module
+    (`Linear4bit.quant_state`), not in a parameter, so FSDP2 neither shards it nor moves it with CPUOffloadPolicy:
+    it stays whole on the GPU (LLaMA 3.3 70B nf4: 1.01 GiB). Used for sharding.cpu_offload only; without offload the
+    N-rank estimate still divides it by N, as the 2-rank H200 fit was made (the root term may have absorbed it)."""
+    method = cfg.quantization.method
+    if method == "none":
+        return 0
+    per_layer = 0
+    for n_in, n_out in arch.linears().values():
+        n = n_in * n_out
+        codes = math.ceil(n / 2) if method == "nf4" else n
+        per_layer += (
+            quantized_bytes(n, method, cfg.quantization.double_quant) - codes + (4 * n_out if method == "int8" else 0)
+        )
+    return arch.layers * per_layer
+
+
 def adapted(cfg: TrainConfig, name: str) -> bool:
     """Whether lora.target_modules adapts the projection `name` (e.g. 'q_proj')."""
     targets = list(cfg.lora.target_modules)

@@ -231,8 +231,8 @@ def forgetting_table(df: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame
     return table
 
 
-# Training-phase peaks per rank as `step_metrics.memory_metrics` names them, the lm-eval stage's own peak, and the
-# throughput that counts non-pad tokens only.
+# Training-phase peaks per rank as `runtime/peak_memory.py memory_metrics` names them, the lm-eval stage's own peak,
+# and the throughput that counts non-pad tokens only.
 TRAIN_ALLOC, TRAIN_RESERVED = "sys/train/peak_alloc_gib", "sys/train/peak_reserved_gib"
 EFFICIENCY_KEYS = (TRAIN_ALLOC, TRAIN_RESERVED, "sys/lm_eval/peak_reserved_gib", "train/useful_tokens_per_s")
 

@@ -36,9 +36,10 @@ def reset_peak_memory(device: torch.device, release_cache: bool = False) -> None
 
 
 def memory_metrics(device: torch.device, phase: str) -> dict[str, float]:
-    """Peak allocated/reserved GiB of this rank in `phase`, and the process RSS."""
+    """Peak allocated/reserved GiB of this rank in `phase`, what is still allocated at its end, and the process RSS."""
     out = {f"sys/{phase}/cpu_rss_gib": psutil.Process(os.getpid()).memory_info().rss / GIB}
     if device.type == "cuda":
+        out[f"sys/{phase}/alloc_gib"] = torch.cuda.memory_allocated(device) / GIB
         out[f"sys/{phase}/peak_alloc_gib"] = torch.cuda.max_memory_allocated(device) / GIB
         out[f"sys/{phase}/peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / GIB
     return out

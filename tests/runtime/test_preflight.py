@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from conftest import dict_config as _dict_cfg
 
-from medtune.config import CONF, ConfigError, DataConfig, TrainConfig, compose
+from medtune.config import ConfigError, DataConfig, TrainConfig, compose
 from medtune.runtime.preflight import (
     check_dataset_files,
     check_known_keys,
@@ -21,19 +22,6 @@ from medtune.runtime.preflight import (
     check_tasks,
     check_watch,
 )
-
-
-def _dict_cfg(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from medtune.config import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides)
 
 
 @pytest.fixture
